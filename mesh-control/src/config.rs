@@ -1,0 +1,42 @@
+//! Typed configuration of the control plane.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything the control plane needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The proxy-facing gRPC API (default `0.0.0.0:8086`).
+    pub grpc_addr: SocketAddr,
+    /// Metrics and health (default `0.0.0.0:9990`).
+    pub admin_addr: SocketAddr,
+    /// Where services and endpoints come from.
+    pub registry: RegistryConfig,
+}
+
+/// Which registry feeds the store.
+#[derive(Debug, Clone)]
+pub enum RegistryConfig {
+    /// A YAML file, polled for changes.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// How often to check it for changes.
+        poll_interval: Duration,
+    },
+}
+
+impl Config {
+    /// Default ports with a file registry at `path`.
+    pub fn with_file(path: impl Into<PathBuf>) -> Self {
+        Self {
+            grpc_addr: SocketAddr::from(([0, 0, 0, 0], 8086)),
+            admin_addr: SocketAddr::from(([0, 0, 0, 0], 9990)),
+            registry: RegistryConfig::File {
+                path: path.into(),
+                poll_interval: Duration::from_millis(200),
+            },
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! `mesh-control`: the control plane.
+//!
+//! It tells proxies who exists (the Destination API) from a registry: a YAML
+//! file in universal mode, Kubernetes objects in a cluster. The library starts
+//! in-process with its configuration given as a value, so tests run many
+//! instances side by side; the `mesh-control` binary is a thin CLI over it.
+
+pub mod admin;
+pub mod config;
+pub mod destination;
+pub mod metrics;
+pub mod registry;
+pub mod server;
+pub mod store;
+
+pub use config::{Config, RegistryConfig};
+pub use server::{Control, StartError};

@@ -1,0 +1,46 @@
+//! `mesh-control`: the control plane binary (a thin CLI over the library).
+
+use anyhow::Context;
+use clap::Parser;
+use mesh_control::{Config, Control, RegistryConfig};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The mesh control plane: serves discovery (and, later, identity and policy) to proxies.
+#[derive(Debug, Parser)]
+#[command(name = "mesh-control", version)]
+struct Args {
+    /// Registry file (universal mode): services, ports and endpoints in YAML.
+    #[arg(long, env = "MESH_REGISTRY_FILE")]
+    registry_file: PathBuf,
+    /// How often to check the registry file for changes, e.g. 200ms.
+    #[arg(long, default_value = "200ms", value_parser = parse_duration)]
+    registry_poll: Duration,
+    /// Address of the proxy-facing gRPC API.
+    #[arg(long, env = "MESH_GRPC_ADDR", default_value = "0.0.0.0:8086")]
+    grpc_addr: SocketAddr,
+    /// Address of the admin server (/metrics, /ready, /live).
+    #[arg(long, env = "MESH_ADMIN_ADDR", default_value = "0.0.0.0:9990")]
+    admin_addr: SocketAddr,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    mesh_core::duration::parse(s).map_err(|e| e.to_string())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    mesh_core::trace::init("MESH_LOG", "info");
+    let args = Args::parse();
+    let config = Config {
+        grpc_addr: args.grpc_addr,
+        admin_addr: args.admin_addr,
+        registry: RegistryConfig::File { path: args.registry_file, poll_interval: args.registry_poll },
+    };
+    let control = Control::start(config).await.context("mesh-control could not start")?;
+    let signal = mesh_core::shutdown::os_signal().await.context("cannot install signal handlers")?;
+    tracing::info!(signal, "shutting down");
+    control.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,138 @@
+//! Starting and stopping the control plane as one unit.
+
+use crate::admin::Admin;
+use crate::config::{Config, RegistryConfig};
+use crate::destination::{DestinationMetrics, DestinationService};
+use crate::metrics::RegistryMetrics;
+use crate::registry::file::{FileError, FileRegistry};
+use crate::store::Store;
+use mesh_core::shutdown::{self, Shutdown, Trigger};
+use mesh_proto::destination::destination_server::DestinationServer;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+/// Why the control plane could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not bind.
+    #[error("cannot listen on {addr} for {what}: {source} (is another process using the port?)")]
+    Bind {
+        /// What the port is for.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The registry could not be loaded.
+    #[error("the registry was rejected; fix it and start again:\n{0}")]
+    Registry(#[from] FileError),
+}
+
+/// A running control plane.
+#[derive(Debug)]
+pub struct Control {
+    grpc_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    store: Store,
+    trigger: Trigger,
+    tasks: JoinSet<()>,
+}
+
+impl Control {
+    /// Binds every listener, loads the registry and starts serving.
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        let (trigger, shutdown) = shutdown::channel();
+        let store = Store::new(None);
+        let mut metrics = prometheus_client::registry::Registry::default();
+        let registry_metrics = RegistryMetrics::default();
+        registry_metrics.register(&mut metrics);
+        let destination_metrics = DestinationMetrics::default();
+        destination_metrics.register(&mut metrics);
+        metrics.register_collector(Box::new(mesh_core::process::ProcessCollector));
+
+        let grpc = bind("gRPC API", config.grpc_addr).await?;
+        let admin = bind("admin", config.admin_addr).await?;
+        let grpc_addr = local(&grpc, config.grpc_addr);
+        let admin_addr = local(&admin, config.admin_addr);
+
+        let mut tasks = JoinSet::new();
+        match config.registry {
+            RegistryConfig::File { path, poll_interval } => {
+                let mut reg = FileRegistry::new(path, poll_interval, store.clone(), registry_metrics);
+                reg.load_initial()?;
+                tasks.spawn(reg.run(shutdown.clone()));
+            }
+        }
+
+        let ready = Arc::new(AtomicBool::new(false));
+        tasks.spawn(mesh_core::admin::serve(admin, Admin::new(metrics, ready.clone()), shutdown.clone()));
+        let svc = DestinationServer::new(DestinationService::new(store.clone(), destination_metrics));
+        tasks.spawn(serve_grpc(grpc, svc, shutdown));
+        ready.store(true, Ordering::Release);
+        tracing::info!(%grpc_addr, %admin_addr, "control plane serving");
+        Ok(Self { grpc_addr, admin_addr, store, trigger, tasks })
+    }
+
+    /// The bound gRPC address (useful with port 0).
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// The bound admin address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The store the APIs serve from.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// A handle that stops this control plane when triggered.
+    pub fn trigger(&self) -> Trigger {
+        self.trigger.clone()
+    }
+
+    /// Stops serving: closes listeners and open watch streams.
+    pub async fn shutdown(mut self) {
+        self.trigger.trigger();
+        let drain = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(5), drain).await.is_err() {
+            self.tasks.abort_all();
+        }
+    }
+
+    /// Waits until every task has ended (after a trigger).
+    pub async fn wait(mut self) {
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { what, addr, source })
+}
+
+fn local(l: &TcpListener, fallback: SocketAddr) -> SocketAddr {
+    l.local_addr().unwrap_or(fallback)
+}
+
+async fn serve_grpc(
+    listener: TcpListener,
+    svc: DestinationServer<DestinationService>,
+    mut shutdown: Shutdown,
+) {
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let result = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .serve_with_incoming_shutdown(svc, incoming, async move { shutdown.triggered().await })
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "gRPC server failed");
+    }
+}

@@ -1,0 +1,104 @@
+//! A small HTTP/1.1 server for admin endpoints (`/metrics`, `/ready`, ...).
+//!
+//! Each binary supplies a [`Handler`] with its own routes; this module owns the
+//! accept loop, per-connection limits and graceful shutdown, so admin traffic
+//! can never pile up connections or block the process from exiting.
+
+use crate::shutdown::Shutdown;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::future::Future;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// The body type of every admin response.
+pub type Body = Full<Bytes>;
+
+/// Answers admin requests; implemented by each binary's admin state.
+pub trait Handler: Clone + Send + Sync + 'static {
+    /// Produces the response for one request.
+    fn handle(&self, req: Request<Incoming>) -> impl Future<Output = Response<Body>> + Send;
+}
+
+/// Serves `handler` on `listener` until `shutdown` fires, then lets in-flight
+/// admin requests finish (at most a couple of seconds).
+pub async fn serve<H: Handler>(listener: TcpListener, handler: H, mut shutdown: Shutdown) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.triggered() => break,
+        };
+        let (stream, _peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let h = handler.clone();
+        let svc = hyper::service::service_fn(move |req| {
+            let h = h.clone();
+            async move { Ok::<_, std::convert::Infallible>(h.handle(req).await) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(5))
+            .max_buf_size(64 * 1024)
+            .serve_connection(TokioIo::new(stream), svc);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "admin connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(Duration::from_secs(2), graceful.shutdown()).await;
+}
+
+/// A plain-text response.
+pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    response(status, "text/plain; charset=utf-8", body.into())
+}
+
+/// A JSON response from already-serialized bytes.
+pub fn json(body: impl Into<Bytes>) -> Response<Body> {
+    response(StatusCode::OK, "application/json", body.into())
+}
+
+/// The Prometheus text exposition response.
+pub fn metrics(body: String) -> Response<Body> {
+    response(
+        StatusCode::OK,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        body.into(),
+    )
+}
+
+fn response(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Body> {
+    let mut rsp = Response::new(Full::new(body));
+    *rsp.status_mut() = status;
+    rsp.headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    rsp
+}
+
+/// `404 Not Found` listing what exists, so a typo is easy to fix.
+pub fn not_found(routes: &[&str]) -> Response<Body> {
+    text(StatusCode::NOT_FOUND, format!("not found; try one of: {}\n", routes.join(" ")))
+}
+
+/// Renders a prometheus-client registry as text.
+pub fn encode_registry(registry: &prometheus_client::registry::Registry) -> Response<Body> {
+    let mut out = String::with_capacity(16 * 1024);
+    match prometheus_client::encoding::text::encode(&mut out, registry) {
+        Ok(()) => metrics(out),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics failed: {e}\n")),
+    }
+}

@@ -1,0 +1,117 @@
+//! The proxy's admin endpoints: `/metrics`, `/ready`, `/live`, `/config`
+//! (what the proxy currently knows, as JSON) and `/shutdown` (POST).
+
+use crate::balance::{Balancer, Status};
+use crate::config::Config;
+use crate::discovery::Resolver;
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use mesh_core::admin::{self, Body, Handler};
+use mesh_core::shutdown::Trigger;
+use prometheus_client::registry::Registry;
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+/// Shared admin state.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    registry: Registry,
+    ready: AtomicBool,
+    trigger: Trigger,
+    config: Config,
+    resolver: Resolver,
+    balancers: Vec<Arc<Balancer>>,
+}
+
+const ROUTES: &[&str] = &["/metrics", "/ready", "/live", "/config", "/shutdown"];
+
+impl Admin {
+    /// Admin state over a finished registry and the proxy's balancers.
+    pub fn new(registry: Registry, trigger: Trigger, config: Config, resolver: Resolver, balancers: Vec<Arc<Balancer>>) -> Self {
+        Self {
+            inner: Arc::new(Inner { registry, ready: AtomicBool::new(false), trigger, config, resolver, balancers }),
+        }
+    }
+
+    /// Marks the proxy ready (or not).
+    pub fn set_ready(&self, ready: bool) {
+        self.inner.ready.store(ready, Ordering::Release);
+    }
+
+    fn config_json(&self) -> serde_json::Value {
+        let now = Instant::now();
+        let targets: Vec<serde_json::Value> = self
+            .inner
+            .balancers
+            .iter()
+            .map(|b| {
+                let list = b.current();
+                let endpoints: Vec<serde_json::Value> = list
+                    .endpoints
+                    .iter()
+                    .map(|e| {
+                        json!({
+                            "address": e.meta.addr.to_string(),
+                            "weight": e.meta.weight,
+                            "identity": e.meta.identity,
+                            "labels": e.meta.labels,
+                            "in_flight": e.load.pending(),
+                            "latency_estimate_ms": e.load.cost(now).as_secs_f64() * 1000.0,
+                            "idle_http1_connections": e.client.idle_count(),
+                        })
+                    })
+                    .collect();
+                json!({
+                    "target": b.target(),
+                    "status": match list.status { Status::Pending => "pending", Status::Unknown => "unknown", Status::Resolved => "resolved" },
+                    "service": list.service.as_ref().map(|s| json!({
+                        "name": s.name, "namespace": s.namespace, "port": s.port, "protocol": s.protocol.as_str_name(),
+                    })),
+                    "endpoints": endpoints,
+                })
+            })
+            .collect();
+        let discovery: Vec<serde_json::Value> = self
+            .inner
+            .resolver
+            .snapshot()
+            .into_iter()
+            .map(|(t, w)| json!({ "target": t, "stream": w.state() }))
+            .collect();
+        json!({
+            "config": self.inner.config,
+            "ready": self.inner.ready.load(Ordering::Acquire),
+            "targets": targets,
+            "discovery": discovery,
+        })
+    }
+}
+
+impl Handler for Admin {
+    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        match (req.method(), req.uri().path()) {
+            (_, "/metrics") => admin::encode_registry(&self.inner.registry),
+            (_, "/live") => admin::text(StatusCode::OK, "live\n"),
+            (_, "/ready") if self.inner.ready.load(Ordering::Acquire) => admin::text(StatusCode::OK, "ready\n"),
+            (_, "/ready") => admin::text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+            (_, "/config") => match serde_json::to_vec_pretty(&self.config_json()) {
+                Ok(b) => admin::json(b),
+                Err(e) => admin::text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+            },
+            (&Method::POST, "/shutdown") => {
+                tracing::info!("shutdown requested on the admin port");
+                self.inner.trigger.trigger();
+                admin::text(StatusCode::OK, "shutting down\n")
+            }
+            (_, "/shutdown") => admin::text(StatusCode::METHOD_NOT_ALLOWED, "use POST /shutdown\n"),
+            _ => admin::not_found(ROUTES),
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! Load balancing over a target's endpoints, kept current from discovery.
+//!
+//! Each target has one [`Balancer`], shared by every connection to it. A
+//! background task turns discovery answers into an [`EndpointList`]
+//! (reusing the [`Endpoint`] of an address that stays, so its connections
+//! and load estimate survive), and picks are lock-free reads of that list:
+//! power of two choices over peak-EWMA load. A removed endpoint simply
+//! leaves the list; requests already on it finish (drain).
+
+pub mod ewma;
+pub mod p2c;
+
+use crate::connect::Connector;
+use crate::discovery::{EndpointMeta, Resolution, ServiceInfo, Watch};
+use crate::http::client::{ClientSettings, EndpointClient};
+use crate::http::errors::ProxyError;
+use ewma::{EwmaConfig, PeakEwma};
+use p2c::Weights;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use mesh_proto::destination::ProtocolHint;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// One endpoint: its address and metadata, its load, and its connections.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// What discovery said.
+    pub meta: EndpointMeta,
+    /// Load estimate.
+    pub load: PeakEwma,
+    /// Its connections.
+    pub client: Arc<EndpointClient>,
+}
+
+/// Makes endpoints with shared settings.
+#[derive(Debug, Clone)]
+pub struct EndpointFactory {
+    /// How to connect.
+    pub connector: Connector,
+    /// HTTP client settings.
+    pub settings: Arc<ClientSettings>,
+    /// Load estimate tunables.
+    pub ewma: EwmaConfig,
+}
+
+impl EndpointFactory {
+    /// A new endpoint for `meta`.
+    pub fn make(&self, meta: EndpointMeta) -> Arc<Endpoint> {
+        let client = EndpointClient::new(meta.addr, self.connector.clone(), self.settings.clone());
+        Arc::new(Endpoint { meta, load: PeakEwma::new(self.ewma), client })
+    }
+}
+
+/// Where discovery stands for a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// No answer yet.
+    Pending,
+    /// Not a known service.
+    Unknown,
+    /// A known service.
+    Resolved,
+}
+
+/// A target's endpoints at one moment.
+#[derive(Debug)]
+pub struct EndpointList {
+    /// Where discovery stands.
+    pub status: Status,
+    /// The service, once resolved.
+    pub service: Option<ServiceInfo>,
+    /// The endpoints.
+    pub endpoints: Vec<Arc<Endpoint>>,
+    weights: Weights,
+}
+
+impl EndpointList {
+    fn new(status: Status, service: Option<ServiceInfo>, endpoints: Vec<Arc<Endpoint>>) -> Self {
+        let weights = Weights::new(endpoints.iter().map(|e| e.meta.weight));
+        Self { status, service, endpoints, weights }
+    }
+
+    /// Whether any endpoint may take traffic.
+    pub fn has_live(&self) -> bool {
+        self.weights.total() > 0
+    }
+
+    /// Power of two choices over peak-EWMA load.
+    pub fn pick(&self) -> Option<&Arc<Endpoint>> {
+        let now = Instant::now();
+        let mut rng = fastrand::Rng::new();
+        let i = p2c::pick(&self.weights, &mut rng, |i| self.endpoints[i].load.load(now))?;
+        self.endpoints.get(i)
+    }
+
+    /// Picks, avoiding endpoints in `tried` when others are live.
+    pub fn pick_excluding(&self, tried: &[SocketAddr]) -> Option<&Arc<Endpoint>> {
+        let first = self.pick()?;
+        if !tried.contains(&first.meta.addr) {
+            return Some(first);
+        }
+        let now = Instant::now();
+        self.endpoints
+            .iter()
+            .filter(|e| e.meta.weight > 0 && !tried.contains(&e.meta.addr))
+            .min_by(|a, b| a.load.load(now).total_cmp(&b.load.load(now)))
+            .or(Some(first))
+    }
+}
+
+/// Balances one target; shared by all connections to it.
+#[derive(Debug)]
+pub struct Balancer {
+    target: String,
+    list: watch::Receiver<Arc<EndpointList>>,
+    /// For `ip:port` targets: the address itself, used when discovery does
+    /// not know it (unmeshed destination) or has not answered in time.
+    passthrough: Option<SocketAddr>,
+    passthrough_ep: OnceLock<Arc<EndpointList>>,
+    factory: EndpointFactory,
+    failfast: AtomicBool,
+    _watch: Option<Watch>,
+}
+
+impl Balancer {
+    /// Starts balancing `target` from `watch`.
+    pub fn new(target: &str, watch: Watch, factory: EndpointFactory) -> Arc<Self> {
+        let passthrough = target.parse::<SocketAddr>().ok();
+        let initial = build(None, &watch.current(), &factory, passthrough);
+        let (tx, list) = watch::channel(Arc::new(initial));
+        tokio::spawn(follow(watch.rx(), tx, factory.clone(), passthrough));
+        Arc::new(Self {
+            target: target.to_string(),
+            list,
+            passthrough,
+            passthrough_ep: OnceLock::new(),
+            factory,
+            failfast: AtomicBool::new(false),
+            _watch: Some(watch),
+        })
+    }
+
+    /// A balancer over one fixed address (the local app, for inbound).
+    pub fn fixed(name: &str, addr: SocketAddr, factory: EndpointFactory) -> Arc<Self> {
+        let ep = factory.make(passthrough_meta(addr));
+        let (_tx, list) = watch::channel(Arc::new(EndpointList::new(Status::Resolved, None, vec![ep])));
+        Arc::new(Self {
+            target: name.to_string(),
+            list,
+            passthrough: None,
+            passthrough_ep: OnceLock::new(),
+            factory,
+            failfast: AtomicBool::new(false),
+            _watch: None,
+        })
+    }
+
+    /// Waits (up to `timeout`) for discovery's first answer, then returns the
+    /// service's protocol hint, if any.
+    pub async fn protocol_hint(&self, timeout: Duration) -> Option<ProtocolHint> {
+        let mut rx = self.list.clone();
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|l| l.status != Status::Pending)).await;
+        let l = rx.borrow();
+        l.service.as_ref().map(|s| s.protocol)
+    }
+
+    /// The target this balancer serves.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// The current list, without waiting.
+    pub fn current(&self) -> Arc<EndpointList> {
+        self.list.borrow().clone()
+    }
+
+    /// The endpoint list once it has a live endpoint. Waits up to `failfast`
+    /// (replicas rolling, control plane starting); after one such wait times
+    /// out, later requests fail at once until an endpoint appears.
+    pub async fn ready(&self, failfast: Duration) -> Result<Arc<EndpointList>, ProxyError> {
+        let mut rx = self.list.clone();
+        let current = rx.borrow_and_update().clone();
+        if current.has_live() {
+            self.failfast.store(false, Ordering::Relaxed);
+            return Ok(current);
+        }
+        if !self.failfast.load(Ordering::Relaxed) {
+            let deadline = tokio::time::Instant::now() + failfast;
+            while let Ok(Ok(())) = tokio::time::timeout_at(deadline, rx.changed()).await {
+                let l = rx.borrow_and_update().clone();
+                if l.has_live() {
+                    return Ok(l);
+                }
+            }
+            self.failfast.store(true, Ordering::Relaxed);
+        }
+        let current = rx.borrow().clone();
+        match (current.status, self.passthrough) {
+            (Status::Pending, Some(addr)) => Ok(self.passthrough_list(addr)),
+            (Status::Pending, None) => Err(ProxyError::Unresolved(self.target.clone())),
+            _ => Err(ProxyError::NoEndpoints(self.target.clone())),
+        }
+    }
+
+    fn passthrough_list(&self, addr: SocketAddr) -> Arc<EndpointList> {
+        self.passthrough_ep
+            .get_or_init(|| {
+                let ep = self.factory.make(passthrough_meta(addr));
+                Arc::new(EndpointList::new(Status::Unknown, None, vec![ep]))
+            })
+            .clone()
+    }
+}
+
+fn passthrough_meta(addr: SocketAddr) -> EndpointMeta {
+    EndpointMeta { addr, weight: 1, identity: None, labels: BTreeMap::new() }
+}
+
+async fn follow(
+    mut rx: watch::Receiver<Arc<Resolution>>,
+    tx: watch::Sender<Arc<EndpointList>>,
+    factory: EndpointFactory,
+    passthrough: Option<SocketAddr>,
+) {
+    loop {
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { return },
+            _ = tx.closed() => return,
+        }
+        let resolution = rx.borrow_and_update().clone();
+        let prev = tx.borrow().clone();
+        tx.send_replace(Arc::new(build(Some(&prev), &resolution, &factory, passthrough)));
+    }
+}
+
+/// The endpoint list for a resolution, reusing `prev`'s endpoints whose
+/// address and identity are unchanged.
+fn build(
+    prev: Option<&EndpointList>,
+    resolution: &Resolution,
+    factory: &EndpointFactory,
+    passthrough: Option<SocketAddr>,
+) -> EndpointList {
+    let reuse = |meta: &EndpointMeta| -> Arc<Endpoint> {
+        let old = prev.and_then(|p| {
+            p.endpoints.iter().find(|e| e.meta.addr == meta.addr && e.meta.identity == meta.identity)
+        });
+        match old {
+            Some(e) if e.meta == *meta => e.clone(),
+            // Same connections and load, new weight or labels.
+            Some(e) => Arc::new(Endpoint { meta: meta.clone(), load: clone_load(&e.load, factory.ewma), client: e.client.clone() }),
+            None => factory.make(meta.clone()),
+        }
+    };
+    match resolution {
+        Resolution::Pending => EndpointList::new(Status::Pending, None, Vec::new()),
+        Resolution::Unknown => {
+            let eps = passthrough.map(|a| vec![reuse(&passthrough_meta(a))]).unwrap_or_default();
+            EndpointList::new(Status::Unknown, None, eps)
+        }
+        Resolution::Service { info, endpoints } => {
+            let eps = endpoints.values().map(reuse).collect();
+            EndpointList::new(Status::Resolved, Some(info.clone()), eps)
+        }
+    }
+}
+
+fn clone_load(old: &PeakEwma, config: EwmaConfig) -> PeakEwma {
+    // Pending counts belong to the old entry's in-flight guards; a fresh
+    // estimate seeded with the old cost keeps the balance steady.
+    let fresh = PeakEwma::new(config);
+    fresh.observe(old.cost(Instant::now()), Instant::now());
+    fresh
+}

@@ -1,0 +1,123 @@
+//! Typed configuration of the proxy, given as a value so tests can start
+//! many proxies in one process.
+
+use crate::balance::ewma::EwmaConfig;
+use crate::http::client::ClientSettings;
+use crate::http::server::ServerSettings;
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Everything a proxy needs to start.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    /// This workload's name (`books-0`), for logs and the control plane.
+    pub workload: String,
+    /// The control plane's gRPC address (`http://127.0.0.1:8086`); without
+    /// one, outbound targets can only be plain addresses (pass-through).
+    pub control_plane: Option<String>,
+    /// Admin server: `/metrics`, `/ready`, `/live`, `/config`, `/shutdown`.
+    pub admin_addr: SocketAddr,
+    /// Traffic into the app.
+    pub inbound: Option<InboundConfig>,
+    /// Traffic from the app.
+    pub outbound: OutboundConfig,
+    /// Limits and timeouts.
+    pub limits: Limits,
+    /// How long shutdown waits for in-flight work before exiting anyway.
+    #[serde(with = "secs")]
+    pub shutdown_grace: Duration,
+}
+
+/// The inbound listener.
+#[derive(Debug, Clone, Serialize)]
+pub struct InboundConfig {
+    /// Where peers (their proxies) connect.
+    pub listen: SocketAddr,
+    /// Where the app listens, when connections are not redirected to the
+    /// proxy by iptables (universal mode on a shared host).
+    pub app: SocketAddr,
+    /// App ports whose traffic is never sniffed (server-first protocols).
+    pub opaque_ports: Vec<u16>,
+}
+
+/// Outbound listeners.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct OutboundConfig {
+    /// Explicit upstreams (universal mode): the app connects to `listen`
+    /// and the proxy routes to `target`.
+    pub upstreams: Vec<Upstream>,
+}
+
+/// One explicit upstream: a local port standing for a mesh service.
+#[derive(Debug, Clone, Serialize)]
+pub struct Upstream {
+    /// The local address the app connects to.
+    pub listen: SocketAddr,
+    /// The mesh target: `name.namespace:port` or `ip:port`.
+    pub target: String,
+}
+
+/// Limits and timeouts, all configurable.
+#[derive(Debug, Clone, Serialize)]
+pub struct Limits {
+    /// Protocol detection waits at most this long for the client's first bytes.
+    #[serde(with = "secs")]
+    pub detect_timeout: Duration,
+    /// Connecting to an endpoint gives up after this long.
+    #[serde(with = "secs")]
+    pub connect_timeout: Duration,
+    /// Requests wait this long for a live endpoint before failing.
+    #[serde(with = "secs")]
+    pub failfast_timeout: Duration,
+    /// Opaque TCP connections close after this long without traffic.
+    #[serde(with = "secs")]
+    pub tcp_idle_timeout: Duration,
+    /// Server-side HTTP limits.
+    #[serde(skip)]
+    pub server: ServerSettings,
+    /// Client-side HTTP settings.
+    #[serde(skip)]
+    pub client: ClientSettings,
+    /// Load estimate tunables.
+    #[serde(skip)]
+    pub ewma: EwmaConfig,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            detect_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+            failfast_timeout: Duration::from_secs(3),
+            tcp_idle_timeout: Duration::from_secs(3600),
+            server: ServerSettings::default(),
+            client: ClientSettings::default(),
+            ewma: EwmaConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// A proxy with default limits and ports, no listeners but admin.
+    pub fn new(workload: impl Into<String>) -> Self {
+        Self {
+            workload: workload.into(),
+            control_plane: None,
+            admin_addr: SocketAddr::from(([127, 0, 0, 1], 4191)),
+            inbound: None,
+            outbound: OutboundConfig::default(),
+            limits: Limits::default(),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+mod secs {
+    use serde::Serializer;
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+}

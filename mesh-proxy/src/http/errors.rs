@@ -1,0 +1,95 @@
+//! Errors the proxy answers itself, shaped for the client: a plain HTTP
+//! status with a `mesh-proxy-error` header, or, for gRPC, status 200 with
+//! `grpc-status` so gRPC clients see a proper status code.
+
+use super::body::{self, Body};
+use http::{HeaderValue, Response, StatusCode};
+
+/// Why the proxy could not forward a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyError {
+    /// Discovery has no endpoint that may take traffic.
+    #[error("no endpoints available for {0}")]
+    NoEndpoints(String),
+    /// Discovery has not answered for the target.
+    #[error("discovery has not resolved {0} (is the control plane reachable?)")]
+    Unresolved(String),
+    /// Every connection attempt failed.
+    #[error("cannot connect to {target}: {reason}")]
+    Connect {
+        /// The target.
+        target: String,
+        /// The last failure.
+        reason: String,
+    },
+    /// The upstream broke the exchange before a response.
+    #[error("upstream {target} failed: {reason}")]
+    Upstream {
+        /// The target.
+        target: String,
+        /// What happened.
+        reason: String,
+    },
+    /// The proxy is shutting down.
+    #[error("proxy is shutting down")]
+    ShuttingDown,
+}
+
+impl ProxyError {
+    /// The HTTP status that best describes the error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoEndpoints(_) | ProxyError::Unresolved(_) | ProxyError::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The gRPC status code: UNAVAILABLE for all of these (safe to retry).
+    pub fn grpc_status(&self) -> u32 {
+        14
+    }
+}
+
+/// The header naming the proxy's error, so operators can tell a proxy
+/// failure from an application's own 5xx.
+pub const ERROR_HEADER: &str = "mesh-proxy-error";
+
+/// Builds the response for `err`, in gRPC terms when `grpc` is true.
+pub fn response(err: &ProxyError, grpc: bool) -> Response<Body> {
+    let msg = err.to_string();
+    let value = HeaderValue::from_str(&msg).unwrap_or_else(|_| HeaderValue::from_static("proxy error"));
+    let mut rsp = if grpc {
+        let mut r = Response::new(body::empty());
+        let h = r.headers_mut();
+        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert("grpc-status", HeaderValue::from(err.grpc_status()));
+        h.insert("grpc-message", value.clone());
+        r
+    } else {
+        let mut r = Response::new(body::full(format!("{msg}\n")));
+        *r.status_mut() = err.status();
+        r.headers_mut()
+            .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        r
+    };
+    rsp.headers_mut().insert(ERROR_HEADER, value);
+    rsp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_errors_are_trailers_only_responses() {
+        let e = ProxyError::NoEndpoints("books.default:80".into());
+        let r = response(&e, true);
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["grpc-status"], "14");
+        let r = response(&e, false);
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(r.headers()[ERROR_HEADER].to_str().expect("ascii").contains("books.default:80"));
+    }
+}

@@ -1,0 +1,134 @@
+//! `mesh-proxy`: the sidecar binary (a thin CLI over the library).
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use mesh_proxy::config::{InboundConfig, Upstream};
+use mesh_proxy::{Config, Proxy};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The mesh sidecar proxy.
+///
+/// Universal mode: put an app behind the proxy with `--app` (peers connect to
+/// `--inbound-addr`), and let the app reach mesh services through local ports
+/// with `--upstream 127.0.0.1:4150=books.default:7001`.
+#[derive(Debug, Parser)]
+#[command(name = "mesh-proxy", version)]
+struct Args {
+    /// This workload's name, for logs and the control plane.
+    #[arg(long, env = "MESH_WORKLOAD", default_value = "workload")]
+    workload: String,
+    /// The control plane's gRPC address, e.g. http://127.0.0.1:8086.
+    #[arg(long, env = "MESH_CONTROL_PLANE")]
+    control_plane: Option<String>,
+    /// Admin server address (/metrics, /ready, /live, /config, /shutdown).
+    #[arg(long, env = "MESH_ADMIN_ADDR", default_value = "127.0.0.1:4191")]
+    admin_addr: SocketAddr,
+    /// The app's address: inbound traffic is forwarded there.
+    #[arg(long, env = "MESH_APP_ADDR")]
+    app: Option<SocketAddr>,
+    /// Inbound listener address (used with --app).
+    #[arg(long, env = "MESH_INBOUND_ADDR", default_value = "0.0.0.0:4143")]
+    inbound_addr: SocketAddr,
+    /// An explicit upstream, LISTEN=TARGET (repeatable), e.g. 127.0.0.1:4150=books.default:7001.
+    #[arg(long = "upstream", value_parser = parse_upstream)]
+    upstreams: Vec<Upstream>,
+    /// App ports never sniffed for a protocol (server-first protocols), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    opaque_ports: Vec<u16>,
+    /// How long protocol detection waits for a client's first bytes.
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    detect_timeout: Duration,
+    /// Connect timeout to endpoints.
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    connect_timeout: Duration,
+    /// How long a request waits for a live endpoint before failing.
+    #[arg(long, default_value = "3s", value_parser = duration)]
+    failfast_timeout: Duration,
+    /// Close HTTP connections idle this long.
+    #[arg(long, default_value = "300s", value_parser = duration)]
+    idle_timeout: Duration,
+    /// Close opaque TCP connections idle this long.
+    #[arg(long, default_value = "1h", value_parser = duration)]
+    tcp_idle_timeout: Duration,
+    /// Clients must send request headers within this time.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    header_read_timeout: Duration,
+    /// Largest accepted request/response header block, in bytes.
+    #[arg(long, default_value_t = 64 * 1024)]
+    max_header_bytes: usize,
+    /// How long shutdown waits for in-flight work.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    shutdown_grace: Duration,
+    /// Worker threads (1: a single-threaded runtime, the leanest).
+    #[arg(long, env = "MESH_PROXY_THREADS", default_value_t = 1)]
+    threads: usize,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    mesh_core::duration::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_upstream(s: &str) -> Result<Upstream, String> {
+    let (listen, target) = s
+        .split_once('=')
+        .ok_or_else(|| format!("invalid upstream {s:?}: expected LISTEN=TARGET, e.g. 127.0.0.1:4150=books.default:7001"))?;
+    let listen: SocketAddr =
+        listen.parse().map_err(|e| format!("invalid upstream listen address {listen:?}: {e}"))?;
+    if target.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+        return Err(format!("invalid upstream target {target:?}: expected name.namespace:port or ip:port"));
+    }
+    Ok(Upstream { listen, target: target.to_string() })
+}
+
+fn config(args: &Args) -> Config {
+    let mut c = Config::new(args.workload.clone());
+    c.control_plane = args.control_plane.clone();
+    c.admin_addr = args.admin_addr;
+    c.inbound = args.app.map(|app| InboundConfig {
+        listen: args.inbound_addr,
+        app,
+        opaque_ports: args.opaque_ports.clone(),
+    });
+    c.outbound.upstreams = args.upstreams.clone();
+    c.limits.detect_timeout = args.detect_timeout;
+    c.limits.connect_timeout = args.connect_timeout;
+    c.limits.failfast_timeout = args.failfast_timeout;
+    c.limits.tcp_idle_timeout = args.tcp_idle_timeout;
+    c.limits.server.idle_timeout = args.idle_timeout;
+    c.limits.server.header_read_timeout = args.header_read_timeout;
+    c.limits.server.max_header_bytes = args.max_header_bytes;
+    c.limits.client.max_header_bytes = args.max_header_bytes;
+    c.shutdown_grace = args.shutdown_grace;
+    c
+}
+
+fn main() -> anyhow::Result<()> {
+    mesh_core::trace::init("MESH_LOG", "info");
+    let args = Args::parse();
+    if args.app.is_none() && args.upstreams.is_empty() {
+        bail!("nothing to proxy: give --app (inbound) and/or --upstream LISTEN=TARGET (outbound)");
+    }
+    let runtime = if args.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads).enable_all().build()
+    }
+    .context("cannot start the async runtime")?;
+    runtime.block_on(run(config(&args)))
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let proxy = Proxy::start(config).await.context("mesh-proxy could not start")?;
+    tokio::select! {
+        sig = mesh_core::shutdown::os_signal() => {
+            let sig = sig.context("cannot install signal handlers")?;
+            tracing::info!(signal = sig, "shutting down");
+        }
+        _ = proxy.triggered() => {}
+    }
+    if !proxy.shutdown().await {
+        tracing::warn!("exited with connections still open after the grace period");
+    }
+    Ok(())
+}

@@ -1,0 +1,247 @@
+//! The proxy's metrics (Prometheus text on the admin port).
+//!
+//! Label values are bounded by design: directions, targets the proxy was
+//! configured with or discovered, status codes. Handles for fixed label sets
+//! are resolved once per connection, not once per request.
+
+use crate::io::ByteCounters;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use std::fmt::Write as _;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+use std::sync::Arc;
+
+/// Latency buckets, in seconds: fine below 10 ms where sidecars live.
+pub const LATENCY_BUCKETS: [f64; 18] = [
+    0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Traffic direction.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Direction {
+    /// Into the local app.
+    inbound,
+    /// From the local app.
+    outbound,
+}
+
+/// Whether a connection was mutually authenticated TLS.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Tls {
+    /// mTLS between proxies.
+    Yes,
+    /// Plaintext.
+    No,
+}
+
+impl EncodeLabelValue for Tls {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            Tls::Yes => "true",
+            Tls::No => "false",
+        })
+    }
+}
+
+/// Outcome class of a response.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Class {
+    /// 1xx-4xx, or gRPC OK / client-side codes.
+    success,
+    /// 5xx, a proxy error, or a failing gRPC status.
+    failure,
+}
+
+/// Labels shared by every HTTP and TCP metric.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Labels {
+    /// inbound or outbound.
+    pub direction: Direction,
+    /// The target: a service authority (outbound) or the app port (inbound).
+    pub target: String,
+    /// Whether the connection was mTLS.
+    pub tls: Tls,
+}
+
+/// Labels of a response.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResponseLabels {
+    /// Direction, target, TLS.
+    #[prometheus(flatten)]
+    pub base: Labels,
+    /// HTTP status code.
+    pub status_code: u16,
+    /// gRPC status code, empty when not gRPC.
+    pub grpc_status: String,
+    /// Success or failure.
+    pub classification: Class,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+/// Every metric family of the proxy.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    requests: Family<Labels, Counter>,
+    responses: Family<ResponseLabels, Counter>,
+    latency: Family<Labels, Histogram, fn() -> Histogram>,
+    tcp_open: Family<Labels, Counter>,
+    tcp_close: Family<Labels, Counter>,
+    tcp_active: Family<Labels, Gauge>,
+    tcp_read: Family<Labels, Counter>,
+    tcp_write: Family<Labels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            requests: Family::default(),
+            responses: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram),
+            tcp_open: Family::default(),
+            tcp_close: Family::default(),
+            tcp_active: Family::default(),
+            tcp_read: Family::default(),
+            tcp_write: Family::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Registers every family.
+    pub fn register(&self, reg: &mut Registry) {
+        reg.register("request", "HTTP requests received", self.requests.clone());
+        reg.register("response", "HTTP responses sent, by status and classification", self.responses.clone());
+        reg.register_with_unit(
+            "response_latency",
+            "Time from receiving a request to its response headers",
+            Unit::Seconds,
+            self.latency.clone(),
+        );
+        reg.register("tcp_open", "Connections accepted", self.tcp_open.clone());
+        reg.register("tcp_close", "Connections closed", self.tcp_close.clone());
+        reg.register("tcp_open_connections", "Connections currently open", self.tcp_active.clone());
+        reg.register_with_unit("tcp_read", "Bytes read from peers", Unit::Bytes, self.tcp_read.clone());
+        reg.register_with_unit("tcp_write", "Bytes written to peers", Unit::Bytes, self.tcp_write.clone());
+    }
+
+    /// Handles for one connection's HTTP traffic.
+    pub fn http(&self, labels: Labels) -> Arc<HttpHandles> {
+        Arc::new(HttpHandles {
+            requests: self.requests.get_or_create(&labels).clone(),
+            latency: self.latency.get_or_create(&labels).clone(),
+            responses: self.responses.clone(),
+            labels,
+        })
+    }
+
+    /// Opens a connection's TCP accounting; closing happens when the guard drops.
+    pub fn tcp(&self, labels: &Labels) -> TcpGuard {
+        self.tcp_open.get_or_create(labels).inc();
+        let active = self.tcp_active.get_or_create(labels).clone();
+        active.inc();
+        TcpGuard {
+            close: self.tcp_close.get_or_create(labels).clone(),
+            active,
+            bytes: ByteCounters {
+                read: self.tcp_read.get_or_create(labels).clone(),
+                write: self.tcp_write.get_or_create(labels).clone(),
+            },
+        }
+    }
+}
+
+/// Counts a connection as open until dropped.
+#[derive(Debug)]
+pub struct TcpGuard {
+    close: Counter,
+    active: Gauge,
+    /// Byte counters for the connection's I/O.
+    pub bytes: ByteCounters,
+}
+
+impl Drop for TcpGuard {
+    fn drop(&mut self) {
+        self.close.inc();
+        self.active.dec();
+    }
+}
+
+/// Resolved handles for one connection's requests.
+#[derive(Debug)]
+pub struct HttpHandles {
+    /// Requests received.
+    pub requests: Counter,
+    /// Latency to response headers.
+    pub latency: Histogram,
+    responses: Family<ResponseLabels, Counter>,
+    labels: Labels,
+}
+
+impl HttpHandles {
+    /// Counts a finished response.
+    pub fn response(&self, status_code: u16, grpc_status: Option<u32>) {
+        let classification = classify(status_code, grpc_status);
+        let labels = ResponseLabels {
+            base: self.labels.clone(),
+            status_code,
+            grpc_status: grpc_status.map(|g| g.to_string()).unwrap_or_default(),
+            classification,
+        };
+        self.responses.get_or_create(&labels).inc();
+    }
+}
+
+/// Success or failure: 5xx fail; for gRPC, codes that mean the server or
+/// the network failed (UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL,
+/// UNAVAILABLE, DATA_LOSS, RESOURCE_EXHAUSTED) fail.
+pub fn classify(status_code: u16, grpc_status: Option<u32>) -> Class {
+    if status_code >= 500 {
+        return Class::failure;
+    }
+    match grpc_status {
+        Some(2 | 4 | 8 | 12 | 13 | 14 | 15) => Class::failure,
+        _ => Class::success,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification() {
+        assert_eq!(classify(200, None), Class::success);
+        assert_eq!(classify(404, None), Class::success);
+        assert_eq!(classify(503, None), Class::failure);
+        assert_eq!(classify(200, Some(0)), Class::success);
+        assert_eq!(classify(200, Some(5)), Class::success, "NOT_FOUND is the caller's problem");
+        assert_eq!(classify(200, Some(14)), Class::failure);
+    }
+
+    #[test]
+    fn encodes_with_conventional_names() {
+        let m = Metrics::default();
+        let mut reg = Registry::default();
+        m.register(&mut reg);
+        let labels = Labels { direction: Direction::inbound, target: "app:8080".into(), tls: Tls::No };
+        let h = m.http(labels.clone());
+        h.requests.inc();
+        h.latency.observe(0.002);
+        h.response(200, None);
+        drop(m.tcp(&labels));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &reg).expect("encode");
+        assert!(out.contains(r#"request_total{direction="inbound",target="app:8080",tls="false"} 1"#), "{out}");
+        assert!(out.contains(r#"response_total{direction="inbound",target="app:8080",tls="false",status_code="200",grpc_status="",classification="success"} 1"#), "{out}");
+        assert!(out.contains("response_latency_seconds_bucket"), "{out}");
+        assert!(out.contains(r#"tcp_close_total{direction="inbound",target="app:8080",tls="false"} 1"#), "{out}");
+    }
+}
