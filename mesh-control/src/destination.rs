@@ -5,6 +5,7 @@
 
 use crate::registry::model::Protocol;
 use crate::store::{Resolution, ResolvedEndpoint, Store, Target};
+use mesh_core::shutdown::Shutdown;
 use futures_util::Stream;
 use mesh_proto::destination::{
     self as pb, AddressSet, EndpointSet, GetDestination, ProtocolHint, Snapshot, Update,
@@ -43,12 +44,14 @@ impl DestinationMetrics {
 pub struct DestinationService {
     store: Store,
     metrics: DestinationMetrics,
+    shutdown: Shutdown,
 }
 
 impl DestinationService {
-    /// A service answering from `store`.
-    pub fn new(store: Store, metrics: DestinationMetrics) -> Self {
-        Self { store, metrics }
+    /// A service answering from `store`; open streams end on `shutdown` so
+    /// proxies reconnect (to this control plane's successor).
+    pub fn new(store: Store, metrics: DestinationMetrics, shutdown: Shutdown) -> Self {
+        Self { store, metrics, shutdown }
     }
 }
 
@@ -73,6 +76,7 @@ impl Destination for DestinationService {
             queue: VecDeque::new(),
             _guard: WatcherGuard::new(self.metrics.watchers.clone()),
             updates: self.metrics.updates.clone(),
+            shutdown: self.shutdown.clone(),
         };
         let stream = futures_util::stream::unfold(state, |mut st| async move {
             loop {
@@ -80,9 +84,11 @@ impl Destination for DestinationService {
                     st.updates.inc();
                     return Some((Ok(u), st));
                 }
-                if st.prev.is_some() && st.rx.changed().await.is_err() {
-                    // The store is gone: the control plane is shutting down.
-                    return None;
+                if st.prev.is_some() {
+                    tokio::select! {
+                        changed = st.rx.changed() => if changed.is_err() { return None },
+                        _ = st.shutdown.triggered() => return None,
+                    }
                 }
                 let cur = st.rx.borrow_and_update().clone();
                 st.queue.extend(diff(st.prev.as_deref(), &cur));
@@ -99,6 +105,7 @@ struct WatchState {
     queue: VecDeque<Update>,
     _guard: WatcherGuard,
     updates: Counter,
+    shutdown: Shutdown,
 }
 
 /// Counts a watch stream in `destination_watchers` while it lives.

@@ -71,7 +71,7 @@ impl Control {
 
         let ready = Arc::new(AtomicBool::new(false));
         tasks.spawn(mesh_core::admin::serve(admin, Admin::new(metrics, ready.clone()), shutdown.clone()));
-        let svc = DestinationServer::new(DestinationService::new(store.clone(), destination_metrics));
+        let svc = DestinationServer::new(DestinationService::new(store.clone(), destination_metrics, shutdown.clone()));
         tasks.spawn(serve_grpc(grpc, svc, shutdown));
         ready.store(true, Ordering::Release);
         tracing::info!(%grpc_addr, %admin_addr, "control plane serving");

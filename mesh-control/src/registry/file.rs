@@ -50,7 +50,7 @@ const MAX_WEIGHT: u32 = 1_000_000;
 const MAX_LABEL_LEN: usize = 63;
 /// Longest user value quoted back in a message.
 const MAX_QUOTED_CHARS: usize = 64;
-/// Shortest poll interval (a zero interval would spin).
+/// Shortest poll interval (the timer refuses a zero period).
 const MIN_POLL_INTERVAL: Duration = Duration::from_millis(1);
 /// How long after its modification time a file is re-read on every poll, even
 /// when its metadata looks unchanged: two writes within one tick of the

@@ -1,0 +1,97 @@
+//! A closed-loop load driver: N workers sending requests back to back over
+//! keep-alive connections, recording every outcome.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::task::JoinSet;
+
+/// What a load run saw.
+#[derive(Debug, Default, Clone)]
+pub struct Outcome {
+    /// 2xx responses.
+    pub ok: u64,
+    /// Anything else (status or transport error).
+    pub failed: u64,
+    /// Successful responses by `x-replica`.
+    pub by_replica: HashMap<String, u64>,
+    /// The first few failures, for the assertion message.
+    pub errors: Vec<String>,
+}
+
+/// A running load.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    outcome: Arc<Mutex<Outcome>>,
+    workers: JoinSet<()>,
+}
+
+impl Load {
+    /// Starts `concurrency` workers GETting `url` (HTTP/1.1 keep-alive, or
+    /// HTTP/2 prior knowledge when `h2`).
+    pub fn start(url: &str, concurrency: usize, h2: bool) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let outcome = Arc::new(Mutex::new(Outcome::default()));
+        let client = Client::builder(TokioExecutor::new()).http2_only(h2).build_http::<Empty<Bytes>>();
+        let uri: http::Uri = url.parse().unwrap();
+        let mut workers = JoinSet::new();
+        for _ in 0..concurrency {
+            let (stop, outcome, client, uri) = (stop.clone(), outcome.clone(), client.clone(), uri.clone());
+            workers.spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let res = tokio::time::timeout(Duration::from_secs(10), async {
+                        let rsp = client.get(uri.clone()).await?;
+                        let status = rsp.status();
+                        let replica = rsp.headers().get("x-replica").and_then(|v| v.to_str().ok()).map(str::to_string);
+                        let body = rsp.into_body().collect().await?.to_bytes();
+                        Ok::<_, Box<dyn std::error::Error + Send + Sync>>((status, replica, body))
+                    })
+                    .await;
+                    let mut o = outcome.lock().unwrap();
+                    match res {
+                        Ok(Ok((status, replica, _))) if status.is_success() => {
+                            o.ok += 1;
+                            *o.by_replica.entry(replica.unwrap_or_default()).or_default() += 1;
+                        }
+                        Ok(Ok((status, _, body))) => {
+                            o.failed += 1;
+                            if o.errors.len() < 5 {
+                                o.errors.push(format!("{status}: {}", String::from_utf8_lossy(&body)));
+                            }
+                        }
+                        Ok(Err(e)) => {
+                            o.failed += 1;
+                            if o.errors.len() < 5 {
+                                o.errors.push(format!("transport: {e:?}"));
+                            }
+                        }
+                        Err(_) => {
+                            o.failed += 1;
+                            if o.errors.len() < 5 {
+                                o.errors.push("timed out after 10s".into());
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        Self { stop, outcome, workers }
+    }
+
+    /// The outcome so far.
+    pub fn snapshot(&self) -> Outcome {
+        self.outcome.lock().unwrap().clone()
+    }
+
+    /// Stops the workers (letting in-flight requests finish) and returns the outcome.
+    pub async fn stop(mut self) -> Outcome {
+        self.stop.store(true, Ordering::Relaxed);
+        while self.workers.join_next().await.is_some() {}
+        self.snapshot()
+    }
+}

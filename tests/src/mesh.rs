@@ -1,0 +1,208 @@
+//! A mesh in one process: the control plane with a file registry in a temp
+//! dir, and proxies started from the library with configuration values.
+
+use mesh_control::{Config as ControlConfig, Control};
+use mesh_proxy::config::{InboundConfig, Upstream};
+use mesh_proxy::{Config as ProxyConfig, Proxy};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// One service in a generated registry.
+#[derive(Debug, Clone)]
+pub struct Svc {
+    /// Service name (namespace `default`).
+    pub name: String,
+    /// Service port.
+    pub port: u16,
+    /// Protocol hint: `http`, `http2`, `grpc`, `opaque`, `detect`.
+    pub protocol: String,
+    /// Endpoint addresses (the replicas' proxies' inbound addresses).
+    pub endpoints: Vec<SocketAddr>,
+}
+
+impl Svc {
+    /// A service with endpoints.
+    pub fn new(name: &str, port: u16, protocol: &str, endpoints: &[SocketAddr]) -> Self {
+        Self { name: name.into(), port, protocol: protocol.into(), endpoints: endpoints.to_vec() }
+    }
+}
+
+/// Renders a registry YAML.
+pub fn registry_yaml(services: &[Svc]) -> String {
+    let mut y = String::from("services:\n");
+    for s in services {
+        y.push_str(&format!(
+            "  - name: {}\n    ports:\n      - port: {}\n        protocol: {}\n    endpoints:\n",
+            s.name, s.port, s.protocol
+        ));
+        if s.endpoints.is_empty() {
+            y.push_str("      []\n");
+        }
+        for e in &s.endpoints {
+            y.push_str(&format!("      - address: \"{e}\"\n"));
+        }
+    }
+    y
+}
+
+/// The control plane and its registry file.
+pub struct Mesh {
+    dir: tempfile::TempDir,
+    control: Option<Control>,
+    grpc_addr: SocketAddr,
+    admin_addr: SocketAddr,
+}
+
+impl Mesh {
+    /// Writes the registry and starts the control plane on ephemeral ports.
+    pub async fn start(services: &[Svc]) -> Self {
+        crate::init_logs();
+        let dir = tempfile::tempdir().unwrap();
+        let mut mesh = Self {
+            dir,
+            control: None,
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        mesh.write_registry(services);
+        mesh.start_control().await;
+        mesh
+    }
+
+    /// The registry file.
+    pub fn registry_path(&self) -> PathBuf {
+        self.dir.path().join("registry.yaml")
+    }
+
+    /// Rewrites the registry (the control plane picks it up within ~200 ms).
+    pub fn write_registry(&self, services: &[Svc]) {
+        self.write_registry_text(&registry_yaml(services));
+    }
+
+    /// Writes raw registry text (valid or not), atomically.
+    pub fn write_registry_text(&self, text: &str) {
+        let tmp = self.dir.path().join(".registry.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.registry_path()).unwrap();
+    }
+
+    /// Starts the control plane (again, on the same ports after a stop).
+    pub async fn start_control(&mut self) {
+        let mut config = ControlConfig::with_file(self.registry_path());
+        config.grpc_addr = self.grpc_addr;
+        config.admin_addr = self.admin_addr;
+        #[allow(irrefutable_let_patterns)] // more registries will come
+        if let mesh_control::RegistryConfig::File { poll_interval, .. } = &mut config.registry {
+            *poll_interval = Duration::from_millis(50);
+        }
+        // The old listener may linger briefly after a stop.
+        let mut last = None;
+        for _ in 0..50 {
+            match Control::start(config.clone()).await {
+                Ok(c) => {
+                    self.grpc_addr = c.grpc_addr();
+                    self.admin_addr = c.admin_addr();
+                    self.control = Some(c);
+                    return;
+                }
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("control plane did not restart: {last:?}");
+    }
+
+    /// Stops the control plane (its listeners close, watch streams break).
+    pub async fn stop_control(&mut self) {
+        if let Some(c) = self.control.take() {
+            c.shutdown().await;
+        }
+    }
+
+    /// The control plane's gRPC URL for proxies.
+    pub fn control_url(&self) -> String {
+        format!("http://{}", self.grpc_addr)
+    }
+
+    /// The control plane's admin address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+}
+
+/// Starts a sidecar in front of `app` (inbound only).
+pub async fn sidecar(name: &str, app: SocketAddr) -> Proxy {
+    sidecar_with(name, app, |_| {}).await
+}
+
+/// Starts a sidecar in front of `app`, adjusting its config first.
+pub async fn sidecar_with(name: &str, app: SocketAddr, f: impl FnOnce(&mut ProxyConfig)) -> Proxy {
+    let mut c = base(name);
+    c.inbound = Some(InboundConfig { listen: loopback0(), app, opaque_ports: vec![] });
+    f(&mut c);
+    Proxy::start(c).await.unwrap()
+}
+
+/// Starts a client-side proxy with one upstream port per target.
+pub async fn client(name: &str, control_url: &str, targets: &[&str]) -> Proxy {
+    client_with(name, control_url, targets, |_| {}).await
+}
+
+/// Starts a client-side proxy, adjusting its config first.
+pub async fn client_with(name: &str, control_url: &str, targets: &[&str], f: impl FnOnce(&mut ProxyConfig)) -> Proxy {
+    let mut c = base(name);
+    c.control_plane = Some(control_url.to_string());
+    c.outbound.upstreams =
+        targets.iter().map(|t| Upstream { listen: loopback0(), target: (*t).to_string() }).collect();
+    f(&mut c);
+    Proxy::start(c).await.unwrap()
+}
+
+fn base(name: &str) -> ProxyConfig {
+    let mut c = ProxyConfig::new(name);
+    c.admin_addr = loopback0();
+    c.shutdown_grace = Duration::from_secs(5);
+    c
+}
+
+fn loopback0() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// GETs an admin path and returns the body.
+pub async fn admin_get(addr: SocketAddr, path: &str) -> String {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let uri: http::Uri = format!("http://{addr}{path}").parse().unwrap();
+    let rsp = client.get(uri).await.unwrap();
+    let body = http_body_util::BodyExt::collect(rsp.into_body()).await.unwrap().to_bytes();
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// Sums the values of metric lines whose name and labels contain every
+/// fragment in `parts` (e.g. `["response_total", "direction=\"inbound\""]`).
+pub fn metric_sum(text: &str, parts: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && parts.iter().all(|p| l.contains(p)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if f().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,268 @@
+//! The data path end to end: client → client sidecar → server sidecar → app,
+//! discovered through the control plane, over HTTP/1.1, HTTP/2, gRPC and TCP.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use mesh_tests::mesh::{self, Mesh, Svc};
+use mesh_tests::{apps, grpc, load::Load, pb};
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// `n` replicas of the HTTP app, each behind its own sidecar.
+async fn replicas(n: usize) -> (Vec<apps::App>, Vec<mesh_proxy::Proxy>, Vec<SocketAddr>) {
+    let mut apps_ = Vec::new();
+    let mut proxies = Vec::new();
+    let mut addrs = Vec::new();
+    for i in 0..n {
+        let app = apps::http(&format!("web-{i}")).await;
+        let p = mesh::sidecar(&format!("web-{i}"), app.addr).await;
+        addrs.push(p.inbound_addr().unwrap());
+        apps_.push(app);
+        proxies.push(p);
+    }
+    (apps_, proxies, addrs)
+}
+
+fn url(p: &mesh_proxy::Proxy, path: &str) -> String {
+    format!("http://{}{path}", p.upstream_addrs()[0])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spreads_requests_across_replicas() {
+    let (_apps, _proxies, addrs) = replicas(3).await;
+    let mesh = Mesh::start(&[Svc::new("web", 80, "http", &addrs)]).await;
+    let client = mesh::client("client", &mesh.control_url(), &["web.default:80"]).await;
+    for h2 in [false, true] {
+        let load = Load::start(&url(&client, "/"), 12, h2);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let out = load.stop().await;
+        assert_eq!(out.failed, 0, "h2={h2}: {:?}", out.errors);
+        assert!(out.ok > 300, "h2={h2}: too little traffic: {out:?}");
+        for i in 0..3 {
+            let share = *out.by_replica.get(&format!("web-{i}")).unwrap_or(&0) as f64 / out.ok as f64;
+            assert!(share > 0.15, "h2={h2}: replica web-{i} got {:.1} % of {out:?}", share * 100.0);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_an_endpoint_under_load_fails_nothing() {
+    let (apps_, mut proxies, addrs) = replicas(2).await;
+    let mesh = Mesh::start(&[Svc::new("web", 80, "http", &addrs)]).await;
+    let client = mesh::client("client", &mesh.control_url(), &["web.default:80"]).await;
+    let load = Load::start(&url(&client, "/slow/5"), 8, false);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(apps_[1].requests() > 0, "replica 1 must take traffic before removal");
+
+    // Remove replica 1 from the registry; traffic must drain off it.
+    mesh.write_registry(&[Svc::new("web", 80, "http", &addrs[..1])]);
+    let drained = mesh::eventually(Duration::from_secs(3), || async {
+        let before = apps_[1].requests();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        apps_[1].requests() == before
+    })
+    .await;
+    assert!(drained, "replica 1 still receives requests after its removal");
+    // Now it can go away for real, and nothing may fail.
+    let gone = proxies.pop().unwrap();
+    assert!(gone.shutdown().await, "removed replica's proxy drained");
+    apps_[1].kill();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let out = load.stop().await;
+    assert_eq!(out.failed, 0, "{:?}", out.errors);
+    assert!(out.by_replica.get("web-0").copied().unwrap_or(0) > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_keepalive_and_chunked_bodies_with_curl() {
+    let (apps_, _proxies, addrs) = replicas(1).await;
+    let mesh = Mesh::start(&[Svc::new("web", 80, "http", &addrs)]).await;
+    let client = mesh::client("client", &mesh.control_url(), &["web.default:80"]).await;
+    let base = url(&client, "");
+
+    // Two requests on one curl invocation reuse the client connection.
+    let out = Command::new("curl")
+        .args(["-sv", &format!("{base}/"), &format!("{base}/")])
+        .output()
+        .expect("curl is installed (apt-get install curl)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "web-0web-0");
+    assert!(stderr.contains("Re-using existing connection") || stderr.contains("Reusing existing"), "{stderr}");
+
+    // A chunked upload is echoed back intact.
+    let dir = tempfile::tempdir().unwrap();
+    let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let file = dir.path().join("payload");
+    std::fs::write(&file, &payload).unwrap();
+    let out = Command::new("curl")
+        .args(["-s", "-H", "Transfer-Encoding: chunked", "--data-binary"])
+        .arg(format!("@{}", file.display()))
+        .arg(format!("{base}/echo"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(out.stdout, payload, "chunked body corrupted");
+
+    // A chunked download (no content-length) arrives whole.
+    let out = Command::new("curl").args(["-s", "-D", "-", &format!("{base}/bytes/200000")]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.to_ascii_lowercase().contains("transfer-encoding: chunked"), "{}", &text[..200.min(text.len())]);
+    assert!(text.ends_with(&"x".repeat(1000)));
+
+    // Keep-alive end to end: 100 sequential requests, few app connections.
+    let http = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let conns_before = apps_[0].connections();
+    for _ in 0..100 {
+        let rsp = http.get(format!("{base}/").parse().unwrap()).await.unwrap();
+        assert!(rsp.status().is_success());
+        rsp.into_body().collect().await.unwrap();
+    }
+    let opened = apps_[0].connections() - conns_before;
+    assert!(opened <= 2, "inbound proxy opened {opened} connections for 100 sequential requests");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_multiplexes_over_one_connection_and_curl_prior_knowledge() {
+    let (apps_, _proxies, addrs) = replicas(1).await;
+    let mesh = Mesh::start(&[Svc::new("web", 80, "http2", &addrs)]).await;
+    let client = mesh::client("client", &mesh.control_url(), &["web.default:80"]).await;
+    let base = url(&client, "");
+
+    let out = Command::new("curl")
+        .args(["-s", "--http2-prior-knowledge", "-w", " %{http_version}", &format!("{base}/")])
+        .output()
+        .expect("curl is installed");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "web-0 2");
+
+    let h2 = Client::builder(TokioExecutor::new()).http2_only(true).build_http::<Full<Bytes>>();
+    let conns_before = apps_[0].connections();
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..200 {
+        let h2 = h2.clone();
+        let uri: http::Uri = format!("{base}/slow/200").parse().unwrap();
+        set.spawn(async move { h2.get(uri).await.map(|r| r.status()) });
+    }
+    while let Some(r) = set.join_next().await {
+        assert!(r.unwrap().unwrap().is_success());
+    }
+    let opened = apps_[0].connections() - conns_before;
+    assert!(opened <= 1, "200 concurrent streams used {opened} app connections");
+    let concurrent = apps_[0].stats.max_active.load(Ordering::Relaxed);
+    assert!(concurrent >= 50, "streams were not concurrent at the app: max {concurrent}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_unary_and_bidirectional_streaming() {
+    let app = grpc::start("grpc-0").await;
+    let side = mesh::sidecar("grpc-0", app.addr).await;
+    let mesh = Mesh::start(&[Svc::new("echo", 9090, "grpc", &[side.inbound_addr().unwrap()])]).await;
+    let client = mesh::client("client", &mesh.control_url(), &["echo.default:9090"]).await;
+    let channel = tonic::transport::Endpoint::from_shared(url(&client, "")).unwrap().connect().await.unwrap();
+    let mut c = pb::echo_client::EchoClient::new(channel);
+
+    let rsp = c.unary(pb::Msg { text: "hi".into(), seq: 1, replica: String::new() }).await.unwrap().into_inner();
+    assert_eq!((rsp.text.as_str(), rsp.replica.as_str()), ("hi", "grpc-0"));
+    // Application errors (status in trailers) pass through untouched.
+    let err = c.unary(pb::Msg { text: "fail".into(), ..Default::default() }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(err.message(), "asked to fail");
+
+    // Bidirectional: each message is answered before the next is sent, so
+    // nothing may be buffered to the end of the stream in either direction.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let mut replies = c.bidi(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    for seq in 0..100u64 {
+        tx.send(pb::Msg { text: format!("m{seq}"), seq, replica: String::new() }).await.unwrap();
+        let m = tokio::time::timeout(Duration::from_secs(5), replies.message()).await.unwrap().unwrap().unwrap();
+        assert_eq!((m.seq, m.text), (seq + 1, format!("m{seq}")));
+    }
+    drop(tx);
+    assert!(replies.message().await.unwrap().is_none(), "stream ends after the client half-closes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_passthrough_and_server_first_protocols() {
+    let echo = apps::tcp_echo().await;
+    let banner = apps::banner("220 ready\r\n").await;
+    let echo_side = mesh::sidecar("echo-0", echo.addr).await;
+    // Server-first: the inbound side must not wait for the client to speak.
+    let banner_port = banner.addr.port();
+    let banner_side = mesh::sidecar_with("banner-0", banner.addr, |c| {
+        if let Some(i) = c.inbound.as_mut() {
+            i.opaque_ports = vec![banner_port];
+        }
+    })
+    .await;
+    // The same banner server, not marked opaque: detection times out quickly.
+    let banner_unmarked = mesh::sidecar_with("banner-1", banner.addr, |c| {
+        c.limits.detect_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let mesh = Mesh::start(&[
+        Svc::new("echo", 7000, "detect", &[echo_side.inbound_addr().unwrap()]),
+        Svc::new("smtp", 25, "opaque", &[banner_side.inbound_addr().unwrap()]),
+        Svc::new("smtp2", 25, "detect", &[banner_unmarked.inbound_addr().unwrap()]),
+    ])
+    .await;
+    let client = mesh::client_with(
+        "client",
+        &mesh.control_url(),
+        &["echo.default:7000", "smtp.default:25", "smtp2.default:25"],
+        |c| c.limits.detect_timeout = Duration::from_millis(300),
+    )
+    .await;
+    let ups = client.upstream_addrs().to_vec();
+
+    // Binary, non-HTTP bytes round-trip.
+    let mut s = tokio::net::TcpStream::connect(ups[0]).await.unwrap();
+    let payload: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
+    let (mut r, mut w) = s.split();
+    let (_, got) = tokio::join!(w.write_all(&payload), async {
+        let mut got = vec![0u8; payload.len()];
+        r.read_exact(&mut got).await.map(|_| got)
+    });
+    assert_eq!(got.unwrap(), payload);
+
+    for (i, bound) in [(1, Duration::from_millis(500)), (2, Duration::from_secs(3))] {
+        let start = std::time::Instant::now();
+        let mut s = tokio::net::TcpStream::connect(ups[i]).await.unwrap();
+        let mut buf = [0u8; 11];
+        tokio::time::timeout(bound, s.read_exact(&mut buf)).await.expect("banner arrives").unwrap();
+        assert_eq!(&buf, b"220 ready\r\n", "upstream {i} after {:?}", start.elapsed());
+        s.write_all(b"EHLO x\r\n").await.unwrap();
+        let mut buf = [0u8; 8];
+        s.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"EHLO x\r\n");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_plane_restart_under_load() {
+    let (_apps, _proxies, addrs) = replicas(2).await;
+    let mut mesh = Mesh::start(&[Svc::new("web", 80, "http", &addrs[..1])]).await;
+    let client = mesh::client("client", &mesh.control_url(), &["web.default:80"]).await;
+    let load = Load::start(&url(&client, "/"), 6, false);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    mesh.stop_control().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let during = load.snapshot();
+    assert_eq!(during.failed, 0, "traffic failed while the control plane was down: {:?}", during.errors);
+    // The registry changes while the control plane is down ...
+    mesh.write_registry(&[Svc::new("web", 80, "http", &addrs)]);
+    mesh.start_control().await;
+    // ... and the proxy reconnects and learns the new replica.
+    let learned = mesh::eventually(Duration::from_secs(10), || async {
+        load.snapshot().by_replica.get("web-1").copied().unwrap_or(0) > 0
+    })
+    .await;
+    let out = load.stop().await;
+    assert!(learned, "proxy did not resume its watch after the restart: {out:?}");
+    assert_eq!(out.failed, 0, "{:?}", out.errors);
+}
