@@ -1,0 +1,175 @@
+//! The real binaries as separate processes: signals, exit codes, memory,
+//! and the control plane's handling of bad registry files.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use mesh_tests::{apps, bins, mesh};
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A child process killed on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().unwrap().success();
+    assert!(ok, "kill -{sig} {pid}");
+}
+
+async fn wait_ready(admin: SocketAddr) {
+    let ok = mesh::eventually(Duration::from_secs(10), || async move {
+        tokio::net::TcpStream::connect(admin).await.is_ok() && mesh::admin_get(admin, "/ready").await.starts_with("ready")
+    })
+    .await;
+    assert!(ok, "process at {admin} never became ready");
+}
+
+fn spawn_proxy(args: &[String]) -> Proc {
+    let child = Command::new(bins::path("mesh-proxy"))
+        .args(args)
+        .env("MESH_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Proc(child)
+}
+
+fn sidecar_args(app: SocketAddr, inbound: SocketAddr, admin: SocketAddr) -> Vec<String> {
+    vec![
+        "--workload".into(),
+        "web-0".into(),
+        "--app".into(),
+        app.to_string(),
+        "--inbound-addr".into(),
+        inbound.to_string(),
+        "--admin-addr".into(),
+        admin.to_string(),
+        "--shutdown-grace".into(),
+        "10s".into(),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_then_exits_zero() {
+    let app = apps::http("web-0").await;
+    let (inbound, admin) = (free_addr(), free_addr());
+    let mut proxy = spawn_proxy(&sidecar_args(app.addr, inbound, admin));
+    wait_ready(admin).await;
+
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<Bytes>>();
+    let slow = tokio::spawn(client.get(format!("http://{inbound}/slow/1500").parse().unwrap()));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    signal(proxy.0.id(), "TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(tokio::net::TcpStream::connect(inbound).await.is_err(), "still accepting after SIGTERM");
+
+    let rsp = slow.await.unwrap().expect("in-flight request completes during the drain");
+    assert!(rsp.status().is_success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(s) = proxy.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "proxy did not exit after draining");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit status {status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_100_mb_body_streams_through_with_bounded_memory() {
+    let app = apps::http("web-0").await;
+    let (inbound, server_admin) = (free_addr(), free_addr());
+    let server = spawn_proxy(&sidecar_args(app.addr, inbound, server_admin));
+    let (upstream, client_admin) = (free_addr(), free_addr());
+    // No control plane: an ip:port target is passed through as-is.
+    let client = spawn_proxy(&[
+        "--upstream".into(),
+        format!("{upstream}={inbound}"),
+        "--admin-addr".into(),
+        client_admin.to_string(),
+    ]);
+    wait_ready(server_admin).await;
+    wait_ready(client_admin).await;
+
+    const TOTAL: usize = 100 * 1024 * 1024;
+    for h2 in [false, true] {
+        let chunk = Bytes::from(vec![7u8; 256 * 1024]);
+        let frames = (0..TOTAL / chunk.len()).map(move |_| Ok::<_, std::io::Error>(Frame::data(chunk.clone())));
+        let body = StreamBody::new(futures_util::stream::iter(frames));
+        let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(h2)
+            .build_http::<StreamBody<_>>();
+        let req = http::Request::post(format!("http://{upstream}/echo")).body(body).unwrap();
+        let rsp = http.request(req).await.unwrap();
+        assert!(rsp.status().is_success());
+        let mut body = rsp.into_body();
+        let mut got = 0usize;
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.unwrap().into_data() {
+                got += data.len();
+            }
+        }
+        assert_eq!(got, TOTAL, "h2={h2}: body truncated");
+    }
+    for (name, p) in [("server", &server), ("client", &client)] {
+        let peak = bins::peak_rss(p.0.id()).unwrap();
+        assert!(peak < 40 * 1024 * 1024, "{name} proxy peaked at {} MiB streaming 200 MiB", peak >> 20);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_plane_rejects_bad_registries_and_keeps_the_last_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = dir.path().join("registry.yaml");
+    // At start: refuse, naming file, line and problem.
+    std::fs::write(&reg, "services:\n  - name: web\n    ports:\n      - port: 70000\n").unwrap();
+    let out = Command::new(bins::path("mesh-control"))
+        .args(["--registry-file", reg.to_str().unwrap(), "--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains(&format!("{}:4:", reg.display())), "{stderr}");
+    assert!(stderr.contains("70000"), "{stderr}");
+
+    // While running: a bad file is rejected in logs and metrics; the last good stays.
+    std::fs::write(&reg, "services:\n  - name: web\n    ports:\n      - port: 80\n    endpoints:\n      - address: 127.0.0.1:9\n").unwrap();
+    let (grpc, admin) = (free_addr(), free_addr());
+    let log = dir.path().join("control.log");
+    let child = Command::new(bins::path("mesh-control"))
+        .args(["--registry-file", reg.to_str().unwrap(), "--registry-poll", "50ms"])
+        .args(["--grpc-addr", &grpc.to_string(), "--admin-addr", &admin.to_string()])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let _control = Proc(child);
+    wait_ready(admin).await;
+    std::fs::write(&reg, "services:\n  - name: web\n    prots: []\n").unwrap();
+    let rejected = mesh::eventually(Duration::from_secs(5), || async {
+        let m = mesh::admin_get(admin, "/metrics").await;
+        mesh::metric_sum(&m, &["registry_reloads_total", "result=\"error\""]) >= 1.0
+    })
+    .await;
+    assert!(rejected, "rejection not counted");
+    let m = mesh::admin_get(admin, "/metrics").await;
+    assert_eq!(mesh::metric_sum(&m, &["registry_last_reload_success"]), 0.0);
+    assert_eq!(mesh::metric_sum(&m, &["registry_services"]), 1.0, "last good registry left force");
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(logs.contains(&format!("{}:3:", reg.display())) && logs.contains("prots"), "{logs}");
+}
