@@ -1,0 +1,84 @@
+use super::*;
+use crate::registry::model::{Endpoint, Service};
+
+fn svc(name: &str, vip: Option<&str>, eps: &[&str]) -> Service {
+    Service {
+        key: ServiceKey::new("default", name),
+        addresses: vip.map(|v| vec![v.parse().expect("vip")]).unwrap_or_default(),
+        ports: vec![ServicePort { port: 80, name: None, target_port: 8080, protocol: Protocol::Http1 }],
+        service_account: name.to_string(),
+        endpoints: eps
+            .iter()
+            .map(|e| {
+                let a: SocketAddr = e.parse().expect("endpoint");
+                Endpoint { ip: a.ip(), port: Some(a.port()), weight: 1, labels: BTreeMap::new() }
+            })
+            .collect(),
+    }
+}
+
+fn snapshot(services: Vec<Service>) -> RegistrySnapshot {
+    RegistrySnapshot { services }
+}
+
+fn t(s: &str) -> Target {
+    s.parse().expect("target")
+}
+
+#[test]
+fn parses_targets() {
+    assert_eq!(t("books.default:80"), Target::Service { key: ServiceKey::new("default", "books"), port: 80 });
+    assert_eq!(t("books:80"), Target::Service { key: ServiceKey::new("default", "books"), port: 80 });
+    assert_eq!(t("books.shop.svc.cluster.local:80"), Target::Service { key: ServiceKey::new("shop", "books"), port: 80 });
+    assert_eq!(t("10.0.0.1:80"), Target::Addr("10.0.0.1:80".parse().expect("addr")));
+    assert_eq!(t("[::1]:80"), Target::Addr("[::1]:80".parse().expect("addr")));
+    for bad in ["books", "books:0", "books:99999", ":80", "a.b.example.com:80", "10.0.0.999:80"] {
+        let e = bad.parse::<Target>().expect_err(bad);
+        assert!(e.to_string().contains("name.namespace:port"), "{e}");
+    }
+}
+
+#[test]
+fn resolves_names_vips_and_endpoint_addresses() {
+    let store = Store::new(Some(IdentityNaming { trust_domain: "mesh.local".into() }));
+    store.replace_all(&snapshot(vec![svc("books", Some("10.96.0.1"), &["10.0.0.1:8080", "10.0.0.2:8080"])]));
+    let by_name = store.resolve(&t("books.default:80"));
+    assert_eq!(by_name.endpoints.len(), 2);
+    let ep = by_name.endpoints.values().next().expect("endpoint");
+    assert_eq!(ep.identity.as_deref(), Some("spiffe://mesh.local/ns/default/sa/books"));
+    assert_eq!(store.resolve(&t("10.96.0.1:80")), by_name, "a VIP resolves to the service");
+    let one = store.resolve(&t("10.0.0.2:8080"));
+    assert_eq!(one.endpoints.len(), 1, "an endpoint address resolves to itself");
+    assert_eq!(one.service.as_ref().map(|m| m.key.name.as_str()), Some("books"));
+    assert!(store.resolve(&t("books.default:81")).service.is_none(), "unknown port");
+    assert!(store.resolve(&t("10.9.9.9:80")).service.is_none());
+}
+
+#[tokio::test]
+async fn watches_fire_only_on_change_and_see_services_appear() {
+    let store = Store::new(None);
+    let mut rx = store.watch(&t("books.default:80"));
+    assert!(rx.borrow_and_update().service.is_none());
+    store.replace_all(&snapshot(vec![svc("books", None, &["10.0.0.1:8080"])]));
+    assert!(rx.has_changed().expect("open"));
+    assert_eq!(rx.borrow_and_update().endpoints.len(), 1);
+    // An unrelated change does not wake this watch.
+    store.upsert(svc("authors", None, &["10.0.0.9:8080"]));
+    assert!(!rx.has_changed().expect("open"));
+    store.upsert(svc("books", None, &["10.0.0.1:8080", "10.0.0.3:8080"]));
+    assert!(rx.has_changed().expect("open"));
+    assert_eq!(rx.borrow_and_update().endpoints.len(), 2);
+    store.remove(&ServiceKey::new("default", "books"));
+    assert!(rx.borrow_and_update().service.is_none());
+}
+
+#[test]
+fn unwatched_targets_are_forgotten() {
+    let store = Store::new(None);
+    let rx = store.watch(&t("books.default:80"));
+    assert_eq!(store.watchers(), 1);
+    drop(rx);
+    store.replace_all(&snapshot(vec![]));
+    assert_eq!(store.watchers(), 0);
+    assert!(store.lock().watches.is_empty());
+}

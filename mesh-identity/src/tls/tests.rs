@@ -1,0 +1,144 @@
+//! Real TLS handshakes between in-memory peers.
+
+use super::*;
+use crate::SpiffeId;
+use crate::ca::{self, CertAndKey, IssuerCa};
+use crate::pem::certs;
+use rustls_pki_types::ServerName;
+use std::time::Duration;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+struct Pki {
+    anchor: CertAndKey,
+    issuer: IssuerCa,
+}
+
+fn pki() -> Pki {
+    let anchor = ca::generate_trust_anchor("mesh.local", DAY).expect("anchor");
+    let issuer = ca::generate_issuer("mesh.local", &anchor, DAY).expect("issuer");
+    let issuer = IssuerCa::load(&issuer.cert_pem, &issuer.key_pem, &certs(&anchor.cert_pem).expect("pem")).expect("load");
+    Pki { anchor, issuer }
+}
+
+fn id(sa: &str) -> SpiffeId {
+    SpiffeId::new("mesh.local", "default", sa).expect("id")
+}
+
+/// Credentials for `sa` trusting `trust`, with a leaf from `pki` living `ttl`.
+fn creds(pki: &Pki, trust: &[&Pki], sa: &str, ttl: Duration) -> Arc<Credentials> {
+    let anchors = trust.iter().flat_map(|p| certs(&p.anchor.cert_pem).expect("pem")).collect();
+    let c = Credentials::new(anchors).expect("creds");
+    issue(pki, &c, sa, ttl);
+    c
+}
+
+fn issue(pki: &Pki, c: &Credentials, sa: &str, ttl: Duration) {
+    let (key, csr) = ca::generate_csr(&id(sa)).expect("csr");
+    let leaf = pki.issuer.sign_csr(&csr, &id(sa), ttl).expect("sign");
+    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    c.set_leaf(leaf.chain, key).expect("leaf");
+}
+
+/// Runs one handshake; returns (client result, server-seen client identity).
+async fn handshake(server: &Arc<Credentials>, client: &Arc<Credentials>, expect: &str) -> (Result<String, String>, Option<String>) {
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let acceptor = TlsAcceptor::from(server.server_config(true, &[ALPN_HTTP2]).expect("server config"));
+    let connector = TlsConnector::from(client.client_config(expect, &[ALPN_HTTP2]).expect("client config"));
+    let name = ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into());
+    let (c, s) = tokio::join!(connector.connect(name, a), acceptor.accept(b));
+    let seen = s.ok().and_then(|s| peer_identity(s.get_ref().1.peer_certificates()));
+    let c = c.map_err(|e| e.to_string()).map(|c| {
+        let conn = c.get_ref().1;
+        format!(
+            "{:?} {:?} {:?}",
+            conn.protocol_version(),
+            conn.negotiated_key_exchange_group().map(|g| g.name()),
+            conn.alpn_protocol().map(|a| String::from_utf8_lossy(a).into_owned())
+        )
+    });
+    (c, seen)
+}
+
+#[tokio::test]
+async fn mutual_tls_with_post_quantum_key_exchange() {
+    let p = pki();
+    let server = creds(&p, &[&p], "books", DAY);
+    let client = creds(&p, &[&p], "web", DAY);
+    let (c, seen) = handshake(&server, &client, "spiffe://mesh.local/ns/default/sa/books").await;
+    let c = c.expect("handshake");
+    assert!(c.contains("TLSv1_3"), "{c}");
+    assert!(c.contains("X25519MLKEM768"), "hybrid PQ key exchange must be preferred: {c}");
+    assert!(c.contains("mesh/h2"), "{c}");
+    assert_eq!(seen.as_deref(), Some("spiffe://mesh.local/ns/default/sa/web"));
+}
+
+#[tokio::test]
+async fn refuses_a_server_with_another_identity() {
+    let p = pki();
+    let server = creds(&p, &[&p], "books", DAY);
+    let client = creds(&p, &[&p], "web", DAY);
+    let (c, _) = handshake(&server, &client, "spiffe://mesh.local/ns/default/sa/authors").await;
+    let e = c.expect_err("identity mismatch must fail");
+    assert!(e.contains("IdentityMismatch") && e.contains("sa/authors"), "{e}");
+}
+
+#[tokio::test]
+async fn refuses_peers_from_another_trust_anchor() {
+    let ours = pki();
+    let theirs = pki();
+    let server = creds(&ours, &[&ours], "books", DAY);
+    let intruder = creds(&theirs, &[&ours], "web", DAY);
+    let (c, seen) = handshake(&server, &intruder, "spiffe://mesh.local/ns/default/sa/books").await;
+    assert!(seen.is_none(), "server must refuse a client certificate from a foreign anchor");
+    let _ = c;
+    // And the other way round: a foreign server.
+    let client = creds(&ours, &[&ours], "web", DAY);
+    let foreign = creds(&theirs, &[&theirs], "books", DAY);
+    let (c, _) = handshake(&foreign, &client, "spiffe://mesh.local/ns/default/sa/books").await;
+    assert!(c.is_err());
+}
+
+#[tokio::test]
+async fn refuses_expired_certificates() {
+    let p = pki();
+    let server = creds(&p, &[&p], "books", DAY);
+    // Backdating makes a leaf with a zero lifetime already expired.
+    let client = creds(&p, &[&p], "web", Duration::ZERO);
+    // Certificate times have one-second resolution.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(!client.has_valid_leaf());
+    let (_, seen) = handshake(&server, &client, "spiffe://mesh.local/ns/default/sa/books").await;
+    assert!(seen.is_none(), "an expired client certificate must be refused");
+}
+
+#[tokio::test]
+async fn anchors_and_leaves_change_live() {
+    let old = pki();
+    let new = pki();
+    // Both sides trust old + new during the rotation.
+    let server = creds(&old, &[&old, &new], "books", DAY);
+    let client = creds(&new, &[&old, &new], "web", DAY);
+    let expect = "spiffe://mesh.local/ns/default/sa/books";
+    assert!(handshake(&server, &client, expect).await.1.is_some(), "mixed issuers work while both anchors are trusted");
+    // Retiring the old anchor before the server renews breaks it ...
+    client.set_bundle(certs(&new.anchor.cert_pem).expect("pem")).expect("bundle");
+    server.set_bundle(certs(&new.anchor.cert_pem).expect("pem")).expect("bundle");
+    assert!(handshake(&server, &client, expect).await.0.is_err());
+    // ... and renewing under the new issuer fixes it, with the same configs.
+    issue(&new, &server, "books", DAY);
+    assert!(handshake(&server, &client, expect).await.1.is_some());
+}
+
+#[test]
+fn rejects_empty_bundles_and_mismatched_keys() {
+    assert!(Credentials::new(vec![]).is_err());
+    let p = pki();
+    let c = Credentials::new(certs(&p.anchor.cert_pem).expect("pem")).expect("creds");
+    let (_key, csr) = ca::generate_csr(&id("a")).expect("csr");
+    let leaf = p.issuer.sign_csr(&csr, &id("a"), DAY).expect("sign");
+    let other = rcgen::KeyPair::generate().expect("key");
+    let err = c.set_leaf(leaf.chain, rustls_pki_types::PrivateKeyDer::Pkcs8(other.serialize_der().into()));
+    assert!(err.is_err(), "a key that does not match the leaf is refused");
+}
