@@ -13,6 +13,26 @@ pub struct Config {
     pub admin_addr: SocketAddr,
     /// Where services and endpoints come from.
     pub registry: RegistryConfig,
+    /// The CA; without it the mesh runs without identity (plaintext).
+    pub identity: Option<IdentityConfig>,
+}
+
+/// The identity service's configuration.
+#[derive(Debug, Clone)]
+pub struct IdentityConfig {
+    /// The identity directory (see `mesh_identity::dir`).
+    pub dir: PathBuf,
+    /// Lifetime of issued leaf certificates.
+    pub leaf_ttl: Duration,
+    /// How often to check the directory for rotations.
+    pub poll_interval: Duration,
+}
+
+impl IdentityConfig {
+    /// Defaults: 24 h leaves, directory checked every second.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into(), leaf_ttl: Duration::from_secs(24 * 3600), poll_interval: Duration::from_secs(1) }
+    }
 }
 
 /// Which registry feeds the store.
@@ -37,6 +57,7 @@ impl Config {
                 path: path.into(),
                 poll_interval: Duration::from_millis(200),
             },
+            identity: None,
         }
     }
 }

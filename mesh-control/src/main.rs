@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use mesh_control::{Config, Control, RegistryConfig};
+use mesh_control::{Config, Control, IdentityConfig, RegistryConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -23,6 +23,13 @@ struct Args {
     /// Address of the admin server (/metrics, /ready, /live).
     #[arg(long, env = "MESH_ADMIN_ADDR", default_value = "0.0.0.0:9990")]
     admin_addr: SocketAddr,
+    /// Identity directory (trust anchors, issuer, token key; see `meshctl identity init`).
+    /// With it the control plane is the mesh's CA and serves its API over TLS.
+    #[arg(long, env = "MESH_IDENTITY_DIR")]
+    identity_dir: Option<PathBuf>,
+    /// Lifetime of workload certificates, e.g. 24h (down to seconds for tests).
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    cert_ttl: Duration,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -37,6 +44,7 @@ async fn main() -> anyhow::Result<()> {
         grpc_addr: args.grpc_addr,
         admin_addr: args.admin_addr,
         registry: RegistryConfig::File { path: args.registry_file, poll_interval: args.registry_poll },
+        identity: args.identity_dir.map(|dir| IdentityConfig { leaf_ttl: args.cert_ttl, ..IdentityConfig::new(dir) }),
     };
     let control = Control::start(config).await.context("mesh-control could not start")?;
     let signal = mesh_core::shutdown::os_signal().await.context("cannot install signal handlers")?;

@@ -5,7 +5,13 @@ use crate::config::{Config, RegistryConfig};
 use crate::destination::{DestinationMetrics, DestinationService};
 use crate::metrics::RegistryMetrics;
 use crate::registry::file::{FileError, FileRegistry};
-use crate::store::Store;
+use crate::identity::authority::{Authority, AuthorityMetrics};
+use crate::identity::proof::JoinTokens;
+use crate::identity::{self, IdentityMetrics, IdentityService};
+use crate::router::Router;
+use crate::store::{IdentityNaming, Store};
+use mesh_identity::dir::IdentityDir;
+use mesh_proto::identity::identity_server::IdentityServer;
 use mesh_core::shutdown::{self, Shutdown, Trigger};
 use mesh_proto::destination::destination_server::DestinationServer;
 use std::net::SocketAddr;
@@ -31,6 +37,12 @@ pub enum StartError {
     /// The registry could not be loaded.
     #[error("the registry was rejected; fix it and start again:\n{0}")]
     Registry(#[from] FileError),
+    /// The identity directory could not be loaded.
+    #[error("the identity directory was rejected: {0}\n(create one with `meshctl identity init --dir DIR`)")]
+    Identity(#[from] mesh_identity::dir::DirError),
+    /// The control plane's own TLS could not be set up.
+    #[error("cannot set up TLS for the gRPC API: {0}")]
+    Tls(String),
 }
 
 /// A running control plane.
@@ -61,6 +73,24 @@ impl Control {
         let admin_addr = local(&admin, config.admin_addr);
 
         let mut tasks = JoinSet::new();
+        let mut router = Router::default();
+        let mut serving = None;
+        if let Some(idc) = &config.identity {
+            let authority_metrics = AuthorityMetrics::default();
+            authority_metrics.register(&mut metrics);
+            let authority = Authority::load(IdentityDir::new(&idc.dir), authority_metrics)?;
+            let trust_domain = authority.current().trust_domain.clone();
+            store.set_identity(Some(IdentityNaming { trust_domain }));
+            let creds = identity::serving::credentials(&authority).map_err(|e| StartError::Tls(e.to_string()))?;
+            let identity_metrics = IdentityMetrics::default();
+            identity_metrics.register(&mut metrics);
+            let proofs = Arc::new(JoinTokens::new(authority.clone()));
+            let svc = IdentityService::new(authority.clone(), proofs, idc.leaf_ttl, identity_metrics, shutdown.clone());
+            router = router.add(IdentityServer::new(svc));
+            tasks.spawn(identity::serving::run(authority.clone(), creds.clone(), shutdown.clone()));
+            tasks.spawn(authority.run(idc.poll_interval, shutdown.clone()));
+            serving = Some(creds);
+        }
         match config.registry {
             RegistryConfig::File { path, poll_interval } => {
                 let mut reg = FileRegistry::new(path, poll_interval, store.clone(), registry_metrics);
@@ -71,8 +101,18 @@ impl Control {
 
         let ready = Arc::new(AtomicBool::new(false));
         tasks.spawn(mesh_core::admin::serve(admin, Admin::new(metrics, ready.clone()), shutdown.clone()));
-        let svc = DestinationServer::new(DestinationService::new(store.clone(), destination_metrics, shutdown.clone()));
-        tasks.spawn(serve_grpc(grpc, svc, shutdown));
+        let destination = DestinationService::new(store.clone(), destination_metrics, shutdown.clone());
+        router = router.add(DestinationServer::new(destination));
+        match serving {
+            Some(creds) => {
+                let incoming = crate::tls::incoming(grpc, creds, shutdown.clone()).map_err(|e| StartError::Tls(e.to_string()))?;
+                tasks.spawn(serve_grpc(incoming, router, shutdown));
+            }
+            None => {
+                let incoming = tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
+                tasks.spawn(serve_grpc(incoming, router, shutdown));
+            }
+        }
         ready.store(true, Ordering::Release);
         tracing::info!(%grpc_addr, %admin_addr, "control plane serving");
         Ok(Self { grpc_addr, admin_addr, store, trigger, tasks })
@@ -121,16 +161,16 @@ fn local(l: &TcpListener, fallback: SocketAddr) -> SocketAddr {
     l.local_addr().unwrap_or(fallback)
 }
 
-async fn serve_grpc(
-    listener: TcpListener,
-    svc: DestinationServer<DestinationService>,
-    mut shutdown: Shutdown,
-) {
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+async fn serve_grpc<I, IO, IE>(incoming: I, router: Router, mut shutdown: Shutdown)
+where
+    I: futures_util::Stream<Item = Result<IO, IE>>,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + tonic::transport::server::Connected + Unpin + Send + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let result = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-        .serve_with_incoming_shutdown(svc, incoming, async move { shutdown.triggered().await })
+        .serve_with_incoming_shutdown(router, incoming, async move { shutdown.triggered().await })
         .await;
     if let Err(e) = result {
         tracing::error!(error = %e, "gRPC server failed");

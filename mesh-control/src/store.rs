@@ -150,6 +150,13 @@ impl Store {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Sets how endpoint identities are named (once the CA is known).
+    pub fn set_identity(&self, identity: Option<IdentityNaming>) {
+        let mut inner = self.lock();
+        inner.identity = identity;
+        inner.reindex_and_notify();
+    }
+
     /// Replaces everything with `snapshot` and notifies the watches whose
     /// answer changed.
     pub fn replace_all(&self, snapshot: &RegistrySnapshot) {

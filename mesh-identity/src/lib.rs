@@ -11,6 +11,7 @@
 //! hybrid post-quantum key exchange X25519MLKEM768, preferred by default.
 
 pub mod ca;
+pub mod dir;
 pub mod pem;
 pub mod spiffe;
 pub mod tls;

@@ -10,5 +10,10 @@ pub mod destination {
     tonic::include_proto!("mesh.destination.v1");
 }
 
+/// Workload certificates and the trust bundle.
+pub mod identity {
+    tonic::include_proto!("mesh.identity.v1");
+}
+
 mod convert;
 pub use convert::*;

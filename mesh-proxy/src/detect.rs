@@ -49,7 +49,10 @@ pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// How many bytes the classifier looks at, at most. A request line longer
 /// than this that still looks like HTTP is treated as HTTP/1 (the HTTP server
 /// enforces its own limits on it).
-pub const MAX_SNIFF: usize = 8 * 1024;
+pub const MAX_SNIFF: usize = 5 + MAX_TLS_RECORD;
+
+/// The largest TLS record (2^14 bytes of plaintext plus expansion).
+const MAX_TLS_RECORD: usize = 16 * 1024 + 2048;
 
 /// Classifies a connection from its first bytes.
 pub fn classify(buf: &[u8]) -> Verdict {
@@ -60,11 +63,24 @@ pub fn classify(buf: &[u8]) -> Verdict {
     if buf[..n] == H2_PREFACE[..n] {
         return if n == H2_PREFACE.len() { Verdict::Is(Protocol::Http2) } else { Verdict::NeedMore };
     }
-    // A TLS record: handshake (0x16), version major 3.
+    // A TLS record: handshake (0x16), version major 3. Wait for the whole
+    // first record, so the ClientHello (and its ALPN) can be read.
     if buf[0] == 0x16 {
         return match buf.get(1) {
             None => Verdict::NeedMore,
-            Some(3) => Verdict::Is(Protocol::Tls),
+            Some(3) => match buf.get(3..5) {
+                None => Verdict::NeedMore,
+                Some(len) => {
+                    let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+                    if len > MAX_TLS_RECORD {
+                        Verdict::Is(Protocol::Opaque)
+                    } else if buf.len() < 5 + len {
+                        Verdict::NeedMore
+                    } else {
+                        Verdict::Is(Protocol::Tls)
+                    }
+                }
+            },
             Some(_) => Verdict::Is(Protocol::Opaque),
         };
     }
@@ -111,6 +127,81 @@ fn classify_http1(buf: &[u8]) -> Verdict {
         None if version.len() <= V.len() && V.starts_with(version) => Verdict::NeedMore,
         None if version.len() == V.len() + 1 && version.starts_with(V) => Verdict::NeedMore,
         None => opaque,
+    }
+}
+
+/// The ALPN protocols a TLS ClientHello offers, read from the first record
+/// (as [`classify`] returns it). `None` when the bytes are not a ClientHello.
+pub fn client_hello_alpns(record: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let mut r = Reader(record);
+    if r.u8()? != 0x16 {
+        return None;
+    }
+    r.skip(2)?; // legacy record version
+    let n = usize::from(r.u16()?);
+    let mut rec = Reader(r.take(n)?);
+    if rec.u8()? != 0x01 {
+        return None; // not a ClientHello
+    }
+    let n = rec.u24()?;
+    let mut hello = Reader(rec.take(n)?);
+    hello.skip(2 + 32)?; // client version, random
+    let n = usize::from(hello.u8()?);
+    hello.skip(n)?; // session id
+    let n = usize::from(hello.u16()?);
+    hello.skip(n)?; // cipher suites
+    let n = usize::from(hello.u8()?);
+    hello.skip(n)?; // compression methods
+    if hello.0.is_empty() {
+        return Some(Vec::new()); // no extensions
+    }
+    let n = usize::from(hello.u16()?);
+    let mut exts = Reader(hello.take(n)?);
+    while !exts.0.is_empty() {
+        let ty = exts.u16()?;
+        let n = usize::from(exts.u16()?);
+        let mut data = Reader(exts.take(n)?);
+        if ty == 16 {
+            let n = usize::from(data.u16()?);
+            let mut list = Reader(data.take(n)?);
+            let mut out = Vec::new();
+            while !list.0.is_empty() {
+                let n = usize::from(list.u8()?);
+                out.push(list.take(n)?.to_vec());
+            }
+            return Some(out);
+        }
+    }
+    Some(Vec::new())
+}
+
+/// A bounds-checked big-endian reader: every step returns `None` past the end.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Some(head)
+    }
+
+    fn skip(&mut self, n: usize) -> Option<()> {
+        self.take(n).map(|_| ())
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+
+    fn u16(&mut self) -> Option<u16> {
+        self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    fn u24(&mut self) -> Option<usize> {
+        self.take(3).map(|b| usize::from(b[0]) << 16 | usize::from(b[1]) << 8 | usize::from(b[2]))
     }
 }
 
@@ -170,7 +261,40 @@ mod tests {
     #[test]
     fn recognizes_h2_and_tls() {
         assert_eq!(classify(H2_PREFACE), Verdict::Is(Protocol::Http2));
-        assert_eq!(classify(&[0x16, 0x03, 0x01, 0x02, 0x00]), Verdict::Is(Protocol::Tls));
+        assert_eq!(classify(&[0x16, 0x03, 0x01, 0x00, 0x02]), Verdict::NeedMore, "waits for the whole record");
+        assert_eq!(classify(&[0x16, 0x03, 0x01, 0x00, 0x02, 1, 2]), Verdict::Is(Protocol::Tls));
+        assert_eq!(classify(&[0x16, 0x03, 0x01, 0xff, 0xff]), Verdict::Is(Protocol::Opaque), "oversized record");
+    }
+
+    /// A real ClientHello, as rustls writes it.
+    fn client_hello(alpn: &[&[u8]]) -> Vec<u8> {
+        let mut roots = rustls::RootCertStore::empty();
+        let anchor = mesh_identity::ca::generate_trust_anchor("t", Duration::from_secs(60)).expect("anchor");
+        roots.add_parsable_certificates(mesh_identity::pem::certs(&anchor.cert_pem).expect("pem"));
+        let mut cfg = rustls::ClientConfig::builder_with_provider(mesh_identity::provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+        let name = rustls::pki_types::ServerName::try_from("example.com").expect("name");
+        let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).expect("conn");
+        let mut out = Vec::new();
+        conn.write_tls(&mut out).expect("write");
+        out
+    }
+
+    #[test]
+    fn reads_alpn_from_real_client_hellos() {
+        let hello = client_hello(&[b"mesh/h2", b"h2"]);
+        assert_eq!(classify(&hello), Verdict::Is(Protocol::Tls));
+        assert_eq!(client_hello_alpns(&hello), Some(vec![b"mesh/h2".to_vec(), b"h2".to_vec()]));
+        assert_eq!(client_hello_alpns(&client_hello(&[])), Some(vec![]));
+        // Every truncation is handled without panicking.
+        for n in 0..hello.len() {
+            let _ = client_hello_alpns(&hello[..n]);
+        }
+        assert_eq!(client_hello_alpns(b"GET / HTTP/1.1"), None);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The data path end to end: client → client sidecar → server sidecar → app,
 //! discovered through the control plane, over HTTP/1.1, HTTP/2, gRPC and TCP.
 
+#![allow(clippy::unwrap_used)]
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;

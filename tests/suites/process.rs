@@ -1,6 +1,8 @@
 //! The real binaries as separate processes: signals, exit codes, memory,
 //! and the control plane's handling of bad registry files.
 
+#![allow(clippy::unwrap_used)]
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;

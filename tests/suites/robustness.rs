@@ -2,6 +2,8 @@
 //! clients. The proxy answers with a protocol error or closes the
 //! connection; it never panics and never leaks the connection.
 
+#![allow(clippy::unwrap_used)]
+
 use mesh_tests::apps;
 use mesh_tests::mesh::{self, Mesh, Svc};
 use std::net::SocketAddr;

@@ -1,0 +1,397 @@
+//! The demo's topology: which processes run, on which loopback ports, with
+//! which flags, and the registry file that tells the control plane about them.
+
+use super::apps::Role;
+use super::ports::Ports;
+use super::procs::{Kind, Spec};
+use anyhow::{Context as _, bail};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// How long a proxy may drain on shutdown (meshctl kills it after ~5 s).
+const PROXY_GRACE: &str = "2s";
+
+/// A demo service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Service {
+    /// The frontend; calls books and authors.
+    Web,
+    /// Books.
+    Books,
+    /// Authors; fails a small share of requests.
+    Authors,
+}
+
+impl Service {
+    /// Every service, in table order.
+    pub const ALL: [Service; 3] = [Service::Web, Service::Books, Service::Authors];
+
+    /// The service's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Web => "web",
+            Service::Books => "books",
+            Service::Authors => "authors",
+        }
+    }
+
+    /// The service's port in the registry.
+    pub fn port(self) -> u16 {
+        match self {
+            Service::Web => 8080,
+            Service::Books => 7001,
+            Service::Authors => 7002,
+        }
+    }
+
+    /// The mesh target proxies resolve: `books.default:7001`.
+    pub fn target(self) -> String {
+        format!("{}.default:{}", self.name(), self.port())
+    }
+
+    fn role(self) -> Role {
+        match self {
+            Service::Web => Role::Web,
+            Service::Books => Role::Books,
+            Service::Authors => Role::Authors,
+        }
+    }
+
+    /// The services this one calls.
+    pub fn upstreams(self) -> &'static [Service] {
+        match self {
+            Service::Web => &[Service::Books, Service::Authors],
+            Service::Books | Service::Authors => &[],
+        }
+    }
+}
+
+/// The executables the demo runs.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    /// `mesh-proxy`.
+    pub proxy: PathBuf,
+    /// `mesh-control`.
+    pub control: PathBuf,
+    /// This meshctl (for the demo apps).
+    pub meshctl: PathBuf,
+}
+
+impl Binaries {
+    /// Finds `mesh-proxy` and `mesh-control` next to the running meshctl.
+    pub fn locate() -> anyhow::Result<Self> {
+        let meshctl = std::env::current_exe().context("cannot tell where meshctl itself is")?;
+        let dir = meshctl.parent().map(Path::to_path_buf).unwrap_or_default();
+        let (proxy, control) = (dir.join("mesh-proxy"), dir.join("mesh-control"));
+        let missing: Vec<String> =
+            [&proxy, &control].iter().filter(|p| !p.is_file()).map(|p| p.display().to_string()).collect();
+        if !missing.is_empty() {
+            bail!(
+                "meshctl demo runs the mesh's own binaries, which must sit next to meshctl, but {} {} missing.\n\
+                 Build them all with `cargo xtask demo` or `cargo build --release` (or `cargo build --workspace --bins`),\n\
+                 then run the meshctl from the same target directory.",
+                missing.join(" and "),
+                if missing.len() == 1 { "is" } else { "are" },
+            );
+        }
+        Ok(Self { proxy, control, meshctl })
+    }
+
+    /// Symlinks the binaries into `dir`, so that every demo process's command
+    /// line names the demo's directory (`pgrep -f` finds them all).
+    pub fn link_into(&self, dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let link = |target: &Path, name: &str| -> anyhow::Result<PathBuf> {
+            let path = dir.join(name);
+            std::os::unix::fs::symlink(target, &path)
+                .with_context(|| format!("cannot link {} to {}", path.display(), target.display()))?;
+            Ok(path)
+        };
+        Ok(Self {
+            proxy: link(&self.proxy, "mesh-proxy")?,
+            control: link(&self.control, "mesh-control")?,
+            meshctl: link(&self.meshctl, "meshctl")?,
+        })
+    }
+}
+
+/// One replica: an app and its sidecar.
+#[derive(Debug, Clone)]
+pub struct Replica {
+    /// Its service.
+    pub service: Service,
+    /// `books-0`.
+    pub name: String,
+    /// Where the app listens.
+    pub app: SocketAddr,
+    /// The sidecar's inbound listener (the registry's endpoint).
+    pub inbound: SocketAddr,
+    /// The sidecar's admin server.
+    pub admin: SocketAddr,
+    /// The sidecar's local ports for the services the app calls.
+    pub upstreams: Vec<(SocketAddr, Service)>,
+}
+
+/// The whole demo.
+#[derive(Debug)]
+pub struct Plan {
+    /// The demo's own directory (binaries, registry, logs).
+    pub dir: PathBuf,
+    /// The executables, linked into `dir`.
+    pub bins: Binaries,
+    /// The control plane's gRPC API.
+    pub control_grpc: SocketAddr,
+    /// The control plane's admin server.
+    pub control_admin: SocketAddr,
+    /// The traffic generator's sidecar: admin server.
+    pub traffic_admin: SocketAddr,
+    /// The traffic generator's sidecar: local port for `web`.
+    pub traffic_listen: SocketAddr,
+    /// Every replica, services in table order.
+    pub replicas: Vec<Replica>,
+    /// Share of `authors` requests that fail.
+    pub failure_rate: f64,
+    ports: Ports,
+}
+
+impl Plan {
+    /// Lays out `replicas` replicas of each service on fresh ports.
+    pub fn new(dir: PathBuf, bins: Binaries, replicas: usize, failure_rate: f64) -> anyhow::Result<Self> {
+        let mut ports = Ports::default();
+        let [control_grpc, control_admin, traffic_admin, traffic_listen] = take4(&mut ports)?;
+        let mut plan = Plan {
+            dir,
+            bins,
+            control_grpc,
+            control_admin,
+            traffic_admin,
+            traffic_listen,
+            replicas: Vec::new(),
+            failure_rate,
+            ports,
+        };
+        for service in Service::ALL {
+            for i in 0..replicas {
+                let name = format!("{}-{i}", service.name());
+                let r = plan.lay_out(service, name)?;
+                plan.replicas.push(r);
+            }
+        }
+        Ok(plan)
+    }
+
+    fn lay_out(&mut self, service: Service, name: String) -> anyhow::Result<Replica> {
+        let ups = service.upstreams();
+        let mut addrs = self.ports.take(3 + ups.len())?.into_iter();
+        let mut next = || addrs.next().context("port allocation came up short");
+        let (app, inbound, admin) = (next()?, next()?, next()?);
+        let upstreams = ups.iter().map(|&s| Ok((next()?, s))).collect::<anyhow::Result<_>>()?;
+        Ok(Replica { service, name, app, inbound, admin, upstreams })
+    }
+
+    /// New ports for the control plane (one of its ports was taken).
+    pub fn rebind_control(&mut self) -> anyhow::Result<()> {
+        let [a, b, _, _] = take4(&mut self.ports)?;
+        (self.control_grpc, self.control_admin) = (a, b);
+        Ok(())
+    }
+
+    /// New ports for the traffic generator's sidecar.
+    pub fn rebind_traffic(&mut self) -> anyhow::Result<()> {
+        let [a, b, _, _] = take4(&mut self.ports)?;
+        (self.traffic_admin, self.traffic_listen) = (a, b);
+        Ok(())
+    }
+
+    /// New ports for replica `i` (app and sidecar); rewrite the registry after.
+    pub fn rebind_replica(&mut self, i: usize) -> anyhow::Result<()> {
+        let Some(old) = self.replicas.get(i).cloned() else { bail!("no replica {i}") };
+        let fresh = self.lay_out(old.service, old.name)?;
+        self.replicas[i] = fresh;
+        Ok(())
+    }
+
+    /// Where the logs go.
+    pub fn log_dir(&self) -> PathBuf {
+        self.dir.join("logs")
+    }
+
+    /// The registry file the control plane watches.
+    pub fn registry_path(&self) -> PathBuf {
+        self.dir.join("registry.yaml")
+    }
+
+    /// The registry: each service with its replicas' inbound addresses.
+    pub fn registry_yaml(&self) -> String {
+        let mut y = String::from("# Written by `meshctl demo`: the demo's services and their endpoints.\nservices:\n");
+        for service in Service::ALL {
+            let _ = writeln!(
+                y,
+                "  - name: {}\n    ports:\n      - port: {}\n        protocol: http",
+                service.name(),
+                service.port()
+            );
+            y.push_str("    endpoints:\n");
+            for r in self.replicas.iter().filter(|r| r.service == service) {
+                let _ = writeln!(
+                    y,
+                    "      - address: \"{}\"\n        labels: {{app: \"{}\", replica: \"{}\"}}",
+                    r.inbound,
+                    service.name(),
+                    r.name
+                );
+            }
+        }
+        y
+    }
+
+    /// Writes the registry atomically (the control plane may be reading it).
+    pub fn write_registry(&self) -> anyhow::Result<()> {
+        let path = self.registry_path();
+        let tmp = self.dir.join(".registry.yaml.tmp");
+        std::fs::write(&tmp, self.registry_yaml()).with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    fn log(&self, name: &str) -> PathBuf {
+        self.log_dir().join(format!("{name}.log"))
+    }
+
+    /// `mesh-control` with the file registry.
+    pub fn control_spec(&self) -> Spec {
+        let args = [
+            "--registry-file",
+            &self.registry_path().display().to_string(),
+            "--registry-poll",
+            "200ms",
+            "--grpc-addr",
+            &self.control_grpc.to_string(),
+            "--admin-addr",
+            &self.control_admin.to_string(),
+        ];
+        spec("control", Kind::Control, &self.bins.control, &args, self.log("control"))
+    }
+
+    fn proxy_args(&self, workload: &str, admin: SocketAddr) -> Vec<String> {
+        let cp = format!("http://{}", self.control_grpc);
+        ["--workload", workload, "--control-plane", &cp, "--admin-addr", &admin.to_string()]
+            .into_iter()
+            .chain(["--shutdown-grace", PROXY_GRACE])
+            .map(String::from)
+            .collect()
+    }
+
+    /// The traffic generator's sidecar: no inbound, one upstream to `web`.
+    pub fn traffic_spec(&self) -> Spec {
+        let mut args = self.proxy_args("traffic", self.traffic_admin);
+        args.extend(["--upstream".to_string(), format!("{}={}", self.traffic_listen, Service::Web.target())]);
+        spec_owned("traffic", Kind::Proxy, &self.bins.proxy, args, self.log("traffic-proxy"))
+    }
+
+    /// A replica's sidecar.
+    pub fn proxy_spec(&self, r: &Replica) -> Spec {
+        let mut args = self.proxy_args(&r.name, r.admin);
+        args.extend(["--app".to_string(), r.app.to_string(), "--inbound-addr".to_string(), r.inbound.to_string()]);
+        for (listen, service) in &r.upstreams {
+            args.extend(["--upstream".to_string(), format!("{listen}={}", service.target())]);
+        }
+        spec_owned(&r.name, Kind::Proxy, &self.bins.proxy, args, self.log(&format!("{}-proxy", r.name)))
+    }
+
+    /// A replica's app.
+    pub fn app_spec(&self, r: &Replica) -> Spec {
+        let role = match r.service.role() {
+            Role::Web => "web",
+            Role::Books => "books",
+            Role::Authors => "authors",
+        };
+        let mut args: Vec<String> = ["demo-app", "--role", role, "--name", &r.name, "--listen", &r.app.to_string()]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        for (listen, service) in &r.upstreams {
+            args.extend([format!("--{}-url", service.name()), format!("http://{listen}")]);
+        }
+        if r.service == Service::Authors {
+            args.extend(["--failure-rate".to_string(), self.failure_rate.to_string()]);
+        }
+        spec_owned(&r.name, Kind::App, &self.bins.meshctl, args, self.log(&r.name))
+    }
+}
+
+fn take4(ports: &mut Ports) -> anyhow::Result<[SocketAddr; 4]> {
+    let v = ports.take(4)?;
+    v.try_into().map_err(|_| anyhow::anyhow!("port allocation came up short"))
+}
+
+fn spec(name: &str, kind: Kind, program: &Path, args: &[&str], log: PathBuf) -> Spec {
+    spec_owned(name, kind, program, args.iter().map(|s| s.to_string()).collect(), log)
+}
+
+fn spec_owned(name: &str, kind: Kind, program: &Path, args: Vec<String>, log: PathBuf) -> Spec {
+    Spec { name: name.to_string(), kind, program: program.to_path_buf(), args, log }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(replicas: usize) -> Plan {
+        let bins =
+            Binaries { proxy: "/x/mesh-proxy".into(), control: "/x/mesh-control".into(), meshctl: "/x/meshctl".into() };
+        Plan::new(PathBuf::from("/tmp/demo"), bins, replicas, 0.02).expect("plan")
+    }
+
+    #[test]
+    fn ports_are_distinct() {
+        let p = plan(3);
+        let mut all = vec![p.control_grpc, p.control_admin, p.traffic_admin, p.traffic_listen];
+        for r in &p.replicas {
+            all.extend([r.app, r.inbound, r.admin]);
+            all.extend(r.upstreams.iter().map(|(a, _)| *a));
+        }
+        let n = all.len();
+        assert_eq!(n, 4 + 9 * 3 + 3 * 2);
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), n, "every port once");
+    }
+
+    #[test]
+    fn rebinding_changes_ports_and_registry() {
+        let mut p = plan(2);
+        let before = p.registry_yaml();
+        let old = p.replicas[2].clone();
+        p.rebind_replica(2).expect("rebind");
+        assert_eq!(p.replicas[2].name, old.name);
+        assert_ne!(p.replicas[2].inbound, old.inbound);
+        assert_ne!(p.registry_yaml(), before);
+    }
+
+    #[test]
+    fn registry_lists_every_replica() {
+        let p = plan(2);
+        let y = p.registry_yaml();
+        for r in &p.replicas {
+            assert!(y.contains(&format!("address: \"{}\"", r.inbound)), "{y}");
+            assert!(y.contains(&format!("replica: \"{}\"", r.name)), "{y}");
+        }
+        assert!(y.contains("  - name: books\n    ports:\n      - port: 7001\n        protocol: http\n"), "{y}");
+    }
+
+    #[test]
+    fn web_calls_through_its_sidecar() {
+        let p = plan(1);
+        let web = &p.replicas[0];
+        let app = p.app_spec(web).args.join(" ");
+        let proxy = p.proxy_spec(web).args.join(" ");
+        for (listen, service) in &web.upstreams {
+            assert!(app.contains(&format!("--{}-url http://{listen}", service.name())), "{app}");
+            assert!(proxy.contains(&format!("--upstream {listen}={}", service.target())), "{proxy}");
+        }
+        assert!(proxy.contains(&format!("--app {} --inbound-addr {}", web.app, web.inbound)), "{proxy}");
+        let authors = p.app_spec(&p.replicas[2]).args.join(" ");
+        assert!(authors.ends_with("--failure-rate 0.02"), "{authors}");
+    }
+}

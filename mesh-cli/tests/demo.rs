@@ -1,0 +1,219 @@
+//! End to end: the real `meshctl demo`, with the real control plane and
+//! proxies, on loopback. Needs `mesh-proxy` and `mesh-control` built beside
+//! meshctl: run `cargo build --workspace --bins` first.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// One demo at a time: each starts 14 processes on a 2-core machine.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn meshctl() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_meshctl"))
+}
+
+fn require_binaries() {
+    let exe = meshctl();
+    let dir = exe.parent().expect("meshctl has a directory");
+    for name in ["mesh-proxy", "mesh-control"] {
+        let path = dir.join(name);
+        assert!(
+            path.is_file(),
+            "{} is missing: the demo runs the mesh's binaries from meshctl's directory. \
+             Run `cargo build --workspace --bins` first, then `cargo test -p mesh-cli`.",
+            path.display()
+        );
+    }
+}
+
+/// A running `meshctl demo`, its output collected as it comes.
+struct Demo {
+    child: Child,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+fn collect(stream: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+    let text = Arc::new(Mutex::new(String::new()));
+    let sink = text.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            let mut s = sink.lock().unwrap_or_else(PoisonError::into_inner);
+            s.push_str(&line);
+            s.push('\n');
+        }
+    });
+    text
+}
+
+impl Demo {
+    fn start(args: &[&str]) -> Demo {
+        require_binaries();
+        let mut child = Command::new(meshctl())
+            .arg("demo")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start meshctl demo");
+        let stdout = collect(child.stdout.take().expect("stdout"));
+        let stderr = collect(child.stderr.take().expect("stderr"));
+        Demo { child, stdout, stderr }
+    }
+
+    fn stdout(&self) -> String {
+        self.stdout.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Waits until stdout contains `needle`.
+    fn wait_for(&mut self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.stdout().contains(needle) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("meshctl exited ({status}) before printing {needle:?}\n{}\n{}", self.stdout(), self.stderr());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} within {timeout:?}:\n{}\n{}",
+                self.stdout(),
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The run directory, as announced at start.
+    fn run_dir(&mut self) -> PathBuf {
+        self.wait_for("logs: ", Duration::from_secs(10));
+        let out = self.stdout();
+        let line = out.lines().find(|l| l.starts_with("logs: ")).expect("the log directory is printed");
+        let logs = line["logs: ".len()..].split_whitespace().next().expect("a path");
+        let dir = Path::new(logs).parent().expect("logs sit in the run directory").to_path_buf();
+        assert!(dir.display().to_string().contains("meshctl-demo-"), "{}", dir.display());
+        dir
+    }
+
+    /// Waits for meshctl to exit; kills it after `timeout`.
+    fn finish(mut self, timeout: Duration) -> (ExitStatus, String, String) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for meshctl") {
+                // Let the reader threads drain the pipes.
+                std::thread::sleep(Duration::from_millis(200));
+                return (status, self.stdout(), self.stderr());
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("meshctl did not exit within {timeout:?}\n{}\n{}", self.stdout(), self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    let me = std::process::id();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        if pid == me {
+            continue;
+        }
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
+        if cmdline.contains(needle) {
+            found.push((pid, cmdline));
+        }
+    }
+    found
+}
+
+fn assert_nothing_left(dir: &Path) {
+    let left = processes_mentioning(&dir.display().to_string());
+    assert!(left.is_empty(), "processes left behind: {left:#?}");
+}
+
+#[allow(unsafe_code)]
+fn signal(pid: u32, sig: libc::c_int) {
+    let pid = libc::pid_t::try_from(pid).expect("pid fits");
+    // SAFETY: kill(2) takes plain integers; the pid is a live process we found or started.
+    let rc = unsafe { libc::kill(pid, sig) };
+    assert_eq!(rc, 0, "kill({pid}, {sig}) failed: {}", std::io::Error::last_os_error());
+}
+
+/// The summary table's row for `service`: (rps, success %).
+fn summary_row(out: &str, service: &str) -> (f64, f64) {
+    let summary = &out[out.rfind("summary:").unwrap_or_else(|| panic!("no summary in:\n{out}"))..];
+    let line = summary
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(service))
+        .unwrap_or_else(|| panic!("no {service} row in:\n{summary}"));
+    let cells: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(cells.get(1), Some(&"2/2"), "replicas up in {line:?}");
+    let rps: f64 = cells[2].parse().expect("req/s is a number");
+    let success: f64 = cells[3].trim_end_matches('%').parse().expect("success is a percentage");
+    (rps, success)
+}
+
+#[test]
+fn demo_runs_for_its_duration_and_cleans_up() {
+    let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut demo = Demo::start(&["--duration", "6s", "--interval", "2s", "--rps", "40"]);
+    let dir = demo.run_dir();
+    let (status, out, err) = demo.finish(Duration::from_secs(60));
+    assert!(status.success(), "exit {status}\nstdout:\n{out}\nstderr:\n{err}");
+    assert!(out.matches("REQ/S").count() >= 3, "live tables and a summary:\n{out}");
+    for service in ["web", "books", "authors"] {
+        let (rps, success) = summary_row(&out, service);
+        assert!(rps > 0.0, "{service}: {rps} req/s\n{out}");
+        assert!(success > 90.0, "{service}: {success}% success\n{out}");
+    }
+    assert_nothing_left(&dir);
+    assert!(!dir.exists(), "{} is removed without --keep-logs", dir.display());
+}
+
+#[test]
+fn sigint_stops_the_demo_cleanly() {
+    let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut demo = Demo::start(&["--interval", "1s", "--rps", "40"]);
+    let dir = demo.run_dir();
+    demo.wait_for("SUCCESS", Duration::from_secs(40));
+    assert!(processes_mentioning(&dir.display().to_string()).len() >= 13, "the mesh is running");
+    signal(demo.child.id(), libc::SIGINT);
+    let (status, out, err) = demo.finish(Duration::from_secs(30));
+    assert!(status.success(), "exit {status}\nstdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains("stopped by SIGINT"), "{out}");
+    assert_nothing_left(&dir);
+}
+
+#[test]
+fn a_crashed_child_fails_the_demo_by_name() {
+    let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut demo = Demo::start(&["--interval", "1s", "--rps", "40"]);
+    let dir = demo.run_dir();
+    demo.wait_for("SUCCESS", Duration::from_secs(40));
+    let victims: Vec<(u32, String)> = processes_mentioning(&dir.display().to_string())
+        .into_iter()
+        .filter(|(_, cmd)| cmd.contains(" demo-app ") && cmd.contains("--name books-0 "))
+        .collect();
+    assert_eq!(victims.len(), 1, "one books-0 app: {victims:#?}");
+    signal(victims[0].0, libc::SIGKILL);
+    let (status, out, err) = demo.finish(Duration::from_secs(30));
+    assert!(!status.success(), "a crash fails the demo\nstdout:\n{out}\nstderr:\n{err}");
+    assert!(err.contains("books-0 app exited unexpectedly"), "{err}");
+    assert!(err.contains("SIGKILL"), "the exit status is shown: {err}");
+    assert!(err.contains(&dir.join("logs").join("books-0.log").display().to_string()), "the log is named: {err}");
+    assert_nothing_left(&dir);
+    let _ = std::fs::remove_dir_all(&dir);
+}
