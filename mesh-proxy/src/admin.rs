@@ -8,6 +8,7 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use mesh_core::admin::{self, Body, Handler};
 use mesh_core::shutdown::Trigger;
+use mesh_identity::tls::Credentials;
 use prometheus_client::registry::Registry;
 use serde_json::json;
 use std::sync::Arc;
@@ -28,16 +29,28 @@ struct Inner {
     config: Config,
     resolver: Resolver,
     balancers: Vec<Arc<Balancer>>,
+    creds: Option<Arc<Credentials>>,
 }
 
 const ROUTES: &[&str] = &["/metrics", "/ready", "/live", "/config", "/shutdown"];
 
 impl Admin {
     /// Admin state over a finished registry and the proxy's balancers.
-    pub fn new(registry: Registry, trigger: Trigger, config: Config, resolver: Resolver, balancers: Vec<Arc<Balancer>>) -> Self {
-        Self {
-            inner: Arc::new(Inner { registry, ready: AtomicBool::new(false), trigger, config, resolver, balancers }),
-        }
+    pub fn new(
+        registry: Registry,
+        trigger: Trigger,
+        config: Config,
+        resolver: Resolver,
+        balancers: Vec<Arc<Balancer>>,
+        creds: Option<Arc<Credentials>>,
+    ) -> Self {
+        let ready = AtomicBool::new(false);
+        Self { inner: Arc::new(Inner { registry, ready, trigger, config, resolver, balancers, creds }) }
+    }
+
+    /// Ready: listening, and holding a valid certificate when identity is on.
+    fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::Acquire) && self.inner.creds.as_ref().is_none_or(|c| c.has_valid_leaf())
     }
 
     /// Marks the proxy ready (or not).
@@ -85,9 +98,18 @@ impl Admin {
             .into_iter()
             .map(|(t, w)| json!({ "target": t, "stream": w.state() }))
             .collect();
+        let identity = self.inner.creds.as_ref().map(|c| {
+            let leaf = c.leaf_info();
+            json!({
+                "identity": leaf.as_ref().and_then(|l| l.spiffe_id().map(str::to_string)),
+                "expires_unix": leaf.as_ref().and_then(|l| l.not_after.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_secs()),
+                "trust_anchors": c.bundle().anchors.len(),
+            })
+        });
         json!({
             "config": self.inner.config,
-            "ready": self.inner.ready.load(Ordering::Acquire),
+            "ready": self.is_ready(),
+            "identity": identity,
             "targets": targets,
             "discovery": discovery,
         })
@@ -99,7 +121,7 @@ impl Handler for Admin {
         match (req.method(), req.uri().path()) {
             (_, "/metrics") => admin::encode_registry(&self.inner.registry),
             (_, "/live") => admin::text(StatusCode::OK, "live\n"),
-            (_, "/ready") if self.inner.ready.load(Ordering::Acquire) => admin::text(StatusCode::OK, "ready\n"),
+            (_, "/ready") if self.is_ready() => admin::text(StatusCode::OK, "ready\n"),
             (_, "/ready") => admin::text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
             (_, "/config") => match serde_json::to_vec_pretty(&self.config_json()) {
                 Ok(b) => admin::json(b),

@@ -6,7 +6,10 @@ use crate::balance::{Balancer, EndpointFactory};
 use crate::config::Config;
 use crate::conn::Context;
 use crate::connect::Connector;
+use crate::control;
 use crate::discovery::Resolver;
+use crate::identity::{Identity, IdentityMetrics};
+use crate::tls::MeshTls;
 use crate::drain::Drain;
 use crate::io::Clock;
 use crate::metrics::Metrics;
@@ -39,6 +42,15 @@ pub enum StartError {
         /// Why it is invalid.
         source: tonic::transport::Error,
     },
+    /// Identity could not be set up.
+    #[error("identity: {0}")]
+    Identity(#[from] crate::identity::IdentityError),
+    /// TLS could not be set up.
+    #[error("TLS: {0}")]
+    Tls(#[from] mesh_identity::tls::TlsError),
+    /// Identity needs a control plane to certify against.
+    #[error("identity is configured but no control plane is: give --control-plane")]
+    IdentityWithoutControlPlane,
 }
 
 /// A running proxy.
@@ -58,22 +70,31 @@ impl Proxy {
     /// Binds every listener and starts serving.
     pub async fn start(config: Config) -> Result<Self, StartError> {
         let (trigger, shutdown) = shutdown::channel();
-        let resolver = Resolver::new(config.control_plane.as_deref(), config.workload.clone()).map_err(|source| {
-            StartError::ControlPlane { addr: config.control_plane.clone().unwrap_or_default(), source }
-        })?;
+        let identity = config.identity.as_ref().map(Identity::prepare).transpose()?;
+        let channel = match &config.control_plane {
+            Some(addr) => {
+                let tls = identity.as_ref().map(|i| (i.creds.clone(), i.control_plane.clone()));
+                Some(control::channel(addr, tls).map_err(|source| StartError::ControlPlane { addr: addr.clone(), source })?)
+            }
+            None if identity.is_some() => return Err(StartError::IdentityWithoutControlPlane),
+            None => None,
+        };
+        let resolver = Resolver::new(channel.clone(), config.workload.clone());
         let metrics = Metrics::default();
         let mut registry = prometheus_client::registry::Registry::default();
         metrics.register(&mut registry);
         registry.register_collector(Box::new(mesh_core::process::ProcessCollector));
+        let mesh_tls = identity.as_ref().map(|i| MeshTls::new(i.creds.clone())).transpose()?;
 
         let limits = Arc::new(config.limits.clone());
+        let connector = Connector::new(limits.connect_timeout, mesh_tls.clone());
         let factory = EndpointFactory {
-            connector: Connector::new(limits.connect_timeout),
+            connector: connector.clone(),
             settings: Arc::new(limits.client.clone()),
             ewma: limits.ewma,
         };
         let drain = Drain::default();
-        let ctx = Context { metrics, limits, clock: Clock::new(), shutdown: shutdown.clone(), drain: drain.clone() };
+        let ctx = Context { metrics, limits: limits.clone(), clock: Clock::new(), shutdown: shutdown.clone(), drain: drain.clone() };
 
         let admin_listener = bind("admin", config.admin_addr).await?;
         let admin_addr = admin_listener.local_addr().unwrap_or(config.admin_addr);
@@ -83,7 +104,9 @@ impl Proxy {
         if let Some(inb) = config.inbound.clone() {
             let l = bind("inbound", inb.listen).await?;
             inbound_addr = Some(l.local_addr().unwrap_or(inb.listen));
-            tasks.spawn(inbound::serve(l, inb, factory.clone(), ctx.clone()));
+            // The app is local and plaintext; only peers get mTLS.
+            let app_factory = EndpointFactory { connector: Connector::new(limits.connect_timeout, None), ..factory.clone() };
+            tasks.spawn(inbound::serve(l, inb, app_factory, mesh_tls.clone(), ctx.clone()));
         }
 
         let mut balancers = Vec::new();
@@ -93,11 +116,18 @@ impl Proxy {
             upstream_addrs.push(l.local_addr().unwrap_or(up.listen));
             let balancer = Balancer::new(&up.target, resolver.resolve(&up.target), factory.clone());
             balancers.push(balancer.clone());
-            tasks.spawn(outbound::serve_upstream(l, balancer, ctx.clone()));
+            tasks.spawn(outbound::serve_upstream(l, balancer, connector.clone(), ctx.clone()));
+        }
+
+        let creds = identity.as_ref().map(|i| i.creds.clone());
+        if let (Some(identity), Some(channel), Some(cfg)) = (identity, channel, config.identity.clone()) {
+            let m = IdentityMetrics::default();
+            m.register(&mut registry);
+            tasks.spawn(crate::identity::run(identity, channel, cfg, m, shutdown.clone()));
         }
 
         let grace = config.shutdown_grace;
-        let admin = Admin::new(registry, trigger.clone(), config, resolver, balancers);
+        let admin = Admin::new(registry, trigger.clone(), config, resolver, balancers, creds);
         tasks.spawn(mesh_core::admin::serve(admin_listener, admin.clone(), shutdown.clone()));
         admin.set_ready(true);
         tracing::info!(%admin_addr, ?inbound_addr, ?upstream_addrs, "proxy serving");

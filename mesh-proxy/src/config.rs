@@ -18,6 +18,8 @@ pub struct Config {
     pub control_plane: Option<String>,
     /// Admin server: `/metrics`, `/ready`, `/live`, `/config`, `/shutdown`.
     pub admin_addr: SocketAddr,
+    /// Workload identity and mTLS; without it the proxy speaks plaintext.
+    pub identity: Option<IdentityConfig>,
     /// Traffic into the app.
     pub inbound: Option<InboundConfig>,
     /// Traffic from the app.
@@ -39,6 +41,84 @@ pub struct InboundConfig {
     pub app: SocketAddr,
     /// App ports whose traffic is never sniffed (server-first protocols).
     pub opaque_ports: Vec<u16>,
+    /// Whether plaintext is accepted (default: strict with identity,
+    /// permissive without).
+    pub mode: InboundMode,
+    /// Per-port exceptions to `mode`.
+    pub port_modes: Vec<(u16, InboundMode)>,
+}
+
+impl InboundConfig {
+    /// The mode for connections to app port `port`.
+    pub fn mode_for(&self, port: u16) -> InboundMode {
+        self.port_modes.iter().find(|(p, _)| *p == port).map(|(_, m)| *m).unwrap_or(self.mode)
+    }
+}
+
+/// What inbound accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InboundMode {
+    /// Only mTLS from mesh peers; plaintext is refused.
+    Strict,
+    /// mTLS and plaintext (counted as such).
+    Permissive,
+}
+
+impl std::str::FromStr for InboundMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "strict" => Ok(Self::Strict),
+            "permissive" => Ok(Self::Permissive),
+            other => Err(format!("invalid inbound mode {other:?}: use strict or permissive")),
+        }
+    }
+}
+
+/// Where the proxy gets its identity.
+#[derive(Debug, Clone, Serialize)]
+pub struct IdentityConfig {
+    /// The proof presented to the control plane.
+    pub token: TokenSource,
+    /// Trust anchors (PEM) to verify the control plane with at start; the
+    /// bundle is then kept current from the control plane.
+    #[serde(skip)]
+    pub trust_anchors_pem: String,
+    /// The identity to ask for; by default the join token's subject.
+    pub identity: Option<String>,
+    /// The control plane's identity; by default
+    /// `spiffe://<trust domain>/ns/mesh-system/sa/mesh-control`.
+    pub control_plane_identity: Option<String>,
+    /// Renew when this fraction of the certificate's life has passed.
+    pub renew_at: f64,
+}
+
+/// A token, from a file (re-read at each renewal, as Kubernetes rotates
+/// projected tokens) or given directly.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenSource {
+    /// Read from this file.
+    File(std::path::PathBuf),
+    /// This value (never shown in `/config`).
+    #[serde(serialize_with = "redacted")]
+    Value(String),
+}
+
+fn redacted<S: serde::Serializer>(_: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str("<redacted>")
+}
+
+impl TokenSource {
+    /// The current token.
+    pub fn read(&self) -> std::io::Result<String> {
+        match self {
+            TokenSource::File(p) => std::fs::read_to_string(p).map(|t| t.trim().to_string()),
+            TokenSource::Value(v) => Ok(v.clone()),
+        }
+    }
 }
 
 /// Outbound listeners.
@@ -73,6 +153,9 @@ pub struct Limits {
     /// Opaque TCP connections close after this long without traffic.
     #[serde(with = "secs")]
     pub tcp_idle_timeout: Duration,
+    /// A TLS handshake must finish within this time.
+    #[serde(with = "secs")]
+    pub tls_handshake_timeout: Duration,
     /// Server-side HTTP limits.
     #[serde(skip)]
     pub server: ServerSettings,
@@ -91,6 +174,7 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(1),
             failfast_timeout: Duration::from_secs(3),
             tcp_idle_timeout: Duration::from_secs(3600),
+            tls_handshake_timeout: Duration::from_secs(10),
             server: ServerSettings::default(),
             client: ClientSettings::default(),
             ewma: EwmaConfig::default(),
@@ -104,6 +188,7 @@ impl Config {
         Self {
             workload: workload.into(),
             control_plane: None,
+            identity: None,
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 4191)),
             inbound: None,
             outbound: OutboundConfig::default(),

@@ -10,7 +10,9 @@ use crate::http::metered::Metered;
 use crate::http::proxy::{Forward, ForwardSettings};
 use crate::http::server;
 use crate::io::{Activity, Clock, MeteredIo, PrefixedIo};
-use crate::metrics::{Labels, Metrics};
+use crate::metrics::{Labels, Metrics, Tls};
+use crate::tls::{MeshProtocol, MeshTls, is_mesh_hello};
+use mesh_identity::tls::peer_identity;
 use crate::tcp::{self, TcpSettings};
 use crate::config::Limits;
 use mesh_core::shutdown::Shutdown;
@@ -42,6 +44,10 @@ pub struct Route {
     pub labels: Labels,
     /// Never sniff: forward as TCP.
     pub opaque: bool,
+    /// Inbound: terminate mesh peers' mTLS with this.
+    pub accept_tls: Option<Arc<MeshTls>>,
+    /// Inbound: refuse anything but mesh mTLS.
+    pub strict: bool,
 }
 
 /// Accepts on `listener` until shutdown; `route` decides where each accepted
@@ -82,14 +88,11 @@ where
     }
 }
 
-async fn handle(stream: TcpStream, ctx: Context, route: Route) {
-    let tcp = ctx.metrics.tcp(&route.labels);
-    let activity = Activity::new(ctx.clock);
-    let mut io = MeteredIo::new(stream, tcp.bytes.clone(), activity.clone());
-    let (protocol, prefix) = if route.opaque {
+async fn handle(mut stream: TcpStream, ctx: Context, route: Route) {
+    let (protocol, prefix) = if route.opaque && route.accept_tls.is_none() {
         (Protocol::Opaque, bytes::Bytes::new())
     } else {
-        match detect::sniff(&mut io, ctx.limits.detect_timeout).await {
+        match detect::sniff(&mut stream, ctx.limits.detect_timeout).await {
             Ok(p) => p,
             Err(e) => {
                 tracing::debug!(error = %e, "connection failed during protocol detection");
@@ -97,12 +100,57 @@ async fn handle(stream: TcpStream, ctx: Context, route: Route) {
             }
         }
     };
-    let io = PrefixedIo::new(prefix, io);
+    let io = PrefixedIo::new(prefix.clone(), stream);
+
+    // A mesh peer: terminate its mTLS; the ALPN it negotiated names the protocol.
+    if let (Protocol::Tls, Some(tls)) = (protocol, &route.accept_tls)
+        && detect::client_hello_alpns(&prefix).is_some_and(|a| is_mesh_hello(&a))
+    {
+        let accept = tokio_rustls::TlsAcceptor::from(tls.server_config()).accept(io);
+        let stream = match tokio::time::timeout(ctx.limits.tls_handshake_timeout, accept).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::info!(error = %e, "mesh TLS handshake refused");
+                ctx.metrics.refused(&route.labels, "tls_handshake");
+                return;
+            }
+            Err(_) => {
+                ctx.metrics.refused(&route.labels, "tls_handshake");
+                return;
+            }
+        };
+        let conn = stream.get_ref().1;
+        let mut labels = route.labels.clone();
+        labels.tls = Tls::Yes;
+        labels.peer_id = peer_identity(conn.peer_certificates()).unwrap_or_default();
+        let protocol = match conn.alpn_protocol().and_then(MeshProtocol::from_alpn) {
+            Some(MeshProtocol::Http1) => Protocol::Http1,
+            Some(MeshProtocol::Http2) => Protocol::Http2,
+            _ => Protocol::Opaque,
+        };
+        return serve(stream, protocol, &route, labels, ctx).await;
+    }
+    if route.strict {
+        tracing::debug!(protocol = protocol.as_str(), "plaintext refused on a strict port");
+        ctx.metrics.refused(&route.labels, "plaintext");
+        return;
+    }
+    serve(io, protocol, &route, route.labels.clone(), ctx).await;
+}
+
+/// Serves a connection whose protocol is known: HTTP, or bytes as TCP.
+async fn serve<I>(io: I, protocol: Protocol, route: &Route, labels: Labels, ctx: Context)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let tcp = ctx.metrics.tcp(&labels);
+    let activity = Activity::new(ctx.clock);
+    let io = MeteredIo::new(io, tcp.bytes.clone(), activity.clone());
     match protocol {
         Protocol::Http1 | Protocol::Http2 => {
             let version = if protocol == Protocol::Http2 { Version::Http2 } else { Version::Http1 };
             let forward = ForwardSettings { failfast: ctx.limits.failfast_timeout, connect_attempts: 3 };
-            let svc = Metered::new(Forward::new(route.balancer, version, forward), ctx.metrics.http(route.labels));
+            let svc = Metered::new(Forward::new(route.balancer.clone(), version, forward), ctx.metrics.http(labels));
             server::serve(io, protocol, svc, &ctx.limits.server, activity, ctx.shutdown).await;
         }
         Protocol::Tls | Protocol::Opaque => {

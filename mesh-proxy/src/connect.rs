@@ -1,29 +1,52 @@
-//! Opening connections to endpoints (and, with identity, securing them).
+//! Opening connections to endpoints: TCP with a deadline, then mTLS when
+//! the endpoint is meshed (discovery gave it an identity) and this proxy
+//! has one.
 
+use crate::tls::{ClientIo, MeshProtocol, MeshTls};
+use rustls_pki_types::ServerName;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 
-/// Opens TCP connections with a deadline and the socket options a proxy wants.
+/// Opens connections with a deadline and the socket options a proxy wants.
 #[derive(Debug, Clone)]
 pub struct Connector {
     timeout: Duration,
+    tls: Option<Arc<MeshTls>>,
 }
 
 impl Connector {
-    /// Connections give up after `timeout`.
-    pub fn new(timeout: Duration) -> Self {
-        Self { timeout }
+    /// Connections give up after `timeout` (TCP and TLS each); with `tls`,
+    /// meshed endpoints get mTLS.
+    pub fn new(timeout: Duration, tls: Option<Arc<MeshTls>>) -> Self {
+        Self { timeout, tls }
     }
 
-    /// Connects to `addr`.
-    pub async fn connect(&self, addr: SocketAddr) -> io::Result<TcpStream> {
+    /// Whether connections to an endpoint with `identity` will be mTLS.
+    pub fn secures(&self, identity: Option<&str>) -> bool {
+        identity.is_some() && self.tls.is_some()
+    }
+
+    /// Connects to `addr`; secures the connection when `identity` is known.
+    pub async fn connect(&self, addr: SocketAddr, identity: Option<&str>, protocol: MeshProtocol) -> io::Result<ClientIo> {
         let stream = tokio::time::timeout(self.timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connect timed out after {:?}", self.timeout)))??;
         // Small requests must not wait for Nagle's algorithm.
         stream.set_nodelay(true)?;
-        Ok(stream)
+        let (Some(identity), Some(tls)) = (identity, &self.tls) else {
+            return Ok(ClientIo::Plain(stream));
+        };
+        let config = tls.client_config(identity, protocol).map_err(io::Error::other)?;
+        // Peers are named by identity, not DNS: an IP server name sends no SNI.
+        let name = ServerName::IpAddress(addr.ip().into());
+        let handshake = tokio_rustls::TlsConnector::from(config).connect(name, stream);
+        let tls = tokio::time::timeout(self.timeout.max(Duration::from_secs(3)), handshake)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))?
+            .map_err(|e| io::Error::new(e.kind(), format!("TLS handshake with {identity}: {e}")))?;
+        Ok(ClientIo::Tls(Box::new(tls)))
     }
 }

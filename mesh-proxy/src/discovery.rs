@@ -107,22 +107,10 @@ pub struct Resolver {
 }
 
 impl Resolver {
-    /// A resolver talking to the control plane at `addr` (`http://host:port`);
-    /// `None` means no control plane: every target stays unknown.
-    pub fn new(addr: Option<&str>, workload: impl Into<String>) -> Result<Self, tonic::transport::Error> {
-        let client = match addr {
-            Some(a) => {
-                let endpoint = tonic::transport::Endpoint::from_shared(a.to_string())?
-                    .connect_timeout(Duration::from_secs(3))
-                    .tcp_nodelay(true)
-                    .http2_keep_alive_interval(Duration::from_secs(10))
-                    .keep_alive_timeout(Duration::from_secs(5))
-                    .keep_alive_while_idle(true);
-                Some(DestinationClient::new(endpoint.connect_lazy()))
-            }
-            None => None,
-        };
-        Ok(Self { client, workload: workload.into(), watches: Arc::default() })
+    /// A resolver over the control plane `channel`; `None` means no control
+    /// plane: every target stays unknown.
+    pub fn new(channel: Option<Channel>, workload: impl Into<String>) -> Self {
+        Self { client: channel.map(DestinationClient::new), workload: workload.into(), watches: Arc::default() }
     }
 
     /// Watches `target` (`name.ns:port` or `ip:port`). Watches are shared by

@@ -18,15 +18,18 @@ pub mod balance;
 pub mod config;
 pub mod conn;
 pub mod connect;
+pub mod control;
 pub mod detect;
 pub mod discovery;
 pub mod drain;
 pub mod http;
+pub mod identity;
 pub mod inbound;
 pub mod io;
 pub mod metrics;
 pub mod outbound;
 pub mod tcp;
+pub mod tls;
 
 pub use app::{Proxy, StartError};
 pub use config::Config;

@@ -2,7 +2,8 @@
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use mesh_proxy::config::{InboundConfig, Upstream};
+use mesh_proxy::config::{IdentityConfig, InboundConfig, InboundMode, TokenSource, Upstream};
+use std::path::PathBuf;
 use mesh_proxy::{Config, Proxy};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -33,6 +34,28 @@ struct Args {
     /// An explicit upstream, LISTEN=TARGET (repeatable), e.g. 127.0.0.1:4150=books.default:7001.
     #[arg(long = "upstream", value_parser = parse_upstream)]
     upstreams: Vec<Upstream>,
+    /// Join token file: enables identity and mTLS (mint one with `meshctl identity token`).
+    #[arg(long, env = "MESH_IDENTITY_TOKEN_FILE", requires = "trust_anchors")]
+    identity_token_file: Option<PathBuf>,
+    /// Trust anchors (PEM) to verify the control plane with at start.
+    #[arg(long, env = "MESH_TRUST_ANCHORS")]
+    trust_anchors: Option<PathBuf>,
+    /// The identity to request (default: the join token's subject).
+    #[arg(long, env = "MESH_IDENTITY")]
+    identity: Option<String>,
+    /// The control plane's identity (default: spiffe://<trust-domain>/ns/mesh-system/sa/mesh-control).
+    #[arg(long)]
+    control_plane_identity: Option<String>,
+    /// Renew the certificate when this fraction of its life has passed.
+    #[arg(long, default_value_t = 0.7)]
+    renew_at: f64,
+    /// Inbound mode: strict (mTLS only) or permissive (plaintext accepted too).
+    /// Default: strict with identity, permissive without.
+    #[arg(long)]
+    inbound_mode: Option<InboundMode>,
+    /// A per-port inbound mode, PORT=strict|permissive (repeatable).
+    #[arg(long = "inbound-port-mode", value_parser = parse_port_mode)]
+    inbound_port_modes: Vec<(u16, InboundMode)>,
     /// App ports never sniffed for a protocol (server-first protocols), comma-separated.
     #[arg(long, value_delimiter = ',')]
     opaque_ports: Vec<u16>,
@@ -69,6 +92,12 @@ fn duration(s: &str) -> Result<Duration, String> {
     mesh_core::duration::parse(s).map_err(|e| e.to_string())
 }
 
+fn parse_port_mode(s: &str) -> Result<(u16, InboundMode), String> {
+    let (port, mode) = s.split_once('=').ok_or_else(|| format!("invalid port mode {s:?}: expected PORT=strict|permissive"))?;
+    let port: u16 = port.parse().map_err(|_| format!("invalid port {port:?} in {s:?}"))?;
+    Ok((port, mode.parse()?))
+}
+
 fn parse_upstream(s: &str) -> Result<Upstream, String> {
     let (listen, target) = s
         .split_once('=')
@@ -81,14 +110,28 @@ fn parse_upstream(s: &str) -> Result<Upstream, String> {
     Ok(Upstream { listen, target: target.to_string() })
 }
 
-fn config(args: &Args) -> Config {
+fn config(args: &Args) -> anyhow::Result<Config> {
     let mut c = Config::new(args.workload.clone());
     c.control_plane = args.control_plane.clone();
     c.admin_addr = args.admin_addr;
+    if let (Some(token), Some(anchors)) = (&args.identity_token_file, &args.trust_anchors) {
+        let pem = std::fs::read_to_string(anchors)
+            .with_context(|| format!("cannot read the trust anchors {}", anchors.display()))?;
+        c.identity = Some(IdentityConfig {
+            token: TokenSource::File(token.clone()),
+            trust_anchors_pem: pem,
+            identity: args.identity.clone(),
+            control_plane_identity: args.control_plane_identity.clone(),
+            renew_at: args.renew_at,
+        });
+    }
+    let default_mode = if c.identity.is_some() { InboundMode::Strict } else { InboundMode::Permissive };
     c.inbound = args.app.map(|app| InboundConfig {
         listen: args.inbound_addr,
         app,
         opaque_ports: args.opaque_ports.clone(),
+        mode: args.inbound_mode.unwrap_or(default_mode),
+        port_modes: args.inbound_port_modes.clone(),
     });
     c.outbound.upstreams = args.upstreams.clone();
     c.limits.detect_timeout = args.detect_timeout;
@@ -100,7 +143,7 @@ fn config(args: &Args) -> Config {
     c.limits.server.max_header_bytes = args.max_header_bytes;
     c.limits.client.max_header_bytes = args.max_header_bytes;
     c.shutdown_grace = args.shutdown_grace;
-    c
+    Ok(c)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -115,7 +158,7 @@ fn main() -> anyhow::Result<()> {
         tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads).enable_all().build()
     }
     .context("cannot start the async runtime")?;
-    runtime.block_on(run(config(&args)))
+    runtime.block_on(run(config(&args)?))
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {

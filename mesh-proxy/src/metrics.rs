@@ -66,6 +66,16 @@ pub struct Labels {
     pub target: String,
     /// Whether the connection was mTLS.
     pub tls: Tls,
+    /// The peer's identity: the client's (inbound) or the server's expected
+    /// one (outbound); empty without mTLS.
+    pub peer_id: String,
+}
+
+impl Labels {
+    /// Labels for a connection before its TLS status is known.
+    pub fn new(direction: Direction, target: impl Into<String>) -> Self {
+        Self { direction, target: target.into(), tls: Tls::No, peer_id: String::new() }
+    }
 }
 
 /// Labels of a response.
@@ -97,6 +107,17 @@ pub struct Metrics {
     tcp_active: Family<Labels, Gauge>,
     tcp_read: Family<Labels, Counter>,
     tcp_write: Family<Labels, Counter>,
+    tcp_refused: Family<RefusedLabels, Counter>,
+}
+
+/// Labels of a refused connection.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// Direction, target.
+    #[prometheus(flatten)]
+    pub base: Labels,
+    /// Why: `plaintext` (strict port), `tls_handshake`.
+    pub reason: &'static str,
 }
 
 impl Default for Metrics {
@@ -110,6 +131,7 @@ impl Default for Metrics {
             tcp_active: Family::default(),
             tcp_read: Family::default(),
             tcp_write: Family::default(),
+            tcp_refused: Family::default(),
         }
     }
 }
@@ -130,6 +152,12 @@ impl Metrics {
         reg.register("tcp_open_connections", "Connections currently open", self.tcp_active.clone());
         reg.register_with_unit("tcp_read", "Bytes read from peers", Unit::Bytes, self.tcp_read.clone());
         reg.register_with_unit("tcp_write", "Bytes written to peers", Unit::Bytes, self.tcp_write.clone());
+        reg.register("tcp_refused", "Connections refused, by reason", self.tcp_refused.clone());
+    }
+
+    /// Counts a refused connection.
+    pub fn refused(&self, base: &Labels, reason: &'static str) {
+        self.tcp_refused.get_or_create(&RefusedLabels { base: base.clone(), reason }).inc();
     }
 
     /// Handles for one connection's HTTP traffic.
@@ -231,7 +259,7 @@ mod tests {
         let m = Metrics::default();
         let mut reg = Registry::default();
         m.register(&mut reg);
-        let labels = Labels { direction: Direction::inbound, target: "app:8080".into(), tls: Tls::No };
+        let labels = Labels::new(Direction::inbound, "app:8080");
         let h = m.http(labels.clone());
         h.requests.inc();
         h.latency.observe(0.002);
@@ -239,9 +267,9 @@ mod tests {
         drop(m.tcp(&labels));
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &reg).expect("encode");
-        assert!(out.contains(r#"request_total{direction="inbound",target="app:8080",tls="false"} 1"#), "{out}");
-        assert!(out.contains(r#"response_total{direction="inbound",target="app:8080",tls="false",status_code="200",grpc_status="",classification="success"} 1"#), "{out}");
+        assert!(out.contains(r#"request_total{direction="inbound",target="app:8080",tls="false",peer_id=""} 1"#), "{out}");
+        assert!(out.contains(r#"response_total{direction="inbound",target="app:8080",tls="false",peer_id="",status_code="200",grpc_status="",classification="success"} 1"#), "{out}");
         assert!(out.contains("response_latency_seconds_bucket"), "{out}");
-        assert!(out.contains(r#"tcp_close_total{direction="inbound",target="app:8080",tls="false"} 1"#), "{out}");
+        assert!(out.contains(r#"tcp_close_total{direction="inbound",target="app:8080",tls="false",peer_id=""} 1"#), "{out}");
     }
 }

@@ -2,7 +2,8 @@
 //! dir, and proxies started from the library with configuration values.
 
 use mesh_control::{Config as ControlConfig, Control};
-use mesh_proxy::config::{InboundConfig, Upstream};
+use mesh_identity::dir::IdentityDir;
+use mesh_proxy::config::{IdentityConfig, InboundConfig, InboundMode, TokenSource, Upstream};
 use mesh_proxy::{Config as ProxyConfig, Proxy};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -52,22 +53,99 @@ pub struct Mesh {
     control: Option<Control>,
     grpc_addr: SocketAddr,
     admin_addr: SocketAddr,
+    identity: Option<(IdentityDir, Duration)>,
 }
 
 impl Mesh {
-    /// Writes the registry and starts the control plane on ephemeral ports.
+    /// Writes the registry and starts the control plane on ephemeral ports,
+    /// without identity (plaintext mesh).
     pub async fn start(services: &[Svc]) -> Self {
-        crate::init_logs();
+        Self::start_inner(services, None).await
+    }
+
+    /// Starts a mesh with a CA: a fresh identity directory, leaves living
+    /// `cert_ttl`, TLS to the control plane and mTLS between proxies.
+    pub async fn start_secure(services: &[Svc], cert_ttl: Duration) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let id = IdentityDir::new(dir.path().join("identity"));
+        id.init("mesh.test", None).unwrap();
+        Self::start_inner_in(dir, services, Some((id, cert_ttl))).await
+    }
+
+    async fn start_inner(services: &[Svc], identity: Option<(IdentityDir, Duration)>) -> Self {
+        Self::start_inner_in(tempfile::tempdir().unwrap(), services, identity).await
+    }
+
+    async fn start_inner_in(dir: tempfile::TempDir, services: &[Svc], identity: Option<(IdentityDir, Duration)>) -> Self {
+        crate::init_logs();
         let mut mesh = Self {
             dir,
             control: None,
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            identity,
         };
         mesh.write_registry(services);
         mesh.start_control().await;
         mesh
+    }
+
+    /// The identity directory, for a secure mesh.
+    pub fn identity_dir(&self) -> Option<&IdentityDir> {
+        self.identity.as_ref().map(|(d, _)| d)
+    }
+
+    /// Identity configuration for a workload running as `service_account`
+    /// (namespace `default`), with a freshly minted join token.
+    pub fn identity_for(&self, service_account: &str) -> Option<IdentityConfig> {
+        let (dir, _) = self.identity.as_ref()?;
+        let token = dir.mint_token("default", service_account, Duration::from_secs(3600)).unwrap();
+        let anchors = std::fs::read_to_string(dir.path().join(mesh_identity::dir::ANCHORS)).unwrap();
+        Some(IdentityConfig {
+            token: TokenSource::Value(token),
+            trust_anchors_pem: anchors,
+            identity: None,
+            control_plane_identity: None,
+            renew_at: 0.7,
+        })
+    }
+
+    /// A sidecar for a replica of `service_account` in front of `app`: in a
+    /// secure mesh it has an identity, mTLS, and a strict inbound.
+    pub async fn sidecar(&self, name: &str, service_account: &str, app: SocketAddr) -> Proxy {
+        self.sidecar_with(name, service_account, app, |_| {}).await
+    }
+
+    /// [`Mesh::sidecar`], adjusting the config first.
+    pub async fn sidecar_with(&self, name: &str, sa: &str, app: SocketAddr, f: impl FnOnce(&mut ProxyConfig)) -> Proxy {
+        let identity = self.identity_for(sa);
+        let url = self.control_url();
+        sidecar_with(name, app, |c| {
+            if let Some(i) = identity {
+                c.identity = Some(i);
+                c.control_plane = Some(url);
+                if let Some(inb) = c.inbound.as_mut() {
+                    inb.mode = InboundMode::Strict;
+                }
+            }
+            f(c)
+        })
+        .await
+    }
+
+    /// A client proxy for `service_account` with one upstream per target.
+    pub async fn client(&self, name: &str, service_account: &str, targets: &[&str]) -> Proxy {
+        self.client_with(name, service_account, targets, |_| {}).await
+    }
+
+    /// [`Mesh::client`], adjusting the config first.
+    pub async fn client_with(&self, name: &str, sa: &str, targets: &[&str], f: impl FnOnce(&mut ProxyConfig)) -> Proxy {
+        let identity = self.identity_for(sa);
+        client_with(name, &self.control_url(), targets, |c| {
+            c.identity = identity;
+            f(c)
+        })
+        .await
     }
 
     /// The registry file.
@@ -90,6 +168,12 @@ impl Mesh {
     /// Starts the control plane (again, on the same ports after a stop).
     pub async fn start_control(&mut self) {
         let mut config = ControlConfig::with_file(self.registry_path());
+        if let Some((dir, ttl)) = &self.identity {
+            let mut idc = mesh_control::IdentityConfig::new(dir.path());
+            idc.leaf_ttl = *ttl;
+            idc.poll_interval = Duration::from_millis(100);
+            config.identity = Some(idc);
+        }
         config.grpc_addr = self.grpc_addr;
         config.admin_addr = self.admin_addr;
         #[allow(irrefutable_let_patterns)] // more registries will come
@@ -131,6 +215,24 @@ impl Mesh {
     }
 }
 
+/// Waits until a proxy reports ready (with identity: holds a certificate).
+pub async fn wait_ready(p: &Proxy) {
+    let addr = p.admin_addr();
+    let ok = eventually(Duration::from_secs(10), || async move { admin_get(addr, "/ready").await.starts_with("ready") }).await;
+    assert!(ok, "proxy at {addr} never became ready:\n{}", admin_get(addr, "/config").await);
+}
+
+/// Waits until a proxy's first upstream resolves to `endpoints` endpoints.
+pub async fn wait_resolved(p: &Proxy, endpoints: usize) {
+    let addr = p.admin_addr();
+    let ok = eventually(Duration::from_secs(10), || async move {
+        let c = admin_get(addr, "/config").await;
+        c.contains("\"status\": \"resolved\"") && c.matches("\"address\"").count() == endpoints
+    })
+    .await;
+    assert!(ok, "proxy at {addr} never resolved {endpoints} endpoint(s):\n{}", admin_get(addr, "/config").await);
+}
+
 /// Starts a sidecar in front of `app` (inbound only).
 pub async fn sidecar(name: &str, app: SocketAddr) -> Proxy {
     sidecar_with(name, app, |_| {}).await
@@ -139,7 +241,13 @@ pub async fn sidecar(name: &str, app: SocketAddr) -> Proxy {
 /// Starts a sidecar in front of `app`, adjusting its config first.
 pub async fn sidecar_with(name: &str, app: SocketAddr, f: impl FnOnce(&mut ProxyConfig)) -> Proxy {
     let mut c = base(name);
-    c.inbound = Some(InboundConfig { listen: loopback0(), app, opaque_ports: vec![] });
+    c.inbound = Some(InboundConfig {
+        listen: loopback0(),
+        app,
+        opaque_ports: vec![],
+        mode: InboundMode::Permissive,
+        port_modes: vec![],
+    });
     f(&mut c);
     Proxy::start(c).await.unwrap()
 }

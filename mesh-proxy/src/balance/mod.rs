@@ -49,7 +49,8 @@ pub struct EndpointFactory {
 impl EndpointFactory {
     /// A new endpoint for `meta`.
     pub fn make(&self, meta: EndpointMeta) -> Arc<Endpoint> {
-        let client = EndpointClient::new(meta.addr, self.connector.clone(), self.settings.clone());
+        let client =
+            EndpointClient::new(meta.addr, meta.identity.clone(), self.connector.clone(), self.settings.clone());
         Arc::new(Endpoint { meta, load: PeakEwma::new(self.ewma), client })
     }
 }

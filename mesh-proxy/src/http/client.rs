@@ -7,6 +7,7 @@
 
 use super::body::{self, Body, BoxError};
 use crate::connect::Connector;
+use crate::tls::{ClientIo, MeshProtocol};
 use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::{Frame, Incoming, SizeHint};
@@ -86,6 +87,7 @@ pub struct SendError {
 #[derive(Debug)]
 pub struct EndpointClient {
     addr: SocketAddr,
+    identity: Option<String>,
     connector: Connector,
     settings: Arc<ClientSettings>,
     idle: Mutex<Vec<IdleConn>>,
@@ -114,10 +116,12 @@ pub enum Conn {
 }
 
 impl EndpointClient {
-    /// A client for `addr`; connections open lazily.
-    pub fn new(addr: SocketAddr, connector: Connector, settings: Arc<ClientSettings>) -> Arc<Self> {
+    /// A client for `addr`, whose proxy presents `identity` (mTLS) or none
+    /// (plaintext); connections open lazily.
+    pub fn new(addr: SocketAddr, identity: Option<String>, connector: Connector, settings: Arc<ClientSettings>) -> Arc<Self> {
         Arc::new(Self {
             addr,
+            identity,
             connector,
             settings,
             idle: Mutex::new(Vec::new()),
@@ -128,6 +132,11 @@ impl EndpointClient {
     /// The endpoint's address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Whether connections to this endpoint are mTLS.
+    pub fn is_tls(&self) -> bool {
+        self.connector.secures(self.identity.as_deref())
     }
 
     /// A connection for one request of `version`.
@@ -195,7 +204,7 @@ impl EndpointClient {
     }
 
     async fn connect_h1(&self) -> Result<http1::SendRequest<Body>, ConnectError> {
-        let io = self.connect_tcp().await?;
+        let io = self.connect_io(MeshProtocol::Http1).await?;
         let (tx, conn) = http1::Builder::new()
             .max_buf_size(self.settings.max_header_bytes.max(8192))
             .handshake(io)
@@ -211,7 +220,7 @@ impl EndpointClient {
     }
 
     async fn connect_h2(&self) -> Result<http2::SendRequest<Body>, ConnectError> {
-        let io = self.connect_tcp().await?;
+        let io = self.connect_io(MeshProtocol::Http2).await?;
         let (tx, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(self.settings.h2_keepalive)
@@ -232,17 +241,20 @@ impl EndpointClient {
     }
 
     /// A raw connection to the endpoint, for opaque TCP.
-    pub async fn connect_raw(&self) -> Result<tokio::net::TcpStream, ConnectError> {
-        self.connector.connect(self.addr).await.map_err(|source| ConnectError::Io { addr: self.addr, source })
+    pub async fn connect_raw(&self) -> Result<ClientIo, ConnectError> {
+        self.connector
+            .connect(self.addr, self.identity.as_deref(), MeshProtocol::Opaque)
+            .await
+            .map_err(|source| ConnectError::Io { addr: self.addr, source })
     }
 
-    async fn connect_tcp(&self) -> Result<TokioIo<tokio::net::TcpStream>, ConnectError> {
-        let stream = self
+    async fn connect_io(&self, protocol: MeshProtocol) -> Result<TokioIo<ClientIo>, ConnectError> {
+        let io = self
             .connector
-            .connect(self.addr)
+            .connect(self.addr, self.identity.as_deref(), protocol)
             .await
             .map_err(|source| ConnectError::Io { addr: self.addr, source })?;
-        Ok(TokioIo::new(stream))
+        Ok(TokioIo::new(io))
     }
 }
 

@@ -1,0 +1,42 @@
+//! The connection to the control plane: one HTTP/2 channel shared by the
+//! Destination and Identity clients, secured with TLS (verifying the control
+//! plane's identity against the live trust bundle) when the proxy has an
+//! identity.
+
+use hyper_util::rt::TokioIo;
+use mesh_identity::tls::Credentials;
+use rustls_pki_types::ServerName;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
+
+/// A lazily connecting channel to `addr` (`http://host:port`).
+pub fn channel(addr: &str, tls: Option<(Arc<Credentials>, String)>) -> Result<Channel, tonic::transport::Error> {
+    let endpoint = Endpoint::from_shared(addr.to_string())?
+        .connect_timeout(Duration::from_secs(3))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true);
+    let Some((creds, expected)) = tls else {
+        return Ok(endpoint.connect_lazy());
+    };
+    let connector = tower::service_fn(move |uri: http::Uri| {
+        let creds = creds.clone();
+        let expected = expected.clone();
+        async move {
+            let host = uri.host().unwrap_or("localhost").trim_start_matches('[').trim_end_matches(']').to_string();
+            let port = uri.port_u16().unwrap_or(8086);
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            let config = creds.client_config(&expected, &[b"h2"]).map_err(std::io::Error::other)?;
+            let name = match host.parse::<std::net::IpAddr>() {
+                Ok(ip) => ServerName::IpAddress(ip.into()),
+                Err(_) => ServerName::try_from(host).map_err(std::io::Error::other)?,
+            };
+            let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
+            Ok::<_, std::io::Error>(TokioIo::new(tls))
+        }
+    });
+    Ok(endpoint.connect_with_connector_lazy(connector))
+}

@@ -1,0 +1,192 @@
+//! The proxy's identity: a private key generated in memory (never written,
+//! never logged), a certificate from the control plane against the join
+//! token, renewal at a fraction of its life, and the trust bundle kept live.
+//!
+//! When the control plane is unreachable the current certificate stays in
+//! use until it expires while renewal retries with backoff.
+
+use crate::config::IdentityConfig;
+use mesh_core::backoff::Backoff;
+use mesh_core::shutdown::Shutdown;
+use mesh_identity::SpiffeId;
+use mesh_identity::tls::Credentials;
+use mesh_proto::identity::{CertifyRequest, TrustBundleRequest, identity_client::IdentityClient};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tonic::transport::Channel;
+
+/// Why identity could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    /// The trust anchors do not parse.
+    #[error("invalid trust anchors: {0}")]
+    Anchors(String),
+    /// The token cannot be read.
+    #[error("cannot read the identity token: {0}")]
+    Token(String),
+    /// The identity is not a SPIFFE ID.
+    #[error(transparent)]
+    Id(#[from] mesh_identity::spiffe::InvalidSpiffeId),
+}
+
+/// Identity metrics.
+#[derive(Debug, Clone, Default)]
+pub struct IdentityMetrics {
+    expiry: Gauge<f64, AtomicU64>,
+    refreshes: Family<Vec<(String, String)>, Counter>,
+    anchors: Gauge,
+}
+
+impl IdentityMetrics {
+    /// Registers `identity_*` metrics.
+    pub fn register(&self, reg: &mut Registry) {
+        reg.register(
+            "identity_cert_expiration_timestamp_seconds",
+            "When the proxy's current certificate expires (Unix seconds)",
+            self.expiry.clone(),
+        );
+        reg.register("identity_cert_refresh", "Certificate requests by result", self.refreshes.clone());
+        reg.register("identity_trust_anchors", "Trust anchors in the bundle in force", self.anchors.clone());
+    }
+
+    fn refresh(&self, result: &str) {
+        self.refreshes.get_or_create(&vec![("result".into(), result.into())]).inc();
+    }
+}
+
+/// Who this proxy is and whom it trusts.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// This workload's identity.
+    pub id: SpiffeId,
+    /// The control plane's identity.
+    pub control_plane: String,
+    /// The live credentials.
+    pub creds: Arc<Credentials>,
+}
+
+impl Identity {
+    /// Reads the anchors and learns the identities (from the token's claims
+    /// unless configured).
+    pub fn prepare(cfg: &IdentityConfig) -> Result<Self, IdentityError> {
+        let anchors = mesh_identity::pem::certs(&cfg.trust_anchors_pem).map_err(|e| IdentityError::Anchors(e.to_string()))?;
+        let creds = Credentials::new(anchors).map_err(|e| IdentityError::Anchors(e.to_string()))?;
+        let id: SpiffeId = match &cfg.identity {
+            Some(id) => id.parse()?,
+            None => {
+                let token = cfg.token.read().map_err(|e| IdentityError::Token(e.to_string()))?;
+                let claims = mesh_identity::token::peek(&token).map_err(|e| IdentityError::Token(format!(
+                    "{e}; give the identity explicitly with --identity when the token is not a join token"
+                )))?;
+                claims.sub.parse()?
+            }
+        };
+        let control_plane = match &cfg.control_plane_identity {
+            Some(c) => c.clone(),
+            None => format!("spiffe://{}/ns/mesh-system/sa/mesh-control", id.trust_domain()),
+        };
+        Ok(Self { id, control_plane, creds })
+    }
+}
+
+/// Keeps a certificate and the trust bundle current until shutdown.
+pub async fn run(identity: Identity, channel: Channel, cfg: IdentityConfig, metrics: IdentityMetrics, shutdown: Shutdown) {
+    let bundle = watch_bundle(identity.creds.clone(), IdentityClient::new(channel.clone()), metrics.clone(), shutdown.clone());
+    let certs = renew(identity, IdentityClient::new(channel), cfg, metrics, shutdown);
+    tokio::join!(bundle, certs);
+}
+
+async fn renew(identity: Identity, mut client: IdentityClient<Channel>, cfg: IdentityConfig, metrics: IdentityMetrics, mut shutdown: Shutdown) {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
+    loop {
+        let wait = match certify(&identity, &mut client, &cfg).await {
+            Ok(not_after) => {
+                metrics.refresh("ok");
+                metrics.expiry.set(not_after.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0));
+                backoff.reset();
+                let life = not_after.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
+                tracing::info!(identity = %identity.id, expires_in = ?life, "certificate installed");
+                life.mul_f64(cfg.renew_at.clamp(0.1, 0.95))
+            }
+            Err(e) => {
+                metrics.refresh("error");
+                let remaining = identity
+                    .creds
+                    .leaf_info()
+                    .and_then(|i| i.not_after.duration_since(SystemTime::now()).ok());
+                // Near expiry, retry more often than the backoff would.
+                let mut delay = backoff.next_delay();
+                if let Some(r) = remaining {
+                    delay = delay.min(r / 4).max(Duration::from_millis(100));
+                }
+                tracing::warn!(identity = %identity.id, error = %e, retry_in = ?delay, current_cert_valid_for = ?remaining,
+                    "certificate request failed; keeping the current certificate");
+                delay
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.triggered() => return,
+        }
+    }
+}
+
+async fn certify(identity: &Identity, client: &mut IdentityClient<Channel>, cfg: &IdentityConfig) -> Result<SystemTime, String> {
+    let token = cfg.token.read().map_err(|e| format!("cannot read the token: {e}"))?;
+    let (key, csr) = mesh_identity::ca::generate_csr(&identity.id).map_err(|e| e.to_string())?;
+    let req = CertifyRequest { identity: identity.id.to_string(), csr, token };
+    let rsp = tokio::time::timeout(Duration::from_secs(10), client.certify(req))
+        .await
+        .map_err(|_| "the control plane did not answer within 10s".to_string())?
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+        .into_inner();
+    let mut chain = vec![CertificateDer::from(rsp.leaf)];
+    chain.extend(rsp.intermediates.into_iter().map(CertificateDer::from));
+    if let Some(b) = rsp.bundle {
+        let anchors: Vec<CertificateDer<'static>> = b.anchors.into_iter().map(CertificateDer::from).collect();
+        identity.creds.set_bundle(anchors).map_err(|e| e.to_string())?;
+    }
+    let key = PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    identity.creds.set_leaf(chain, key).map_err(|e| e.to_string())?;
+    Ok(UNIX_EPOCH + Duration::from_secs(u64::try_from(rsp.valid_until).unwrap_or(0)))
+}
+
+async fn watch_bundle(creds: Arc<Credentials>, mut client: IdentityClient<Channel>, metrics: IdentityMetrics, mut shutdown: Shutdown) {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    loop {
+        let result = async {
+            let mut stream = client.watch_trust_bundle(TrustBundleRequest {}).await?.into_inner();
+            while let Some(b) = stream.message().await? {
+                backoff.reset();
+                let anchors: Vec<CertificateDer<'static>> = b.anchors.into_iter().map(CertificateDer::from).collect();
+                let n = anchors.len();
+                match creds.set_bundle(anchors) {
+                    Ok(()) => {
+                        metrics.anchors.set(n as i64);
+                        tracing::info!(anchors = n, "trust bundle updated");
+                    }
+                    Err(e) => tracing::error!(error = %e, "trust bundle refused; keeping the current one"),
+                }
+            }
+            Ok::<(), tonic::Status>(())
+        };
+        let result = tokio::select! {
+            r = result => r,
+            _ = shutdown.triggered() => return,
+        };
+        let delay = backoff.next_delay();
+        if let Err(e) = result {
+            tracing::debug!(code = ?e.code(), message = e.message(), ?delay, "trust bundle watch failed; retrying");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.triggered() => return,
+        }
+    }
+}

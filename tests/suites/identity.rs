@@ -1,0 +1,307 @@
+//! Zero trust: workload certificates from the control plane's CA, mTLS
+//! between every pair of sidecars, refusals, and rotation under load.
+
+#![allow(clippy::unwrap_used)]
+
+use mesh_identity::ca::{self, IssuerCa};
+use mesh_identity::tls::{ALPN_HTTP1, Credentials};
+use mesh_identity::{SpiffeId, pem};
+use mesh_tests::apps;
+use mesh_tests::load::Load;
+use mesh_tests::mesh::{self, Mesh, Svc};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// A TCP relay that records every byte crossing it, both ways: a wiretap
+/// on the path between two sidecars.
+async fn wiretap(to: SocketAddr) -> (SocketAddr, Arc<Mutex<Vec<u8>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let tap = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((a, _)) = l.accept().await {
+            let Ok(b) = TcpStream::connect(to).await else { continue };
+            let (ar, aw) = a.into_split();
+            let (br, bw) = b.into_split();
+            tokio::spawn(pipe(ar, bw, tap.clone()));
+            tokio::spawn(pipe(br, aw, tap.clone()));
+        }
+    });
+    (addr, seen)
+}
+
+async fn pipe(mut r: tokio::net::tcp::OwnedReadHalf, mut w: tokio::net::tcp::OwnedWriteHalf, tap: Arc<Mutex<Vec<u8>>>) {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                tap.lock().unwrap().extend_from_slice(&buf[..n]);
+                if w.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+async fn metrics(p: &mesh_proxy::Proxy) -> String {
+    mesh::admin_get(p.admin_addr(), "/metrics").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecars_speak_mtls_and_the_wire_carries_no_plaintext() {
+    let mesh = Mesh::start_secure(&[], HOUR).await;
+    let app = apps::http("web-0").await;
+    let side = mesh.sidecar("web-0", "web", app.addr).await;
+    let (tap_addr, tapped) = wiretap(side.inbound_addr().unwrap()).await;
+    mesh.write_registry(&[Svc::new("web", 80, "http", &[tap_addr])]);
+    let client = mesh.client("client", "frontend", &["web.default:80"]).await;
+    mesh::wait_ready(&side).await;
+    mesh::wait_ready(&client).await;
+
+    let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    for h2 in [false, true] {
+        let body = format!("SECRET-PAYLOAD-{h2}");
+        let http = if h2 {
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .http2_only(true)
+                .build_http::<http_body_util::Full<bytes::Bytes>>()
+        } else {
+            http.clone()
+        };
+        let req = http::Request::post(format!("http://{}/echo", client.upstream_addrs()[0]))
+            .header("x-secret-header", "SECRET-HEADER")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body.clone())))
+            .unwrap();
+        let rsp = tokio::time::timeout(Duration::from_secs(10), http.request(req)).await.unwrap().unwrap();
+        assert!(rsp.status().is_success(), "{rsp:?}");
+        let got = http_body_util::BodyExt::collect(rsp.into_body()).await.unwrap().to_bytes();
+        assert_eq!(got, body.as_bytes());
+    }
+    let wire = tapped.lock().unwrap().clone();
+    assert!(wire.len() > 1000, "the tap saw the traffic ({} bytes)", wire.len());
+    for needle in [&b"SECRET-PAYLOAD"[..], b"SECRET-HEADER", b"HTTP/1.1", b"x-replica", b"web-0", b"PRI * HTTP/2.0"] {
+        assert!(!contains(&wire, needle), "plaintext {:?} crossed the wire", String::from_utf8_lossy(needle));
+    }
+    // Both ends record the peer: TLS status and identity labels.
+    let server = metrics(&side).await;
+    assert!(server.contains(r#"tls="true",peer_id="spiffe://mesh.test/ns/default/sa/frontend""#), "{server}");
+    let client_m = metrics(&client).await;
+    assert!(client_m.contains(r#"tls="true",peer_id="spiffe://mesh.test/ns/default/sa/web""#), "{client_m}");
+    assert!(client_m.contains("identity_cert_expiration_timestamp_seconds"), "{client_m}");
+}
+
+/// Runs an mTLS handshake to `addr` as a client holding `creds`.
+async fn handshake(addr: SocketAddr, creds: &Arc<Credentials>, expect: &str) -> Result<(), String> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let cfg = creds.client_config(expect, &[ALPN_HTTP1]).map_err(|e| e.to_string())?;
+    let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
+    let mut tls = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await.map_err(|e| e.to_string())?;
+    // TLS 1.3 client auth failures surface on the first read.
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    tls.read_to_end(&mut out).await.map_err(|e| e.to_string())?;
+    if out.starts_with(b"HTTP/1.1 200") { Ok(()) } else { Err(format!("no response: {}", String::from_utf8_lossy(&out))) }
+}
+
+fn creds_from(anchors: &[&str], issuer: &IssuerCa, sa: &str, ttl: Duration) -> Arc<Credentials> {
+    let anchors = anchors.iter().flat_map(|a| pem::certs(a).unwrap()).collect();
+    let c = Credentials::new(anchors).unwrap();
+    let id = SpiffeId::new("mesh.test", "default", sa).unwrap();
+    let (key, csr) = ca::generate_csr(&id).unwrap();
+    let leaf = issuer.sign_csr(&csr, &id, ttl).unwrap();
+    c.set_leaf(leaf.chain, rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into())).unwrap();
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_foreign_expired_impostor_and_plaintext_peers() {
+    let mesh = Mesh::start_secure(&[], HOUR).await;
+    let app = apps::http("web-0").await;
+    let side = mesh.sidecar("web-0", "web", app.addr).await;
+    mesh::wait_ready(&side).await;
+    let inbound = side.inbound_addr().unwrap();
+    let dir = mesh.identity_dir().unwrap();
+    let ours_pem = std::fs::read_to_string(dir.path().join("trust-anchors.pem")).unwrap();
+    let material = dir.load().unwrap();
+    let web = "spiffe://mesh.test/ns/default/sa/web";
+
+    // Control: a proper mesh client gets through.
+    let good = creds_from(&[&ours_pem], &material.issuer, "frontend", HOUR);
+    handshake(inbound, &good, web).await.expect("a mesh client is accepted");
+
+    // A client certificate from another trust anchor.
+    let foreign_anchor = ca::generate_trust_anchor("mesh.test", HOUR).unwrap();
+    let foreign_issuer = ca::generate_issuer("mesh.test", &foreign_anchor, HOUR).unwrap();
+    let foreign_ca = IssuerCa::load(&foreign_issuer.cert_pem, &foreign_issuer.key_pem, &pem::certs(&foreign_anchor.cert_pem).unwrap()).unwrap();
+    let intruder = creds_from(&[&ours_pem, &foreign_anchor.cert_pem], &foreign_ca, "frontend", HOUR);
+    assert!(handshake(inbound, &intruder, web).await.is_err(), "foreign-anchor client accepted");
+
+    // An expired client certificate.
+    let expired = creds_from(&[&ours_pem], &material.issuer, "frontend", Duration::ZERO);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(handshake(inbound, &expired, web).await.is_err(), "expired client accepted");
+
+    // A server that is not who discovery says: the registry claims the web
+    // sidecar is a "books" endpoint; the client must refuse it.
+    mesh.write_registry(&[Svc::new("books", 80, "http", &[inbound])]);
+    let client = mesh.client_with("client", "frontend", &["books.default:80"], |c| {
+        c.limits.failfast_timeout = Duration::from_secs(5);
+    })
+    .await;
+    mesh::wait_ready(&client).await;
+    let out = Load::start(&format!("http://{}/", client.upstream_addrs()[0]), 1, false);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let out = out.stop().await;
+    assert_eq!(out.ok, 0, "an impostor server was trusted: {out:?}");
+    assert!(out.errors.iter().any(|e| e.contains("sa/books")), "{out:?}");
+
+    // Plaintext to a strict port: refused, and counted.
+    let mut s = TcpStream::connect(inbound).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await.unwrap().unwrap_or(0);
+    assert_eq!(n, 0, "strict port answered plaintext: {}", String::from_utf8_lossy(&buf));
+    let m = metrics(&side).await;
+    assert!(mesh::metric_sum(&m, &["tcp_refused_total", "reason=\"plaintext\""]) >= 1.0, "{m}");
+    assert!(mesh::metric_sum(&m, &["tcp_refused_total", "reason=\"tls_handshake\""]) >= 2.0, "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permissive_ports_accept_plaintext_labelled_as_such() {
+    let mesh = Mesh::start_secure(&[], HOUR).await;
+    let app = apps::http("web-0").await;
+    let side = mesh
+        .sidecar_with("web-0", "web", app.addr, |c| {
+            if let Some(i) = c.inbound.as_mut() {
+                i.mode = mesh_proxy::config::InboundMode::Permissive;
+            }
+        })
+        .await;
+    mesh::wait_ready(&side).await;
+    let out = Load::start(&format!("http://{}/", side.inbound_addr().unwrap()), 1, false);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let out = out.stop().await;
+    assert!(out.ok > 0 && out.failed == 0, "{out:?}");
+    let m = metrics(&side).await;
+    assert!(m.contains(r#"response_total{direction="inbound""#) && m.contains(r#"tls="false",peer_id="""#), "{m}");
+}
+
+/// Counts successful certificate refreshes on a proxy.
+async fn refreshes(p: &mesh_proxy::Proxy) -> f64 {
+    mesh::metric_sum(&metrics(p).await, &["identity_cert_refresh_total", "result=\"ok\""])
+}
+
+/// A secure mesh with one web replica and a client, under load.
+async fn secure_pair(ttl: Duration) -> (Mesh, apps::App, mesh_proxy::Proxy, mesh_proxy::Proxy) {
+    let mesh = Mesh::start_secure(&[], ttl).await;
+    let app = apps::http("web-0").await;
+    let side = mesh.sidecar("web-0", "web", app.addr).await;
+    mesh.write_registry(&[Svc::new("web", 80, "http", &[side.inbound_addr().unwrap()])]);
+    let client = mesh.client("client", "frontend", &["web.default:80"]).await;
+    mesh::wait_ready(&side).await;
+    mesh::wait_ready(&client).await;
+    mesh::wait_resolved(&client, 1).await;
+    (mesh, app, side, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotate_every_few_seconds_without_a_failed_request() {
+    let (_mesh, _app, side, client) = secure_pair(Duration::from_secs(3)).await;
+    // Fresh connections keep handshaking with whatever certificate is current.
+    let load = Load::start(&format!("http://{}/", client.upstream_addrs()[0]), 4, false);
+    let fresh = tokio::spawn({
+        let url = format!("http://{}/", client.upstream_addrs()[0]);
+        async move {
+            let mut failed = 0;
+            for _ in 0..50 {
+                let out = tokio::process::Command::new("curl").args(["-sf", "-m", "5", "-o", "/dev/null", &url]).status().await;
+                if !out.map(|s| s.success()).unwrap_or(false) {
+                    failed += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            failed
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let out = load.stop().await;
+    assert_eq!(fresh.await.unwrap(), 0, "new connections failed during rotation");
+    assert_eq!(out.failed, 0, "{:?}", out.errors);
+    for p in [&side, &client] {
+        let n = refreshes(p).await;
+        assert!(n >= 6.0, "expected at least five rotations after the first certificate, saw {n} issues");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_trust_anchor_rotation_under_load() {
+    let ttl = Duration::from_secs(3);
+    let (mesh, _app, side, client) = secure_pair(ttl).await;
+    let dir = mesh.identity_dir().unwrap().clone();
+    let load = Load::start(&format!("http://{}/", client.upstream_addrs()[0]), 4, false);
+    let anchors = |p: &mesh_proxy::Proxy| {
+        let addr = p.admin_addr();
+        async move { mesh::metric_sum(&mesh::admin_get(addr, "/metrics").await, &["identity_trust_anchors "]) }
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // 1. Add the new anchor beside the old one; proxies learn it live.
+    dir.add_anchor().unwrap();
+    for p in [&side, &client] {
+        assert!(mesh::eventually(Duration::from_secs(5), || async { anchors(p).await == 2.0 }).await, "bundle not pushed");
+    }
+    // 2. A new issuer under the new anchor; leaves move over as they renew.
+    dir.rotate_issuer(mesh_identity::dir::ISSUER_VALIDITY).unwrap();
+    tokio::time::sleep(ttl * 2 + Duration::from_secs(1)).await;
+    // 3. Retire the old anchor.
+    assert_eq!(dir.retire_anchors().unwrap(), 1);
+    for p in [&side, &client] {
+        assert!(mesh::eventually(Duration::from_secs(5), || async { anchors(p).await == 1.0 }).await, "bundle not pushed");
+    }
+    // Traffic keeps flowing on new connections under the new anchor alone.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ok = tokio::process::Command::new("curl")
+        .args(["-sf", "-m", "5", "-o", "/dev/null", &format!("http://{}/", client.upstream_addrs()[0])])
+        .status()
+        .await
+        .unwrap();
+    assert!(ok.success());
+    let out = load.stop().await;
+    assert!(out.ok > 100);
+    assert_eq!(out.failed, 0, "{:?}", out.errors);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_plane_down_across_a_renewal() {
+    let ttl = Duration::from_secs(8);
+    let (mut mesh, _app, side, client) = secure_pair(ttl).await;
+    let load = Load::start(&format!("http://{}/", client.upstream_addrs()[0]), 4, false);
+    let before = refreshes(&client).await;
+    mesh.stop_control().await;
+    // Renewal is due at 70 % (5.6 s); it fails while the control plane is down.
+    tokio::time::sleep(Duration::from_millis(6500)).await;
+    let m = metrics(&client).await;
+    assert!(mesh::metric_sum(&m, &["identity_cert_refresh_total", "result=\"error\""]) >= 1.0, "{m}");
+    let snap = load.snapshot();
+    assert_eq!(snap.failed, 0, "traffic failed on the still-valid certificate: {:?}", snap.errors);
+    mesh.start_control().await;
+    let renewed = mesh::eventually(Duration::from_secs(3), || async { refreshes(&client).await > before }).await;
+    assert!(renewed, "renewal did not succeed once the control plane returned");
+    assert!(mesh::eventually(Duration::from_secs(3), || async { refreshes(&side).await > 1.0 }).await);
+    let out = load.stop().await;
+    assert_eq!(out.failed, 0, "{:?}", out.errors);
+}
+
