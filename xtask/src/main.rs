@@ -1,1 +1,73 @@
-fn main(){}
+//! `cargo xtask`: the project's automation, in Rust so it runs wherever cargo does.
+//!
+//! - `cargo xtask test [ARGS...]`: build every binary, then run the whole test suite.
+//! - `cargo xtask demo [ARGS...]`: build release binaries and run `meshctl demo`.
+//! - `cargo xtask bench [OPTIONS]`: measure the proxy's cost per hop on loopback.
+
+mod bench;
+mod cargo;
+
+use clap::{Parser, Subcommand};
+
+/// Project automation for the mesh workspace.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build all binaries, then run `cargo test --workspace --no-fail-fast` (CI's entry point).
+    ///
+    /// Extra arguments go to `cargo test`, e.g. `cargo xtask test -- --nocapture`.
+    Test {
+        /// Passed through to `cargo test`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Build release binaries and run `meshctl demo` with the given arguments
+    /// (`--help` too; `cargo xtask help demo` shows this text).
+    #[command(disable_help_flag = true)]
+    Demo {
+        /// Passed through to `meshctl demo`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Benchmark the proxy's added latency, CPU and memory per hop against nginx.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Test { args } => test(&args),
+        Command::Demo { args } => demo(&args),
+        Command::Bench(args) => bench::run(&args),
+    }
+}
+
+/// The whole test suite, as a list of steps run in order; the first failure
+/// stops it. Suites that need more (root, env) are added here as further steps.
+fn test(args: &[String]) -> anyhow::Result<()> {
+    let mut build = cargo::cargo(&["build", "--workspace", "--bins"]);
+    // Every failing test binary is reported, not just the first.
+    let mut test = cargo::cargo(&["test", "--workspace", "--no-fail-fast"]);
+    test.args(args);
+    for step in [&mut build, &mut test] {
+        cargo::run_step(step)?;
+    }
+    eprintln!("xtask test: all steps passed");
+    Ok(())
+}
+
+/// Builds release binaries and replaces this process with `meshctl demo ARGS...`.
+fn demo(args: &[String]) -> anyhow::Result<()> {
+    cargo::run_step(&mut cargo::cargo(&["build", "--release", "--bins"]))?;
+    let meshctl = cargo::release_bin("meshctl")?;
+    let mut cmd = std::process::Command::new(&meshctl);
+    cmd.arg("demo").args(args);
+    eprintln!("==> {}", cargo::display(&cmd));
+    let err = std::os::unix::process::CommandExt::exec(&mut cmd);
+    Err(anyhow::anyhow!("cannot run {}: {err}", meshctl.display()))
+}
