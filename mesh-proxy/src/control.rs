@@ -12,7 +12,13 @@ use tonic::transport::{Channel, Endpoint};
 
 /// A lazily connecting channel to `addr` (`http://host:port`).
 pub fn channel(addr: &str, tls: Option<(Arc<Credentials>, String)>) -> Result<Channel, tonic::transport::Error> {
-    let endpoint = Endpoint::from_shared(addr.to_string())?
+    // TLS is this module's job (with the mesh's own verification), so an
+    // `https://` address is dialled like `http://` and secured below.
+    let addr = match addr.strip_prefix("https://") {
+        Some(rest) if tls.is_some() => format!("http://{rest}"),
+        _ => addr.to_string(),
+    };
+    let endpoint = Endpoint::from_shared(addr)?
         .connect_timeout(Duration::from_secs(3))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))

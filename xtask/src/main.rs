@@ -6,6 +6,7 @@
 
 mod bench;
 mod cargo;
+mod deps;
 
 use clap::{Parser, Subcommand};
 
@@ -50,6 +51,7 @@ fn main() -> anyhow::Result<()> {
 /// The whole test suite, as a list of steps run in order; the first failure
 /// stops it. Suites that need more (root, env) are added here as further steps.
 fn test(args: &[String]) -> anyhow::Result<()> {
+    deps::ensure(deps::TEST_TOOLS)?;
     let mut build = cargo::cargo(&["build", "--workspace", "--bins"]);
     // Every failing test binary is reported, not just the first.
     let mut test = cargo::cargo(&["test", "--workspace", "--no-fail-fast"]);
