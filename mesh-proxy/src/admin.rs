@@ -1,7 +1,8 @@
 //! The proxy's admin endpoints: `/metrics`, `/ready`, `/live`, `/config`
 //! (what the proxy currently knows, as JSON) and `/shutdown` (POST).
 
-use crate::balance::{Balancer, Status};
+use crate::balance::Status;
+use crate::balancers::Balancers;
 use crate::config::Config;
 use crate::discovery::Resolver;
 use http::{Method, Request, Response, StatusCode};
@@ -28,7 +29,7 @@ struct Inner {
     trigger: Trigger,
     config: Config,
     resolver: Resolver,
-    balancers: Vec<Arc<Balancer>>,
+    balancers: Balancers,
     creds: Option<Arc<Credentials>>,
 }
 
@@ -41,7 +42,7 @@ impl Admin {
         trigger: Trigger,
         config: Config,
         resolver: Resolver,
-        balancers: Vec<Arc<Balancer>>,
+        balancers: Balancers,
         creds: Option<Arc<Credentials>>,
     ) -> Self {
         let ready = AtomicBool::new(false);
@@ -63,6 +64,7 @@ impl Admin {
         let targets: Vec<serde_json::Value> = self
             .inner
             .balancers
+            .all()
             .iter()
             .map(|b| {
                 let list = b.current();

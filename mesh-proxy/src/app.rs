@@ -2,7 +2,8 @@
 //! metrics, and run until shutdown drains it.
 
 use crate::admin::Admin;
-use crate::balance::{Balancer, EndpointFactory};
+use crate::balance::EndpointFactory;
+use crate::balancers::Balancers;
 use crate::config::Config;
 use crate::conn::Context;
 use crate::connect::Connector;
@@ -58,6 +59,7 @@ pub enum StartError {
 pub struct Proxy {
     admin_addr: SocketAddr,
     inbound_addr: Option<SocketAddr>,
+    outbound_addr: Option<SocketAddr>,
     upstream_addrs: Vec<SocketAddr>,
     trigger: Trigger,
     shutdown: Shutdown,
@@ -109,14 +111,19 @@ impl Proxy {
             tasks.spawn(inbound::serve(l, inb, app_factory, mesh_tls.clone(), ctx.clone()));
         }
 
-        let mut balancers = Vec::new();
+        let balancers = Balancers::new(resolver.clone(), factory.clone(), Duration::from_secs(300));
         let mut upstream_addrs = Vec::new();
         for up in &config.outbound.upstreams {
             let l = bind(&format!("upstream {}", up.target), up.listen).await?;
             upstream_addrs.push(l.local_addr().unwrap_or(up.listen));
-            let balancer = Balancer::new(&up.target, resolver.resolve(&up.target), factory.clone());
-            balancers.push(balancer.clone());
+            let balancer = balancers.permanent(&up.target);
             tasks.spawn(outbound::serve_upstream(l, balancer, connector.clone(), ctx.clone()));
+        }
+        let mut outbound_addr = None;
+        if let Some(addr) = config.outbound.transparent {
+            let l = bind("outbound", addr).await?;
+            outbound_addr = Some(l.local_addr().unwrap_or(addr));
+            tasks.spawn(outbound::serve_transparent(l, balancers.clone(), connector.clone(), ctx.clone()));
         }
 
         let creds = identity.as_ref().map(|i| i.creds.clone());
@@ -130,8 +137,8 @@ impl Proxy {
         let admin = Admin::new(registry, trigger.clone(), config, resolver, balancers, creds);
         tasks.spawn(mesh_core::admin::serve(admin_listener, admin.clone(), shutdown.clone()));
         admin.set_ready(true);
-        tracing::info!(%admin_addr, ?inbound_addr, ?upstream_addrs, "proxy serving");
-        Ok(Self { admin_addr, inbound_addr, upstream_addrs, trigger, shutdown, drain, tasks, grace })
+        tracing::info!(%admin_addr, ?inbound_addr, ?outbound_addr, ?upstream_addrs, "proxy serving");
+        Ok(Self { admin_addr, inbound_addr, outbound_addr, upstream_addrs, trigger, shutdown, drain, tasks, grace })
     }
 
     /// The bound admin address.
@@ -142,6 +149,11 @@ impl Proxy {
     /// The bound inbound address, if any.
     pub fn inbound_addr(&self) -> Option<SocketAddr> {
         self.inbound_addr
+    }
+
+    /// The bound transparent outbound address, if any.
+    pub fn outbound_addr(&self) -> Option<SocketAddr> {
+        self.outbound_addr
     }
 
     /// The bound upstream addresses, in configuration order.

@@ -36,9 +36,10 @@ pub struct Config {
 pub struct InboundConfig {
     /// Where peers (their proxies) connect.
     pub listen: SocketAddr,
-    /// Where the app listens, when connections are not redirected to the
-    /// proxy by iptables (universal mode on a shared host).
-    pub app: SocketAddr,
+    /// Where the app listens, for connections not redirected by iptables
+    /// (universal mode on a shared host). Redirected connections go to their
+    /// original destination.
+    pub app: Option<SocketAddr>,
     /// App ports whose traffic is never sniffed (server-first protocols).
     pub opaque_ports: Vec<u16>,
     /// Whether plaintext is accepted (default: strict with identity,
@@ -124,6 +125,9 @@ impl TokenSource {
 /// Outbound listeners.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct OutboundConfig {
+    /// Where iptables redirects the app's outgoing connections (`127.0.0.1:4140`);
+    /// each is routed by its original destination.
+    pub transparent: Option<SocketAddr>,
     /// Explicit upstreams (universal mode): the app connects to `listen`
     /// and the proxy routes to `target`.
     pub upstreams: Vec<Upstream>,

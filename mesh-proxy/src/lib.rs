@@ -15,6 +15,7 @@
 pub mod admin;
 pub mod app;
 pub mod balance;
+pub mod balancers;
 pub mod config;
 pub mod conn;
 pub mod connect;
@@ -25,8 +26,10 @@ pub mod drain;
 pub mod http;
 pub mod identity;
 pub mod inbound;
+pub mod init;
 pub mod io;
 pub mod metrics;
+pub mod orig_dst;
 pub mod outbound;
 pub mod tcp;
 pub mod tls;

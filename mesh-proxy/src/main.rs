@@ -1,7 +1,8 @@
 //! `mesh-proxy`: the sidecar binary (a thin CLI over the library).
 
 use anyhow::{Context, bail};
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use mesh_proxy::init;
 use mesh_proxy::config::{IdentityConfig, InboundConfig, InboundMode, TokenSource, Upstream};
 use std::path::PathBuf;
 use mesh_proxy::{Config, Proxy};
@@ -10,11 +11,111 @@ use std::time::Duration;
 
 /// The mesh sidecar proxy.
 ///
-/// Universal mode: put an app behind the proxy with `--app` (peers connect to
-/// `--inbound-addr`), and let the app reach mesh services through local ports
-/// with `--upstream 127.0.0.1:4150=books.default:7001`.
+/// Transparent mode: `mesh-proxy init` installs iptables rules in the
+/// workload's network namespace, then `mesh-proxy --transparent ...` (run as
+/// the UID given to init) takes every inbound and outbound TCP connection.
+///
+/// Universal mode without iptables: put an app behind the proxy with `--app`
+/// (peers connect to `--inbound-addr`), and let the app reach mesh services
+/// through local ports with `--upstream 127.0.0.1:4150=books.default:7001`.
 #[derive(Debug, Parser)]
-#[command(name = "mesh-proxy", version)]
+#[command(name = "mesh-proxy", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    args: Args,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install (or with --cleanup remove) the iptables rules that redirect
+    /// this network namespace's TCP traffic through the proxy.
+    Init(InitArgs),
+}
+
+/// `mesh-proxy init` options.
+#[derive(Debug, clap::Args)]
+struct InitArgs {
+    /// The UID the proxy runs as; its own connections are not redirected.
+    #[arg(long, default_value_t = 2102)]
+    proxy_uid: u32,
+    /// The proxy's inbound port.
+    #[arg(long, default_value_t = 4143)]
+    inbound_port: u16,
+    /// The proxy's outbound port.
+    #[arg(long, default_value_t = 4140)]
+    outbound_port: u16,
+    /// The proxy's admin port (never redirected).
+    #[arg(long, default_value_t = 4191)]
+    admin_port: u16,
+    /// Inbound ports to leave alone, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    skip_inbound_ports: Vec<u16>,
+    /// Outbound destination ports to leave alone, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    skip_outbound_ports: Vec<u16>,
+    /// Inbound source networks to leave alone (CIDRs), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    skip_inbound_cidrs: Vec<String>,
+    /// Outbound destination networks to leave alone (CIDRs), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    skip_outbound_cidrs: Vec<String>,
+    /// Do not redirect inbound traffic.
+    #[arg(long)]
+    no_inbound: bool,
+    /// Do not redirect outbound traffic.
+    #[arg(long)]
+    no_outbound: bool,
+    /// Print the rules instead of installing them.
+    #[arg(long)]
+    dry_run: bool,
+    /// Remove the rules init installed.
+    #[arg(long)]
+    cleanup: bool,
+    /// iptables implementation: auto (nft where present, else legacy), nft, legacy.
+    #[arg(long, default_value = "auto")]
+    backend: init::Backend,
+    /// Configure IPv6 too: on, off, or auto (when the namespace has IPv6).
+    #[arg(long, value_enum, default_value_t = Ipv6Mode::Auto)]
+    ipv6: Ipv6Mode,
+}
+
+/// Whether init configures ip6tables.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Ipv6Mode {
+    Auto,
+    On,
+    Off,
+}
+
+fn run_init(a: &InitArgs) -> anyhow::Result<()> {
+    let mut skip_inbound = a.skip_inbound_ports.clone();
+    skip_inbound.push(a.admin_port);
+    let rules = init::rules::Rules {
+        proxy_uid: a.proxy_uid,
+        inbound_port: a.inbound_port,
+        outbound_port: a.outbound_port,
+        skip_inbound_ports: skip_inbound,
+        skip_outbound_ports: a.skip_outbound_ports.clone(),
+        skip_inbound_cidrs: a.skip_inbound_cidrs.clone(),
+        skip_outbound_cidrs: a.skip_outbound_cidrs.clone(),
+        inbound: !a.no_inbound,
+        outbound: !a.no_outbound,
+    };
+    let opts = init::Options { rules, dry_run: a.dry_run, cleanup: a.cleanup, backend: a.backend, ipv6: match a.ipv6 {
+        Ipv6Mode::Auto => None,
+        Ipv6Mode::On => Some(true),
+        Ipv6Mode::Off => Some(false),
+    } };
+    for line in init::execute(&opts)? {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// Options of the proxy itself.
+#[derive(Debug, clap::Args)]
 struct Args {
     /// This workload's name, for logs and the control plane.
     #[arg(long, env = "MESH_WORKLOAD", default_value = "workload")]
@@ -28,6 +129,13 @@ struct Args {
     /// The app's address: inbound traffic is forwarded there.
     #[arg(long, env = "MESH_APP_ADDR")]
     app: Option<SocketAddr>,
+    /// Take connections redirected by `mesh-proxy init`: inbound on
+    /// --inbound-addr, outbound on --outbound-addr, each to its original destination.
+    #[arg(long, env = "MESH_TRANSPARENT")]
+    transparent: bool,
+    /// Transparent outbound listener (with --transparent).
+    #[arg(long, env = "MESH_OUTBOUND_ADDR", default_value = "127.0.0.1:4140")]
+    outbound_addr: SocketAddr,
     /// Inbound listener address (used with --app).
     #[arg(long, env = "MESH_INBOUND_ADDR", default_value = "0.0.0.0:4143")]
     inbound_addr: SocketAddr,
@@ -126,9 +234,12 @@ fn config(args: &Args) -> anyhow::Result<Config> {
         });
     }
     let default_mode = if c.identity.is_some() { InboundMode::Strict } else { InboundMode::Permissive };
-    c.inbound = args.app.map(|app| InboundConfig {
+    if args.transparent {
+        c.outbound.transparent = Some(args.outbound_addr);
+    }
+    c.inbound = (args.app.is_some() || args.transparent).then(|| InboundConfig {
         listen: args.inbound_addr,
-        app,
+        app: args.app,
         opaque_ports: args.opaque_ports.clone(),
         mode: args.inbound_mode.unwrap_or(default_mode),
         port_modes: args.inbound_port_modes.clone(),
@@ -146,11 +257,26 @@ fn config(args: &Args) -> anyhow::Result<Config> {
     Ok(c)
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    // Errors are for people: the message and its causes, no backtrace.
+    match real_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", mesh_core::render_error(e.as_ref()));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
     mesh_core::trace::init("MESH_LOG", "info");
-    let args = Args::parse();
-    if args.app.is_none() && args.upstreams.is_empty() {
-        bail!("nothing to proxy: give --app (inbound) and/or --upstream LISTEN=TARGET (outbound)");
+    let cli = Cli::parse();
+    if let Some(Command::Init(a)) = &cli.command {
+        return run_init(a);
+    }
+    let args = cli.args;
+    if args.app.is_none() && args.upstreams.is_empty() && !args.transparent {
+        bail!("nothing to proxy: give --transparent (after `mesh-proxy init`), --app (inbound) and/or --upstream LISTEN=TARGET (outbound)");
     }
     let runtime = if args.threads <= 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()
