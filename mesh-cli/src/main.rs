@@ -1,9 +1,11 @@
 //! `meshctl`: the mesh's command line.
 //!
-//! Today: `demo` (a whole mesh on this machine) and `version`. The metrics
-//! parser in [`prom`] is shared with the `stat` command to come.
+//! Today: `demo` (a whole mesh on this machine), `identity` (the mesh's CA:
+//! init, join tokens, rotation, status) and `version`. The metrics parser in
+//! [`prom`] is shared with the `stat` command to come.
 
 mod demo;
+mod identity;
 mod prom;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -24,8 +26,12 @@ enum Command {
     /// Starts a control plane and the services web, books and authors with a
     /// proxy beside every replica, all on loopback (no root, no Kubernetes),
     /// sends traffic to web and shows per-service request rate, success rate,
-    /// latency and mTLS share until --duration ends or Ctrl-C.
+    /// latency and mTLS share until --duration ends or Ctrl-C. Every proxy
+    /// gets a certificate from the control plane and all meshed traffic is
+    /// mTLS, unless --no-identity.
     Demo(demo::DemoArgs),
+    /// Manage the mesh's identity directory: CA, join tokens, rotation.
+    Identity(identity::IdentityArgs),
     /// Print meshctl's version.
     Version(VersionArgs),
     /// Run one demo app (started by `meshctl demo`).
@@ -61,6 +67,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
+        Command::Identity(args) => identity::run(args),
         Command::Version(args) => {
             version(&args);
             Ok(())

@@ -152,8 +152,8 @@ fn signal(pid: u32, sig: libc::c_int) {
     assert_eq!(rc, 0, "kill({pid}, {sig}) failed: {}", std::io::Error::last_os_error());
 }
 
-/// The summary table's row for `service`: (rps, success %).
-fn summary_row(out: &str, service: &str) -> (f64, f64) {
+/// The summary table's row for `service`: (rps, success %, mTLS %).
+fn summary_row(out: &str, service: &str) -> (f64, f64, f64) {
     let summary = &out[out.rfind("summary:").unwrap_or_else(|| panic!("no summary in:\n{out}"))..];
     let line = summary
         .lines()
@@ -163,7 +163,8 @@ fn summary_row(out: &str, service: &str) -> (f64, f64) {
     assert_eq!(cells.get(1), Some(&"2/2"), "replicas up in {line:?}");
     let rps: f64 = cells[2].parse().expect("req/s is a number");
     let success: f64 = cells[3].trim_end_matches('%').parse().expect("success is a percentage");
-    (rps, success)
+    let mtls: f64 = cells[6].trim_end_matches('%').parse().expect("mTLS is a percentage");
+    (rps, success, mtls)
 }
 
 #[test]
@@ -174,13 +175,31 @@ fn demo_runs_for_its_duration_and_cleans_up() {
     let (status, out, err) = demo.finish(Duration::from_secs(60));
     assert!(status.success(), "exit {status}\nstdout:\n{out}\nstderr:\n{err}");
     assert!(out.matches("REQ/S").count() >= 3, "live tables and a summary:\n{out}");
+    assert!(out.contains("identity: CA for trust domain demo.mesh"), "{out}");
     for service in ["web", "books", "authors"] {
-        let (rps, success) = summary_row(&out, service);
+        let (rps, success, mtls) = summary_row(&out, service);
         assert!(rps > 0.0, "{service}: {rps} req/s\n{out}");
         assert!(success > 90.0, "{service}: {success}% success\n{out}");
+        assert_eq!(mtls, 100.0, "{service}: all meshed traffic is mTLS\n{out}");
     }
     assert_nothing_left(&dir);
     assert!(!dir.exists(), "{} is removed without --keep-logs", dir.display());
+}
+
+#[test]
+fn no_identity_runs_in_plaintext() {
+    let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut demo = Demo::start(&["--no-identity", "--duration", "3s", "--interval", "1s", "--rps", "40"]);
+    let dir = demo.run_dir();
+    let (status, out, err) = demo.finish(Duration::from_secs(60));
+    assert!(status.success(), "exit {status}\nstdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains("identity: off"), "{out}");
+    for service in ["web", "books", "authors"] {
+        let (rps, _, mtls) = summary_row(&out, service);
+        assert!(rps > 0.0, "{service}: {rps} req/s\n{out}");
+        assert_eq!(mtls, 0.0, "{service}: plaintext\n{out}");
+    }
+    assert_nothing_left(&dir);
 }
 
 #[test]

@@ -15,5 +15,10 @@ pub mod identity {
     tonic::include_proto!("mesh.identity.v1");
 }
 
+/// Routing, resilience and authorization policy.
+pub mod policy {
+    tonic::include_proto!("mesh.policy.v1");
+}
+
 mod convert;
 pub use convert::*;

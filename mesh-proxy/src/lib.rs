@@ -30,6 +30,7 @@ pub mod init;
 pub mod io;
 pub mod metrics;
 pub mod orig_dst;
+pub mod policy;
 pub mod outbound;
 pub mod tcp;
 pub mod tls;

@@ -7,7 +7,13 @@
 //! per-service golden metrics from the sidecars' `/metrics` until the
 //! duration ends or a signal arrives, then stops every process it started.
 //!
-//! Modules: [`plan`] (topology, registry, flags), [`ports`] (free ports),
+//! With identity (the default) the run directory holds a CA of its own
+//! (`identity/`) and a join token per proxy (`tokens/`); the control plane
+//! signs every proxy's certificate and all meshed traffic is mTLS, with
+//! strict inbound. `--no-identity` runs the same mesh in plaintext.
+//!
+//! Modules: [`plan`] (topology, registry, flags), [`mtls`] (the demo's CA
+//! and join tokens), [`ports`] (free ports),
 //! [`procs`] (child supervision), [`start`] (start-up and readiness),
 //! [`apps`] (the demo apps), [`load`] (traffic), [`monitor`] (probes and
 //! scraping), [`table`] (rendering), [`http`] (a small keep-alive client).
@@ -16,6 +22,7 @@ pub mod apps;
 mod http;
 mod load;
 mod monitor;
+mod mtls;
 mod plan;
 mod ports;
 mod procs;
@@ -27,6 +34,7 @@ use anyhow::{Context as _, anyhow, bail};
 use clap::Args;
 use load::{Load, LoadTotals};
 use monitor::Scraper;
+use mtls::{DemoIdentity, TOKEN_REFRESH};
 use plan::{Binaries, Plan};
 use procs::Supervisor;
 use serde_json::json;
@@ -57,15 +65,32 @@ pub struct DemoArgs {
     /// Share of authors requests that fail with a 500: 1.5% or 0.015.
     #[arg(long, default_value = "1.5%", value_parser = parse_share)]
     pub failure_rate: f64,
-    /// Keep the run directory (logs, registry) after a clean exit.
+    /// Keep the run directory (logs, registry, CA and join tokens) after a clean exit.
     #[arg(long)]
     pub keep_logs: bool,
     /// How long start-up may take before the demo gives up.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub startup_timeout: Duration,
+    /// Run the mesh in plaintext: no CA, no certificates, no mTLS.
+    #[arg(long)]
+    pub no_identity: bool,
+    /// Lifetime of the proxies' certificates; they renew at 70% of it
+    /// (try 1m to watch renewals in the proxies' logs and metrics).
+    #[arg(long, default_value = "24h", value_parser = parse_cert_ttl, conflicts_with = "no_identity")]
+    pub cert_ttl: Duration,
     /// Format of the final summary (json: live tables go to stderr).
     #[arg(short, long, value_enum, default_value_t = Output::Human)]
     pub output: Output,
+}
+
+impl DemoArgs {
+    /// The identity settings, for the JSON summary.
+    fn identity_json(&self) -> serde_json::Value {
+        if self.no_identity {
+            return serde_json::Value::Null;
+        }
+        json!({ "trust_domain": mtls::TRUST_DOMAIN, "cert_ttl_seconds": self.cert_ttl.as_secs_f64() })
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -76,6 +101,14 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
     if d < Duration::from_millis(100) {
         return Err("the interval must be at least 100ms".to_string());
+    }
+    Ok(d)
+}
+
+fn parse_cert_ttl(s: &str) -> Result<Duration, String> {
+    let d = crate::identity::parse_long_duration(s)?;
+    if d < Duration::from_secs(10) {
+        return Err("the certificate lifetime must be at least 10s".to_string());
     }
     Ok(d)
 }
@@ -180,11 +213,16 @@ async fn drive(
     let mut plan = Plan::new(dir.to_path_buf(), bins, replicas, args.failure_rate)?;
     std::fs::create_dir_all(plan.log_dir()).with_context(|| format!("cannot create {}", plan.log_dir().display()))?;
     plan.write_registry()?;
+    if !args.no_identity {
+        plan.identity = Some(DemoIdentity::create(dir, args.cert_ttl)?);
+        plan.write_tokens()?;
+    }
     screen.print(&format!(
         "meshctl demo: web, books and authors × {replicas} replicas, each with its own proxy, on loopback\n\
-         logs: {} (one file per process); registry: {}\n",
+         logs: {} (one file per process); registry: {}\n{}",
         plan.log_dir().display(),
         plan.registry_path().display(),
+        identity_line(&plan),
     ));
 
     let began = Instant::now();
@@ -211,6 +249,8 @@ async fn drive(
     let traffic_began = Instant::now();
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + args.interval, args.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut token_refresh = tokio::time::interval_at(tokio::time::Instant::now() + TOKEN_REFRESH, TOKEN_REFRESH);
+    token_refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let end = async {
         match args.duration {
             Some(d) => tokio::time::sleep(d).await,
@@ -231,6 +271,12 @@ async fn drive(
                 );
                 screen.show(&table::render(&title, &rows));
             }
+            _ = token_refresh.tick() => {
+                // Proxies present their token at every renewal.
+                if let Err(e) = plan.write_tokens() {
+                    screen.print(&format!("warning: cannot refresh the join tokens: {e:#}\n"));
+                }
+            }
             ex = sup.next_exit() => {
                 load.stop(Duration::ZERO).await;
                 return Err(start::crash_message(&ex));
@@ -245,10 +291,40 @@ async fn drive(
     Ok(Finished { stopped_by, rows, elapsed, load: totals })
 }
 
+/// One line on identity, under the banner.
+fn identity_line(plan: &Plan) -> String {
+    match &plan.identity {
+        Some(id) => format!(
+            "identity: CA for trust domain {} in {}; each proxy holds a certificate for \
+             {}, valid {} and renewed at 70% of that; inbound is mTLS only\n",
+            mtls::TRUST_DOMAIN,
+            id.dir().display(),
+            DemoIdentity::spiffe_id("<service>"),
+            lifetime(id.cert_ttl),
+        ),
+        None => "identity: off (--no-identity): proxies talk plaintext\n".to_string(),
+    }
+}
+
+/// `24h`, `90m`, `45s`.
+fn lifetime(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 3600 && s % 3600 == 0 {
+        format!("{}h", s / 3600)
+    } else if s >= 60 && s % 60 == 0 {
+        format!("{}m", s / 60)
+    } else {
+        format!("{:.1}s", d.as_secs_f64()).replace(".0s", "s")
+    }
+}
+
 /// Where everything listens, for curl.
 fn addresses(plan: &Plan) -> String {
-    let mut s =
-        format!("control plane: grpc {}, admin http://{} (/metrics /ready)\n", plan.control_grpc, plan.control_admin);
+    let tls = if plan.identity.is_some() { " (TLS)" } else { "" };
+    let mut s = format!(
+        "control plane: grpc {}{tls}, admin http://{} (/metrics /ready)\n",
+        plan.control_grpc, plan.control_admin
+    );
     let _ =
         writeln!(s, "{:<12} {:<17} {:<17} proxy admin (/metrics /config /ready)", "WORKLOAD", "APP", "PROXY INBOUND");
     for r in &plan.replicas {
@@ -258,6 +334,10 @@ fn addresses(plan: &Plan) -> String {
     let _ = writeln!(s, "{:<12} {:<17} {:<17} http://{}", "traffic", "-", "-", plan.traffic_admin);
     if let Some(web) = plan.replicas.first() {
         let _ = writeln!(s, "try: curl -s http://{}/metrics | grep response_total", web.admin);
+        if let Some(id) = &plan.identity {
+            let _ = writeln!(s, "     curl -s http://{}/metrics | grep ^identity_", web.admin);
+            let _ = writeln!(s, "     meshctl identity status --dir {}", id.dir().display());
+        }
     }
     s
 }
@@ -293,6 +373,7 @@ fn report(args: &DemoArgs, f: &Finished, dir: &Path, kept: bool, screen: &mut Sc
                 "duration_seconds": (f.elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
                 "services": services,
                 "traffic": f.load,
+                "identity": args.identity_json(),
                 "logs": kept.then(|| dir.join("logs")),
             });
             let text = serde_json::to_string_pretty(&doc).map_err(|e| anyhow!("cannot encode the summary: {e}"))?;
@@ -323,5 +404,12 @@ mod tests {
         assert!(parse_rps("NaN").is_err());
         assert_eq!(parse_interval("2s"), Ok(Duration::from_secs(2)));
         assert!(parse_interval("10ms").is_err());
+        assert_eq!(parse_cert_ttl("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_cert_ttl("2d"), Ok(Duration::from_secs(2 * 86_400)));
+        assert!(parse_cert_ttl("5s").is_err());
+        assert_eq!(lifetime(Duration::from_secs(86_400)), "24h");
+        assert_eq!(lifetime(Duration::from_secs(90 * 60)), "90m");
+        assert_eq!(lifetime(Duration::from_millis(12_500)), "12.5s");
+        assert_eq!(lifetime(Duration::from_secs(45)), "45s");
     }
 }

@@ -2,6 +2,7 @@
 //! which flags, and the registry file that tells the control plane about them.
 
 use super::apps::Role;
+use super::mtls::DemoIdentity;
 use super::ports::Ports;
 use super::procs::{Kind, Spec};
 use anyhow::{Context as _, bail};
@@ -152,6 +153,8 @@ pub struct Plan {
     pub replicas: Vec<Replica>,
     /// Share of `authors` requests that fail.
     pub failure_rate: f64,
+    /// The CA and join tokens; `None` runs the mesh in plaintext.
+    pub identity: Option<DemoIdentity>,
     ports: Ports,
 }
 
@@ -169,6 +172,7 @@ impl Plan {
             traffic_listen,
             replicas: Vec::new(),
             failure_rate,
+            identity: None,
             ports,
         };
         for service in Service::ALL {
@@ -258,9 +262,9 @@ impl Plan {
         self.log_dir().join(format!("{name}.log"))
     }
 
-    /// `mesh-control` with the file registry.
+    /// `mesh-control` with the file registry (and, with identity, as the CA).
     pub fn control_spec(&self) -> Spec {
-        let args = [
+        let mut args: Vec<String> = [
             "--registry-file",
             &self.registry_path().display().to_string(),
             "--registry-poll",
@@ -269,22 +273,56 @@ impl Plan {
             &self.control_grpc.to_string(),
             "--admin-addr",
             &self.control_admin.to_string(),
-        ];
-        spec("control", Kind::Control, &self.bins.control, &args, self.log("control"))
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect();
+        if let Some(id) = &self.identity {
+            args.extend([
+                "--identity-dir".to_string(),
+                id.dir().display().to_string(),
+                "--cert-ttl".to_string(),
+                format!("{}ms", id.cert_ttl.as_millis()),
+            ]);
+        }
+        spec_owned("control", Kind::Control, &self.bins.control, args, self.log("control"))
+    }
+
+    /// The workload name of the traffic generator's sidecar (and its service account).
+    pub const TRAFFIC: &str = "traffic";
+
+    /// Mints every proxy's join token (again: tokens expire, the demo may not).
+    pub fn write_tokens(&self) -> anyhow::Result<()> {
+        let Some(id) = &self.identity else { return Ok(()) };
+        for r in &self.replicas {
+            id.write_token(&r.name, r.service.name())?;
+        }
+        id.write_token(Self::TRAFFIC, Self::TRAFFIC)
     }
 
     fn proxy_args(&self, workload: &str, admin: SocketAddr) -> Vec<String> {
         let cp = format!("http://{}", self.control_grpc);
-        ["--workload", workload, "--control-plane", &cp, "--admin-addr", &admin.to_string()]
-            .into_iter()
-            .chain(["--shutdown-grace", PROXY_GRACE])
-            .map(String::from)
-            .collect()
+        let mut args: Vec<String> =
+            ["--workload", workload, "--control-plane", &cp, "--admin-addr", &admin.to_string()]
+                .into_iter()
+                .chain(["--shutdown-grace", PROXY_GRACE])
+                .map(String::from)
+                .collect();
+        if let Some(id) = &self.identity {
+            // Inbound stays strict (the default with identity): mTLS only.
+            args.extend([
+                "--identity-token-file".to_string(),
+                id.token_file(workload).display().to_string(),
+                "--trust-anchors".to_string(),
+                id.anchors().display().to_string(),
+            ]);
+        }
+        args
     }
 
     /// The traffic generator's sidecar: no inbound, one upstream to `web`.
     pub fn traffic_spec(&self) -> Spec {
-        let mut args = self.proxy_args("traffic", self.traffic_admin);
+        let mut args = self.proxy_args(Self::TRAFFIC, self.traffic_admin);
         args.extend(["--upstream".to_string(), format!("{}={}", self.traffic_listen, Service::Web.target())]);
         spec_owned("traffic", Kind::Proxy, &self.bins.proxy, args, self.log("traffic-proxy"))
     }
@@ -323,10 +361,6 @@ impl Plan {
 fn take4(ports: &mut Ports) -> anyhow::Result<[SocketAddr; 4]> {
     let v = ports.take(4)?;
     v.try_into().map_err(|_| anyhow::anyhow!("port allocation came up short"))
-}
-
-fn spec(name: &str, kind: Kind, program: &Path, args: &[&str], log: PathBuf) -> Spec {
-    spec_owned(name, kind, program, args.iter().map(|s| s.to_string()).collect(), log)
 }
 
 fn spec_owned(name: &str, kind: Kind, program: &Path, args: Vec<String>, log: PathBuf) -> Spec {
@@ -393,5 +427,31 @@ mod tests {
         assert!(proxy.contains(&format!("--app {} --inbound-addr {}", web.app, web.inbound)), "{proxy}");
         let authors = p.app_spec(&p.replicas[2]).args.join(" ");
         assert!(authors.ends_with("--failure-rate 0.02"), "{authors}");
+        assert!(!proxy.contains("--identity") && !p.control_spec().args.join(" ").contains("--identity"), "{proxy}");
+        p.write_tokens().expect("no identity, no tokens");
+    }
+
+    #[test]
+    fn with_identity_every_proxy_has_a_token_and_the_bundle() {
+        let run = tempfile::tempdir().expect("temp dir");
+        let mut p = plan(1);
+        let id = DemoIdentity::create(run.path(), std::time::Duration::from_secs(90)).expect("identity");
+        p.identity = Some(id.clone());
+        p.write_tokens().expect("tokens");
+        let control = p.control_spec().args.join(" ");
+        assert!(control.contains(&format!("--identity-dir {} --cert-ttl 90000ms", id.dir().display())), "{control}");
+        let anchors = id.anchors().display().to_string();
+        for (spec, workload, sa) in
+            [(p.proxy_spec(&p.replicas[1]), "books-0", "books"), (p.traffic_spec(), "traffic", "traffic")]
+        {
+            let args = spec.args.join(" ");
+            let file = id.token_file(workload);
+            assert!(args.contains(&format!("--identity-token-file {}", file.display())), "{args}");
+            assert!(args.contains(&format!("--trust-anchors {anchors}")), "{args}");
+            assert!(!args.contains("--inbound-mode"), "inbound stays strict: {args}");
+            let token = std::fs::read_to_string(&file).expect("token file");
+            let claims = mesh_identity::token::peek(&token).expect("a join token");
+            assert_eq!(claims.sub, DemoIdentity::spiffe_id(sa));
+        }
     }
 }

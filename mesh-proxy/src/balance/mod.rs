@@ -18,21 +18,67 @@ use ewma::{EwmaConfig, PeakEwma};
 use p2c::Weights;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use crate::policy::outbound::Breaker;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use mesh_proto::destination::ProtocolHint;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-/// One endpoint: its address and metadata, its load, and its connections.
+/// One endpoint: its address and metadata, its load, its health and its
+/// connections.
 #[derive(Debug)]
 pub struct Endpoint {
     /// What discovery said.
     pub meta: EndpointMeta,
     /// Load estimate.
     pub load: PeakEwma,
+    /// Failure accrual (circuit breaking).
+    pub health: Arc<Health>,
     /// Its connections.
     pub client: Arc<EndpointClient>,
+}
+
+/// Failure accrual: consecutive failures eject an endpoint for a while,
+/// doubling with each consecutive ejection; after an ejection the endpoint is
+/// on probation: one success restores it, one failure ejects it again.
+#[derive(Debug, Default)]
+pub struct Health {
+    consecutive: AtomicU32,
+    ejections: AtomicU32,
+    ejected_until: std::sync::Mutex<Option<Instant>>,
+}
+
+impl Health {
+    /// Whether the endpoint is ejected at `now`.
+    pub fn is_ejected(&self, now: Instant) -> bool {
+        self.ejected_until.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|t| now < t)
+    }
+
+    /// Records a success.
+    pub fn success(&self) {
+        self.consecutive.store(0, Ordering::Relaxed);
+        if !self.is_ejected(Instant::now()) {
+            self.ejections.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Records a failure; returns the ejection it caused, if any.
+    pub fn failure(&self, breaker: &Breaker, now: Instant) -> Option<Duration> {
+        if breaker.consecutive_failures == 0 {
+            return None;
+        }
+        let on_probation = self.ejections.load(Ordering::Relaxed) > 0;
+        let n = self.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
+        if n < breaker.consecutive_failures && !on_probation {
+            return None;
+        }
+        self.consecutive.store(0, Ordering::Relaxed);
+        let k = self.ejections.fetch_add(1, Ordering::Relaxed).min(16);
+        let d = breaker.base_ejection.saturating_mul(1u32 << k).min(breaker.max_ejection);
+        *self.ejected_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(now + d);
+        Some(d)
+    }
 }
 
 /// Makes endpoints with shared settings.
@@ -51,7 +97,7 @@ impl EndpointFactory {
     pub fn make(&self, meta: EndpointMeta) -> Arc<Endpoint> {
         let client =
             EndpointClient::new(meta.addr, meta.identity.clone(), self.connector.clone(), self.settings.clone());
-        Arc::new(Endpoint { meta, load: PeakEwma::new(self.ewma), client })
+        Arc::new(Endpoint { meta, load: PeakEwma::new(self.ewma), health: Arc::default(), client })
     }
 }
 
@@ -97,17 +143,24 @@ impl EndpointList {
         self.endpoints.get(i)
     }
 
-    /// Picks, avoiding endpoints in `tried` when others are live.
+    /// Picks, avoiding endpoints in `tried` and ejected ones when others
+    /// are live. With every endpoint ejected it fails open: some traffic
+    /// beats none.
     pub fn pick_excluding(&self, tried: &[SocketAddr]) -> Option<&Arc<Endpoint>> {
         let first = self.pick()?;
-        if !tried.contains(&first.meta.addr) {
+        let now = Instant::now();
+        let usable = |e: &Arc<Endpoint>| e.meta.weight > 0 && !tried.contains(&e.meta.addr) && !e.health.is_ejected(now);
+        if usable(first) {
             return Some(first);
         }
-        let now = Instant::now();
+        let by_load = |a: &&Arc<Endpoint>, b: &&Arc<Endpoint>| a.load.load(now).total_cmp(&b.load.load(now));
         self.endpoints
             .iter()
-            .filter(|e| e.meta.weight > 0 && !tried.contains(&e.meta.addr))
-            .min_by(|a, b| a.load.load(now).total_cmp(&b.load.load(now)))
+            .filter(|e| usable(e))
+            .min_by(by_load)
+            .or_else(|| {
+                self.endpoints.iter().filter(|e| e.meta.weight > 0 && !tried.contains(&e.meta.addr)).min_by(by_load)
+            })
             .or(Some(first))
     }
 }
@@ -123,6 +176,10 @@ pub struct Balancer {
     passthrough_ep: OnceLock<Arc<EndpointList>>,
     factory: EndpointFactory,
     failfast: AtomicBool,
+    /// Requests in flight to this target (for concurrency limits).
+    pub inflight: AtomicU32,
+    /// Requests waiting for an endpoint or a connection.
+    pub pending: AtomicU32,
     _watch: Option<Watch>,
 }
 
@@ -140,6 +197,8 @@ impl Balancer {
             passthrough_ep: OnceLock::new(),
             factory,
             failfast: AtomicBool::new(false),
+            inflight: AtomicU32::new(0),
+            pending: AtomicU32::new(0),
             _watch: Some(watch),
         })
     }
@@ -155,6 +214,8 @@ impl Balancer {
             passthrough_ep: OnceLock::new(),
             factory,
             failfast: AtomicBool::new(false),
+            inflight: AtomicU32::new(0),
+            pending: AtomicU32::new(0),
             _watch: None,
         })
     }
@@ -252,7 +313,12 @@ fn build(
         match old {
             Some(e) if e.meta == *meta => e.clone(),
             // Same connections and load, new weight or labels.
-            Some(e) => Arc::new(Endpoint { meta: meta.clone(), load: clone_load(&e.load, factory.ewma), client: e.client.clone() }),
+            Some(e) => Arc::new(Endpoint {
+                meta: meta.clone(),
+                load: clone_load(&e.load, factory.ewma),
+                health: e.health.clone(),
+                client: e.client.clone(),
+            }),
             None => factory.make(meta.clone()),
         }
     };
@@ -275,4 +341,35 @@ fn clone_load(old: &PeakEwma, config: EwmaConfig) -> PeakEwma {
     let fresh = PeakEwma::new(config);
     fresh.observe(old.cost(Instant::now()), Instant::now());
     fresh
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consecutive_failures_eject_with_backoff_and_probation() {
+        let b = Breaker { consecutive_failures: 3, base_ejection: Duration::from_secs(1), max_ejection: Duration::from_secs(3) };
+        let h = Health::default();
+        let t = Instant::now();
+        assert_eq!(h.failure(&b, t), None);
+        assert_eq!(h.failure(&b, t), None);
+        assert_eq!(h.failure(&b, t), Some(Duration::from_secs(1)));
+        assert!(h.is_ejected(t) && !h.is_ejected(t + Duration::from_secs(2)));
+        // On probation: one failure re-ejects, for longer.
+        let t2 = t + Duration::from_secs(2);
+        assert_eq!(h.failure(&b, t2), Some(Duration::from_secs(2)));
+        let t3 = t2 + Duration::from_secs(3);
+        assert_eq!(h.failure(&b, t3), Some(Duration::from_secs(3)), "capped at the max");
+        // A success after the ejection restores it fully.
+        let h = Health::default();
+        for _ in 0..3 {
+            h.failure(&b, t);
+        }
+        *h.ejected_until.lock().expect("lock") = Some(Instant::now() - Duration::from_millis(1));
+        h.success();
+        assert_eq!(h.failure(&b, Instant::now()), None, "counting starts over");
+        let off = Breaker::default();
+        assert_eq!((0..10).filter_map(|_| Health::default().failure(&off, t)).count(), 0);
+    }
 }

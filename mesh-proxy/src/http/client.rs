@@ -15,6 +15,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -63,6 +64,14 @@ pub enum ConnectError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The endpoint has as many connections as policy allows.
+    #[error("connection limit ({max}) to {addr} reached")]
+    Limit {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// The limit.
+        max: u32,
+    },
     /// The HTTP handshake failed.
     #[error("HTTP handshake with {addr}: {source}")]
     Handshake {
@@ -92,6 +101,8 @@ pub struct EndpointClient {
     settings: Arc<ClientSettings>,
     idle: Mutex<Vec<IdleConn>>,
     h2: tokio::sync::Mutex<Option<http2::SendRequest<Body>>>,
+    /// HTTP/1 connections open now.
+    open: Arc<AtomicUsize>,
 }
 
 #[derive(Debug)]
@@ -126,6 +137,7 @@ impl EndpointClient {
             settings,
             idle: Mutex::new(Vec::new()),
             h2: tokio::sync::Mutex::new(None),
+            open: Arc::default(),
         })
     }
 
@@ -139,12 +151,16 @@ impl EndpointClient {
         self.connector.secures(self.identity.as_deref())
     }
 
-    /// A connection for one request of `version`.
-    pub async fn connection(self: &Arc<Self>, version: Version) -> Result<Conn, ConnectError> {
+    /// A connection for one request of `version`; at most `max_connections`
+    /// HTTP/1 connections are opened (0: unlimited).
+    pub async fn connection(self: &Arc<Self>, version: Version, max_connections: u32) -> Result<Conn, ConnectError> {
         match version {
             Version::Http1 => {
                 if let Some(tx) = self.checkout() {
                     return Ok(Conn::Http1 { tx, pool: Some(Arc::downgrade(self)) });
+                }
+                if max_connections > 0 && self.open.load(Ordering::Relaxed) >= max_connections as usize {
+                    return Err(ConnectError::Limit { addr: self.addr, max: max_connections });
                 }
                 let tx = self.connect_h1().await?;
                 Ok(Conn::Http1 { tx, pool: Some(Arc::downgrade(self)) })
@@ -211,10 +227,13 @@ impl EndpointClient {
             .await
             .map_err(|source| ConnectError::Handshake { addr: self.addr, source })?;
         let addr = self.addr;
+        let open = self.open.clone();
+        open.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(%addr, error = %e, "HTTP/1 client connection ended");
             }
+            open.fetch_sub(1, Ordering::Relaxed);
         });
         Ok(tx)
     }

@@ -6,7 +6,7 @@ use super::body::{self, Body};
 use http::{HeaderValue, Response, StatusCode};
 
 /// Why the proxy could not forward a request.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ProxyError {
     /// Discovery has no endpoint that may take traffic.
     #[error("no endpoints available for {0}")]
@@ -33,6 +33,42 @@ pub enum ProxyError {
     /// The proxy is shutting down.
     #[error("proxy is shutting down")]
     ShuttingDown,
+    /// The request's deadline passed.
+    #[error("request to {target} timed out after {after:?} (route {route})")]
+    Timeout {
+        /// The target.
+        target: String,
+        /// The route whose timeout fired.
+        route: String,
+        /// The timeout.
+        after: std::time::Duration,
+    },
+    /// A route's rate limit refused the request.
+    #[error("rate limit of {rate}/s exceeded on route {route}")]
+    RateLimited {
+        /// The route.
+        route: String,
+        /// Its rate.
+        rate: f64,
+    },
+    /// Too many requests in flight or waiting for the target.
+    #[error("{what} limit ({max}) reached for {target}")]
+    Overloaded {
+        /// The target.
+        target: String,
+        /// Which limit: concurrency, pending or connection.
+        what: &'static str,
+        /// The limit.
+        max: u32,
+    },
+    /// Inbound authorization denied the request.
+    #[error("denied by policy {policy} ({rule})")]
+    Denied {
+        /// The policy that decided.
+        policy: String,
+        /// The rule (or default) that decided.
+        rule: String,
+    },
 }
 
 impl ProxyError {
@@ -43,12 +79,21 @@ impl ProxyError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Denied { .. } => StatusCode::FORBIDDEN,
         }
     }
 
-    /// The gRPC status code: UNAVAILABLE for all of these (safe to retry).
+    /// The gRPC status code.
     pub fn grpc_status(&self) -> u32 {
-        14
+        match self {
+            ProxyError::Timeout { .. } => 4,     // DEADLINE_EXCEEDED
+            ProxyError::RateLimited { .. } => 8, // RESOURCE_EXHAUSTED
+            ProxyError::Denied { .. } => 7,      // PERMISSION_DENIED
+            _ => 14,                             // UNAVAILABLE
+        }
     }
 }
 

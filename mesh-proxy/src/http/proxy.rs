@@ -1,23 +1,26 @@
-//! The forwarding service: one request in, one request out to an endpoint
-//! the balancer picks, one response back.
+//! Forwarding one request to an endpoint the balancer picks.
 //!
 //! A request whose connection cannot be opened (or that the endpoint refused
 //! before reading it) goes to another endpoint: that is always safe, since
 //! the application never saw it. Retrying requests that were sent is policy
-//! and belongs to the retry layer, not here.
+//! and belongs to the router (`http::route`), not here. Outcomes feed the
+//! endpoint's failure accrual (circuit breaking).
 
 use super::body::{self, Body};
-use super::client::{Conn, SendError, Version};
+use super::client::{ConnectError, Conn, SendError, Version};
 use super::errors::{self, ProxyError};
 use super::headers::{is_grpc, strip_hop_by_hop, wants_upgrade};
 use super::upgrade;
 use crate::balance::Balancer;
+use crate::policy::outbound::{Breaker, Limits};
 use futures_util::future::BoxFuture;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -36,7 +39,136 @@ impl Default for ForwardSettings {
     }
 }
 
-/// Forwards requests to a balancer's endpoints, speaking `version`.
+/// A request ready to forward: hop-by-hop headers gone, the body boxed, and
+/// the client side of an upgrade kept aside.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The request.
+    pub req: Request<Body>,
+    /// Whether the client speaks gRPC (errors are then answered in gRPC terms).
+    pub grpc: bool,
+    /// The client's half of a protocol upgrade, if it asked for one.
+    pub upgrade: Option<OnUpgrade>,
+}
+
+/// Prepares a server-side request for forwarding.
+pub fn prepare(mut req: Request<Incoming>) -> Prepared {
+    let grpc = is_grpc(req.headers());
+    let upgrading = wants_upgrade(&req);
+    let upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, incoming) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers, upgrading);
+    Prepared { req: Request::from_parts(parts, body::boxed(incoming)), grpc, upgrade }
+}
+
+/// Counts a request in a counter until dropped.
+struct Counted<'a>(&'a std::sync::atomic::AtomicU32);
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Takes a slot in `counter` unless it is at `max` (0: unlimited).
+fn take_slot<'a>(
+    counter: &'a std::sync::atomic::AtomicU32,
+    max: u32,
+    what: &'static str,
+    target: &str,
+) -> Result<Counted<'a>, ProxyError> {
+    let now = counter.fetch_add(1, Ordering::Relaxed);
+    let slot = Counted(counter);
+    if max > 0 && now >= max {
+        return Err(ProxyError::Overloaded { target: target.to_string(), what, max });
+    }
+    Ok(slot)
+}
+
+/// Forwards one request to one of `balancer`'s endpoints.
+pub async fn forward_once(
+    balancer: &Arc<Balancer>,
+    version: Version,
+    settings: &ForwardSettings,
+    limits: &Limits,
+    breaker: &Breaker,
+    mut req: Request<Body>,
+    client_upgrade: Option<OnUpgrade>,
+) -> Result<Response<Body>, ProxyError> {
+    let target = balancer.target();
+    let _inflight = take_slot(&balancer.inflight, limits.max_concurrent, "concurrency", target)?;
+    let list = {
+        let _pending = take_slot(&balancer.pending, limits.max_pending, "pending", target)?;
+        balancer.ready(settings.failfast).await?
+    };
+    let upgrading = client_upgrade.is_some();
+    let mut tried: Vec<SocketAddr> = Vec::with_capacity(settings.connect_attempts);
+    let mut last = ProxyError::NoEndpoints(target.to_string());
+    for _ in 0..settings.connect_attempts.max(1) {
+        let Some(ep) = list.pick_excluding(&tried) else { break };
+        tried.push(ep.meta.addr);
+        let _in_flight = ep.load.start();
+        let start = Instant::now();
+        let conn = if upgrading {
+            ep.client.dedicated_h1().await
+        } else {
+            ep.client.connection(version, limits.max_connections_per_endpoint).await
+        };
+        let conn: Conn = match conn {
+            Ok(c) => c,
+            Err(ConnectError::Limit { max, .. }) => {
+                last = ProxyError::Overloaded { target: target.to_string(), what: "connection", max };
+                continue;
+            }
+            Err(e) => {
+                tracing::debug!(endpoint = %ep.meta.addr, error = %e, "connect failed; trying another endpoint");
+                ep.load.penalize(Instant::now());
+                eject_on_failure(ep, breaker, target);
+                last = ProxyError::Connect { target: target.to_string(), reason: e.to_string() };
+                continue;
+            }
+        };
+        match conn.send(req).await {
+            Ok(mut rsp) => {
+                ep.load.observe(start.elapsed(), Instant::now());
+                if rsp.status().is_server_error() {
+                    eject_on_failure(ep, breaker, target);
+                } else {
+                    ep.health.success();
+                }
+                let switched = rsp.status() == StatusCode::SWITCHING_PROTOCOLS;
+                if let (true, Some(client)) = (switched, client_upgrade) {
+                    upgrade::splice(client, hyper::upgrade::on(&mut rsp));
+                }
+                strip_hop_by_hop(rsp.headers_mut(), switched);
+                return Ok(rsp);
+            }
+            Err(SendError { error, request: Some(r) }) => {
+                // Never written: safe to send elsewhere.
+                tracing::debug!(endpoint = %ep.meta.addr, %error, "connection unusable; trying another endpoint");
+                ep.load.penalize(Instant::now());
+                last = ProxyError::Connect { target: target.to_string(), reason: error.to_string() };
+                req = r;
+            }
+            Err(SendError { error, request: None }) => {
+                ep.load.penalize(Instant::now());
+                eject_on_failure(ep, breaker, target);
+                tracing::debug!(endpoint = %ep.meta.addr, %error, "upstream failed mid-request");
+                return Err(ProxyError::Upstream { target: target.to_string(), reason: error.to_string() });
+            }
+        }
+    }
+    Err(last)
+}
+
+fn eject_on_failure(ep: &crate::balance::Endpoint, breaker: &Breaker, target: &str) {
+    if let Some(d) = ep.health.failure(breaker, Instant::now()) {
+        tracing::info!(target, endpoint = %ep.meta.addr, ejected_for = ?d, "endpoint ejected after consecutive failures");
+    }
+}
+
+/// Forwards requests to a balancer's endpoints, speaking `version`, with no
+/// policy (inbound to the app, and outbound without a control plane).
 #[derive(Debug, Clone)]
 pub struct Forward {
     balancer: Arc<Balancer>,
@@ -48,68 +180,6 @@ impl Forward {
     /// A forwarder over `balancer`.
     pub fn new(balancer: Arc<Balancer>, version: Version, settings: ForwardSettings) -> Self {
         Self { balancer, version, settings }
-    }
-
-    async fn forward(self, mut req: Request<Incoming>) -> Response<Body> {
-        let grpc = is_grpc(req.headers());
-        let upgrading = wants_upgrade(&req);
-        let server_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
-        let list = match self.balancer.ready(self.settings.failfast).await {
-            Ok(l) => l,
-            Err(e) => return errors::response(&e, grpc),
-        };
-        let (mut parts, incoming) = req.into_parts();
-        strip_hop_by_hop(&mut parts.headers, upgrading);
-        let mut req = Request::from_parts(parts, body::boxed(incoming));
-
-        let target = self.balancer.target();
-        let mut tried: Vec<SocketAddr> = Vec::with_capacity(self.settings.connect_attempts);
-        let mut last = ProxyError::NoEndpoints(target.to_string());
-        for _ in 0..self.settings.connect_attempts.max(1) {
-            let Some(ep) = list.pick_excluding(&tried) else { break };
-            tried.push(ep.meta.addr);
-            let _in_flight = ep.load.start();
-            let start = Instant::now();
-            let conn = if upgrading {
-                ep.client.dedicated_h1().await
-            } else {
-                ep.client.connection(self.version).await
-            };
-            let conn: Conn = match conn {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::debug!(endpoint = %ep.meta.addr, error = %e, "connect failed; trying another endpoint");
-                    ep.load.penalize(Instant::now());
-                    last = ProxyError::Connect { target: target.to_string(), reason: e.to_string() };
-                    continue;
-                }
-            };
-            match conn.send(req).await {
-                Ok(mut rsp) => {
-                    ep.load.observe(start.elapsed(), Instant::now());
-                    let switched = rsp.status() == StatusCode::SWITCHING_PROTOCOLS;
-                    if let (true, Some(server)) = (switched, server_upgrade) {
-                        upgrade::splice(server, hyper::upgrade::on(&mut rsp));
-                    }
-                    strip_hop_by_hop(rsp.headers_mut(), switched);
-                    return rsp;
-                }
-                Err(SendError { error, request: Some(r) }) => {
-                    // Never written: safe to send elsewhere.
-                    tracing::debug!(endpoint = %ep.meta.addr, %error, "connection unusable; trying another endpoint");
-                    ep.load.penalize(Instant::now());
-                    last = ProxyError::Connect { target: target.to_string(), reason: error.to_string() };
-                    req = r;
-                }
-                Err(SendError { error, request: None }) => {
-                    ep.load.penalize(Instant::now());
-                    tracing::debug!(endpoint = %ep.meta.addr, %error, "upstream failed mid-request");
-                    let e = ProxyError::Upstream { target: target.to_string(), reason: error.to_string() };
-                    return errors::response(&e, grpc);
-                }
-            }
-        }
-        errors::response(&last, grpc)
     }
 }
 
@@ -124,6 +194,19 @@ impl tower::Service<Request<Incoming>> for Forward {
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         let this = self.clone();
-        Box::pin(async move { Ok(this.forward(req).await) })
+        Box::pin(async move {
+            let p = prepare(req);
+            let res = forward_once(
+                &this.balancer,
+                this.version,
+                &this.settings,
+                &Limits::default(),
+                &Breaker::default(),
+                p.req,
+                p.upgrade,
+            )
+            .await;
+            Ok(res.unwrap_or_else(|e| errors::response(&e, p.grpc)))
+        })
     }
 }

@@ -1,0 +1,148 @@
+//! Watching policies from the control plane: one stream per outbound target
+//! and per inbound port, shared by everything that needs it, compiled on
+//! arrival. A policy that does not compile is refused and the previous one
+//! stays; when the control plane is away the last policy stays in force.
+
+use super::inbound::InboundPolicy;
+use super::outbound::OutboundPolicy;
+use mesh_core::backoff::Backoff;
+use mesh_proto::policy::{InboundRequest, OutboundRequest, policy_client::PolicyClient};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+use tokio::sync::watch;
+use tonic::transport::Channel;
+
+/// A shared, live policy; the stream behind it runs while a handle lives.
+#[derive(Debug)]
+pub struct Live<T>(Arc<watch::Receiver<Arc<T>>>);
+
+impl<T> Clone for Live<T> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<T> Live<T> {
+    /// The policy in force.
+    pub fn current(&self) -> Arc<T> {
+        self.0.borrow().clone()
+    }
+
+    /// A fixed policy (no control plane).
+    pub fn fixed(value: T) -> Self {
+        let (_tx, rx) = watch::channel(Arc::new(value));
+        Self(Arc::new(rx))
+    }
+}
+
+type Registry<K, T> = Mutex<HashMap<K, Weak<watch::Receiver<Arc<T>>>>>;
+
+/// Watches policies through the control plane.
+#[derive(Debug, Clone)]
+pub struct Policies {
+    client: Option<PolicyClient<Channel>>,
+    outbound: Arc<Registry<String, OutboundPolicy>>,
+    inbound: Arc<Registry<(String, String, u16), InboundPolicy>>,
+}
+
+impl Policies {
+    /// Policies from the control plane on `channel`; without one, defaults.
+    pub fn new(channel: Option<Channel>) -> Self {
+        Self { client: channel.map(PolicyClient::new), outbound: Arc::default(), inbound: Arc::default() }
+    }
+
+    /// The outbound policy for `target`.
+    pub fn outbound(&self, target: &str) -> Live<OutboundPolicy> {
+        let client = self.client.clone();
+        let req = OutboundRequest { target: target.to_string() };
+        share(&self.outbound, target.to_string(), client, move |mut c, tx| async move {
+            let what = format!("outbound policy for {}", req.target);
+            follow(&what, tx, || {
+                let req = req.clone();
+                let mut c = c.clone();
+                async move { Ok(c.watch_outbound(req).await?.into_inner()) }
+            }, |p| OutboundPolicy::compile(&p))
+            .await;
+            let _ = &mut c;
+        })
+    }
+
+    /// The inbound policy for this workload's app `port`.
+    pub fn inbound(&self, namespace: &str, service_account: &str, port: u16) -> Live<InboundPolicy> {
+        let key = (namespace.to_string(), service_account.to_string(), port);
+        let req = InboundRequest { namespace: key.0.clone(), service_account: key.1.clone(), port: u32::from(port) };
+        share(&self.inbound, key, self.client.clone(), move |mut c, tx| async move {
+            let what = format!("inbound policy for port {}", req.port);
+            follow(&what, tx, || {
+                let req = req.clone();
+                let mut c = c.clone();
+                async move { Ok(c.watch_inbound(req).await?.into_inner()) }
+            }, |p| InboundPolicy::compile(&p))
+            .await;
+            let _ = &mut c;
+        })
+    }
+}
+
+fn share<K, T, F, Fut>(reg: &Registry<K, T>, key: K, client: Option<PolicyClient<Channel>>, run: F) -> Live<T>
+where
+    K: std::hash::Hash + Eq,
+    T: Default + Send + Sync + 'static,
+    F: FnOnce(PolicyClient<Channel>, watch::Sender<Arc<T>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut map = reg.lock().unwrap_or_else(|p| p.into_inner());
+    map.retain(|_, w| w.strong_count() > 0);
+    if let Some(rx) = map.get(&key).and_then(Weak::upgrade) {
+        return Live(rx);
+    }
+    let (tx, rx) = watch::channel(Arc::new(T::default()));
+    let rx = Arc::new(rx);
+    map.insert(key, Arc::downgrade(&rx));
+    if let Some(client) = client {
+        tokio::spawn(run(client, tx));
+    }
+    Live(rx)
+}
+
+async fn follow<P, T, S, SF, C>(what: &str, tx: watch::Sender<Arc<T>>, mut open: S, compile: C)
+where
+    S: FnMut() -> SF,
+    SF: std::future::Future<Output = Result<tonic::Streaming<P>, tonic::Status>>,
+    C: Fn(P) -> Result<T, super::matcher::InvalidPolicy>,
+{
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    while !tx.is_closed() {
+        let result = async {
+            let mut stream = open().await?;
+            loop {
+                let msg = tokio::select! {
+                    m = stream.message() => m?,
+                    _ = tx.closed() => return Ok(()),
+                };
+                let Some(p) = msg else { return Ok(()) };
+                backoff.reset();
+                match compile(p) {
+                    Ok(t) => {
+                        tx.send_replace(Arc::new(t));
+                    }
+                    Err(e) => tracing::error!(%e, "{what} refused; keeping the previous policy"),
+                }
+            }
+        }
+        .await;
+        if tx.is_closed() {
+            return;
+        }
+        let delay = backoff.next_delay();
+        if let Err(e) = result {
+            let e: tonic::Status = e;
+            tracing::debug!(code = ?e.code(), message = e.message(), ?delay, "{what}: watch failed; keeping the last policy");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = tx.closed() => return,
+        }
+    }
+}
