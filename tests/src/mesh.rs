@@ -243,7 +243,7 @@ pub async fn sidecar_with(name: &str, app: SocketAddr, f: impl FnOnce(&mut Proxy
     let mut c = base(name);
     c.inbound = Some(InboundConfig {
         listen: loopback0(),
-        app,
+        app: Some(app),
         opaque_ports: vec![],
         mode: InboundMode::Permissive,
         port_modes: vec![],
