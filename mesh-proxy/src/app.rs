@@ -10,6 +10,9 @@ use crate::connect::Connector;
 use crate::control;
 use crate::discovery::Resolver;
 use crate::identity::{Identity, IdentityMetrics};
+use crate::inbound::Inbound;
+use crate::outbound::Outbound;
+use crate::policy::client::Policies;
 use crate::tls::MeshTls;
 use crate::drain::Drain;
 use crate::io::Clock;
@@ -82,6 +85,7 @@ impl Proxy {
             None => None,
         };
         let resolver = Resolver::new(channel.clone(), config.workload.clone());
+        let policies = Policies::new(channel.clone());
         let metrics = Metrics::default();
         let mut registry = prometheus_client::registry::Registry::default();
         metrics.register(&mut registry);
@@ -108,22 +112,25 @@ impl Proxy {
             inbound_addr = Some(l.local_addr().unwrap_or(inb.listen));
             // The app is local and plaintext; only peers get mTLS.
             let app_factory = EndpointFactory { connector: Connector::new(limits.connect_timeout, None), ..factory.clone() };
-            tasks.spawn(inbound::serve(l, inb, app_factory, mesh_tls.clone(), ctx.clone()));
+            let workload = identity.as_ref().map(|i| (i.id.namespace().to_string(), i.id.service_account().to_string()));
+            let env = Inbound { factory: app_factory, tls: mesh_tls.clone(), policies: policies.clone(), workload };
+            tasks.spawn(inbound::serve(l, inb, env, ctx.clone()));
         }
 
         let balancers = Balancers::new(resolver.clone(), factory.clone(), Duration::from_secs(300));
+        let env = Outbound { connector: connector.clone(), policies: policies.clone(), balancers: balancers.clone() };
         let mut upstream_addrs = Vec::new();
         for up in &config.outbound.upstreams {
             let l = bind(&format!("upstream {}", up.target), up.listen).await?;
             upstream_addrs.push(l.local_addr().unwrap_or(up.listen));
             let balancer = balancers.permanent(&up.target);
-            tasks.spawn(outbound::serve_upstream(l, balancer, connector.clone(), ctx.clone()));
+            tasks.spawn(outbound::serve_upstream(l, balancer, env.clone(), ctx.clone()));
         }
         let mut outbound_addr = None;
         if let Some(addr) = config.outbound.transparent {
             let l = bind("outbound", addr).await?;
             outbound_addr = Some(l.local_addr().unwrap_or(addr));
-            tasks.spawn(outbound::serve_transparent(l, balancers.clone(), connector.clone(), ctx.clone()));
+            tasks.spawn(outbound::serve_transparent(l, env.clone(), ctx.clone()));
         }
 
         let creds = identity.as_ref().map(|i| i.creds.clone());

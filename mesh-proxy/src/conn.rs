@@ -7,7 +7,13 @@ use crate::detect::{self, Protocol};
 use crate::drain::Drain;
 use crate::http::client::Version;
 use crate::http::metered::Metered;
+use crate::balancers::Balancers;
+use crate::http::authorize::Authorize;
 use crate::http::proxy::{Forward, ForwardSettings};
+use crate::http::route::OutboundRouter;
+use crate::policy::client::Live;
+use crate::policy::inbound::{Client, InboundPolicy};
+use crate::policy::outbound::OutboundPolicy;
 use crate::http::server;
 use crate::io::{Activity, Clock, MeteredIo, PrefixedIo};
 use crate::metrics::{Labels, Metrics, Tls};
@@ -48,6 +54,10 @@ pub struct Route {
     pub accept_tls: Option<Arc<MeshTls>>,
     /// Inbound: refuse anything but mesh mTLS.
     pub strict: bool,
+    /// Outbound: the target's policy and where its backends' balancers live.
+    pub outbound: Option<(Live<OutboundPolicy>, Balancers)>,
+    /// Inbound: the port's authorization policy.
+    pub authorization: Option<Live<InboundPolicy>>,
 }
 
 /// Accepts on `listener` until shutdown; `route` decides where each accepted
@@ -89,6 +99,7 @@ where
 }
 
 async fn handle(mut stream: TcpStream, ctx: Context, route: Route) {
+    let peer_ip = stream.peer_addr().map(|a| a.ip()).unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
     let (protocol, prefix) = if route.opaque && route.accept_tls.is_none() {
         (Protocol::Opaque, bytes::Bytes::new())
     } else {
@@ -128,21 +139,35 @@ async fn handle(mut stream: TcpStream, ctx: Context, route: Route) {
             Some(MeshProtocol::Http2) => Protocol::Http2,
             _ => Protocol::Opaque,
         };
-        return serve(stream, protocol, &route, labels, ctx).await;
+        let client = Client { identity: Some(labels.peer_id.clone()).filter(|i| !i.is_empty()), ip: peer_ip };
+        return serve(stream, protocol, &route, labels, client, ctx).await;
     }
-    if route.strict {
+    let policy_requires_mtls = route.authorization.as_ref().is_some_and(|p| p.current().require_mtls);
+    if route.strict || policy_requires_mtls {
         tracing::debug!(protocol = protocol.as_str(), "plaintext refused on a strict port");
         ctx.metrics.refused(&route.labels, "plaintext");
         return;
     }
-    serve(io, protocol, &route, route.labels.clone(), ctx).await;
+    let client = Client { identity: None, ip: peer_ip };
+    serve(io, protocol, &route, route.labels.clone(), client, ctx).await;
 }
 
 /// Serves a connection whose protocol is known: HTTP, or bytes as TCP.
-async fn serve<I>(io: I, protocol: Protocol, route: &Route, labels: Labels, ctx: Context)
+async fn serve<I>(io: I, protocol: Protocol, route: &Route, labels: Labels, client: Client, ctx: Context)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    // Opaque TCP is authorized once, for the whole connection.
+    let is_http = matches!(protocol, Protocol::Http1 | Protocol::Http2);
+    if let (false, Some(policy)) = (is_http, &route.authorization) {
+        let verdict = policy.current().authorize(&client, None);
+        ctx.metrics.authorization(&labels.target, &verdict);
+        if !verdict.allowed {
+            tracing::info!(?client, policy = %verdict.policy, rule = %verdict.rule, "connection denied");
+            ctx.metrics.refused(&labels, "unauthorized");
+            return;
+        }
+    }
     let tcp = ctx.metrics.tcp(&labels);
     let activity = Activity::new(ctx.clock);
     let io = MeteredIo::new(io, tcp.bytes.clone(), activity.clone());
@@ -150,8 +175,30 @@ where
         Protocol::Http1 | Protocol::Http2 => {
             let version = if protocol == Protocol::Http2 { Version::Http2 } else { Version::Http1 };
             let forward = ForwardSettings { failfast: ctx.limits.failfast_timeout, connect_attempts: 3 };
-            let svc = Metered::new(Forward::new(route.balancer.clone(), version, forward), ctx.metrics.http(labels));
-            server::serve(io, protocol, svc, &ctx.limits.server, activity, ctx.shutdown).await;
+            let handles = ctx.metrics.http(labels.clone());
+            let (limits, shutdown) = (&ctx.limits.server, ctx.shutdown.clone());
+            match (&route.outbound, &route.authorization) {
+                (Some((policy, balancers)), _) => {
+                    let router = OutboundRouter::new(
+                        route.balancer.clone(),
+                        policy.clone(),
+                        balancers.clone(),
+                        version,
+                        forward,
+                        ctx.metrics.clone(),
+                    );
+                    server::serve(io, protocol, Metered::new(router, handles), limits, activity, shutdown).await;
+                }
+                (None, Some(policy)) => {
+                    let fwd = Forward::new(route.balancer.clone(), version, forward);
+                    let authz = Authorize::new(fwd, policy.clone(), client, labels.target.clone(), ctx.metrics.clone());
+                    server::serve(io, protocol, Metered::new(authz, handles), limits, activity, shutdown).await;
+                }
+                (None, None) => {
+                    let fwd = Forward::new(route.balancer.clone(), version, forward);
+                    server::serve(io, protocol, Metered::new(fwd, handles), limits, activity, shutdown).await;
+                }
+            }
         }
         Protocol::Tls | Protocol::Opaque => {
             let settings = TcpSettings {

@@ -7,6 +7,7 @@ use crate::config::InboundMode;
 use crate::metrics::{Direction, Labels};
 use crate::tls::MeshTls;
 use crate::orig_dst::original_dst;
+use crate::policy::client::Policies;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -18,20 +19,14 @@ use tokio::net::TcpListener;
 /// A connection redirected by iptables goes to its original destination
 /// (the app's port on the pod's address); one that came here directly goes
 /// to the configured app address.
-pub async fn serve(
-    listener: TcpListener,
-    config: InboundConfig,
-    factory: EndpointFactory,
-    tls: Option<Arc<MeshTls>>,
-    ctx: Context,
-) {
+pub async fn serve(listener: TcpListener, config: InboundConfig, env: Inbound, ctx: Context) {
     let routes: Arc<Mutex<HashMap<SocketAddr, Route>>> = Arc::default();
     let config = Arc::new(config);
     conn::accept_loop(listener, ctx, move |stream| {
         let target = original_dst(stream).or(config.app);
         let route = target.map(|app| {
             let mut routes = routes.lock().unwrap_or_else(|p| p.into_inner());
-            routes.entry(app).or_insert_with(|| route_to(app, &config, &factory, &tls)).clone()
+            routes.entry(app).or_insert_with(|| route_to(app, &config, &env)).clone()
         });
         if route.is_none() {
             tracing::warn!("inbound connection with no original destination and no --app: closing");
@@ -41,12 +36,28 @@ pub async fn serve(
     .await;
 }
 
-fn route_to(app: SocketAddr, config: &InboundConfig, factory: &EndpointFactory, tls: &Option<Arc<MeshTls>>) -> Route {
+/// What inbound routing needs besides its configuration.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    /// Connections to the app (plaintext, local).
+    pub factory: EndpointFactory,
+    /// Terminates mesh peers' mTLS.
+    pub tls: Option<Arc<MeshTls>>,
+    /// Authorization policies.
+    pub policies: Policies,
+    /// This workload's namespace and service account, to select policies.
+    pub workload: Option<(String, String)>,
+}
+
+fn route_to(app: SocketAddr, config: &InboundConfig, env: &Inbound) -> Route {
+    let authorization = env.workload.as_ref().map(|(ns, sa)| env.policies.inbound(ns, sa, app.port()));
     Route {
-        balancer: Balancer::fixed(&app.to_string(), app, factory.clone()),
+        balancer: Balancer::fixed(&app.to_string(), app, env.factory.clone()),
         labels: Labels::new(Direction::inbound, app.to_string()),
         opaque: config.opaque_ports.contains(&app.port()),
-        accept_tls: tls.clone(),
+        accept_tls: env.tls.clone(),
         strict: config.mode_for(app.port()) == InboundMode::Strict,
+        outbound: None,
+        authorization,
     }
 }

@@ -96,6 +96,38 @@ fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
 }
 
+/// Labels of route-level metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// The outbound target.
+    pub target: String,
+    /// The route (`<policy>/<rule>`).
+    pub route: String,
+}
+
+/// Labels of a route event (retry outcome, fault kind...).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteEventLabels {
+    /// Target and route.
+    #[prometheus(flatten)]
+    pub route: RouteLabels,
+    /// What happened.
+    pub kind: &'static str,
+}
+
+/// Labels of an authorization decision.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthzLabels {
+    /// The app target (inbound).
+    pub target: String,
+    /// The policy that decided.
+    pub policy: String,
+    /// The authorization (or default) that decided.
+    pub rule: String,
+    /// `allow` or `deny`.
+    pub decision: &'static str,
+}
+
 /// Every metric family of the proxy.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -108,6 +140,9 @@ pub struct Metrics {
     tcp_read: Family<Labels, Counter>,
     tcp_write: Family<Labels, Counter>,
     tcp_refused: Family<RefusedLabels, Counter>,
+    route_requests: Family<RouteLabels, Counter>,
+    route_events: Family<RouteEventLabels, Counter>,
+    authz: Family<AuthzLabels, Counter>,
 }
 
 /// Labels of a refused connection.
@@ -132,6 +167,9 @@ impl Default for Metrics {
             tcp_read: Family::default(),
             tcp_write: Family::default(),
             tcp_refused: Family::default(),
+            route_requests: Family::default(),
+            route_events: Family::default(),
+            authz: Family::default(),
         }
     }
 }
@@ -153,6 +191,34 @@ impl Metrics {
         reg.register_with_unit("tcp_read", "Bytes read from peers", Unit::Bytes, self.tcp_read.clone());
         reg.register_with_unit("tcp_write", "Bytes written to peers", Unit::Bytes, self.tcp_write.clone());
         reg.register("tcp_refused", "Connections refused, by reason", self.tcp_refused.clone());
+        reg.register("route_requests", "Outbound requests by matched route", self.route_requests.clone());
+        reg.register(
+            "route_events",
+            "Route policy events: retry, retry_budget_exhausted, timeout, fault_abort, fault_delay, rate_limited",
+            self.route_events.clone(),
+        );
+        reg.register("inbound_authorization", "Inbound authorization decisions by policy", self.authz.clone());
+    }
+
+    /// Counts a request taking a route.
+    pub fn route_request(&self, route: &RouteLabels) {
+        self.route_requests.get_or_create(route).inc();
+    }
+
+    /// Counts a route event.
+    pub fn route_event(&self, route: &RouteLabels, kind: &'static str) {
+        self.route_events.get_or_create(&RouteEventLabels { route: route.clone(), kind }).inc();
+    }
+
+    /// Counts an authorization decision.
+    pub fn authorization(&self, target: &str, verdict: &crate::policy::inbound::Verdict) {
+        let labels = AuthzLabels {
+            target: target.to_string(),
+            policy: verdict.policy.clone(),
+            rule: verdict.rule.clone(),
+            decision: if verdict.allowed { "allow" } else { "deny" },
+        };
+        self.authz.get_or_create(&labels).inc();
     }
 
     /// Counts a refused connection.

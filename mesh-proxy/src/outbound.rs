@@ -7,38 +7,54 @@ use crate::connect::Connector;
 use mesh_proto::destination::ProtocolHint;
 use crate::balancers::Balancers;
 use crate::orig_dst::original_dst;
+use crate::policy::client::{Live, Policies};
+use crate::policy::outbound::OutboundPolicy;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
 /// Serves one explicit upstream listener: every connection goes to `balancer`.
-pub async fn serve_upstream(listener: TcpListener, balancer: Arc<Balancer>, connector: Connector, ctx: Context) {
+pub async fn serve_upstream(listener: TcpListener, balancer: Arc<Balancer>, env: Outbound, ctx: Context) {
     let failfast = ctx.limits.failfast_timeout;
-    conn::accept_loop(listener, ctx, move |_stream| route(balancer.clone(), connector.clone(), failfast)).await;
+    let policy = env.policies.outbound(balancer.target());
+    conn::accept_loop(listener, ctx, move |_stream| route(balancer.clone(), policy.clone(), env.clone(), failfast)).await;
+}
+
+/// What outbound routing needs besides the target.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    /// Opens (and secures) endpoint connections.
+    pub connector: Connector,
+    /// Outbound policies.
+    pub policies: Policies,
+    /// Balancers for targets and route backends.
+    pub balancers: Balancers,
 }
 
 /// Serves the transparent outbound listener: each connection iptables
 /// redirected here goes to its original destination, resolved through
 /// discovery (a service's virtual IP or an endpoint's address); destinations
 /// discovery does not know pass through untouched.
-pub async fn serve_transparent(listener: TcpListener, balancers: Balancers, connector: Connector, ctx: Context) {
+pub async fn serve_transparent(listener: TcpListener, env: Outbound, ctx: Context) {
     let failfast = ctx.limits.failfast_timeout;
     conn::accept_loop(listener, ctx, move |stream| {
         let dst = original_dst(stream);
-        let balancers = balancers.clone();
-        let connector = connector.clone();
+        let env = env.clone();
         async move {
             let Some(dst) = dst else {
                 tracing::warn!("outbound connection was not redirected by iptables; closing (use --upstream for explicit routing)");
                 return None;
             };
-            route(balancers.on_demand(&dst.to_string()), connector, failfast).await
+            let target = dst.to_string();
+            let policy = env.policies.outbound(&target);
+            route(env.balancers.on_demand(&target), policy, env, failfast).await
         }
     })
     .await;
 }
 
-async fn route(balancer: Arc<Balancer>, connector: Connector, failfast: Duration) -> Option<Route> {
+async fn route(balancer: Arc<Balancer>, policy: Live<OutboundPolicy>, env: Outbound, failfast: Duration) -> Option<Route> {
+    let connector = &env.connector;
     let opaque = balancer.protocol_hint(failfast).await == Some(ProtocolHint::Opaque);
     let mut labels = Labels::new(Direction::outbound, balancer.target());
     // The service's endpoints share its identity; label by it.
@@ -49,5 +65,6 @@ async fn route(balancer: Arc<Balancer>, connector: Connector, failfast: Duration
         labels.tls = Tls::Yes;
         labels.peer_id = id.to_string();
     }
-    Some(Route { balancer, labels, opaque, accept_tls: None, strict: false })
+    let outbound = Some((policy, env.balancers.clone()));
+    Some(Route { balancer, labels, opaque, accept_tls: None, strict: false, outbound, authorization: None })
 }

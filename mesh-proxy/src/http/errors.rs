@@ -61,6 +61,9 @@ pub enum ProxyError {
         /// The limit.
         max: u32,
     },
+    /// The client's request body failed while the proxy read it.
+    #[error("reading the request body failed: {0}")]
+    BadRequest(String),
     /// Inbound authorization denied the request.
     #[error("denied by policy {policy} ({rule})")]
     Denied {
@@ -83,6 +86,7 @@ impl ProxyError {
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Denied { .. } => StatusCode::FORBIDDEN,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -92,6 +96,7 @@ impl ProxyError {
             ProxyError::Timeout { .. } => 4,     // DEADLINE_EXCEEDED
             ProxyError::RateLimited { .. } => 8, // RESOURCE_EXHAUSTED
             ProxyError::Denied { .. } => 7,      // PERMISSION_DENIED
+            ProxyError::BadRequest(_) => 3,      // INVALID_ARGUMENT
             _ => 14,                             // UNAVAILABLE
         }
     }

@@ -1,11 +1,14 @@
 //! HTTP proxying: serving clients, forwarding to endpoints, and what sits
 //! between (header hygiene, upgrades, metrics, proxy-generated errors).
 
+pub mod authorize;
 pub mod body;
 pub mod client;
 pub mod errors;
 pub mod headers;
 pub mod metered;
 pub mod proxy;
+pub mod replay;
+pub mod route;
 pub mod server;
 pub mod upgrade;

@@ -204,8 +204,7 @@ mod tests {
 
     #[test]
     fn bad_regexes_are_refused() {
-        let mut pm = pb::Match::default();
-        pm.path = path(pb::path_match::Kind::Regex("(".into()));
+        let pm = pb::Match { path: path(pb::path_match::Kind::Regex("(".into())), ..Default::default() };
         assert!(Match::compile(&pm).is_err());
     }
 }

@@ -115,7 +115,7 @@ COMMIT
 #[test]
 fn duplicate_jumps_are_not_an_install() {
     let r = base();
-    let saved = saved_after_install(&r).replace("COMMIT\n*nat", "COMMIT\n*nat").replace(
+    let saved = saved_after_install(&r).replace(
         "-A OUTPUT -p tcp -j MESH_OUTPUT\n",
         "-A OUTPUT -p tcp -j MESH_OUTPUT\n-A OUTPUT -p tcp -j MESH_OUTPUT\n",
     );
