@@ -7,15 +7,21 @@
 use crate::shutdown::Shutdown;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::future::Future;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
-/// The body type of every admin response.
-pub type Body = Full<Bytes>;
+/// The body type of every admin response: usually a full buffer, or a
+/// stream (a live tap).
+pub type Body = UnsyncBoxBody<Bytes, std::convert::Infallible>;
+
+/// A full body.
+pub fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).boxed_unsync()
+}
 
 /// Answers admin requests; implemented by each binary's admin state.
 pub trait Handler: Clone + Send + Sync + 'static {
@@ -82,7 +88,7 @@ pub fn metrics(body: String) -> Response<Body> {
 }
 
 fn response(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Body> {
-    let mut rsp = Response::new(Full::new(body));
+    let mut rsp = Response::new(full(body));
     *rsp.status_mut() = status;
     rsp.headers_mut()
         .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));

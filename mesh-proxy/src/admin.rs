@@ -9,6 +9,10 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use mesh_core::admin::{self, Body, Handler};
 use mesh_core::shutdown::Trigger;
+use bytes::Bytes;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use crate::telemetry::tap::{Filter, MAX_TAPS, Tap};
 use mesh_identity::tls::Credentials;
 use prometheus_client::registry::Registry;
 use serde_json::json;
@@ -31,9 +35,10 @@ struct Inner {
     resolver: Resolver,
     balancers: Balancers,
     creds: Option<Arc<Credentials>>,
+    tap: Tap,
 }
 
-const ROUTES: &[&str] = &["/metrics", "/ready", "/live", "/config", "/shutdown"];
+const ROUTES: &[&str] = &["/metrics", "/ready", "/live", "/config", "/tap", "/shutdown"];
 
 impl Admin {
     /// Admin state over a finished registry and the proxy's balancers.
@@ -44,9 +49,39 @@ impl Admin {
         resolver: Resolver,
         balancers: Balancers,
         creds: Option<Arc<Credentials>>,
+        tap: Tap,
     ) -> Self {
         let ready = AtomicBool::new(false);
-        Self { inner: Arc::new(Inner { registry, ready, trigger, config, resolver, balancers, creds }) }
+        Self { inner: Arc::new(Inner { registry, ready, trigger, config, resolver, balancers, creds, tap }) }
+    }
+
+    /// `/tap?path=/api&method=GET&authority=books&direction=inbound`: a
+    /// stream of JSON lines, one per matching request, until the client
+    /// goes away.
+    fn tap(&self, query: Option<&str>) -> Response<Body> {
+        let mut filter = Filter::default();
+        for (k, v) in query.unwrap_or("").split('&').filter_map(|kv| kv.split_once('=')) {
+            let v = percent_decode(v);
+            match k {
+                "path" => filter.path_prefix = Some(v),
+                "method" => filter.method = Some(v),
+                "authority" => filter.authority = Some(v),
+                "direction" => filter.direction = Some(v),
+                _ => {}
+            }
+        }
+        let Some(rx) = self.inner.tap.subscribe(filter) else {
+            return admin::text(StatusCode::TOO_MANY_REQUESTS, format!("at most {MAX_TAPS} taps at once\n"));
+        };
+        let lines = futures_util::stream::unfold(rx, |mut rx| async move {
+            let e = rx.recv().await?;
+            let mut line = serde_json::to_vec(&e).unwrap_or_default();
+            line.push(b'\n');
+            Some((Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(line))), rx))
+        });
+        let mut rsp = Response::new(StreamBody::new(lines).boxed_unsync());
+        rsp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/x-ndjson"));
+        rsp
     }
 
     /// Ready: listening, and holding a valid certificate when identity is on.
@@ -129,6 +164,7 @@ impl Handler for Admin {
                 Ok(b) => admin::json(b),
                 Err(e) => admin::text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
             },
+            (_, "/tap") => self.tap(req.uri().query()),
             (&Method::POST, "/shutdown") => {
                 tracing::info!("shutdown requested on the admin port");
                 self.inner.trigger.trigger();
@@ -137,5 +173,41 @@ impl Handler for Admin {
             (_, "/shutdown") => admin::text(StatusCode::METHOD_NOT_ALLOWED, "use POST /shutdown\n"),
             _ => admin::not_found(ROUTES),
         }
+    }
+}
+
+/// Decodes `%XX` escapes and `+` in a query value.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                match u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                    Ok(v) => {
+                        out.push(v);
+                        i += 3;
+                        continue;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn decodes_queries() {
+        assert_eq!(super::percent_decode("%2Fapi%2Fbooks"), "/api/books");
+        assert_eq!(super::percent_decode("a+b"), "a b");
+        assert_eq!(super::percent_decode("100%"), "100%");
+        assert_eq!(super::percent_decode("%zz"), "%zz");
     }
 }

@@ -13,6 +13,10 @@ use crate::identity::{Identity, IdentityMetrics};
 use crate::inbound::Inbound;
 use crate::outbound::Outbound;
 use crate::policy::client::Policies;
+use crate::telemetry::Telemetry;
+use crate::telemetry::access_log::AccessLog;
+use crate::telemetry::tap::Tap;
+use crate::telemetry::trace::Exporter;
 use crate::tls::MeshTls;
 use crate::drain::Drain;
 use crate::io::Clock;
@@ -52,6 +56,9 @@ pub enum StartError {
     /// TLS could not be set up.
     #[error("TLS: {0}")]
     Tls(#[from] mesh_identity::tls::TlsError),
+    /// Tracing or access logs could not start.
+    #[error("telemetry: {0}")]
+    Telemetry(String),
     /// Identity needs a control plane to certify against.
     #[error("identity is configured but no control plane is: give --control-plane")]
     IdentityWithoutControlPlane,
@@ -100,7 +107,16 @@ impl Proxy {
             ewma: limits.ewma,
         };
         let drain = Drain::default();
-        let ctx = Context { metrics, limits: limits.clone(), clock: Clock::new(), shutdown: shutdown.clone(), drain: drain.clone() };
+        let telemetry = telemetry(&config, &metrics)?;
+        let tap = telemetry.tap.clone();
+        let ctx = Context {
+            metrics,
+            limits: limits.clone(),
+            clock: Clock::new(),
+            shutdown: shutdown.clone(),
+            drain: drain.clone(),
+            telemetry,
+        };
 
         let admin_listener = bind("admin", config.admin_addr).await?;
         let admin_addr = admin_listener.local_addr().unwrap_or(config.admin_addr);
@@ -141,7 +157,7 @@ impl Proxy {
         }
 
         let grace = config.shutdown_grace;
-        let admin = Admin::new(registry, trigger.clone(), config, resolver, balancers, creds);
+        let admin = Admin::new(registry, trigger.clone(), config, resolver, balancers, creds, tap);
         tasks.spawn(mesh_core::admin::serve(admin_listener, admin.clone(), shutdown.clone()));
         admin.set_ready(true);
         tracing::info!(%admin_addr, ?inbound_addr, ?outbound_addr, ?upstream_addrs, "proxy serving");
@@ -193,6 +209,25 @@ impl Proxy {
         while self.tasks.join_next().await.is_some() {}
         drained
     }
+}
+
+fn telemetry(config: &Config, metrics: &Metrics) -> Result<Telemetry, StartError> {
+    let t = &config.telemetry;
+    let tracer = match &t.trace_collector {
+        Some(endpoint) => Some(
+            Exporter::start(endpoint, &config.workload, t.trace_sample_ratio, metrics.spans_dropped())
+                .map_err(|e| StartError::Telemetry(format!("invalid trace collector {endpoint:?}: {e}")))?,
+        ),
+        None => None,
+    };
+    let access_log = match &t.access_log {
+        Some(sink) => Some(
+            AccessLog::start(sink.clone(), metrics.access_log_dropped())
+                .map_err(|e| StartError::Telemetry(format!("cannot open the access log {sink:?}: {e}")))?,
+        ),
+        None => None,
+    };
+    Ok(Telemetry { workload: config.workload.clone(), tracer, access_log, tap: Tap::default() })
 }
 
 async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, StartError> {

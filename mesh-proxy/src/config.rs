@@ -26,6 +26,8 @@ pub struct Config {
     pub outbound: OutboundConfig,
     /// Limits and timeouts.
     pub limits: Limits,
+    /// Tracing and access logs.
+    pub telemetry: TelemetryConfig,
     /// How long shutdown waits for in-flight work before exiting anyway.
     #[serde(with = "secs")]
     pub shutdown_grace: Duration,
@@ -142,6 +144,24 @@ pub struct Upstream {
     pub target: String,
 }
 
+/// Tracing and access logs.
+#[derive(Debug, Clone, Serialize)]
+pub struct TelemetryConfig {
+    /// OTLP/gRPC collector (`http://host:4317`); tracing is off without one.
+    pub trace_collector: Option<String>,
+    /// Share of traces this proxy starts that are recorded (a trace the app
+    /// started keeps the app's decision).
+    pub trace_sample_ratio: f64,
+    /// Access log destination; off when `None`.
+    pub access_log: Option<crate::telemetry::access_log::Sink>,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self { trace_collector: None, trace_sample_ratio: 1.0, access_log: None }
+    }
+}
+
 /// Limits and timeouts, all configurable.
 #[derive(Debug, Clone, Serialize)]
 pub struct Limits {
@@ -197,6 +217,7 @@ impl Config {
             inbound: None,
             outbound: OutboundConfig::default(),
             limits: Limits::default(),
+            telemetry: TelemetryConfig::default(),
             shutdown_grace: Duration::from_secs(30),
         }
     }

@@ -6,7 +6,9 @@ use crate::balance::Balancer;
 use crate::detect::{self, Protocol};
 use crate::drain::Drain;
 use crate::http::client::Version;
-use crate::http::metered::Metered;
+use crate::http::observe::{Observe, ObserveCtx};
+use crate::telemetry::Telemetry;
+use crate::telemetry::access_log::{Entry, now_rfc3339};
 use crate::balancers::Balancers;
 use crate::http::authorize::Authorize;
 use crate::http::proxy::{Forward, ForwardSettings};
@@ -39,6 +41,8 @@ pub struct Context {
     pub shutdown: Shutdown,
     /// Counts live connections.
     pub drain: Drain,
+    /// Tracing, access logs, tap.
+    pub telemetry: Telemetry,
 }
 
 /// Where one connection goes.
@@ -99,7 +103,8 @@ where
 }
 
 async fn handle(mut stream: TcpStream, ctx: Context, route: Route) {
-    let peer_ip = stream.peer_addr().map(|a| a.ip()).unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+    let peer = stream.peer_addr().ok();
+    let peer_ip = peer.map(|a| a.ip()).unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
     let (protocol, prefix) = if route.opaque && route.accept_tls.is_none() {
         (Protocol::Opaque, bytes::Bytes::new())
     } else {
@@ -140,7 +145,7 @@ async fn handle(mut stream: TcpStream, ctx: Context, route: Route) {
             _ => Protocol::Opaque,
         };
         let client = Client { identity: Some(labels.peer_id.clone()).filter(|i| !i.is_empty()), ip: peer_ip };
-        return serve(stream, protocol, &route, labels, client, ctx).await;
+        return serve(stream, protocol, &route, labels, client, peer, ctx).await;
     }
     let policy_requires_mtls = route.authorization.as_ref().is_some_and(|p| p.current().require_mtls);
     if route.strict || policy_requires_mtls {
@@ -149,11 +154,19 @@ async fn handle(mut stream: TcpStream, ctx: Context, route: Route) {
         return;
     }
     let client = Client { identity: None, ip: peer_ip };
-    serve(io, protocol, &route, route.labels.clone(), client, ctx).await;
+    serve(io, protocol, &route, route.labels.clone(), client, peer, ctx).await;
 }
 
 /// Serves a connection whose protocol is known: HTTP, or bytes as TCP.
-async fn serve<I>(io: I, protocol: Protocol, route: &Route, labels: Labels, client: Client, ctx: Context)
+async fn serve<I>(
+    io: I,
+    protocol: Protocol,
+    route: &Route,
+    labels: Labels,
+    client: Client,
+    peer: Option<std::net::SocketAddr>,
+    ctx: Context,
+)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -175,7 +188,14 @@ where
         Protocol::Http1 | Protocol::Http2 => {
             let version = if protocol == Protocol::Http2 { Version::Http2 } else { Version::Http1 };
             let forward = ForwardSettings { failfast: ctx.limits.failfast_timeout, connect_attempts: 3 };
-            let handles = ctx.metrics.http(labels.clone());
+            let observe = Arc::new(ObserveCtx {
+                handles: ctx.metrics.http(labels.clone()),
+                telemetry: ctx.telemetry.clone(),
+                direction: labels.direction,
+                target: labels.target.clone(),
+                peer_id: labels.peer_id.clone(),
+                client_addr: peer,
+            });
             let (limits, shutdown) = (&ctx.limits.server, ctx.shutdown.clone());
             match (&route.outbound, &route.authorization) {
                 (Some((policy, balancers)), _) => {
@@ -187,16 +207,16 @@ where
                         forward,
                         ctx.metrics.clone(),
                     );
-                    server::serve(io, protocol, Metered::new(router, handles), limits, activity, shutdown).await;
+                    server::serve(io, protocol, Observe::new(router, observe), limits, activity, shutdown).await;
                 }
                 (None, Some(policy)) => {
                     let fwd = Forward::new(route.balancer.clone(), version, forward);
                     let authz = Authorize::new(fwd, policy.clone(), client, labels.target.clone(), ctx.metrics.clone());
-                    server::serve(io, protocol, Metered::new(authz, handles), limits, activity, shutdown).await;
+                    server::serve(io, protocol, Observe::new(authz, observe), limits, activity, shutdown).await;
                 }
                 (None, None) => {
                     let fwd = Forward::new(route.balancer.clone(), version, forward);
-                    server::serve(io, protocol, Metered::new(fwd, handles), limits, activity, shutdown).await;
+                    server::serve(io, protocol, Observe::new(fwd, observe), limits, activity, shutdown).await;
                 }
             }
         }
@@ -206,8 +226,33 @@ where
                 connect_attempts: 3,
                 idle_timeout: ctx.limits.tcp_idle_timeout,
             };
-            if let Err(e) = tcp::forward(io, &route.balancer, settings, activity).await {
+            let started = std::time::SystemTime::now();
+            let t0 = std::time::Instant::now();
+            if let Err(e) = tcp::forward(io, &route.balancer, settings, activity.clone()).await {
                 tracing::info!(target = route.balancer.target(), error = %e, "TCP connection refused");
+            }
+            if let Some(log) = &ctx.telemetry.access_log {
+                let (bytes_in, bytes_out) = activity.bytes();
+                let inbound = labels.direction == crate::metrics::Direction::inbound;
+                log.log(Entry {
+                    time: now_rfc3339(started),
+                    direction: if inbound { "inbound" } else { "outbound" },
+                    kind: "tcp",
+                    client_id: if inbound { labels.peer_id.clone() } else { String::new() },
+                    server_id: if inbound { String::new() } else { labels.peer_id.clone() },
+                    client_addr: peer.map(|a| a.to_string()).unwrap_or_default(),
+                    target: labels.target.clone(),
+                    method: None,
+                    authority: None,
+                    path: None,
+                    status: None,
+                    grpc_status: None,
+                    latency_ms: t0.elapsed().as_secs_f64() * 1e3,
+                    bytes_in,
+                    bytes_out,
+                    route: None,
+                    authz: None,
+                });
             }
         }
     }

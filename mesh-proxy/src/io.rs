@@ -100,16 +100,23 @@ impl Default for Clock {
 pub struct Activity {
     clock: Clock,
     last_ms: AtomicU64,
+    read: AtomicU64,
+    written: AtomicU64,
 }
 
 impl Activity {
     /// Fresh activity, marked active now.
     pub fn new(clock: Clock) -> Arc<Self> {
-        Arc::new(Self { clock, last_ms: AtomicU64::new(clock.now_ms()) })
+        Arc::new(Self { clock, last_ms: AtomicU64::new(clock.now_ms()), read: AtomicU64::new(0), written: AtomicU64::new(0) })
     }
 
     fn touch(&self) {
         self.last_ms.store(self.clock.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Bytes read from and written to the peer on this connection.
+    pub fn bytes(&self) -> (u64, u64) {
+        (self.read.load(Ordering::Relaxed), self.written.load(Ordering::Relaxed))
     }
 
     /// How long since the last byte moved either way.
@@ -170,6 +177,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for MeteredIo<T> {
         let n = buf.filled().len() - before;
         if n > 0 {
             self.counters.read.inc_by(n as u64);
+            self.activity.read.fetch_add(n as u64, Ordering::Relaxed);
             self.activity.touch();
         }
         res
@@ -214,6 +222,7 @@ impl<T> MeteredIo<T> {
     fn wrote(&self, n: usize) {
         if n > 0 {
             self.counters.write.inc_by(n as u64);
+            self.activity.written.fetch_add(n as u64, Ordering::Relaxed);
             self.activity.touch();
         }
     }

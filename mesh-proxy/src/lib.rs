@@ -33,6 +33,7 @@ pub mod orig_dst;
 pub mod policy;
 pub mod outbound;
 pub mod tcp;
+pub mod telemetry;
 pub mod tls;
 
 pub use app::{Proxy, StartError};

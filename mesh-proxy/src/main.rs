@@ -164,6 +164,15 @@ struct Args {
     /// A per-port inbound mode, PORT=strict|permissive (repeatable).
     #[arg(long = "inbound-port-mode", value_parser = parse_port_mode)]
     inbound_port_modes: Vec<(u16, InboundMode)>,
+    /// OTLP/gRPC trace collector, e.g. http://127.0.0.1:4317 (tracing is off without one).
+    #[arg(long, env = "MESH_TRACE_COLLECTOR")]
+    trace_collector: Option<String>,
+    /// Share of traces this proxy starts that are recorded (0.0-1.0).
+    #[arg(long, default_value_t = 1.0)]
+    trace_sample_ratio: f64,
+    /// Access log: stdout, stderr or a file path (off by default).
+    #[arg(long, env = "MESH_ACCESS_LOG")]
+    access_log: Option<mesh_proxy::telemetry::access_log::Sink>,
     /// App ports never sniffed for a protocol (server-first protocols), comma-separated.
     #[arg(long, value_delimiter = ',')]
     opaque_ports: Vec<u16>,
@@ -254,6 +263,9 @@ fn config(args: &Args) -> anyhow::Result<Config> {
     c.limits.server.max_header_bytes = args.max_header_bytes;
     c.limits.client.max_header_bytes = args.max_header_bytes;
     c.shutdown_grace = args.shutdown_grace;
+    c.telemetry.trace_collector = args.trace_collector.clone();
+    c.telemetry.trace_sample_ratio = args.trace_sample_ratio.clamp(0.0, 1.0);
+    c.telemetry.access_log = args.access_log.clone();
     Ok(c)
 }
 

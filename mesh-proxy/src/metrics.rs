@@ -88,12 +88,19 @@ pub struct ResponseLabels {
     pub status_code: u16,
     /// gRPC status code, empty when not gRPC.
     pub grpc_status: String,
+    /// The route that matched (outbound), empty when none.
+    pub route: String,
     /// Success or failure.
     pub classification: Class,
 }
 
 fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
+}
+
+/// Connection lifetimes, in seconds: 1 ms to a day.
+fn duration_histogram() -> Histogram {
+    Histogram::new([0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 86400.0])
 }
 
 /// Labels of route-level metrics.
@@ -140,6 +147,9 @@ pub struct Metrics {
     tcp_read: Family<Labels, Counter>,
     tcp_write: Family<Labels, Counter>,
     tcp_refused: Family<RefusedLabels, Counter>,
+    tcp_duration: Family<Labels, Histogram, fn() -> Histogram>,
+    spans_dropped: Counter,
+    access_log_dropped: Counter,
     route_requests: Family<RouteLabels, Counter>,
     route_events: Family<RouteEventLabels, Counter>,
     authz: Family<AuthzLabels, Counter>,
@@ -167,6 +177,9 @@ impl Default for Metrics {
             tcp_read: Family::default(),
             tcp_write: Family::default(),
             tcp_refused: Family::default(),
+            tcp_duration: Family::new_with_constructor(duration_histogram),
+            spans_dropped: Counter::default(),
+            access_log_dropped: Counter::default(),
             route_requests: Family::default(),
             route_events: Family::default(),
             authz: Family::default(),
@@ -191,6 +204,14 @@ impl Metrics {
         reg.register_with_unit("tcp_read", "Bytes read from peers", Unit::Bytes, self.tcp_read.clone());
         reg.register_with_unit("tcp_write", "Bytes written to peers", Unit::Bytes, self.tcp_write.clone());
         reg.register("tcp_refused", "Connections refused, by reason", self.tcp_refused.clone());
+        reg.register_with_unit(
+            "tcp_connection_duration",
+            "How long connections stayed open",
+            Unit::Seconds,
+            self.tcp_duration.clone(),
+        );
+        reg.register("trace_spans_dropped", "Spans dropped (export queue full or export failed)", self.spans_dropped.clone());
+        reg.register("access_log_dropped", "Access log lines dropped (writer behind)", self.access_log_dropped.clone());
         reg.register("route_requests", "Outbound requests by matched route", self.route_requests.clone());
         reg.register(
             "route_events",
@@ -198,6 +219,16 @@ impl Metrics {
             self.route_events.clone(),
         );
         reg.register("inbound_authorization", "Inbound authorization decisions by policy", self.authz.clone());
+    }
+
+    /// The counter of dropped spans.
+    pub fn spans_dropped(&self) -> Counter {
+        self.spans_dropped.clone()
+    }
+
+    /// The counter of dropped access log lines.
+    pub fn access_log_dropped(&self) -> Counter {
+        self.access_log_dropped.clone()
     }
 
     /// Counts a request taking a route.
@@ -243,6 +274,8 @@ impl Metrics {
         active.inc();
         TcpGuard {
             close: self.tcp_close.get_or_create(labels).clone(),
+            duration: self.tcp_duration.get_or_create(labels).clone(),
+            opened: std::time::Instant::now(),
             active,
             bytes: ByteCounters {
                 read: self.tcp_read.get_or_create(labels).clone(),
@@ -256,6 +289,8 @@ impl Metrics {
 #[derive(Debug)]
 pub struct TcpGuard {
     close: Counter,
+    duration: Histogram,
+    opened: std::time::Instant,
     active: Gauge,
     /// Byte counters for the connection's I/O.
     pub bytes: ByteCounters,
@@ -265,6 +300,7 @@ impl Drop for TcpGuard {
     fn drop(&mut self) {
         self.close.inc();
         self.active.dec();
+        self.duration.observe(self.opened.elapsed().as_secs_f64());
     }
 }
 
@@ -280,16 +316,19 @@ pub struct HttpHandles {
 }
 
 impl HttpHandles {
-    /// Counts a finished response.
-    pub fn response(&self, status_code: u16, grpc_status: Option<u32>) {
-        let classification = classify(status_code, grpc_status);
+    /// Counts a finished response; `broken` marks a stream that failed
+    /// mid-body (a failure whatever its status). Returns whether it failed.
+    pub fn response(&self, status_code: u16, grpc_status: Option<u32>, route: Option<&str>, broken: bool) -> bool {
+        let classification = if broken { Class::failure } else { classify(status_code, grpc_status) };
         let labels = ResponseLabels {
             base: self.labels.clone(),
             status_code,
             grpc_status: grpc_status.map(|g| g.to_string()).unwrap_or_default(),
+            route: route.unwrap_or_default().to_string(),
             classification,
         };
         self.responses.get_or_create(&labels).inc();
+        classification == Class::failure
     }
 }
 
@@ -329,12 +368,12 @@ mod tests {
         let h = m.http(labels.clone());
         h.requests.inc();
         h.latency.observe(0.002);
-        h.response(200, None);
+        h.response(200, None, None, false);
         drop(m.tcp(&labels));
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &reg).expect("encode");
         assert!(out.contains(r#"request_total{direction="inbound",target="app:8080",tls="false",peer_id=""} 1"#), "{out}");
-        assert!(out.contains(r#"response_total{direction="inbound",target="app:8080",tls="false",peer_id="",status_code="200",grpc_status="",classification="success"} 1"#), "{out}");
+        assert!(out.contains(r#"response_total{direction="inbound",target="app:8080",tls="false",peer_id="",status_code="200",grpc_status="",route="",classification="success"} 1"#), "{out}");
         assert!(out.contains("response_latency_seconds_bucket"), "{out}");
         assert!(out.contains(r#"tcp_close_total{direction="inbound",target="app:8080",tls="false",peer_id=""} 1"#), "{out}");
     }

@@ -6,7 +6,7 @@ pub mod body;
 pub mod client;
 pub mod errors;
 pub mod headers;
-pub mod metered;
+pub mod observe;
 pub mod proxy;
 pub mod replay;
 pub mod route;

@@ -9,6 +9,7 @@
 use super::body::{self, Body};
 use super::client::Version;
 use super::errors::{self, ProxyError};
+use super::observe::RouteName;
 use super::proxy::{ForwardSettings, forward_once, prepare};
 use super::replay::{Buffered, buffer};
 use crate::balance::Balancer;
@@ -61,7 +62,15 @@ impl OutboundRouter {
                 forward_once(&self.target, self.version, &self.settings, &policy.limits, &policy.breaker, req, p.upgrade)
                     .await
             }
-            Some(route) => self.routed(&policy, route, parts, body, p.upgrade, grpc).await,
+            Some(route) => {
+                let name = route.name.clone();
+                let mut rsp = self
+                    .routed(&policy, route, parts, body, p.upgrade, grpc)
+                    .await
+                    .unwrap_or_else(|e| errors::response(&e, grpc));
+                rsp.extensions_mut().insert(RouteName(name));
+                return rsp;
+            }
         };
         result.unwrap_or_else(|e| errors::response(&e, grpc))
     }
