@@ -85,16 +85,28 @@ fn take_slot<'a>(
     Ok(slot)
 }
 
+/// How one attempt is made: protocol, patience, and the target's policy.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempt<'a> {
+    /// The HTTP version to speak to the endpoint.
+    pub version: Version,
+    /// Waiting and connect retries.
+    pub settings: &'a ForwardSettings,
+    /// Concurrency, pending and connection limits.
+    pub limits: &'a Limits,
+    /// Failure accrual.
+    pub breaker: &'a Breaker,
+}
+
 /// Forwards one request to one of `balancer`'s endpoints.
 pub async fn forward_once(
     balancer: &Arc<Balancer>,
-    version: Version,
-    settings: &ForwardSettings,
-    limits: &Limits,
-    breaker: &Breaker,
+    how: Attempt<'_>,
     mut req: Request<Body>,
     client_upgrade: Option<OnUpgrade>,
+    avoid: &mut Vec<SocketAddr>,
 ) -> Result<Response<Body>, ProxyError> {
+    let Attempt { version, settings, limits, breaker } = how;
     let target = balancer.target();
     let _inflight = take_slot(&balancer.inflight, limits.max_concurrent, "concurrency", target)?;
     let list = {
@@ -102,10 +114,12 @@ pub async fn forward_once(
         balancer.ready(settings.failfast).await?
     };
     let upgrading = client_upgrade.is_some();
-    let mut tried: Vec<SocketAddr> = Vec::with_capacity(settings.connect_attempts);
+    // `avoid` holds endpoints earlier attempts failed on (a retry goes
+    // elsewhere when it can); it gets this attempt's endpoints too.
+    let tried = avoid;
     let mut last = ProxyError::NoEndpoints(target.to_string());
     for _ in 0..settings.connect_attempts.max(1) {
-        let Some(ep) = list.pick_excluding(&tried) else { break };
+        let Some(ep) = list.pick_excluding(tried) else { break };
         tried.push(ep.meta.addr);
         let _in_flight = ep.load.start();
         let start = Instant::now();
@@ -132,6 +146,8 @@ pub async fn forward_once(
             Ok(mut rsp) => {
                 ep.load.observe(start.elapsed(), Instant::now());
                 if rsp.status().is_server_error() {
+                    // A fast error is not a fast endpoint: steer load away.
+                    ep.load.penalize(Instant::now());
                     eject_on_failure(ep, breaker, target);
                 } else {
                     ep.health.success();
@@ -196,16 +212,9 @@ impl tower::Service<Request<Incoming>> for Forward {
         let this = self.clone();
         Box::pin(async move {
             let p = prepare(req);
-            let res = forward_once(
-                &this.balancer,
-                this.version,
-                &this.settings,
-                &Limits::default(),
-                &Breaker::default(),
-                p.req,
-                p.upgrade,
-            )
-            .await;
+            let (limits, breaker) = (Limits::default(), Breaker::default());
+            let how = Attempt { version: this.version, settings: &this.settings, limits: &limits, breaker: &breaker };
+            let res = forward_once(&this.balancer, how, p.req, p.upgrade, &mut Vec::new()).await;
             Ok(res.unwrap_or_else(|e| errors::response(&e, p.grpc)))
         })
     }

@@ -10,7 +10,7 @@ use super::body::{self, Body};
 use super::client::Version;
 use super::errors::{self, ProxyError};
 use super::observe::RouteName;
-use super::proxy::{ForwardSettings, forward_once, prepare};
+use super::proxy::{Attempt, ForwardSettings, forward_once, prepare};
 use super::replay::{Buffered, buffer};
 use crate::balance::Balancer;
 use crate::balancers::Balancers;
@@ -59,8 +59,7 @@ impl OutboundRouter {
         let result = match policy.route(&parts) {
             None => {
                 let req = Request::from_parts(parts, body);
-                forward_once(&self.target, self.version, &self.settings, &policy.limits, &policy.breaker, req, p.upgrade)
-                    .await
+                forward_once(&self.target, self.how(&policy), req, p.upgrade, &mut Vec::new()).await
             }
             Some(route) => {
                 let name = route.name.clone();
@@ -115,6 +114,10 @@ impl OutboundRouter {
         }
     }
 
+    fn how<'a>(&'a self, policy: &'a OutboundPolicy) -> Attempt<'a> {
+        Attempt { version: self.version, settings: &self.settings, limits: &policy.limits, breaker: &policy.breaker }
+    }
+
     fn backend(&self, route: &Route) -> Arc<Balancer> {
         let total: u64 = route.backends.iter().map(|(_, w)| u64::from(*w)).sum();
         if total == 0 {
@@ -137,9 +140,10 @@ impl OutboundRouter {
         req: Request<Body>,
         upgrade: Option<OnUpgrade>,
         per_try: Option<Duration>,
+        avoid: &mut Vec<std::net::SocketAddr>,
     ) -> Result<Response<Body>, ProxyError> {
         let backend = self.backend(route);
-        let fut = forward_once(&backend, self.version, &self.settings, &policy.limits, &policy.breaker, req, upgrade);
+        let fut = forward_once(&backend, self.how(policy), req, upgrade, avoid);
         match per_try {
             None => fut.await,
             Some(after) => tokio::time::timeout(after, fut).await.unwrap_or_else(|_| {
@@ -160,19 +164,21 @@ impl OutboundRouter {
         policy.budget.deposit();
         let (Some(retry), None) = (&route.retry, &upgrade) else {
             let per_try = route.retry.as_ref().and_then(|r| r.per_try_timeout);
-            return self.once(policy, route, Request::from_parts(parts, body), upgrade, per_try).await;
+            return self.once(policy, route, Request::from_parts(parts, body), upgrade, per_try, &mut Vec::new()).await;
         };
         let body = match buffer(body, retry.buffer_limit).await.map_err(|e| ProxyError::BadRequest(e.to_string()))? {
             Buffered::Complete(bytes) => bytes,
             // Too large to replay: sent once, never retried.
             Buffered::Streaming(b) => {
-                return self.once(policy, route, Request::from_parts(parts, b), None, retry.per_try_timeout).await;
+                let req = Request::from_parts(parts, b);
+                return self.once(policy, route, req, None, retry.per_try_timeout, &mut Vec::new()).await;
             }
         };
         let mut attempt = 0u32;
+        let mut failed_on = Vec::new();
         loop {
             let req = rebuild(&parts, body::full(body.clone()));
-            let res = self.once(policy, route, req, None, retry.per_try_timeout).await;
+            let res = self.once(policy, route, req, None, retry.per_try_timeout, &mut failed_on).await;
             if attempt >= retry.max_retries || !should_retry(&res, &retry.on) {
                 return res;
             }
