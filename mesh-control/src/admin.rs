@@ -1,8 +1,8 @@
 //! The control plane's admin endpoints: `/metrics`, `/ready`, `/live`.
 
-use mesh_core::admin::{self, Body, Handler};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
+use mesh_core::admin::{self, Body, Handler};
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -53,10 +53,7 @@ impl Config {
         Self {
             grpc_addr: SocketAddr::from(([0, 0, 0, 0], 8086)),
             admin_addr: SocketAddr::from(([0, 0, 0, 0], 9990)),
-            registry: RegistryConfig::File {
-                path: path.into(),
-                poll_interval: Duration::from_millis(200),
-            },
+            registry: RegistryConfig::File { path: path.into(), poll_interval: Duration::from_millis(200) },
             identity: None,
         }
     }

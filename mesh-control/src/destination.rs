@@ -5,8 +5,8 @@
 
 use crate::registry::model::Protocol;
 use crate::store::{Resolution, ResolvedEndpoint, Store, Target};
-use mesh_core::shutdown::Shutdown;
 use futures_util::Stream;
+use mesh_core::shutdown::Shutdown;
 use mesh_proto::destination::{
     self as pb, AddressSet, EndpointSet, GetDestination, ProtocolHint, Snapshot, Update,
     destination_server::Destination, update,
@@ -31,11 +31,7 @@ impl DestinationMetrics {
     /// Registers `destination_watchers` and `destination_updates_total`.
     pub fn register(&self, reg: &mut Registry) {
         reg.register("destination_watchers", "Open Destination watch streams", self.watchers.clone());
-        reg.register(
-            "destination_updates",
-            "Updates sent on Destination watch streams",
-            self.updates.clone(),
-        );
+        reg.register("destination_updates", "Updates sent on Destination watch streams", self.updates.clone());
     }
 }
 
@@ -62,10 +58,7 @@ pub type UpdateStream = Pin<Box<dyn Stream<Item = Result<Update, Status>> + Send
 impl Destination for DestinationService {
     type GetStream = UpdateStream;
 
-    async fn get(
-        &self,
-        request: Request<GetDestination>,
-    ) -> Result<Response<Self::GetStream>, Status> {
+    async fn get(&self, request: Request<GetDestination>) -> Result<Response<Self::GetStream>, Status> {
         let req = request.into_inner();
         let target: Target =
             req.target.parse().map_err(|e: crate::store::InvalidTarget| Status::invalid_argument(e.to_string()))?;
@@ -136,12 +129,8 @@ pub fn diff(prev: Option<&Resolution>, next: &Resolution) -> Vec<Update> {
         .filter(|(addr, ep)| prev.endpoints.get(addr) != Some(ep))
         .map(|(_, ep)| endpoint(ep, protocol))
         .collect();
-    let removed: Vec<pb::SocketAddress> = prev
-        .endpoints
-        .keys()
-        .filter(|a| !next.endpoints.contains_key(a))
-        .map(|a| (*a).into())
-        .collect();
+    let removed: Vec<pb::SocketAddress> =
+        prev.endpoints.keys().filter(|a| !next.endpoints.contains_key(a)).map(|a| (*a).into()).collect();
     let mut out = Vec::with_capacity(2);
     if !added.is_empty() {
         out.push(Update { kind: Some(update::Kind::Add(EndpointSet { endpoints: added })) });

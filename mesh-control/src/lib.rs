@@ -1,8 +1,9 @@
 //! `mesh-control`: the control plane.
 //!
-//! It tells proxies who exists (the Destination API) from a registry: a YAML
-//! file in universal mode, Kubernetes objects in a cluster; and it is the
-//! mesh's certificate authority (the Identity API). The library starts
+//! It tells proxies who exists (the Destination API) and how to route to them
+//! and whom to admit (the Policy API) from a registry: a YAML file in
+//! universal mode, Kubernetes objects in a cluster; and it is the mesh's
+//! certificate authority (the Identity API). The library starts
 //! in-process with its configuration given as a value, so tests run many
 //! instances side by side; the `mesh-control` binary is a thin CLI over it.
 
@@ -11,6 +12,7 @@ pub mod config;
 pub mod destination;
 pub mod identity;
 pub mod metrics;
+pub mod policy;
 pub mod registry;
 pub mod router;
 pub mod server;

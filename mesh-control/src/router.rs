@@ -23,6 +23,7 @@ impl std::fmt::Debug for Router {
 
 impl Router {
     /// Adds a generated gRPC service.
+    #[allow(clippy::should_implement_trait)] // a builder method, not arithmetic
     pub fn add<S>(mut self, svc: S) -> Self
     where
         S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>

@@ -3,17 +3,19 @@
 use crate::admin::Admin;
 use crate::config::{Config, RegistryConfig};
 use crate::destination::{DestinationMetrics, DestinationService};
-use crate::metrics::RegistryMetrics;
-use crate::registry::file::{FileError, FileRegistry};
 use crate::identity::authority::{Authority, AuthorityMetrics};
 use crate::identity::proof::JoinTokens;
 use crate::identity::{self, IdentityMetrics, IdentityService};
+use crate::metrics::RegistryMetrics;
+use crate::policy::{PolicyMetrics, PolicyService};
+use crate::registry::file::{FileError, FileRegistry};
 use crate::router::Router;
 use crate::store::{IdentityNaming, Store};
-use mesh_identity::dir::IdentityDir;
-use mesh_proto::identity::identity_server::IdentityServer;
 use mesh_core::shutdown::{self, Shutdown, Trigger};
+use mesh_identity::dir::IdentityDir;
 use mesh_proto::destination::destination_server::DestinationServer;
+use mesh_proto::identity::identity_server::IdentityServer;
+use mesh_proto::policy::policy_server::PolicyServer;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -65,6 +67,8 @@ impl Control {
         registry_metrics.register(&mut metrics);
         let destination_metrics = DestinationMetrics::default();
         destination_metrics.register(&mut metrics);
+        let policy_metrics = PolicyMetrics::default();
+        policy_metrics.register(&mut metrics);
         metrics.register_collector(Box::new(mesh_core::process::ProcessCollector));
 
         let grpc = bind("gRPC API", config.grpc_addr).await?;
@@ -103,9 +107,12 @@ impl Control {
         tasks.spawn(mesh_core::admin::serve(admin, Admin::new(metrics, ready.clone()), shutdown.clone()));
         let destination = DestinationService::new(store.clone(), destination_metrics, shutdown.clone());
         router = router.add(DestinationServer::new(destination));
+        let policy = PolicyService::new(store.clone(), policy_metrics, shutdown.clone());
+        router = router.add(PolicyServer::new(policy));
         match serving {
             Some(creds) => {
-                let incoming = crate::tls::incoming(grpc, creds, shutdown.clone()).map_err(|e| StartError::Tls(e.to_string()))?;
+                let incoming =
+                    crate::tls::incoming(grpc, creds, shutdown.clone()).map_err(|e| StartError::Tls(e.to_string()))?;
                 tasks.spawn(serve_grpc(incoming, router, shutdown));
             }
             None => {

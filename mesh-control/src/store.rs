@@ -2,11 +2,19 @@
 //! watches proxies hold on it.
 //!
 //! Registries write into the store (a whole snapshot from the file registry;
-//! per-service upserts from a Kubernetes controller); the discovery API reads
-//! from it. Each watched target has its own `watch` channel, so a change to one
-//! service wakes only the streams that asked about it.
+//! per-service upserts from a Kubernetes controller); the discovery and policy
+//! APIs read from it. Each watched target (and each watched workload port for
+//! inbound policy) has its own `watch` channel, so a change to one service
+//! wakes only the streams whose answer changed.
 
-use crate::registry::model::{Protocol, RegistrySnapshot, Service, ServiceKey, ServicePort};
+mod index;
+
+pub use index::{Index, ServicePortRef};
+
+use crate::policy::{self, InboundTarget};
+use crate::registry::model::{Protocol, RegistrySnapshot, Service, ServiceKey};
+use crate::registry::policy::{AuthorizationPolicy, RoutePolicy};
+use mesh_proto::policy::{InboundPolicy, OutboundPolicy};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -114,13 +122,10 @@ pub struct Store {
 
 #[derive(Debug, Default)]
 struct Inner {
-    services: HashMap<ServiceKey, Arc<Service>>,
-    /// `vip:port` → service port.
-    vips: HashMap<SocketAddr, (ServiceKey, u16)>,
-    /// endpoint address → service port (the first service that lists it).
-    endpoints: HashMap<SocketAddr, (ServiceKey, u16)>,
+    index: Index,
     watches: HashMap<Target, watch::Sender<Arc<Resolution>>>,
-    identity: Option<IdentityNaming>,
+    outbound: HashMap<Target, watch::Sender<Arc<OutboundPolicy>>>,
+    inbound: HashMap<InboundTarget, watch::Sender<Arc<InboundPolicy>>>,
 }
 
 /// How endpoint identities are named: `spiffe://<trust domain>/ns/<ns>/sa/<sa>`.
@@ -140,7 +145,8 @@ impl IdentityNaming {
 impl Store {
     /// An empty store; `identity` names endpoint identities once the mesh has a CA.
     pub fn new(identity: Option<IdentityNaming>) -> Self {
-        let inner = Inner { identity, ..Inner::default() };
+        let mut inner = Inner::default();
+        inner.index.set_identity(identity);
         Self { inner: Arc::new(Mutex::new(inner)) }
     }
 
@@ -153,150 +159,133 @@ impl Store {
     /// Sets how endpoint identities are named (once the CA is known).
     pub fn set_identity(&self, identity: Option<IdentityNaming>) {
         let mut inner = self.lock();
-        inner.identity = identity;
-        inner.reindex_and_notify();
+        inner.index.set_identity(identity);
+        inner.notify();
     }
 
-    /// Replaces everything with `snapshot` and notifies the watches whose
-    /// answer changed.
+    /// Replaces everything (services and policies) with `snapshot` and
+    /// notifies the watches whose answer changed.
     pub fn replace_all(&self, snapshot: &RegistrySnapshot) {
         let mut inner = self.lock();
-        inner.services = snapshot
-            .services
-            .iter()
-            .map(|s| (s.key.clone(), Arc::new(s.clone())))
-            .collect();
-        inner.reindex_and_notify();
+        inner.index.replace_all(snapshot);
+        inner.notify();
     }
 
     /// Adds or replaces one service.
     pub fn upsert(&self, service: Service) {
         let mut inner = self.lock();
-        inner.services.insert(service.key.clone(), Arc::new(service));
-        inner.reindex_and_notify();
+        inner.index.upsert(service);
+        inner.notify();
     }
 
     /// Removes one service.
     pub fn remove(&self, key: &ServiceKey) {
         let mut inner = self.lock();
-        if inner.services.remove(key).is_some() {
-            inner.reindex_and_notify();
+        if inner.index.remove(key) {
+            inner.notify();
         }
+    }
+
+    /// Replaces every route and authorization policy (services stay).
+    pub fn replace_policies(&self, routes: Vec<RoutePolicy>, authorizations: Vec<AuthorizationPolicy>) {
+        let mut inner = self.lock();
+        inner.index.replace_policies(routes, authorizations);
+        inner.notify();
     }
 
     /// Subscribes to a target's resolution; the receiver holds the current
     /// answer and is notified on every change.
     pub fn watch(&self, target: &Target) -> watch::Receiver<Arc<Resolution>> {
         let mut inner = self.lock();
-        if let Some(tx) = inner.watches.get(target) {
-            return tx.subscribe();
-        }
-        let (tx, rx) = watch::channel(Arc::new(inner.resolve(target)));
-        inner.watches.insert(target.clone(), tx);
-        rx
+        let Inner { index, watches, .. } = &mut *inner;
+        subscribe(watches, target, || index.resolve(target))
+    }
+
+    /// Subscribes to a target's outbound policy; notified only when it changes.
+    pub fn watch_outbound(&self, target: &Target) -> watch::Receiver<Arc<OutboundPolicy>> {
+        let mut inner = self.lock();
+        let Inner { index, outbound, .. } = &mut *inner;
+        subscribe(outbound, target, || policy::outbound(index, target))
+    }
+
+    /// Subscribes to a workload port's inbound policy; notified only when it changes.
+    pub fn watch_inbound(&self, target: &InboundTarget) -> watch::Receiver<Arc<InboundPolicy>> {
+        let mut inner = self.lock();
+        let Inner { index, inbound, .. } = &mut *inner;
+        subscribe(inbound, target, || policy::inbound(index, target))
     }
 
     /// The current answer for a target, without watching.
     pub fn resolve(&self, target: &Target) -> Resolution {
-        self.lock().resolve(target)
+        self.lock().index.resolve(target)
     }
 
-    /// Number of open watch streams (receivers) across targets.
+    /// The current outbound policy for a target, without watching.
+    pub fn outbound_policy(&self, target: &Target) -> OutboundPolicy {
+        policy::outbound(&self.lock().index, target)
+    }
+
+    /// The current inbound policy for a workload port, without watching.
+    pub fn inbound_policy(&self, target: &InboundTarget) -> InboundPolicy {
+        policy::inbound(&self.lock().index, target)
+    }
+
+    /// A copy of the index, for answering many questions from one moment.
+    pub fn index(&self) -> Index {
+        self.lock().index.clone()
+    }
+
+    /// Number of open Destination watch streams (receivers) across targets.
     pub fn watchers(&self) -> usize {
         self.lock().watches.values().map(|w| w.receiver_count()).sum()
     }
 
     /// Numbers of services and endpoints in the index.
     pub fn size(&self) -> (usize, usize) {
-        let inner = self.lock();
-        let endpoints = inner.services.values().map(|s| s.endpoints.len()).sum();
-        (inner.services.len(), endpoints)
+        self.lock().index.size()
+    }
+}
+
+/// A receiver for `key`'s channel, creating it with `current` when needed.
+fn subscribe<K, T>(
+    channels: &mut HashMap<K, watch::Sender<Arc<T>>>,
+    key: &K,
+    current: impl FnOnce() -> T,
+) -> watch::Receiver<Arc<T>>
+where
+    K: Clone + Eq + std::hash::Hash,
+{
+    if let Some(tx) = channels.get(key) {
+        return tx.subscribe();
+    }
+    let (tx, rx) = watch::channel(Arc::new(current()));
+    channels.insert(key.clone(), tx);
+    rx
+}
+
+/// Drops channels nobody listens to, then sends each remaining one its new
+/// answer if (and only if) it changed.
+fn refresh<K, T: PartialEq>(channels: &mut HashMap<K, watch::Sender<Arc<T>>>, answer: impl Fn(&K) -> T) {
+    channels.retain(|_, tx| tx.receiver_count() > 0);
+    for (key, tx) in channels.iter() {
+        let next = answer(key);
+        tx.send_if_modified(|cur| {
+            if **cur == next {
+                return false;
+            }
+            *cur = Arc::new(next);
+            true
+        });
     }
 }
 
 impl Inner {
-    fn reindex_and_notify(&mut self) {
-        self.vips.clear();
-        self.endpoints.clear();
-        for svc in self.services.values() {
-            for port in &svc.ports {
-                for ip in &svc.addresses {
-                    self.vips
-                        .insert(SocketAddr::new(*ip, port.port), (svc.key.clone(), port.port));
-                }
-                for ep in &svc.endpoints {
-                    self.endpoints
-                        .entry(ep.addr_for(port))
-                        .or_insert_with(|| (svc.key.clone(), port.port));
-                }
-            }
-        }
-        // Drop watches nobody holds any more, then refresh the rest.
-        self.watches.retain(|_, tx| tx.receiver_count() > 0);
-        let targets: Vec<Target> = self.watches.keys().cloned().collect();
-        for target in targets {
-            let next = self.resolve(&target);
-            if let Some(tx) = self.watches.get(&target) {
-                tx.send_if_modified(|cur| {
-                    if **cur == next {
-                        return false;
-                    }
-                    *cur = Arc::new(next);
-                    true
-                });
-            }
-        }
+    fn notify(&mut self) {
+        let Inner { index, watches, outbound, inbound } = self;
+        refresh(watches, |t| index.resolve(t));
+        refresh(outbound, |t| policy::outbound(index, t));
+        refresh(inbound, |t| policy::inbound(index, t));
     }
-
-    fn resolve(&self, target: &Target) -> Resolution {
-        match target {
-            Target::Service { key, port } => self.resolve_service(key, *port),
-            Target::Addr(addr) => {
-                if let Some((key, port)) = self.vips.get(addr) {
-                    return self.resolve_service(key, *port);
-                }
-                let Some((key, port)) = self.endpoints.get(addr) else {
-                    return Resolution::default();
-                };
-                // A direct connection to one replica: that replica only.
-                let mut r = self.resolve_service(key, *port);
-                r.endpoints.retain(|a, _| a == addr);
-                r
-            }
-        }
-    }
-
-    fn resolve_service(&self, key: &ServiceKey, port: u16) -> Resolution {
-        let Some(svc) = self.services.get(key) else {
-            return Resolution::default();
-        };
-        let Some(sp) = svc.port(port) else {
-            return Resolution::default();
-        };
-        let identity = self
-            .identity
-            .as_ref()
-            .map(|n| n.spiffe_id(&svc.key.namespace, &svc.service_account));
-        let endpoints = svc
-            .endpoints
-            .iter()
-            .map(|ep| {
-                let addr = ep.addr_for(sp);
-                let resolved = ResolvedEndpoint {
-                    addr,
-                    weight: ep.weight,
-                    identity: identity.clone(),
-                    labels: ep.labels.clone(),
-                };
-                (addr, resolved)
-            })
-            .collect();
-        Resolution { service: Some(meta(svc, sp)), endpoints }
-    }
-}
-
-fn meta(svc: &Service, port: &ServicePort) -> ServiceMeta {
-    ServiceMeta { key: svc.key.clone(), port: port.port, protocol: port.protocol }
 }
 
 #[cfg(test)]

@@ -111,7 +111,10 @@ impl IdentityService {
 }
 
 fn bundle(state: &authority::State) -> TrustBundle {
-    TrustBundle { anchors: state.anchors.iter().map(|a| a.to_vec()).collect(), trust_domain: state.trust_domain.clone() }
+    TrustBundle {
+        anchors: state.anchors.iter().map(|a| a.to_vec()).collect(),
+        trust_domain: state.trust_domain.clone(),
+    }
 }
 
 /// The stream type of `WatchTrustBundle`.
@@ -131,20 +134,23 @@ impl Identity for IdentityService {
     ) -> Result<Response<Self::WatchTrustBundleStream>, Status> {
         let rx = self.authority.subscribe();
         let shutdown = self.shutdown.clone();
-        let stream = futures_util::stream::unfold((rx, shutdown, None::<TrustBundle>), |(mut rx, mut shutdown, last)| async move {
-            loop {
-                if last.is_some() {
-                    tokio::select! {
-                        r = rx.changed() => if r.is_err() { return None },
-                        _ = shutdown.triggered() => return None,
+        let stream = futures_util::stream::unfold(
+            (rx, shutdown, None::<TrustBundle>),
+            |(mut rx, mut shutdown, last)| async move {
+                loop {
+                    if last.is_some() {
+                        tokio::select! {
+                            r = rx.changed() => if r.is_err() { return None },
+                            _ = shutdown.triggered() => return None,
+                        }
+                    }
+                    let b = bundle(&rx.borrow_and_update());
+                    if last.as_ref() != Some(&b) {
+                        return Some((Ok(b.clone()), (rx, shutdown, Some(b))));
                     }
                 }
-                let b = bundle(&rx.borrow_and_update());
-                if last.as_ref() != Some(&b) {
-                    return Some((Ok(b.clone()), (rx, shutdown, Some(b))));
-                }
-            }
-        });
+            },
+        );
         Ok(Response::new(Box::pin(stream)))
     }
 }

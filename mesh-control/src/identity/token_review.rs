@@ -67,8 +67,8 @@ impl<'a> TokenReview<'a> {
 
 /// The identity a TokenReview response grants, in `trust_domain`.
 pub fn identity_from_review(body: &[u8], audience: &str, trust_domain: &str) -> Result<SpiffeId, ProofError> {
-    let r: ReviewResponse =
-        serde_json::from_slice(body).map_err(|e| ProofError::Unavailable(format!("unreadable TokenReview response: {e}")))?;
+    let r: ReviewResponse = serde_json::from_slice(body)
+        .map_err(|e| ProofError::Unavailable(format!("unreadable TokenReview response: {e}")))?;
     let s = r.status;
     if !s.authenticated {
         let why = if s.error.is_empty() { "not authenticated".to_string() } else { s.error };
@@ -106,15 +106,21 @@ impl TokenReviewer {
     }
 
     async fn review(&self, token: &str) -> Result<Vec<u8>, ProofError> {
-        let unavailable = |e: &dyn std::fmt::Display| ProofError::Unavailable(format!("TokenReview at {}: {e}", self.host));
+        let unavailable =
+            |e: &dyn std::fmt::Display| ProofError::Unavailable(format!("TokenReview at {}: {e}", self.host));
         let body = serde_json::to_vec(&TokenReview::new(token, &self.audience)).map_err(|e| unavailable(&e))?;
-        let tcp = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect((self.host.as_str(), self.port)))
-            .await
-            .map_err(|e| unavailable(&e))?
-            .map_err(|e| unavailable(&e))?;
+        let tcp = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::net::TcpStream::connect((self.host.as_str(), self.port)),
+        )
+        .await
+        .map_err(|e| unavailable(&e))?
+        .map_err(|e| unavailable(&e))?;
         let name = ServerName::try_from(self.host.clone()).map_err(|e| unavailable(&e))?;
-        let tls = tokio_rustls::TlsConnector::from(self.tls.clone()).connect(name, tcp).await.map_err(|e| unavailable(&e))?;
-        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| unavailable(&e))?;
+        let tls =
+            tokio_rustls::TlsConnector::from(self.tls.clone()).connect(name, tcp).await.map_err(|e| unavailable(&e))?;
+        let (mut tx, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| unavailable(&e))?;
         tokio::spawn(conn);
         let req = http::Request::post("/apis/authentication.k8s.io/v1/tokenreviews")
             .header(http::header::HOST, &self.host)
@@ -136,7 +142,11 @@ impl TokenReviewer {
 }
 
 impl ProofVerifier for TokenReviewer {
-    fn verify<'a>(&'a self, token: &'a str, trust_domain: &'a str) -> BoxFuture<'a, Result<mesh_identity::SpiffeId, ProofError>> {
+    fn verify<'a>(
+        &'a self,
+        token: &'a str,
+        trust_domain: &'a str,
+    ) -> BoxFuture<'a, Result<mesh_identity::SpiffeId, ProofError>> {
         Box::pin(async move {
             let body = self.review(token).await?;
             identity_from_review(&body, &self.audience, trust_domain)

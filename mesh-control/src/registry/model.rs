@@ -1,7 +1,8 @@
 //! The registry's data model: what every registry (file, Kubernetes) produces
 //! and what the discovery and policy APIs serve from.
 
-use std::collections::BTreeMap;
+use crate::registry::policy::{AuthorizationPolicy, RoutePolicy, TrafficPolicy};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
@@ -76,7 +77,7 @@ impl Endpoint {
 }
 
 /// A service and its endpoints.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Service {
     /// Name and namespace.
     pub key: ServiceKey,
@@ -89,6 +90,8 @@ pub struct Service {
     pub service_account: String,
     /// Replicas.
     pub endpoints: Vec<Endpoint>,
+    /// Resilience settings for clients of this service; defaults when `None`.
+    pub traffic_policy: Option<TrafficPolicy>,
 }
 
 impl Service {
@@ -96,13 +99,29 @@ impl Service {
     pub fn port(&self, port: u16) -> Option<&ServicePort> {
         self.ports.iter().find(|p| p.port == port)
     }
+
+    /// The ports the workloads' app listens on for a service port: its
+    /// `targetPort`, and for a single-port service also the explicit port of
+    /// every endpoint given as `ip:port` (replicas sharing a host in universal
+    /// mode each listen elsewhere).
+    pub fn workload_ports(&self, port: &ServicePort) -> BTreeSet<u16> {
+        let mut ports = BTreeSet::from([port.target_port]);
+        if self.ports.len() == 1 {
+            ports.extend(self.endpoints.iter().filter_map(|e| e.port));
+        }
+        ports
+    }
 }
 
 /// Everything a registry knows at one moment.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct RegistrySnapshot {
     /// All services, unique by key.
     pub services: Vec<Service>,
+    /// Outbound route policies, at most one per service port.
+    pub routes: Vec<RoutePolicy>,
+    /// Inbound authorization policies, at most one per workload port.
+    pub authorizations: Vec<AuthorizationPolicy>,
 }
 
 impl RegistrySnapshot {

@@ -1,5 +1,5 @@
 use super::*;
-use crate::registry::model::{Endpoint, Service};
+use crate::registry::model::{Endpoint, Service, ServicePort};
 
 fn svc(name: &str, vip: Option<&str>, eps: &[&str]) -> Service {
     Service {
@@ -14,11 +14,12 @@ fn svc(name: &str, vip: Option<&str>, eps: &[&str]) -> Service {
                 Endpoint { ip: a.ip(), port: Some(a.port()), weight: 1, labels: BTreeMap::new() }
             })
             .collect(),
+        traffic_policy: None,
     }
 }
 
 fn snapshot(services: Vec<Service>) -> RegistrySnapshot {
-    RegistrySnapshot { services }
+    RegistrySnapshot { services, ..Default::default() }
 }
 
 fn t(s: &str) -> Target {
@@ -29,7 +30,10 @@ fn t(s: &str) -> Target {
 fn parses_targets() {
     assert_eq!(t("books.default:80"), Target::Service { key: ServiceKey::new("default", "books"), port: 80 });
     assert_eq!(t("books:80"), Target::Service { key: ServiceKey::new("default", "books"), port: 80 });
-    assert_eq!(t("books.shop.svc.cluster.local:80"), Target::Service { key: ServiceKey::new("shop", "books"), port: 80 });
+    assert_eq!(
+        t("books.shop.svc.cluster.local:80"),
+        Target::Service { key: ServiceKey::new("shop", "books"), port: 80 }
+    );
     assert_eq!(t("10.0.0.1:80"), Target::Addr("10.0.0.1:80".parse().expect("addr")));
     assert_eq!(t("[::1]:80"), Target::Addr("[::1]:80".parse().expect("addr")));
     for bad in ["books", "books:0", "books:99999", ":80", "a.b.example.com:80", "10.0.0.999:80"] {

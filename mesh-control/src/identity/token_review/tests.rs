@@ -96,7 +96,8 @@ async fn reviews_over_https_with_the_bearer_token() {
             let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let seen = seen.clone();
                 async move {
-                    let auth = req.headers().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                    let auth =
+                        req.headers().get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
                     let path = req.uri().path().to_string();
                     let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
                     seen.lock().expect("lock").push(format!("{path} {auth} {}", String::from_utf8_lossy(&body)));
@@ -120,7 +121,10 @@ async fn reviews_over_https_with_the_bearer_token() {
     assert_eq!(id.to_string(), "spiffe://cluster.local/ns/shop/sa/books");
     assert!(reviewer.verify("bad-token", TD).await.is_err());
     let seen = seen.lock().expect("lock").clone();
-    assert!(seen[0].starts_with("/apis/authentication.k8s.io/v1/tokenreviews Bearer control-plane-sa-token {"), "{seen:?}");
+    assert!(
+        seen[0].starts_with("/apis/authentication.k8s.io/v1/tokenreviews Bearer control-plane-sa-token {"),
+        "{seen:?}"
+    );
     assert!(seen[0].contains(r#""audiences":["mesh-identity"]"#), "{seen:?}");
     // Unreachable API server: unavailable, not refused.
     let down = TokenReviewer::new("localhost", 1, "t", reviewer.tls.clone(), AUD);

@@ -1,5 +1,6 @@
-//! The file registry (universal mode): services, ports and endpoints in one
-//! YAML file, validated as a whole and reloaded when the file changes.
+//! The file registry (universal mode): services, ports, endpoints and their
+//! traffic and authorization policies in one YAML file, validated as a whole
+//! and reloaded when the file changes.
 //!
 //! ```yaml
 //! services:
@@ -17,39 +18,83 @@
 //!       - ip: 10.0.0.5             # or ip: each port's targetPort applies
 //!         weight: 100              # 0..=1000000, default 100; 0 drains
 //!         labels: {replica: books-0}
+//!     trafficPolicy:           # optional; for clients of this service
+//!       circuitBreaker: {consecutiveFailures: 5, baseEjection: 10s, maxEjection: 5m}
+//!       limits: {maxConcurrentRequests: 1000, maxPendingRequests: 100, maxConnectionsPerEndpoint: 0}
+//!       retryBudget: {ratio: 0.2, minPerSecond: 10, ttl: 10s}
+//! routes:                      # outbound, at most one per service port
+//!   - name: books-routes
+//!     namespace: default       # default "default"; also the target service's
+//!     service: books           # the target service
+//!     port: 7001               # optional: every port of the service when omitted
+//!     rules:                   # first match wins; at least one
+//!       - name: canary         # default "rule-<index>"
+//!         matches:             # any one; omitted = every request
+//!           - path: {prefix: /api}        # or {exact: /x} or {regex: "/v[0-9]+/.*"} (whole path)
+//!             headers: [{name: x-canary, exact: "1"}, {name: x-user, regex: "a.*"}]
+//!             method: GET
+//!             host: books.example
+//!             grpc: {service: pkg.Books, method: Get}
+//!         backends:            # default: the target itself
+//!           - service: books   # namespace: the route's; port: the route's target port
+//!             weight: 90       # default 1; the sum must not be 0
+//!           - {service: books-v2, namespace: default, port: 7001, weight: 10}
+//!         timeout: 2s
+//!         retries: {attempts: 2, on: [5xx, gateway-error, connect-failure, reset, unavailable],
+//!                   backoff: {base: 25ms, max: 250ms}, perTryTimeout: 1s, bufferLimit: 65536}
+//!         faults: {abort: {percent: 10, httpStatus: 503}, delay: {percent: 5, duration: 100ms}}
+//!         rateLimit: {requestsPerSecond: 100, burst: 20}
+//! authorizations:              # inbound, at most one per workload port
+//!   - name: books-authz
+//!     namespace: default
+//!     service: books           # its workloads (service account) on its target ports
+//!     port: 7001               # optional: one service port; all when omitted
+//!     default: deny            # deny (default) | allow | authenticated
+//!     requireMtls: true        # default false
+//!     rules:
+//!       - name: allow-web
+//!         identities: [spiffe://mesh.local/ns/default/sa/web]
+//!         serviceAccounts: [web, shop/cart]   # name (the policy's namespace) or namespace/name
+//!         namespaces: [shop]
+//!         networks: [10.0.0.0/8]              # unauthenticated clients; a bare IP is a /32
+//!         http: [{path: {prefix: /admin}, method: GET}]   # the routes' match schema
 //! ```
 //!
 //! A file is accepted whole or not at all: [`parse`] reports every problem it
-//! finds, each with its line and column, and [`FileRegistry`] keeps the last
-//! good registry in force while a rejected file is being fixed.
+//! finds, each with its line and column and naming the object and field, and
+//! [`FileRegistry`] keeps the last good registry (services and policies) in
+//! force while a rejected file is being fixed.
+
+mod authorizations;
+mod check;
+mod matches;
+mod routes;
+mod services;
+mod text;
+mod traffic;
 
 use crate::metrics::RegistryMetrics;
-use crate::registry::model::{
-    Endpoint, Protocol, RegistrySnapshot, Service, ServiceKey, ServicePort,
-};
+use crate::registry::model::RegistrySnapshot;
 use crate::store::Store;
+use check::Checker;
 use mesh_core::shutdown::Shutdown;
 use serde::Deserialize;
-use serde_saphyr::{Location, MessageFormatter, Spanned};
-use std::collections::{BTreeMap, HashMap};
+use serde_saphyr::Spanned;
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
+use text::{parser_problem, to_u32};
+
+#[cfg(test)]
+use crate::registry::model::{Endpoint, Protocol, Service, ServiceKey, ServicePort};
+#[cfg(test)]
+use std::collections::BTreeMap;
+#[cfg(test)]
+use std::net::{IpAddr, SocketAddr};
 
 /// The registry name used in metrics.
 const REGISTRY: &str = "file";
-/// Namespace of services that name none.
-const DEFAULT_NAMESPACE: &str = "default";
-/// Endpoint weight when the file gives none.
-const DEFAULT_WEIGHT: u32 = 100;
-/// Largest endpoint weight.
-const MAX_WEIGHT: u32 = 1_000_000;
-/// Longest DNS label.
-const MAX_LABEL_LEN: usize = 63;
-/// Longest user value quoted back in a message.
-const MAX_QUOTED_CHARS: usize = 64;
 /// Shortest poll interval (the timer refuses a zero period).
 const MIN_POLL_INTERVAL: Duration = Duration::from_millis(1);
 /// How long after its modification time a file is re-read on every poll, even
@@ -108,11 +153,8 @@ pub fn parse(path: &Path, text: &str) -> Result<RegistrySnapshot, FileError> {
         Ok(raw) => raw,
         Err(err) => return Err(invalid(vec![parser_problem(&err, text)])),
     };
-    let mut checker = Checker::default();
-    for service in raw.and_then(|r| r.services).unwrap_or_default() {
-        checker.service(service);
-    }
-    checker.finish().map_err(invalid)
+    let raw = raw.unwrap_or_default();
+    Checker::check(raw).map_err(invalid)
 }
 
 /// Reads and parses a registry file.
@@ -150,576 +192,15 @@ fn parse_bytes(path: &Path, bytes: &[u8]) -> Result<RegistrySnapshot, FileError>
 // ---------------------------------------------------------------------------
 // The file's shape, as written.
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawFile {
     #[serde(default)]
-    services: Option<Vec<Spanned<RawService>>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawService {
-    name: Spanned<String>,
+    services: Option<Vec<Spanned<services::RawService>>>,
     #[serde(default)]
-    namespace: Option<Spanned<String>>,
+    routes: Option<Vec<Spanned<routes::RawRoutePolicy>>>,
     #[serde(default)]
-    service_account: Option<Spanned<String>>,
-    #[serde(default)]
-    addresses: Option<Vec<Spanned<String>>>,
-    #[serde(default)]
-    ports: Option<Spanned<Vec<Spanned<RawPort>>>>,
-    #[serde(default)]
-    endpoints: Option<Vec<Spanned<RawEndpoint>>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawPort {
-    // Wider than u16 so that an out-of-range port is a precise problem of ours.
-    port: Spanned<i64>,
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    target_port: Option<Spanned<i64>>,
-    #[serde(default)]
-    protocol: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawEndpoint {
-    #[serde(default)]
-    address: Option<Spanned<String>>,
-    #[serde(default)]
-    ip: Option<Spanned<String>>,
-    #[serde(default)]
-    weight: Option<Spanned<i64>>,
-    #[serde(default)]
-    labels: Option<BTreeMap<String, String>>,
-}
-
-// ---------------------------------------------------------------------------
-// Parser errors.
-
-/// One problem for a syntax or type error, at the parser's location, worded
-/// for someone editing the file.
-fn parser_problem(err: &serde_saphyr::Error, text: &str) -> Problem {
-    use serde_saphyr::Error as E;
-    let location = err.location();
-    let (line, column) = location.map_or((1, 1), |l| (to_u32(l.line()), to_u32(l.column())));
-    let token = location.and_then(|l| token_at(text, l));
-    let message = match innermost(err) {
-        E::InvalidScalar { ty, .. } if is_integer_type(ty) => match token {
-            Some(t) if !is_null(t) => format!("expected a whole number, found {}", quote(t)),
-            _ => "expected a whole number here, found nothing".to_string(),
-        },
-        E::Unexpected { expected: "string scalar", .. } => {
-            match token.and_then(|t| t.chars().next()) {
-                Some('[') => "expected a single value, found a list: quote values that start \
-                              with '[', as in address: \"[::1]:4243\""
-                    .to_string(),
-                Some('{') => "expected a single value, found a mapping".to_string(),
-                _ => "expected a single value here".to_string(),
-            }
-        }
-        E::Unexpected { expected: "sequence start", .. } => {
-            "expected a list here (`- item` lines, or [a, b])".to_string()
-        }
-        E::Unexpected { expected: "mapping start", .. } => {
-            "expected a mapping of `key: value` pairs here".to_string()
-        }
-        E::SerdeUnknownField { field, expected, .. } => {
-            format!("unknown field {}, expected one of {}", quote(field), expected.join(", "))
-        }
-        E::SerdeMissingField { field, .. } => format!("missing required field {}", quote(field)),
-        E::DuplicateMappingKey { key: Some(key), .. } => {
-            format!("duplicate key {}: keep only one", quote(key))
-        }
-        E::NullIntoString { .. } => "expected a value here, found nothing".to_string(),
-        E::MultipleDocuments { .. } => "the file holds more than one YAML document: remove the \
-                                        `---` separators and list every service under one \
-                                        `services:`"
-            .to_string(),
-        other => serde_saphyr::UserMessageFormatter.format_message(other).into_owned(),
-    };
-    Problem { line, column, message: escape_controls(&message) }
-}
-
-/// The error itself, without snippet or alias wrappers.
-fn innermost(err: &serde_saphyr::Error) -> &serde_saphyr::Error {
-    match err {
-        serde_saphyr::Error::WithSnippet { error, .. }
-        | serde_saphyr::Error::AliasError { error, .. } => innermost(error),
-        other => other,
-    }
-}
-
-/// The source text a location spans, when the parser knows its byte range.
-fn token_at(text: &str, location: Location) -> Option<&str> {
-    let span = location.span();
-    let start = usize::try_from(span.byte_offset()?).ok()?;
-    let len = usize::try_from(span.byte_len()?).ok()?;
-    text.get(start..start.checked_add(len)?)
-}
-
-fn is_integer_type(ty: &str) -> bool {
-    matches!(ty, "i8" | "i16" | "i32" | "i64" | "i128" | "u8" | "u16" | "u32" | "u64" | "u128")
-}
-
-fn is_null(token: &str) -> bool {
-    matches!(token.trim(), "" | "~" | "null" | "Null" | "NULL")
-}
-
-// ---------------------------------------------------------------------------
-// Semantic checks.
-
-/// Builds the snapshot while collecting every problem.
-#[derive(Default)]
-struct Checker {
-    problems: Vec<Problem>,
-    services: Vec<Service>,
-    /// Line where each service was first defined.
-    service_lines: HashMap<ServiceKey, u32>,
-    /// Virtual `ip:port`s claimed so far: the claiming service and the line.
-    vips: HashMap<SocketAddr, (ServiceKey, u32)>,
-}
-
-impl Checker {
-    fn problem(&mut self, at: &Location, message: String) {
-        let message = escape_controls(&message);
-        self.problems.push(Problem {
-            line: to_u32(at.line()),
-            column: to_u32(at.column()),
-            message,
-        });
-    }
-
-    fn finish(mut self) -> Result<RegistrySnapshot, Vec<Problem>> {
-        if self.problems.is_empty() {
-            return Ok(RegistrySnapshot { services: self.services });
-        }
-        self.problems.sort_by_key(|p| (p.line, p.column));
-        Err(self.problems)
-    }
-
-    fn service(&mut self, raw: Spanned<RawService>) {
-        let at = raw.referenced;
-        let raw = raw.value;
-        self.dns_label("service name", &raw.name);
-        let namespace = match &raw.namespace {
-            Some(ns) => {
-                self.dns_label("namespace", ns);
-                ns.value.clone()
-            }
-            None => DEFAULT_NAMESPACE.to_string(),
-        };
-        let service_account = match &raw.service_account {
-            Some(sa) => {
-                self.dns_label("serviceAccount", sa);
-                sa.value.clone()
-            }
-            None => raw.name.value.clone(),
-        };
-
-        let key = ServiceKey::new(namespace, raw.name.value.clone());
-        let line = to_u32(raw.name.referenced.line());
-        let duplicate = match self.service_lines.get(&key) {
-            Some(first) => {
-                let message = format!(
-                    "duplicate service {} in namespace {} (first defined on line {first}): \
-                     give each service a unique name within its namespace",
-                    quote(&key.name),
-                    quote(&key.namespace)
-                );
-                self.problem(&raw.name.referenced, message);
-                true
-            }
-            None => {
-                self.service_lines.insert(key.clone(), line);
-                false
-            }
-        };
-
-        let addresses = self.addresses(raw.addresses.unwrap_or_default());
-        let (ports, port_entries) = self.ports(&at, &key, raw.ports);
-        if !duplicate {
-            // A duplicate is already an error; its claims would only repeat it.
-            self.claim_vips(&key, &addresses, &ports);
-        }
-        let endpoints = self.endpoints(raw.endpoints.unwrap_or_default(), &ports, port_entries);
-        self.services.push(Service {
-            key,
-            addresses: addresses.into_iter().map(|(ip, _)| ip).collect(),
-            ports,
-            service_account,
-            endpoints,
-        });
-    }
-
-    fn dns_label(&mut self, what: &str, value: &Spanned<String>) {
-        if let Some(why) = dns_label_error(&value.value) {
-            let message = format!(
-                "invalid {what} {}: {why}; use a DNS label: lowercase letters, digits and '-', \
-                 starting and ending with a letter or digit, at most {MAX_LABEL_LEN} characters",
-                quote(&value.value)
-            );
-            self.problem(&value.referenced, message);
-        }
-    }
-
-    /// Valid, distinct virtual IPs with where each was written.
-    fn addresses(&mut self, raw: Vec<Spanned<String>>) -> Vec<(IpAddr, Location)> {
-        let mut out: Vec<(IpAddr, Location)> = Vec::new();
-        for addr in raw {
-            match addr.value.trim().parse::<IpAddr>() {
-                Ok(ip) => match out.iter().find(|(seen, _)| *seen == ip) {
-                    Some((_, first)) => {
-                        let message = format!(
-                            "duplicate virtual address {ip} (first listed on line {}): \
-                             list each address once",
-                            first.line()
-                        );
-                        self.problem(&addr.referenced, message);
-                    }
-                    None => out.push((ip, addr.referenced)),
-                },
-                Err(err) => {
-                    let message = format!(
-                        "virtual address {} is not an IP address: {err}; write a bare IP \
-                         such as 10.96.0.10 (ports come from \"ports\")",
-                        quote(&addr.value)
-                    );
-                    self.problem(&addr.referenced, message);
-                }
-            }
-        }
-        out
-    }
-
-    /// Valid ports, and how many port entries the file lists.
-    fn ports(
-        &mut self,
-        service_at: &Location,
-        key: &ServiceKey,
-        raw: Option<Spanned<Vec<Spanned<RawPort>>>>,
-    ) -> (Vec<ServicePort>, usize) {
-        let no_ports = format!(
-            "service {} has no ports: list at least one under \"ports\" (- port: 8080)",
-            quote(&key.name)
-        );
-        let Some(raw) = raw else {
-            self.problem(service_at, no_ports);
-            return (Vec::new(), 0);
-        };
-        if raw.value.is_empty() {
-            self.problem(&raw.referenced, no_ports);
-            return (Vec::new(), 0);
-        }
-        let entries = raw.value.len();
-        let mut ports: Vec<ServicePort> = Vec::new();
-        let mut lines: HashMap<u16, u32> = HashMap::new();
-        for entry in raw.value {
-            let entry = entry.value;
-            let port = self.port_number("port", &entry.port);
-            let target_port = match &entry.target_port {
-                Some(target) => self.port_number("targetPort", target),
-                None => port,
-            };
-            let protocol = match &entry.protocol {
-                Some(p) => self.protocol(p),
-                None => Some(Protocol::Detect),
-            };
-            let Some(port) = port else { continue };
-            if let Some(first) = lines.get(&port) {
-                let message = format!(
-                    "duplicate port {port} (first defined on line {first}): list each port once"
-                );
-                self.problem(&entry.port.referenced, message);
-                continue;
-            }
-            lines.insert(port, to_u32(entry.port.referenced.line()));
-            if let (Some(target_port), Some(protocol)) = (target_port, protocol) {
-                ports.push(ServicePort { port, name: entry.name, target_port, protocol });
-            }
-        }
-        (ports, entries)
-    }
-
-    fn port_number(&mut self, field: &str, value: &Spanned<i64>) -> Option<u16> {
-        match u16::try_from(value.value) {
-            Ok(port) if port != 0 => Some(port),
-            _ => {
-                let message = format!("{field} {} is out of range: use 1-65535", value.value);
-                self.problem(&value.referenced, message);
-                None
-            }
-        }
-    }
-
-    fn protocol(&mut self, value: &Spanned<String>) -> Option<Protocol> {
-        match value.value.as_str() {
-            "detect" => Some(Protocol::Detect),
-            "http" | "http1" => Some(Protocol::Http1),
-            "http2" | "grpc" => Some(Protocol::Http2),
-            "opaque" | "tcp" => Some(Protocol::Opaque),
-            other => {
-                let message = format!(
-                    "unknown protocol {}: use detect, http, http1, http2, grpc, opaque or tcp",
-                    quote(other)
-                );
-                self.problem(&value.referenced, message);
-                None
-            }
-        }
-    }
-
-    /// Claims each `vip:port` of a service, reporting those another service
-    /// already holds.
-    fn claim_vips(
-        &mut self,
-        key: &ServiceKey,
-        addresses: &[(IpAddr, Location)],
-        ports: &[ServicePort],
-    ) {
-        for (ip, at) in addresses {
-            for port in ports {
-                let vip = SocketAddr::new(*ip, port.port);
-                match self.vips.get(&vip) {
-                    Some((owner, line)) => {
-                        let message = format!(
-                            "virtual address {vip} is already claimed by service {} in \
-                             namespace {} (line {line}): give each service its own address or port",
-                            quote(&owner.name),
-                            quote(&owner.namespace)
-                        );
-                        self.problem(at, message);
-                    }
-                    None => {
-                        self.vips.insert(vip, (key.clone(), to_u32(at.line())));
-                    }
-                }
-            }
-        }
-    }
-
-    fn endpoints(
-        &mut self,
-        raw: Vec<Spanned<RawEndpoint>>,
-        ports: &[ServicePort],
-        port_entries: usize,
-    ) -> Vec<Endpoint> {
-        let mut endpoints = Vec::new();
-        // Every address an endpoint is reached at, and the line listing it.
-        let mut seen: HashMap<SocketAddr, u32> = HashMap::new();
-        for entry in raw {
-            let at = entry.referenced;
-            let entry = entry.value;
-            let (target, written_at) = match (&entry.address, &entry.ip) {
-                (Some(_), Some(_)) => {
-                    self.problem(
-                        &at,
-                        "endpoint has both \"address\" and \"ip\": keep one (\"address\" for \
-                         ip:port, \"ip\" to use each port's targetPort)"
-                            .to_string(),
-                    );
-                    (None, at)
-                }
-                (None, None) => {
-                    self.problem(
-                        &at,
-                        "endpoint has neither \"address\" nor \"ip\": add one (address: \
-                         10.0.0.5:8080, or ip: 10.0.0.5)"
-                            .to_string(),
-                    );
-                    (None, at)
-                }
-                (Some(address), None) => {
-                    (self.endpoint_address(address, port_entries), address.referenced)
-                }
-                (None, Some(ip)) => (self.endpoint_ip(ip), ip.referenced),
-            };
-            let weight = match &entry.weight {
-                Some(w) => self.weight(w),
-                None => Some(DEFAULT_WEIGHT),
-            };
-            let (Some((ip, port)), Some(weight)) = (target, weight) else { continue };
-            let endpoint = Endpoint { ip, port, weight, labels: entry.labels.unwrap_or_default() };
-
-            let reached_at: Vec<SocketAddr> = match port {
-                Some(port) => vec![SocketAddr::new(ip, port)],
-                // Port 0 stands for "this IP" while the ports are unusable.
-                None if ports.is_empty() => vec![SocketAddr::new(ip, 0)],
-                None => ports.iter().map(|p| endpoint.addr_for(p)).collect(),
-            };
-            let clash = reached_at.iter().find_map(|a| seen.get(a).map(|line| (*a, *line)));
-            if let Some((addr, first)) = clash {
-                let shown = if addr.port() == 0 { addr.ip().to_string() } else { addr.to_string() };
-                let message = format!(
-                    "duplicate endpoint address {shown} (first listed on line {first}): \
-                     list each replica once"
-                );
-                self.problem(&written_at, message);
-                continue;
-            }
-            let line = to_u32(written_at.line());
-            for addr in reached_at {
-                seen.entry(addr).or_insert(line);
-            }
-            endpoints.push(endpoint);
-        }
-        endpoints
-    }
-
-    fn endpoint_address(
-        &mut self,
-        address: &Spanned<String>,
-        port_entries: usize,
-    ) -> Option<(IpAddr, Option<u16>)> {
-        let text = address.value.trim();
-        let addr = match text.parse::<SocketAddr>() {
-            Ok(addr) => addr,
-            Err(_) => {
-                let message = format!(
-                    "endpoint address {} does not parse as ip:port: {}",
-                    quote(&address.value),
-                    explain_socket_addr(text)
-                );
-                self.problem(&address.referenced, message);
-                return None;
-            }
-        };
-        if addr.port() == 0 {
-            let message =
-                format!("endpoint address {} has port 0: use 1-65535", quote(&address.value));
-            self.problem(&address.referenced, message);
-            return None;
-        }
-        if port_entries > 1 {
-            let message = format!(
-                "endpoint address {} gives a port, which only fits a service with exactly one \
-                 port, and this one has {port_entries}: write ip: {} instead so each port's \
-                 targetPort applies",
-                quote(&address.value),
-                addr.ip()
-            );
-            self.problem(&address.referenced, message);
-            return None;
-        }
-        Some((addr.ip(), Some(addr.port())))
-    }
-
-    fn endpoint_ip(&mut self, ip: &Spanned<String>) -> Option<(IpAddr, Option<u16>)> {
-        let text = ip.value.trim();
-        match text.parse::<IpAddr>() {
-            Ok(parsed) => Some((parsed, None)),
-            Err(err) => {
-                let hint = if text.parse::<SocketAddr>().is_ok() {
-                    "; it includes a port: use \"address\" for ip:port"
-                } else {
-                    ""
-                };
-                let message =
-                    format!("endpoint ip {} is not an IP address: {err}{hint}", quote(&ip.value));
-                self.problem(&ip.referenced, message);
-                None
-            }
-        }
-    }
-
-    fn weight(&mut self, weight: &Spanned<i64>) -> Option<u32> {
-        match u32::try_from(weight.value) {
-            Ok(w) if w <= MAX_WEIGHT => Some(w),
-            _ => {
-                let message = format!(
-                    "weight {} is out of range: use 0-{MAX_WEIGHT} (0 drains the endpoint)",
-                    weight.value
-                );
-                self.problem(&weight.referenced, message);
-                None
-            }
-        }
-    }
-}
-
-/// Why a value is not a DNS-1123 label, if it is not.
-fn dns_label_error(value: &str) -> Option<String> {
-    if value.is_empty() {
-        return Some("it is empty".to_string());
-    }
-    if let Some(c) =
-        value.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
-    {
-        return Some(if c.is_ascii_uppercase() {
-            format!("it contains the uppercase letter {c:?}")
-        } else {
-            format!("it contains {c:?}")
-        });
-    }
-    if value.starts_with('-') || value.ends_with('-') {
-        return Some("it starts or ends with '-'".to_string());
-    }
-    if value.len() > MAX_LABEL_LEN {
-        return Some(format!("it is {} characters long", value.len()));
-    }
-    None
-}
-
-/// A specific reason why `text` is not an `ip:port`.
-fn explain_socket_addr(text: &str) -> String {
-    if unbracket(text).parse::<IpAddr>().is_ok() {
-        return "it has no port: add one (10.0.0.5:8080, or [::1]:8080 for IPv6), or use \"ip\" \
-                so each port's targetPort applies"
-            .to_string();
-    }
-    let Some((host, port)) = text.rsplit_once(':') else {
-        return "expected ip:port, as in 10.0.0.5:8080 or [::1]:8080".to_string();
-    };
-    let ip = match unbracket(host).parse::<IpAddr>() {
-        Ok(ip) => ip,
-        Err(_) => {
-            return format!("{} is not an IP address (host names are not supported)", quote(host));
-        }
-    };
-    if ip.is_ipv6() && !host.starts_with('[') {
-        return "write an IPv6 address with a port in brackets, as in [::1]:4243".to_string();
-    }
-    if port.is_empty() {
-        return "the port is missing after ':'".to_string();
-    }
-    if port.bytes().all(|b| b.is_ascii_digit()) {
-        return format!("port {port} is out of range: use 1-65535");
-    }
-    format!("the port {} is not a number", quote(port))
-}
-
-/// `text` without surrounding brackets, if it has them.
-fn unbracket(text: &str) -> &str {
-    text.strip_prefix('[').and_then(|t| t.strip_suffix(']')).unwrap_or(text)
-}
-
-/// A user value for a message: quoted, escaped, and cut short when long.
-fn quote(value: &str) -> String {
-    if value.chars().count() <= MAX_QUOTED_CHARS {
-        return format!("{value:?}");
-    }
-    let head: String = value.chars().take(MAX_QUOTED_CHARS).collect();
-    format!("{head:?}...")
-}
-
-/// Escapes control characters so that one problem stays on one line.
-fn escape_controls(message: &str) -> String {
-    if !message.chars().any(char::is_control) {
-        return message.to_string();
-    }
-    message
-        .chars()
-        .map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() })
-        .collect()
-}
-
-fn to_u32(value: u64) -> u32 {
-    u32::try_from(value).unwrap_or(u32::MAX)
+    authorizations: Option<Vec<Spanned<authorizations::RawAuthorization>>>,
 }
 
 // ---------------------------------------------------------------------------
@@ -809,20 +290,15 @@ impl fmt::Debug for FileRegistry {
 
 impl FileRegistry {
     /// A registry serving `path` into `store`, checking it every `poll_interval`.
-    pub fn new(
-        path: impl Into<PathBuf>,
-        poll_interval: Duration,
-        store: Store,
-        metrics: RegistryMetrics,
-    ) -> Self {
+    pub fn new(path: impl Into<PathBuf>, poll_interval: Duration, store: Store, metrics: RegistryMetrics) -> Self {
         Self { path: path.into(), poll_interval, store, metrics, watch: WatchState::default() }
     }
 
     /// Loads the file into the store; the control plane refuses to start on error.
     pub fn load_initial(&mut self) -> Result<(), FileError> {
-        let result = self.read_stamped().and_then(|(stamp, bytes)| {
-            parse_bytes(&self.path, &bytes).map(|snapshot| (stamp, bytes, snapshot))
-        });
+        let result = self
+            .read_stamped()
+            .and_then(|(stamp, bytes)| parse_bytes(&self.path, &bytes).map(|snapshot| (stamp, bytes, snapshot)));
         match result {
             Ok((stamp, bytes, snapshot)) => {
                 self.store.replace_all(&snapshot);
@@ -831,6 +307,8 @@ impl FileRegistry {
                     path = %self.path.display(),
                     services = snapshot.services.len(),
                     endpoints = snapshot.endpoint_count(),
+                    routes = snapshot.routes.len(),
+                    authorizations = snapshot.authorizations.len(),
                     "registry loaded"
                 );
                 self.watch = WatchState {
@@ -867,8 +345,8 @@ impl FileRegistry {
     /// Metadata (taken first, so that a write racing the read shows up as a
     /// change next time) and content.
     fn read_stamped(&self) -> Result<(Stamp, Vec<u8>), FileError> {
-        let meta = std::fs::metadata(&self.path)
-            .map_err(|source| FileError::Read { path: self.path.clone(), source })?;
+        let meta =
+            std::fs::metadata(&self.path).map_err(|source| FileError::Read { path: self.path.clone(), source })?;
         Ok((Stamp::of(&meta), read(&self.path)?))
     }
 
@@ -916,6 +394,8 @@ impl FileRegistry {
                     path = %self.path.display(),
                     services = snapshot.services.len(),
                     endpoints = snapshot.endpoint_count(),
+                    routes = snapshot.routes.len(),
+                    authorizations = snapshot.authorizations.len(),
                     unchanged,
                     "registry reloaded"
                 );
@@ -949,3 +429,7 @@ impl FileRegistry {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_authorizations;
+#[cfg(test)]
+mod tests_routes;

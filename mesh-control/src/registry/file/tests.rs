@@ -4,18 +4,18 @@ use std::io::Write as _;
 
 const PATH: &str = "registry.yaml";
 
-fn parsed(text: &str) -> Result<RegistrySnapshot, FileError> {
+pub(super) fn parsed(text: &str) -> Result<RegistrySnapshot, FileError> {
     parse(Path::new(PATH), text)
 }
 
-fn valid(text: &str) -> RegistrySnapshot {
+pub(super) fn valid(text: &str) -> RegistrySnapshot {
     match parsed(text) {
         Ok(snapshot) => snapshot,
         Err(err) => panic!("expected a valid registry, got:\n{err}"),
     }
 }
 
-fn problems(text: &str) -> Vec<Problem> {
+pub(super) fn problems(text: &str) -> Vec<Problem> {
     match parsed(text) {
         Ok(snapshot) => panic!("expected a rejection, got {snapshot:?}"),
         Err(FileError::Invalid { problems, .. }) => problems,
@@ -24,7 +24,7 @@ fn problems(text: &str) -> Vec<Problem> {
 }
 
 /// Asserts that `text` has exactly one problem, on `line`, mentioning `needle`.
-fn one_problem(text: &str, line: u32, needle: &str) -> Problem {
+pub(super) fn one_problem(text: &str, line: u32, needle: &str) -> Problem {
     let problems = problems(text);
     assert_eq!(problems.len(), 1, "expected one problem, got {problems:#?}");
     let problem = problems.into_iter().next().expect("one problem");
@@ -69,19 +69,10 @@ services:
     let expected = Service {
         key: ServiceKey::new("default", "books"),
         addresses: vec![],
-        ports: vec![ServicePort {
-            port: 7001,
-            name: None,
-            target_port: 7001,
-            protocol: Protocol::Detect,
-        }],
+        ports: vec![ServicePort { port: 7001, name: None, target_port: 7001, protocol: Protocol::Detect }],
         service_account: "books".to_string(),
-        endpoints: vec![Endpoint {
-            ip: ip("10.0.0.5"),
-            port: None,
-            weight: 100,
-            labels: BTreeMap::new(),
-        }],
+        endpoints: vec![Endpoint { ip: ip("10.0.0.5"), port: None, weight: 100, labels: BTreeMap::new() }],
+        traffic_policy: None,
     };
     assert_eq!(snapshot.services, vec![expected]);
 }
@@ -122,17 +113,11 @@ services:
     assert_eq!(
         books.ports,
         vec![
-            ServicePort {
-                port: 7001,
-                name: Some("http".into()),
-                target_port: 8001,
-                protocol: Protocol::Http1
-            },
+            ServicePort { port: 7001, name: Some("http".into()), target_port: 8001, protocol: Protocol::Http1 },
             ServicePort { port: 7002, name: None, target_port: 7002, protocol: Protocol::Http2 },
         ]
     );
-    let labels: BTreeMap<String, String> =
-        [("replica".into(), "books-0".into()), ("zone".into(), "a".into())].into();
+    let labels: BTreeMap<String, String> = [("replica".into(), "books-0".into()), ("zone".into(), "a".into())].into();
     assert_eq!(
         books.endpoints,
         vec![
@@ -157,9 +142,7 @@ fn protocol_names() {
         ("tcp", Protocol::Opaque),
     ];
     for (name, protocol) in cases {
-        let text = format!(
-            "services:\n  - name: books\n    ports:\n      - port: 7001\n        protocol: {name}\n"
-        );
+        let text = format!("services:\n  - name: books\n    ports:\n      - port: 7001\n        protocol: {name}\n");
         assert_eq!(valid(&text).services[0].ports[0].protocol, protocol, "for {name}");
     }
 }
@@ -217,8 +200,7 @@ fn unknown_field() {
 
 #[test]
 fn wrong_types() {
-    let port =
-        |value: &str| format!("services:\n  - name: books\n    ports:\n      - port: {value}\n");
+    let port = |value: &str| format!("services:\n  - name: books\n    ports:\n      - port: {value}\n");
     one_problem(&port("abc"), 4, "expected a whole number, found \"abc\"");
     one_problem(&port("7001.5"), 4, "expected a whole number, found \"7001.5\"");
     one_problem(&port("~"), 4, "expected a whole number here, found nothing");
@@ -254,11 +236,8 @@ services:
     namespace: default
     ports: [{port: 7002}]
 ";
-    let problem = one_problem(
-        text,
-        6,
-        "duplicate service \"books\" in namespace \"default\" (first defined on line 2)",
-    );
+    let problem =
+        one_problem(text, 6, "duplicate service \"books\" in namespace \"default\" (first defined on line 2)");
     assert_eq!(problem.column, 11);
 
     // The same name in another namespace is another service.
@@ -275,8 +254,7 @@ services:
 
 #[test]
 fn port_range() {
-    let port =
-        |value: &str| format!("services:\n  - name: books\n    ports:\n      - port: {value}\n");
+    let port = |value: &str| format!("services:\n  - name: books\n    ports:\n      - port: {value}\n");
     one_problem(&port("70000"), 4, "port 70000 is out of range: use 1-65535");
     one_problem(&port("0"), 4, "port 0 is out of range: use 1-65535");
     one_problem(&port("-1"), 4, "port -1 is out of range: use 1-65535");
@@ -290,16 +268,8 @@ fn port_range() {
 
 #[test]
 fn ports_are_required() {
-    one_problem(
-        "services:\n  - name: books\n",
-        2,
-        "service \"books\" has no ports: list at least one",
-    );
-    one_problem(
-        "services:\n  - name: books\n    ports: []\n",
-        3,
-        "service \"books\" has no ports: list at least one",
-    );
+    one_problem("services:\n  - name: books\n", 2, "service \"books\" has no ports: list at least one");
+    one_problem("services:\n  - name: books\n    ports: []\n", 3, "service \"books\" has no ports: list at least one");
 }
 
 #[test]
@@ -347,11 +317,7 @@ fn endpoint_address_must_parse() {
 
 #[test]
 fn endpoint_ip_must_parse() {
-    one_problem(
-        &endpoint("      - ip: 10.0.0.300\n"),
-        6,
-        "endpoint ip \"10.0.0.300\" is not an IP address",
-    );
+    one_problem(&endpoint("      - ip: 10.0.0.300\n"), 6, "endpoint ip \"10.0.0.300\" is not an IP address");
     one_problem(&endpoint("      - ip: 10.0.0.5:80\n"), 6, "use \"address\" for ip:port");
 }
 
@@ -527,8 +493,7 @@ services:
     let deep = format!("services: {}{}", "[".repeat(100_000), "]".repeat(100_000));
     let bomb = "a: &a [x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a]\n\
                 c: &c [*b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c]\n";
-    for odd in [deep.as_str(), bomb, "\0", "*a", "&a [*a]", "{", "- - -", "services: !!binary x\n"]
-    {
+    for odd in [deep.as_str(), bomb, "\0", "*a", "&a [*a]", "{", "- - -", "services: !!binary x\n"] {
         assert!(parsed(odd).is_err(), "{odd:?} should be rejected");
     }
 }
@@ -628,10 +593,7 @@ fn initial_load_fills_the_store_or_fails() {
 
     let mut bad = fixture("services:\n  - name: books\n    ports: []\n", Duration::from_millis(50));
     let err = bad.registry.load_initial().expect_err("invalid");
-    assert!(
-        err.to_string().contains("registry.yaml:3:12: service \"books\" has no ports"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("registry.yaml:3:12: service \"books\" has no ports"), "{err}");
     assert_eq!(bad.store.size(), (0, 0));
     assert_eq!(reloads(&bad.metrics, "error"), 1);
 
