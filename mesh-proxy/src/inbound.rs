@@ -23,10 +23,15 @@ pub async fn serve(listener: TcpListener, config: InboundConfig, env: Inbound, c
     let routes: Arc<Mutex<HashMap<SocketAddr, Route>>> = Arc::default();
     let config = Arc::new(config);
     conn::accept_loop(listener, ctx, move |stream| {
-        let target = original_dst(stream).or(config.app);
+        let dst = original_dst(stream);
+        let target = dst.or(config.app);
+        // Policies are selected by the port the peer dialled: the app's port
+        // when iptables redirected it, this listener's port in universal mode
+        // (where the registry lists the proxy's address as the endpoint).
+        let dialled = dst.or_else(|| stream.local_addr().ok()).map_or(0, |a| a.port());
         let route = target.map(|app| {
             let mut routes = routes.lock().unwrap_or_else(|p| p.into_inner());
-            routes.entry(app).or_insert_with(|| route_to(app, &config, &env)).clone()
+            routes.entry(app).or_insert_with(|| route_to(app, dialled, &config, &env)).clone()
         });
         if route.is_none() {
             tracing::warn!("inbound connection with no original destination and no --app: closing");
@@ -49,8 +54,8 @@ pub struct Inbound {
     pub workload: Option<(String, String)>,
 }
 
-fn route_to(app: SocketAddr, config: &InboundConfig, env: &Inbound) -> Route {
-    let authorization = env.workload.as_ref().map(|(ns, sa)| env.policies.inbound(ns, sa, app.port()));
+fn route_to(app: SocketAddr, dialled: u16, config: &InboundConfig, env: &Inbound) -> Route {
+    let authorization = env.workload.as_ref().map(|(ns, sa)| env.policies.inbound(ns, sa, dialled));
     Route {
         balancer: Balancer::fixed(&app.to_string(), app, env.factory.clone()),
         labels: Labels::new(Direction::inbound, app.to_string()),

@@ -6,7 +6,6 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody, combinators::UnsyncBoxBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +31,8 @@ pub struct AppStats {
     pub active: AtomicU64,
     /// Most requests ever in progress at once.
     pub max_active: AtomicU64,
+    /// Percent of requests answered 500, whatever the path.
+    pub fail_percent: AtomicU64,
 }
 
 /// A running app; dropping it (or [`App::kill`]) closes the listener and
@@ -61,6 +62,11 @@ impl App {
     pub fn connections(&self) -> u64 {
         self.stats.connections.load(Ordering::Relaxed)
     }
+
+    /// Makes `percent` of all requests fail with 500 (0 heals the app).
+    pub fn set_fail_percent(&self, percent: u64) {
+        self.stats.fail_percent.store(percent.min(100), Ordering::Relaxed);
+    }
 }
 
 impl Drop for App {
@@ -75,10 +81,17 @@ impl Drop for App {
 /// Routes: `GET /` → the app's name; `POST /echo` → the request body
 /// streamed back; `GET /bytes/N` → N bytes streamed in 64 KiB chunks;
 /// `GET /slow/MS` → answers after MS milliseconds; `GET /status/CODE`;
-/// `GET /headers` → the request headers, one per line. Every response
-/// carries `x-replica: <name>`.
+/// `GET /headers` → the request headers, one per line; `GET /fail/PCT` →
+/// 503 with probability PCT %; `GET /hang` → never answers; `GET /reset` →
+/// the connection is dropped without a response. Every response carries
+/// `x-replica: <name>`.
 pub async fn http(name: &str) -> App {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    http_at(SocketAddr::from(([127, 0, 0, 1], 0)), name).await
+}
+
+/// [`http`] on a given address (for an app in its own network namespace).
+pub async fn http_at(listen: SocketAddr, name: &str) -> App {
+    let listener = TcpListener::bind(listen).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stats = Arc::new(AppStats::default());
     let name = name.to_string();
@@ -97,7 +110,13 @@ async fn serve_http(listener: TcpListener, name: String, stats: Arc<AppStats>) {
             let svc = hyper::service::service_fn(move |req| {
                 let name = name.clone();
                 let stats = stats.clone();
-                async move { Ok::<_, Infallible>(route(req, &name, &stats).await) }
+                async move {
+                    match route(req, &name, &stats).await {
+                        Some(rsp) => Ok(rsp),
+                        // Failing the service makes hyper drop the connection: a reset.
+                        None => Err(std::io::Error::other("reset requested")),
+                    }
+                }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection_with_upgrades(TokioIo::new(stream), svc)
@@ -108,13 +127,36 @@ async fn serve_http(listener: TcpListener, name: String, stats: Arc<AppStats>) {
     }
 }
 
-async fn route(req: Request<Incoming>, name: &str, stats: &AppStats) -> Response<Body> {
+async fn route(req: Request<Incoming>, name: &str, stats: &AppStats) -> Option<Response<Body>> {
     stats.requests.fetch_add(1, Ordering::Relaxed);
+    let fail = stats.fail_percent.load(Ordering::Relaxed);
+    if fail > 0 && fastrand::u64(0..100) < fail {
+        let mut r = Response::new(full("injected failure"));
+        *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+        r.headers_mut().insert("x-replica", name.parse().ok()?);
+        return Some(r);
+    }
+    match req.uri().path() {
+        "/reset" => return None,
+        "/hang" => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        p if p.starts_with("/fail/") => {
+            let pct: u64 = p.trim_start_matches("/fail/").parse().unwrap_or(0);
+            if fastrand::u64(0..100) < pct {
+                let mut r = Response::new(full("failed on request"));
+                *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                r.headers_mut().insert("x-replica", name.parse().ok()?);
+                return Some(r);
+            }
+        }
+        _ => {}
+    }
     let now = stats.active.fetch_add(1, Ordering::Relaxed) + 1;
     stats.max_active.fetch_max(now, Ordering::Relaxed);
     let rsp = respond(req, name).await;
     stats.active.fetch_sub(1, Ordering::Relaxed);
-    rsp
+    Some(rsp)
 }
 
 async fn respond(req: Request<Incoming>, name: &str) -> Response<Body> {
@@ -169,16 +211,26 @@ fn stream_bytes(n: usize) -> Body {
 
 /// A TCP echo server.
 pub async fn tcp_echo() -> App {
-    tcp_app("echo", None).await
+    tcp_echo_at(SocketAddr::from(([127, 0, 0, 1], 0))).await
+}
+
+/// [`tcp_echo`] on a given address.
+pub async fn tcp_echo_at(listen: SocketAddr) -> App {
+    tcp_app(listen, "echo", None).await
 }
 
 /// A server-first TCP server: sends `banner` on accept, then echoes.
 pub async fn banner(banner: &'static str) -> App {
-    tcp_app("banner", Some(banner)).await
+    banner_at(SocketAddr::from(([127, 0, 0, 1], 0)), banner).await
 }
 
-async fn tcp_app(name: &str, banner: Option<&'static str>) -> App {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+/// [`banner`] on a given address.
+pub async fn banner_at(listen: SocketAddr, banner: &str) -> App {
+    tcp_app(listen, "banner", Some(Bytes::copy_from_slice(banner.as_bytes()))).await
+}
+
+async fn tcp_app(listen: SocketAddr, name: &str, banner: Option<Bytes>) -> App {
+    let listener = TcpListener::bind(listen).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stats = Arc::new(AppStats::default());
     let st = stats.clone();
@@ -187,9 +239,10 @@ async fn tcp_app(name: &str, banner: Option<&'static str>) -> App {
         loop {
             let Ok((mut s, _)) = listener.accept().await else { continue };
             st.connections.fetch_add(1, Ordering::Relaxed);
+            let banner = banner.clone();
             conns.spawn(async move {
                 if let Some(b) = banner
-                    && s.write_all(b.as_bytes()).await.is_err()
+                    && s.write_all(&b).await.is_err()
                 {
                     return;
                 }

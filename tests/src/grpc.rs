@@ -1,7 +1,7 @@
 //! The gRPC test app: unary and bidirectional streaming echo.
 
-use crate::pb::echo_server::{Echo, EchoServer};
 use crate::pb::Msg;
+use crate::pb::echo_server::{Echo, EchoServer};
 use futures_util::StreamExt;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -54,7 +54,12 @@ impl Drop for GrpcApp {
 
 /// Starts the gRPC echo app on an ephemeral loopback port.
 pub async fn start(name: &str) -> GrpcApp {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    start_at(SocketAddr::from(([127, 0, 0, 1], 0)), name).await
+}
+
+/// [`start`] on a given address (for an app in its own network namespace).
+pub async fn start_at(listen: SocketAddr, name: &str) -> GrpcApp {
+    let listener = TcpListener::bind(listen).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let svc = EchoServer::new(Svc { name: name.to_string() });
     let task = tokio::spawn(async move {

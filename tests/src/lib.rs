@@ -12,6 +12,8 @@ pub mod bins;
 pub mod grpc;
 pub mod load;
 pub mod mesh;
+pub mod netns;
+pub mod pcap;
 
 /// Generated test gRPC service.
 pub mod pb {

@@ -35,6 +35,12 @@ impl Load {
     /// Starts `concurrency` workers GETting `url` (HTTP/1.1 keep-alive, or
     /// HTTP/2 prior knowledge when `h2`).
     pub fn start(url: &str, concurrency: usize, h2: bool) -> Self {
+        Self::start_paced(url, concurrency, h2, Duration::ZERO)
+    }
+
+    /// [`Load::start`], each worker pausing `pause` after each request (to
+    /// bound the load on small machines).
+    pub fn start_paced(url: &str, concurrency: usize, h2: bool, pause: Duration) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let outcome = Arc::new(Mutex::new(Outcome::default()));
         let client = Client::builder(TokioExecutor::new()).http2_only(h2).build_http::<Empty<Bytes>>();
@@ -52,30 +58,9 @@ impl Load {
                         Ok::<_, Box<dyn std::error::Error + Send + Sync>>((status, replica, body))
                     })
                     .await;
-                    let mut o = outcome.lock().unwrap();
-                    match res {
-                        Ok(Ok((status, replica, _))) if status.is_success() => {
-                            o.ok += 1;
-                            *o.by_replica.entry(replica.unwrap_or_default()).or_default() += 1;
-                        }
-                        Ok(Ok((status, _, body))) => {
-                            o.failed += 1;
-                            if o.errors.len() < 5 {
-                                o.errors.push(format!("{status}: {}", String::from_utf8_lossy(&body)));
-                            }
-                        }
-                        Ok(Err(e)) => {
-                            o.failed += 1;
-                            if o.errors.len() < 5 {
-                                o.errors.push(format!("transport: {e:?}"));
-                            }
-                        }
-                        Err(_) => {
-                            o.failed += 1;
-                            if o.errors.len() < 5 {
-                                o.errors.push("timed out after 10s".into());
-                            }
-                        }
+                    record(&outcome, res);
+                    if !pause.is_zero() {
+                        tokio::time::sleep(pause).await;
                     }
                 }
             });
@@ -93,5 +78,38 @@ impl Load {
         self.stop.store(true, Ordering::Relaxed);
         while self.workers.join_next().await.is_some() {}
         self.snapshot()
+    }
+}
+
+type Attempt = Result<
+    Result<(http::StatusCode, Option<String>, Bytes), Box<dyn std::error::Error + Send + Sync>>,
+    tokio::time::error::Elapsed,
+>;
+
+fn record(outcome: &Mutex<Outcome>, res: Attempt) {
+    let mut o = outcome.lock().unwrap();
+    match res {
+        Ok(Ok((status, replica, _))) if status.is_success() => {
+            o.ok += 1;
+            *o.by_replica.entry(replica.unwrap_or_default()).or_default() += 1;
+        }
+        Ok(Ok((status, _, body))) => {
+            o.failed += 1;
+            if o.errors.len() < 5 {
+                o.errors.push(format!("{status}: {}", String::from_utf8_lossy(&body)));
+            }
+        }
+        Ok(Err(e)) => {
+            o.failed += 1;
+            if o.errors.len() < 5 {
+                o.errors.push(format!("transport: {e:?}"));
+            }
+        }
+        Err(_) => {
+            o.failed += 1;
+            if o.errors.len() < 5 {
+                o.errors.push("timed out after 10s".into());
+            }
+        }
     }
 }

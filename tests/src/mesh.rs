@@ -76,7 +76,11 @@ impl Mesh {
         Self::start_inner_in(tempfile::tempdir().unwrap(), services, identity).await
     }
 
-    async fn start_inner_in(dir: tempfile::TempDir, services: &[Svc], identity: Option<(IdentityDir, Duration)>) -> Self {
+    async fn start_inner_in(
+        dir: tempfile::TempDir,
+        services: &[Svc],
+        identity: Option<(IdentityDir, Duration)>,
+    ) -> Self {
         crate::init_logs();
         let mut mesh = Self {
             dir,
@@ -98,8 +102,13 @@ impl Mesh {
     /// Identity configuration for a workload running as `service_account`
     /// (namespace `default`), with a freshly minted join token.
     pub fn identity_for(&self, service_account: &str) -> Option<IdentityConfig> {
+        self.identity_in("default", service_account)
+    }
+
+    /// Identity configuration for `namespace`/`service_account`.
+    pub fn identity_in(&self, namespace: &str, service_account: &str) -> Option<IdentityConfig> {
         let (dir, _) = self.identity.as_ref()?;
-        let token = dir.mint_token("default", service_account, Duration::from_secs(3600)).unwrap();
+        let token = dir.mint_token(namespace, service_account, Duration::from_secs(3600)).unwrap();
         let anchors = std::fs::read_to_string(dir.path().join(mesh_identity::dir::ANCHORS)).unwrap();
         Some(IdentityConfig {
             token: TokenSource::Value(token),
@@ -136,6 +145,12 @@ impl Mesh {
     /// A client proxy for `service_account` with one upstream per target.
     pub async fn client(&self, name: &str, service_account: &str, targets: &[&str]) -> Proxy {
         self.client_with(name, service_account, targets, |_| {}).await
+    }
+
+    /// A client proxy running as `namespace`/`service_account`.
+    pub async fn client_in(&self, name: &str, namespace: &str, sa: &str, targets: &[&str]) -> Proxy {
+        let identity = self.identity_in(namespace, sa);
+        client_with(name, &self.control_url(), targets, |c| c.identity = identity).await
     }
 
     /// [`Mesh::client`], adjusting the config first.
@@ -218,7 +233,9 @@ impl Mesh {
 /// Waits until a proxy reports ready (with identity: holds a certificate).
 pub async fn wait_ready(p: &Proxy) {
     let addr = p.admin_addr();
-    let ok = eventually(Duration::from_secs(10), || async move { admin_get(addr, "/ready").await.starts_with("ready") }).await;
+    let ok =
+        eventually(Duration::from_secs(10), || async move { admin_get(addr, "/ready").await.starts_with("ready") })
+            .await;
     assert!(ok, "proxy at {addr} never became ready:\n{}", admin_get(addr, "/config").await);
 }
 
@@ -261,8 +278,7 @@ pub async fn client(name: &str, control_url: &str, targets: &[&str]) -> Proxy {
 pub async fn client_with(name: &str, control_url: &str, targets: &[&str], f: impl FnOnce(&mut ProxyConfig)) -> Proxy {
     let mut c = base(name);
     c.control_plane = Some(control_url.to_string());
-    c.outbound.upstreams =
-        targets.iter().map(|t| Upstream { listen: loopback0(), target: (*t).to_string() }).collect();
+    c.outbound.upstreams = targets.iter().map(|t| Upstream { listen: loopback0(), target: (*t).to_string() }).collect();
     f(&mut c);
     Proxy::start(c).await.unwrap()
 }

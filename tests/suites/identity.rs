@@ -113,7 +113,11 @@ async fn handshake(addr: SocketAddr, creds: &Arc<Credentials>, expect: &str) -> 
     tls.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     tls.read_to_end(&mut out).await.map_err(|e| e.to_string())?;
-    if out.starts_with(b"HTTP/1.1 200") { Ok(()) } else { Err(format!("no response: {}", String::from_utf8_lossy(&out))) }
+    if out.starts_with(b"HTTP/1.1 200") {
+        Ok(())
+    } else {
+        Err(format!("no response: {}", String::from_utf8_lossy(&out)))
+    }
 }
 
 fn creds_from(anchors: &[&str], issuer: &IssuerCa, sa: &str, ttl: Duration) -> Arc<Credentials> {
@@ -145,7 +149,12 @@ async fn refuses_foreign_expired_impostor_and_plaintext_peers() {
     // A client certificate from another trust anchor.
     let foreign_anchor = ca::generate_trust_anchor("mesh.test", HOUR).unwrap();
     let foreign_issuer = ca::generate_issuer("mesh.test", &foreign_anchor, HOUR).unwrap();
-    let foreign_ca = IssuerCa::load(&foreign_issuer.cert_pem, &foreign_issuer.key_pem, &pem::certs(&foreign_anchor.cert_pem).unwrap()).unwrap();
+    let foreign_ca = IssuerCa::load(
+        &foreign_issuer.cert_pem,
+        &foreign_issuer.key_pem,
+        &pem::certs(&foreign_anchor.cert_pem).unwrap(),
+    )
+    .unwrap();
     let intruder = creds_from(&[&ours_pem, &foreign_anchor.cert_pem], &foreign_ca, "frontend", HOUR);
     assert!(handshake(inbound, &intruder, web).await.is_err(), "foreign-anchor client accepted");
 
@@ -157,10 +166,11 @@ async fn refuses_foreign_expired_impostor_and_plaintext_peers() {
     // A server that is not who discovery says: the registry claims the web
     // sidecar is a "books" endpoint; the client must refuse it.
     mesh.write_registry(&[Svc::new("books", 80, "http", &[inbound])]);
-    let client = mesh.client_with("client", "frontend", &["books.default:80"], |c| {
-        c.limits.failfast_timeout = Duration::from_secs(5);
-    })
-    .await;
+    let client = mesh
+        .client_with("client", "frontend", &["books.default:80"], |c| {
+            c.limits.failfast_timeout = Duration::from_secs(5);
+        })
+        .await;
     mesh::wait_ready(&client).await;
     let out = Load::start(&format!("http://{}/", client.upstream_addrs()[0]), 1, false);
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -227,7 +237,10 @@ async fn certificates_rotate_every_few_seconds_without_a_failed_request() {
         async move {
             let mut failed = 0;
             for _ in 0..50 {
-                let out = tokio::process::Command::new("curl").args(["-sf", "-m", "5", "-o", "/dev/null", &url]).status().await;
+                let out = tokio::process::Command::new("curl")
+                    .args(["-sf", "-m", "5", "-o", "/dev/null", &url])
+                    .status()
+                    .await;
                 if !out.map(|s| s.success()).unwrap_or(false) {
                     failed += 1;
                 }
@@ -261,7 +274,10 @@ async fn full_trust_anchor_rotation_under_load() {
     // 1. Add the new anchor beside the old one; proxies learn it live.
     dir.add_anchor().unwrap();
     for p in [&side, &client] {
-        assert!(mesh::eventually(Duration::from_secs(5), || async { anchors(p).await == 2.0 }).await, "bundle not pushed");
+        assert!(
+            mesh::eventually(Duration::from_secs(5), || async { anchors(p).await == 2.0 }).await,
+            "bundle not pushed"
+        );
     }
     // 2. A new issuer under the new anchor; leaves move over as they renew.
     dir.rotate_issuer(mesh_identity::dir::ISSUER_VALIDITY).unwrap();
@@ -269,7 +285,10 @@ async fn full_trust_anchor_rotation_under_load() {
     // 3. Retire the old anchor.
     assert_eq!(dir.retire_anchors().unwrap(), 1);
     for p in [&side, &client] {
-        assert!(mesh::eventually(Duration::from_secs(5), || async { anchors(p).await == 1.0 }).await, "bundle not pushed");
+        assert!(
+            mesh::eventually(Duration::from_secs(5), || async { anchors(p).await == 1.0 }).await,
+            "bundle not pushed"
+        );
     }
     // Traffic keeps flowing on new connections under the new anchor alone.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -304,4 +323,3 @@ async fn control_plane_down_across_a_renewal() {
     let out = load.stop().await;
     assert_eq!(out.failed, 0, "{:?}", out.errors);
 }
-

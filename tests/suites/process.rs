@@ -32,7 +32,8 @@ fn signal(pid: u32, sig: &str) {
 
 async fn wait_ready(admin: SocketAddr) {
     let ok = mesh::eventually(Duration::from_secs(10), || async move {
-        tokio::net::TcpStream::connect(admin).await.is_ok() && mesh::admin_get(admin, "/ready").await.starts_with("ready")
+        tokio::net::TcpStream::connect(admin).await.is_ok()
+            && mesh::admin_get(admin, "/ready").await.starts_with("ready")
     })
     .await;
     assert!(ok, "process at {admin} never became ready");
@@ -150,7 +151,11 @@ async fn control_plane_rejects_bad_registries_and_keeps_the_last_good() {
     assert!(stderr.contains("70000"), "{stderr}");
 
     // While running: a bad file is rejected in logs and metrics; the last good stays.
-    std::fs::write(&reg, "services:\n  - name: web\n    ports:\n      - port: 80\n    endpoints:\n      - address: 127.0.0.1:9\n").unwrap();
+    std::fs::write(
+        &reg,
+        "services:\n  - name: web\n    ports:\n      - port: 80\n    endpoints:\n      - address: 127.0.0.1:9\n",
+    )
+    .unwrap();
     let (grpc, admin) = (free_addr(), free_addr());
     let log = dir.path().join("control.log");
     let child = Command::new(bins::path("mesh-control"))

@@ -35,8 +35,7 @@ async fn send_and_drain(addr: SocketAddr, bytes: &[u8], wait: Duration) -> Optio
 /// forwarded, and closing is the app's call (the proxy must only not leak).
 fn garbage_inputs(http_listener: bool) -> Vec<(Vec<u8>, bool)> {
     let mut rng = fastrand_like(42);
-    let mut v: Vec<(Vec<u8>, bool)> =
-        (0..12).map(|i| ((0..(i * 97 + 1)).map(|_| rng()).collect(), false)).collect();
+    let mut v: Vec<(Vec<u8>, bool)> = (0..12).map(|i| ((0..(i * 97 + 1)).map(|_| rng()).collect(), false)).collect();
     for http in [
         &b"GET / HTTP/1.1\r\nHost: x\r\n\x00\x01\x02garbage\r\n\r\n"[..],
         b"GET / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
@@ -170,7 +169,9 @@ async fn unknown_service_and_no_endpoints_fail_fast_with_clear_errors() {
         c.limits.failfast_timeout = Duration::from_millis(300);
     })
     .await;
-    for (i, want) in [(0, "no endpoints available for empty.default:80"), (1, "no endpoints available for nope.default:80")] {
+    for (i, want) in
+        [(0, "no endpoints available for empty.default:80"), (1, "no endpoints available for nope.default:80")]
+    {
         let out = send_and_drain(
             client.upstream_addrs()[i],
             b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",

@@ -146,8 +146,6 @@ pub async fn forward_once(
             Ok(mut rsp) => {
                 ep.load.observe(start.elapsed(), Instant::now());
                 if rsp.status().is_server_error() {
-                    // A fast error is not a fast endpoint: steer load away.
-                    ep.load.penalize(Instant::now());
                     eject_on_failure(ep, breaker, target);
                 } else {
                     ep.health.success();

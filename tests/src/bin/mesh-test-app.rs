@@ -1,0 +1,342 @@
+//! `mesh-test-app`: the plain apps and clients of the host end-to-end suite,
+//! as one binary that runs inside a network namespace like any workload.
+//!
+//! It knows nothing of the mesh: servers listen on plain addresses, clients
+//! dial plain addresses (a service's virtual IP or a pod's IP), and iptables
+//! rules installed by `mesh-proxy init` do the rest.
+//!
+//! Servers print `listening on ADDR` once bound, then run until killed.
+//! Clients exit 0 on success; see each subcommand for its other exit codes.
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use futures_util::StreamExt;
+use mesh_tests::pb::Msg;
+use mesh_tests::pb::echo_client::EchoClient;
+use mesh_tests::{apps, grpc, load};
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Test apps and clients for the host end-to-end suite.
+#[derive(Debug, Parser)]
+#[command(name = "mesh-test-app")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// HTTP/1.1 and HTTP/2 (prior knowledge) on one port: `/` answers the
+    /// name, `/echo` echoes the body; every response carries `x-replica`.
+    HttpServer {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        name: String,
+    },
+    /// The gRPC Echo service (unary and bidirectional streaming).
+    GrpcServer {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        name: String,
+    },
+    /// Sends `--messages` messages on one bidirectional stream and checks
+    /// every echo. Exit 0: all matched; 1: a mismatch; 2: an RPC error.
+    GrpcClient {
+        /// e.g. http://10.96.0.20:50051
+        #[arg(long)]
+        target: String,
+        #[arg(long, default_value_t = 10)]
+        messages: u64,
+        /// Text of each message (the sequence number is appended).
+        #[arg(long, default_value = "grpc-message")]
+        text: String,
+    },
+    /// TCP echo server.
+    TcpEcho {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+    /// Server-first TCP: writes `--banner` on accept, then echoes.
+    Banner {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long, default_value = "220 mesh-test-app ready\r\n")]
+        banner: String,
+    },
+    /// TCP client: optionally reads the banner first (without sending
+    /// anything), then sends `--send` and expects it echoed.
+    /// Exit 0: pass; 1: wrong bytes; 2: connection refused; 3: reset or
+    /// closed early; 4: timed out; 5: other error.
+    TcpClient {
+        #[arg(long)]
+        target: SocketAddr,
+        #[arg(long)]
+        expect_banner: Option<String>,
+        #[arg(long, default_value = "ping from mesh-test-app\n")]
+        send: String,
+        #[arg(long, default_value = "5s", value_parser = duration)]
+        timeout: Duration,
+    },
+    /// Closed-loop HTTP load until `--duration` passes, `--requests` are
+    /// done, or SIGTERM/SIGINT; prints the outcome (JSON with `--json`) on
+    /// stdout and `progress ok=N failed=M` lines on stderr as it goes.
+    HttpLoad {
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value = "10s", value_parser = duration)]
+        duration: Duration,
+        #[arg(long)]
+        requests: Option<u64>,
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// Each worker pauses this long after each request (0: back to back).
+        #[arg(long, default_value = "0ms", value_parser = duration)]
+        pause: Duration,
+        /// HTTP/2 with prior knowledge instead of HTTP/1.1.
+        #[arg(long)]
+        http2: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    mesh_core::duration::parse(s).map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(5);
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(5)
+        }
+    }
+}
+
+fn listening(addr: SocketAddr) {
+    println!("listening on {addr}");
+}
+
+async fn run(cmd: Cmd) -> anyhow::Result<u8> {
+    match cmd {
+        Cmd::HttpServer { listen, name } => {
+            let app = apps::http_at(listen, &name).await;
+            listening(app.addr);
+            std::future::pending::<()>().await;
+            Ok(0)
+        }
+        Cmd::GrpcServer { listen, name } => {
+            let app = grpc::start_at(listen, &name).await;
+            listening(app.addr);
+            std::future::pending::<()>().await;
+            Ok(0)
+        }
+        Cmd::TcpEcho { listen } => {
+            let app = apps::tcp_echo_at(listen).await;
+            listening(app.addr);
+            std::future::pending::<()>().await;
+            Ok(0)
+        }
+        Cmd::Banner { listen, banner } => {
+            let app = apps::banner_at(listen, &banner).await;
+            listening(app.addr);
+            std::future::pending::<()>().await;
+            Ok(0)
+        }
+        Cmd::GrpcClient { target, messages, text } => grpc_client(target, messages, text).await,
+        Cmd::TcpClient { target, expect_banner, send, timeout } => {
+            let started = Instant::now();
+            let code = match tokio::time::timeout(timeout, tcp_client(target, expect_banner, send)).await {
+                Ok(Ok(())) => 0,
+                Ok(Err(TcpFailure::Mismatch(m))) => {
+                    eprintln!("mismatch: {m}");
+                    1
+                }
+                Ok(Err(TcpFailure::Io(e))) => {
+                    eprintln!("error: {e}");
+                    match e.kind() {
+                        ErrorKind::ConnectionRefused => 2,
+                        ErrorKind::ConnectionReset | ErrorKind::UnexpectedEof | ErrorKind::BrokenPipe => 3,
+                        _ => 5,
+                    }
+                }
+                Err(_) => {
+                    eprintln!("timed out after {timeout:?}");
+                    4
+                }
+            };
+            eprintln!("tcp-client finished in {:?} with exit code {code}", started.elapsed());
+            Ok(code)
+        }
+        Cmd::HttpLoad { url, duration, requests, concurrency, pause, http2, json } => {
+            http_load(url, duration, requests, concurrency, pause, http2, json).await
+        }
+    }
+}
+
+async fn grpc_client(target: String, messages: u64, text: String) -> anyhow::Result<u8> {
+    let channel = tonic::transport::Endpoint::from_shared(target.clone())
+        .context("bad target")?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {target}"))?;
+    let mut client = EchoClient::new(channel);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Msg>(4);
+    let mut responses = match client.bidi(tokio_stream::wrappers::ReceiverStream::new(rx)).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => {
+            eprintln!("bidi failed: {status}");
+            return Ok(2);
+        }
+    };
+    let mut replicas = std::collections::BTreeSet::new();
+    // Strictly alternating send and receive: each echo must arrive while the
+    // stream is still open in both directions.
+    for seq in 0..messages {
+        let msg = Msg { text: format!("{text}-{seq}"), seq, replica: String::new() };
+        if tx.send(msg).await.is_err() {
+            eprintln!("the stream closed before message {seq} was sent");
+            return Ok(2);
+        }
+        match tokio::time::timeout(Duration::from_secs(10), responses.next()).await {
+            Ok(Some(Ok(m))) if m.text == format!("{text}-{seq}") && m.seq == seq + 1 => {
+                replicas.insert(m.replica);
+            }
+            Ok(Some(Ok(m))) => {
+                eprintln!("message {seq}: unexpected echo {m:?}");
+                return Ok(1);
+            }
+            Ok(Some(Err(status))) => {
+                eprintln!("message {seq}: {status}");
+                return Ok(2);
+            }
+            Ok(None) => {
+                eprintln!("message {seq}: the response stream ended early");
+                return Ok(2);
+            }
+            Err(_) => {
+                eprintln!("message {seq}: no echo within 10s");
+                return Ok(2);
+            }
+        }
+    }
+    drop(tx);
+    if let Ok(Some(extra)) = tokio::time::timeout(Duration::from_secs(5), responses.next()).await {
+        eprintln!("unexpected message after the client closed: {extra:?}");
+        return Ok(1);
+    }
+    println!("ok: {messages} messages echoed by {}", replicas.into_iter().collect::<Vec<_>>().join(","));
+    Ok(0)
+}
+
+enum TcpFailure {
+    Mismatch(String),
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for TcpFailure {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+async fn read_exact_or_mismatch(s: &mut TcpStream, want: &[u8], what: &str) -> Result<(), TcpFailure> {
+    let mut got = vec![0u8; want.len()];
+    s.read_exact(&mut got).await?;
+    if got != want {
+        return Err(TcpFailure::Mismatch(format!(
+            "{what}: expected {:?}, got {:?}",
+            String::from_utf8_lossy(want),
+            String::from_utf8_lossy(&got)
+        )));
+    }
+    Ok(())
+}
+
+async fn tcp_client(target: SocketAddr, banner: Option<String>, send: String) -> Result<(), TcpFailure> {
+    let mut s = TcpStream::connect(target).await?;
+    if let Some(b) = banner {
+        // Server-first: nothing is sent until the banner has arrived.
+        read_exact_or_mismatch(&mut s, b.as_bytes(), "banner").await?;
+    }
+    s.write_all(send.as_bytes()).await?;
+    read_exact_or_mismatch(&mut s, send.as_bytes(), "echo").await?;
+    s.shutdown().await?;
+    // The server closes its side once we closed ours.
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).await?;
+    if !rest.is_empty() {
+        return Err(TcpFailure::Mismatch(format!("unexpected trailing bytes {:?}", String::from_utf8_lossy(&rest))));
+    }
+    println!("ok");
+    Ok(())
+}
+
+async fn http_load(
+    url: String,
+    duration: Duration,
+    requests: Option<u64>,
+    concurrency: usize,
+    pause: Duration,
+    http2: bool,
+    json: bool,
+) -> anyhow::Result<u8> {
+    if concurrency == 0 {
+        bail!("--concurrency must be at least 1");
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + duration;
+    let load = load::Load::start_paced(&url, concurrency, http2, pause);
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => break,
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = tick.tick() => {
+                let o = load.snapshot();
+                eprintln!("progress ok={} failed={}", o.ok, o.failed);
+                if requests.is_some_and(|n| o.ok + o.failed >= n) {
+                    break;
+                }
+            }
+        }
+    }
+    let o = load.stop().await;
+    let elapsed = started.elapsed();
+    eprintln!("progress ok={} failed={}", o.ok, o.failed);
+    if json {
+        let out = serde_json::json!({
+            "ok": o.ok,
+            "failed": o.failed,
+            "by_replica": o.by_replica,
+            "errors": o.errors,
+            "elapsed_ms": elapsed.as_millis() as u64,
+        });
+        println!("{out}");
+    } else {
+        let mut by: Vec<_> = o.by_replica.iter().collect();
+        by.sort();
+        println!("ok={} failed={} elapsed={elapsed:?} by_replica={by:?} errors={:?}", o.ok, o.failed, o.errors);
+    }
+    Ok(0)
+}

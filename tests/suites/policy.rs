@@ -1,0 +1,379 @@
+//! Traffic management and resilience with real traffic through proxies and
+//! deliberately faulty backends: retries and their budget, timeouts,
+//! ejection and re-admission, splits, header and path routes, faults, rate
+//! limits, limits, and inbound authorization.
+
+#![allow(clippy::unwrap_used)]
+
+use mesh_proxy::Proxy;
+use mesh_tests::apps::{self, App};
+use mesh_tests::load::Load;
+use mesh_tests::mesh::{self, Mesh};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// One service in a policy test registry: name and endpoint addresses.
+fn service(y: &mut String, name: &str, eps: &[SocketAddr], extra: &str) {
+    let _ =
+        write!(y, "  - name: {name}\n    ports:\n      - port: 80\n        protocol: http\n{extra}    endpoints:\n");
+    if eps.is_empty() {
+        y.push_str("      []\n");
+    }
+    for e in eps {
+        let _ = writeln!(y, "      - address: \"{e}\"");
+    }
+}
+
+/// Replicas of the HTTP app behind sidecars (plaintext mesh).
+async fn replicas(prefix: &str, n: usize) -> (Vec<App>, Vec<Proxy>, Vec<SocketAddr>) {
+    let (mut a, mut p, mut e) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..n {
+        let app = apps::http(&format!("{prefix}-{i}")).await;
+        let side = mesh::sidecar(&format!("{prefix}-{i}"), app.addr).await;
+        e.push(side.inbound_addr().unwrap());
+        a.push(app);
+        p.push(side);
+    }
+    (a, p, e)
+}
+
+async fn status_of(url: &str) -> (u16, String, Duration) {
+    let start = Instant::now();
+    let out = tokio::process::Command::new("curl")
+        .args(["-s", "-m", "10", "-o", "/dev/null", "-w", "%{http_code} %header{x-replica}", url])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (code, replica) = text.split_once(' ').unwrap_or((&text, ""));
+    (code.parse().unwrap_or(0), replica.to_string(), start.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_mask_a_half_failing_replica_and_the_budget_caps_a_total_outage() {
+    let (apps_, _p, eps) = replicas("web", 2).await;
+    apps_[1].set_fail_percent(50);
+    let mut y = String::from("services:\n");
+    service(&mut y, "web", &eps, "    trafficPolicy:\n      retryBudget: {ratio: 0.5, minPerSecond: 5, ttl: 2s}\n");
+    y.push_str("routes:\n  - name: web-retries\n    service: web\n    rules:\n      - retries: {attempts: 3, on: [5xx], backoff: {base: 1ms, max: 5ms}}\n");
+    let mesh = Mesh::start(&[]).await;
+    mesh.write_registry_text(&y);
+    let client = mesh::client("client", &mesh.control_url(), &["web.default:80"]).await;
+    mesh::wait_resolved(&client, 2).await;
+    let load = Load::start(&format!("http://{}/", client.upstream_addrs()[0]), 4, false);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let out = load.stop().await;
+    let total = out.ok + out.failed;
+    assert!(total > 1000, "{out:?}");
+    let success = out.ok as f64 / total as f64;
+    assert!(success >= 0.999, "success {:.4} over {total}: {:?}", success, out.errors);
+
+    // Total outage: every request fails; retries may add at most
+    // ratio × requests + minPerSecond × window. (Let the first phase's
+    // requests leave the budget's 2 s window first.)
+    apps_[0].set_fail_percent(100);
+    apps_[1].set_fail_percent(100);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let before: u64 = apps_.iter().map(|a| a.requests()).sum();
+    let load = Load::start(&format!("http://{}/", client.upstream_addrs()[0]), 4, false);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let out = load.stop().await;
+    let sent = out.ok + out.failed;
+    let reached: u64 = apps_.iter().map(|a| a.requests()).sum::<u64>() - before;
+    let extra = reached.saturating_sub(sent) as f64;
+    let allowed = 0.5 * sent as f64 + 5.0 * 2.0;
+    assert!(
+        extra <= allowed * 1.05,
+        "retries added {extra} requests to {sent}: more than the budget allows ({allowed})"
+    );
+    assert!(extra >= allowed * 0.5, "the budget should be used, not just capped: {extra} of {allowed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_fire_at_the_configured_value() {
+    let (_a, _p, eps) = replicas("web", 1).await;
+    let mut y = String::from("services:\n");
+    service(&mut y, "web", &eps, "");
+    y.push_str("routes:\n  - name: web-timeouts\n    service: web\n    rules:\n      - matches: [{path: {prefix: /hang}}]\n        timeout: 500ms\n");
+    let mesh = Mesh::start(&[]).await;
+    mesh.write_registry_text(&y);
+    let client = mesh::client("client", &mesh.control_url(), &["web.default:80"]).await;
+    mesh::wait_resolved(&client, 1).await;
+    for _ in 0..3 {
+        let (code, _, took) = status_of(&format!("http://{}/hang", client.upstream_addrs()[0])).await;
+        assert_eq!(code, 504);
+        assert!(took >= Duration::from_millis(450) && took <= Duration::from_millis(650), "timed out after {took:?}");
+    }
+    let (code, _, _) = status_of(&format!("http://{}/", client.upstream_addrs()[0])).await;
+    assert_eq!(code, 200, "other paths are not affected");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_endpoint_is_ejected_and_readmitted_after_probation() {
+    let (apps_, _p, eps) = replicas("web", 2).await;
+    let mut y = String::from("services:\n");
+    service(
+        &mut y,
+        "web",
+        &eps,
+        "    trafficPolicy:\n      circuitBreaker: {consecutiveFailures: 3, baseEjection: 2s, maxEjection: 10s}\n",
+    );
+    let mesh = Mesh::start(&[]).await;
+    mesh.write_registry_text(&y);
+    let client = mesh::client("client", &mesh.control_url(), &["web.default:80"]).await;
+    mesh::wait_resolved(&client, 2).await;
+    let url = format!("http://{}/", client.upstream_addrs()[0]);
+    apps_[1].set_fail_percent(100);
+    let before = apps_[1].requests();
+    // Concurrent load, so the balancer keeps offering the failing endpoint
+    // work (sequential requests would all go to the faster, healthy one).
+    let load = Load::start(&url, 4, false);
+    let ejected = mesh::eventually(Duration::from_secs(3), || async { apps_[1].requests() - before >= 3 }).await;
+    assert!(ejected, "the failing endpoint never got traffic");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let failures = apps_[1].requests() - before;
+    // Three consecutive failures eject it; requests already on their way may add a few.
+    assert!((3..=7).contains(&failures), "ejected after 3 consecutive failures, saw {failures}");
+    let during = apps_[1].requests();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(apps_[1].requests(), during, "an ejected endpoint got traffic");
+    assert!(load.snapshot().by_replica.get("web-0").copied().unwrap_or(0) > 50);
+    // Healthy again: after the ejection it is tried (probation) and re-admitted.
+    apps_[1].set_fail_percent(0);
+    let back = mesh::eventually(Duration::from_secs(5), || async { apps_[1].requests() > during + 20 }).await;
+    let out = load.stop().await;
+    assert!(back, "the endpoint was not re-admitted: {out:?}");
+}
+
+/// Counts responses by replica over `n` requests with `c` workers.
+async fn spread(url: &str, n: u64, c: usize) -> std::collections::HashMap<String, u64> {
+    let load = Load::start(url, c, false);
+    while load.snapshot().ok + load.snapshot().failed < n {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let out = load.stop().await;
+    assert_eq!(out.failed, 0, "{:?}", out.errors);
+    out.by_replica
+}
+
+fn split_registry(v1: &[SocketAddr], v2: &[SocketAddr], w1: u32, w2: u32) -> String {
+    let mut y = String::from("services:\n");
+    service(&mut y, "web", v1, "");
+    service(&mut y, "web-v2", v2, "");
+    let _ = write!(
+        y,
+        "routes:\n  - name: canary\n    service: web\n    rules:\n      - backends:\n          - {{service: web, weight: {w1}}}\n          - {{service: web-v2, weight: {w2}}}\n"
+    );
+    y
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_splits_are_accurate_and_change_live_without_failures() {
+    let (_a1, _p1, v1) = replicas("v1", 1).await;
+    let (_a2, _p2, v2) = replicas("v2", 1).await;
+    let mesh = Mesh::start(&[]).await;
+    mesh.write_registry_text(&split_registry(&v1, &v2, 90, 10));
+    let client = mesh::client("client", &mesh.control_url(), &["web.default:80"]).await;
+    mesh::wait_resolved(&client, 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let url = format!("http://{}/", client.upstream_addrs()[0]);
+    let by = spread(&url, 10_000, 8).await;
+    let total: u64 = by.values().sum();
+    let share = *by.get("v2-0").unwrap_or(&0) as f64 / total as f64;
+    assert!((share - 0.10).abs() <= 0.02, "v2 got {:.2} % of {total}", share * 100.0);
+
+    // Live changes under load: 90/10 → 50/50 → 0/100, nothing fails.
+    let load = Load::start(&url, 4, false);
+    for (w1, w2) in [(50, 50), (0, 100)] {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        mesh.write_registry_text(&split_registry(&v1, &v2, w1, w2));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = load.snapshot();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let out = load.stop().await;
+    assert_eq!(out.failed, 0, "{:?}", out.errors);
+    let recent_v1 =
+        out.by_replica.get("v1-0").copied().unwrap_or(0) - before.by_replica.get("v1-0").copied().unwrap_or(0);
+    assert_eq!(recent_v1, 0, "0/100 still sent traffic to v1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_and_path_routes_faults_and_rate_limits() {
+    let (_a1, _p1, v1) = replicas("v1", 1).await;
+    let (_a2, _p2, v2) = replicas("v2", 1).await;
+    let mut y = String::from("services:\n");
+    service(&mut y, "web", &v1, "");
+    service(&mut y, "web-v2", &v2, "");
+    y.push_str(
+        "routes:
+  - name: web-routes
+    service: web
+    rules:
+      - name: canary-header
+        matches: [{headers: [{name: x-canary, exact: \"1\"}]}]
+        backends: [{service: web-v2, weight: 1}]
+      - name: v2-path
+        matches: [{path: {prefix: /v2}}]
+        backends: [{service: web-v2, weight: 1}]
+      - name: flaky
+        matches: [{path: {prefix: /headers}}]
+        faults: {abort: {percent: 20, httpStatus: 503}}
+      - name: limited
+        matches: [{path: {prefix: /bytes}}]
+        rateLimit: {requestsPerSecond: 50, burst: 5}
+",
+    );
+    let mesh = Mesh::start(&[]).await;
+    mesh.write_registry_text(&y);
+    let client = mesh::client("client", &mesh.control_url(), &["web.default:80"]).await;
+    mesh::wait_resolved(&client, 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let base = format!("http://{}", client.upstream_addrs()[0]);
+
+    let out = tokio::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%header{x-replica}", "-H", "x-canary: 1", &format!("{base}/")])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "v2-0", "header route");
+    assert_eq!(status_of(&format!("{base}/v2/x")).await.1, "v2-0", "path route");
+    assert_eq!(status_of(&format!("{base}/v1")).await.1, "v1-0", "no route: the service itself");
+
+    // Fault injection: 20 % aborted, within ±2 points over 5000 requests.
+    let load = Load::start(&format!("{base}/headers"), 8, false);
+    while load.snapshot().ok + load.snapshot().failed < 5000 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let out = load.stop().await;
+    let aborted = out.failed as f64 / (out.ok + out.failed) as f64;
+    assert!((aborted - 0.20).abs() <= 0.02, "aborted {:.2} %", aborted * 100.0);
+
+    // Rate limit: 50/s (burst 5) holds under a heavier load.
+    let load = Load::start(&format!("{base}/bytes/1"), 8, false);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let out = load.stop().await;
+    let rate = out.ok as f64 / 3.0;
+    assert!((45.0..=58.0).contains(&rate), "{rate}/s passed the 50/s limit ({out:?})");
+    assert!(out.errors.iter().any(|e| e.starts_with("429")), "{:?}", out.errors);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_limits_answer_503_at_once() {
+    let (_a, _p, eps) = replicas("web", 1).await;
+    let mut y = String::from("services:\n");
+    service(&mut y, "web", &eps, "    trafficPolicy:\n      limits: {maxConcurrentRequests: 5}\n");
+    let mesh = Mesh::start(&[]).await;
+    mesh.write_registry_text(&y);
+    let client = mesh::client("client", &mesh.control_url(), &["web.default:80"]).await;
+    mesh::wait_resolved(&client, 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let url = format!("http://{}/slow/1000", client.upstream_addrs()[0]);
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let url = url.clone();
+        set.spawn(async move { status_of(&url).await });
+    }
+    let mut ok = 0;
+    let mut shed = 0;
+    while let Some(r) = set.join_next().await {
+        let (code, _, took) = r.unwrap();
+        match code {
+            200 => ok += 1,
+            503 => {
+                shed += 1;
+                assert!(took < Duration::from_millis(500), "a shed request waited {took:?}");
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!((ok, shed), (5, 15));
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+async fn curl(args: &[&str]) -> String {
+    let out = tokio::process::Command::new("curl").args(["-s", "-m", "5"]).args(args).output().await.unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_allows_and_denies_identities_namespaces_and_networks() {
+    let mesh = Mesh::start_secure(&[], HOUR).await;
+    let app = apps::http("web-0").await;
+    // Permissive, so plaintext clients reach the policy (and networks decide).
+    let side = mesh
+        .sidecar_with("web-0", "web", app.addr, |c| {
+            if let Some(i) = c.inbound.as_mut() {
+                i.mode = mesh_proxy::config::InboundMode::Permissive;
+            }
+        })
+        .await;
+    let inbound = side.inbound_addr().unwrap();
+    let mut y = String::from("services:\n");
+    service(&mut y, "web", &[inbound], "");
+    y.push_str(
+        "authorizations:
+  - name: web-authz
+    service: web
+    default: deny
+    rules:
+      - name: frontend
+        identities: [spiffe://mesh.test/ns/default/sa/frontend]
+      - name: ops-admin
+        namespaces: [ops]
+        http: [{path: {prefix: /headers}}]
+      - name: lan
+        networks: [127.0.0.2/32]
+",
+    );
+    mesh.write_registry_text(&y);
+    let frontend = mesh.client("c1", "frontend", &["web.default:80"]).await;
+    let evil = mesh.client("c2", "evil", &["web.default:80"]).await;
+    let ops = mesh.client_in("c3", "ops", "dashboard", &["web.default:80"]).await;
+    for p in [&side, &frontend, &evil, &ops] {
+        mesh::wait_ready(p).await;
+    }
+    mesh::wait_resolved(&frontend, 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let url = |p: &Proxy, path: &str| format!("http://{}{path}", p.upstream_addrs()[0]);
+    let code = |args: Vec<String>| async move {
+        let mut a: Vec<&str> = vec!["-o", "/dev/null", "-w", "%{http_code}"];
+        a.extend(args.iter().map(String::as_str));
+        curl(&a).await
+    };
+
+    // By exact identity.
+    assert_eq!(code(vec![url(&frontend, "/")]).await, "200");
+    // Denied identity: 403 naming the policy.
+    let denied = curl(&["-i", &url(&evil, "/")]).await;
+    assert!(denied.starts_with("HTTP/1.1 403"), "{denied}");
+    assert!(denied.contains("denied by policy web-authz (default:deny)"), "{denied}");
+    // gRPC callers get PERMISSION_DENIED in gRPC terms.
+    let grpc =
+        curl(&["-i", "--http2-prior-knowledge", "-H", "content-type: application/grpc", &url(&evil, "/pkg.Svc/Call")])
+            .await;
+    assert!(grpc.contains("grpc-status: 7"), "{grpc}");
+    // Namespace-wide, and only for the HTTP route the rule names.
+    assert_eq!(code(vec![url(&ops, "/headers")]).await, "200");
+    assert_eq!(code(vec![url(&ops, "/")]).await, "403");
+    // Unauthenticated clients by network.
+    let direct = format!("http://{inbound}/");
+    assert_eq!(code(vec!["--interface".into(), "127.0.0.2".into(), direct.clone()]).await, "200");
+    assert_eq!(code(vec!["--interface".into(), "127.0.0.3".into(), direct]).await, "403");
+
+    let m = mesh::admin_get(side.admin_addr(), "/metrics").await;
+    for rule in ["frontend", "ops-admin", "lan"] {
+        let r = format!("rule=\"{rule}\"");
+        assert!(
+            mesh::metric_sum(&m, &["inbound_authorization_total{", "policy=\"web-authz\"", &r, "decision=\"allow\""])
+                >= 1.0,
+            "{m}"
+        );
+    }
+    assert!(
+        mesh::metric_sum(&m, &["inbound_authorization_total{", "rule=\"default:deny\"", "decision=\"deny\""]) >= 3.0,
+        "{m}"
+    );
+}
