@@ -13,6 +13,7 @@ use mesh_proto::destination::{
 };
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -21,10 +22,21 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 /// Metrics of the Destination API.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct DestinationMetrics {
     watchers: Gauge,
     updates: Counter,
+    propagation: Histogram,
+}
+
+impl Default for DestinationMetrics {
+    fn default() -> Self {
+        Self {
+            watchers: Gauge::default(),
+            updates: Counter::default(),
+            propagation: Histogram::new([0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+        }
+    }
 }
 
 impl DestinationMetrics {
@@ -32,6 +44,12 @@ impl DestinationMetrics {
     pub fn register(&self, reg: &mut Registry) {
         reg.register("destination_watchers", "Open Destination watch streams", self.watchers.clone());
         reg.register("destination_updates", "Updates sent on Destination watch streams", self.updates.clone());
+        reg.register_with_unit(
+            "destination_propagation",
+            "Time from a registry change to the update leaving for a proxy",
+            prometheus_client::registry::Unit::Seconds,
+            self.propagation.clone(),
+        );
     }
 }
 
@@ -69,6 +87,8 @@ impl Destination for DestinationService {
             queue: VecDeque::new(),
             _guard: WatcherGuard::new(self.metrics.watchers.clone()),
             updates: self.metrics.updates.clone(),
+            propagation: self.metrics.propagation.clone(),
+            store: self.store.clone(),
             shutdown: self.shutdown.clone(),
         };
         let stream = futures_util::stream::unfold(state, |mut st| async move {
@@ -81,6 +101,9 @@ impl Destination for DestinationService {
                     tokio::select! {
                         changed = st.rx.changed() => if changed.is_err() { return None },
                         _ = st.shutdown.triggered() => return None,
+                    }
+                    if let Some(at) = st.store.changed_at() {
+                        st.propagation.observe(at.elapsed().as_secs_f64());
                     }
                 }
                 let cur = st.rx.borrow_and_update().clone();
@@ -98,6 +121,8 @@ struct WatchState {
     queue: VecDeque<Update>,
     _guard: WatcherGuard,
     updates: Counter,
+    propagation: Histogram,
+    store: Store,
     shutdown: Shutdown,
 }
 

@@ -126,6 +126,8 @@ struct Inner {
     watches: HashMap<Target, watch::Sender<Arc<Resolution>>>,
     outbound: HashMap<Target, watch::Sender<Arc<OutboundPolicy>>>,
     inbound: HashMap<InboundTarget, watch::Sender<Arc<InboundPolicy>>>,
+    /// When the registry last changed, to measure how fast proxies hear of it.
+    changed_at: Option<std::time::Instant>,
 }
 
 /// How endpoint identities are named: `spiffe://<trust domain>/ns/<ns>/sa/<sa>`.
@@ -230,6 +232,11 @@ impl Store {
         policy::inbound(&self.lock().index, target)
     }
 
+    /// When the store last changed (a registry reload or object change).
+    pub fn changed_at(&self) -> Option<std::time::Instant> {
+        self.lock().changed_at
+    }
+
     /// A copy of the index, for answering many questions from one moment.
     pub fn index(&self) -> Index {
         self.lock().index.clone()
@@ -281,7 +288,8 @@ fn refresh<K, T: PartialEq>(channels: &mut HashMap<K, watch::Sender<Arc<T>>>, an
 
 impl Inner {
     fn notify(&mut self) {
-        let Inner { index, watches, outbound, inbound } = self;
+        self.changed_at = Some(std::time::Instant::now());
+        let Inner { index, watches, outbound, inbound, .. } = self;
         refresh(watches, |t| index.resolve(t));
         refresh(outbound, |t| policy::outbound(index, t));
         refresh(inbound, |t| policy::inbound(index, t));

@@ -183,3 +183,24 @@ async fn tap_streams_requests_as_they_happen_and_access_logs_are_json() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_plane_reports_watchers_propagation_and_certificates() {
+    let mesh = Mesh::start_secure(&[], Duration::from_secs(3600)).await;
+    let app = apps::http("web-0").await;
+    let side = mesh.sidecar("web-0", "web", app.addr).await;
+    mesh.write_registry(&[Svc::new("web", 80, "http", &[side.inbound_addr().unwrap()])]);
+    let client = mesh.client("client", "frontend", &["web.default:80"]).await;
+    mesh::wait_resolved(&client, 1).await;
+    // One more change, to be propagated to the open watch.
+    mesh.write_registry(&[Svc::new("web", 80, "http", &[side.inbound_addr().unwrap(), "127.0.0.1:9".parse().unwrap()])]);
+    mesh::wait_resolved(&client, 2).await;
+    let m = mesh::admin_get(mesh.admin_addr(), "/metrics").await;
+    assert!(mesh::metric_sum(&m, &["destination_watchers "]) >= 1.0, "{m}");
+    let propagated = mesh::metric_sum(&m, &["destination_propagation_seconds_count"]);
+    assert!(propagated >= 1.0, "{m}");
+    // Every propagation took under a second.
+    assert_eq!(mesh::metric_sum(&m, &["destination_propagation_seconds_bucket{le=\"1.0\"}"]), propagated, "{m}");
+    assert!(mesh::metric_sum(&m, &["identity_certificates_issued_total"]) >= 2.0, "{m}");
+    assert_eq!(mesh::metric_sum(&m, &["registry_services "]), 1.0);
+}
