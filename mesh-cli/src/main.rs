@@ -1,11 +1,14 @@
 //! `meshctl`: the mesh's command line.
 //!
 //! Today: `demo` (a whole mesh on this machine), `identity` (the mesh's CA:
-//! init, join tokens, rotation, status) and `version`. The metrics parser in
-//! [`prom`] is shared with the `stat` command to come.
+//! init, join tokens, rotation, status) and `version`; `stat`, `top`, `tap`
+//! and `edges` ([`observe`]) read the proxies live. The metrics parser in
+//! [`prom`] is shared by `demo` and `stat`.
 
 mod demo;
 mod identity;
+mod observe;
+mod policy;
 mod prom;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -32,6 +35,23 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Manage the mesh's identity directory: CA, join tokens, rotation.
     Identity(identity::IdentityArgs),
+    /// Explain traffic policy: `policy explain` shows the route, backends,
+    /// retries, timeouts and authorization verdict for one request.
+    Policy(policy::PolicyArgs),
+    /// Golden metrics per workload or service over a window, from the proxies.
+    ///
+    /// Scrapes every proxy's /metrics twice, --window apart, and shows the
+    /// traffic each workload (or service: workloads `<service>-<n>`)
+    /// received: requests/s, success rate, p50/p95/p99 latency and mTLS
+    /// share. Proxies are found through the control plane's admin port
+    /// (/proxies) or named with --proxy. No Prometheus needed.
+    Stat(observe::StatArgs),
+    /// The most requested paths, live, from the proxies' taps.
+    Top(observe::TopArgs),
+    /// A live stream of requests as the proxies see them, filtered.
+    Tap(observe::TapArgs),
+    /// Who talks to whom: identities, request counts and mTLS per edge.
+    Edges(observe::EdgesArgs),
     /// Print meshctl's version.
     Version(VersionArgs),
     /// Run one demo app (started by `meshctl demo`).
@@ -68,6 +88,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Identity(args) => identity::run(args),
+        Command::Policy(args) => policy::run(args),
+        Command::Stat(args) => observe::stat(args),
+        Command::Top(args) => observe::top(args),
+        Command::Tap(args) => observe::tap(args),
+        Command::Edges(args) => observe::edges(args),
         Command::Version(args) => {
             version(&args);
             Ok(())

@@ -334,6 +334,7 @@ fn addresses(plan: &Plan) -> String {
     let _ = writeln!(s, "{:<12} {:<17} {:<17} http://{}", "traffic", "-", "-", plan.traffic_admin);
     if let Some(web) = plan.replicas.first() {
         let _ = writeln!(s, "try: curl -s http://{}/metrics | grep response_total", web.admin);
+        let _ = writeln!(s, "     meshctl stat --control-plane-admin http://{} --by service", plan.control_admin);
         if let Some(id) = &plan.identity {
             let _ = writeln!(s, "     curl -s http://{}/metrics | grep ^identity_", web.admin);
             let _ = writeln!(s, "     meshctl identity status --dir {}", id.dir().display());
