@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-const PROTOS: &[&str] = &["destination.proto", "identity.proto", "policy.proto"];
+const PROTOS: &[&str] = &["destination.proto", "identity.proto", "policy.proto", "workloads.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("proto");

@@ -114,7 +114,13 @@ fn run(args: &[&str], timeout: Duration) -> (Output, Duration) {
         }
     };
     let text = |b: &[u8]| String::from_utf8_lossy(b).to_string();
-    assert!(out.status.success(), "meshctl {args:?}: {}\nstdout:\n{}\nstderr:\n{}", out.status, text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "meshctl {args:?}: {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     (out, began.elapsed())
 }
 
@@ -160,12 +166,14 @@ fn live_views_of_the_demo() {
     // stat: web received what the generator sent. ±2 % of 50 req/s is ±1;
     // a 4 s window counts whole requests, so one more or less at either
     // scrape moves the rate by 1/4 req/s on top.
-    let (out, _) = run(&[&["stat", "-o", "json", "--window", "4s", "--by", "service"], &cp[..]].concat(), Duration::from_secs(30));
+    let (out, _) =
+        run(&[&["stat", "-o", "json", "--window", "4s", "--by", "service"], &cp[..]].concat(), Duration::from_secs(30));
     let doc = json(&out);
     assert_eq!(doc["by"], "service");
     let web = row(&doc, "web");
     let rps = web["requests_per_second"].as_f64().expect("req/s");
     let tolerance = RPS * 0.02 + 1.0 / WINDOW_SECS;
+    eprintln!("stat: web received {rps} req/s over {WINDOW_SECS}s; the demo sends {RPS} (±{tolerance})");
     assert!((rps - RPS).abs() <= tolerance, "web received {rps} req/s, sent {RPS} ±{tolerance}: {doc:#}");
     for service in ["web", "books", "authors"] {
         let r = row(&doc, service);
@@ -197,7 +205,11 @@ fn live_views_of_the_demo() {
             assert!(e["requests"].as_u64().is_some_and(|n| n > 0), "{e}");
         }
         let seen_by_server = edges.iter().any(|e| {
-            e["seen_by"] == "inbound" && e["src"] == "web" && e["src_identity"] == web_id && e["dst_identity"] == id.as_str() && e["mtls"] == true
+            e["seen_by"] == "inbound"
+                && e["src"] == "web"
+                && e["src_identity"] == web_id
+                && e["dst_identity"] == id.as_str()
+                && e["mtls"] == true
         });
         assert!(seen_by_server, "{service}'s proxies saw web's identity: {doc:#}");
     }
@@ -205,7 +217,8 @@ fn live_views_of_the_demo() {
 
     // tap: requests as they happen.
     let tap_began = now_ms();
-    let (out, took) = run(&[&["tap", "-o", "json", "--max", "5", "--duration", "10s"], &cp[..]].concat(), Duration::from_secs(30));
+    let (out, took) =
+        run(&[&["tap", "-o", "json", "--max", "5", "--duration", "10s"], &cp[..]].concat(), Duration::from_secs(30));
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let events: Vec<Value> =
         text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}"))).collect();
@@ -223,7 +236,8 @@ fn live_views_of_the_demo() {
 
     // tap, human, filtered to one service's inbound side.
     let (out, _) = run(
-        &[&["tap", "--max", "3", "--duration", "10s", "--workload", "books", "--direction", "inbound"], &cp[..]].concat(),
+        &[&["tap", "--max", "3", "--duration", "10s", "--workload", "books", "--direction", "inbound"], &cp[..]]
+            .concat(),
         Duration::from_secs(30),
     );
     let text = String::from_utf8_lossy(&out.stdout).to_string();
@@ -235,7 +249,10 @@ fn live_views_of_the_demo() {
     }
 
     // top: the paths, counted live.
-    let (out, _) = run(&[&["top", "-o", "json", "--duration", "3s", "--interval", "1s"], &cp[..]].concat(), Duration::from_secs(30));
+    let (out, _) = run(
+        &[&["top", "-o", "json", "--duration", "3s", "--interval", "1s"], &cp[..]].concat(),
+        Duration::from_secs(30),
+    );
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let last: Value = serde_json::from_str(text.lines().last().expect("snapshots")).expect("JSON");
     assert_eq!(last["final"], true, "{text}");

@@ -1,5 +1,7 @@
-//! The control plane's admin endpoints: `/metrics`, `/ready`, `/live`.
+//! The control plane's admin endpoints: `/metrics`, `/ready`, `/live`,
+//! `/proxies` (the registered proxies, as JSON).
 
+use crate::workloads::Proxies;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use mesh_core::admin::{self, Body, Handler};
@@ -12,12 +14,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub struct Admin {
     registry: Arc<Registry>,
     ready: Arc<AtomicBool>,
+    proxies: Proxies,
 }
 
 impl Admin {
     /// Admin over a finished metrics registry; `ready` flips once serving.
     pub fn new(registry: Registry, ready: Arc<AtomicBool>) -> Self {
-        Self { registry: Arc::new(registry), ready }
+        Self { registry: Arc::new(registry), ready, proxies: Proxies::default() }
+    }
+
+    /// Serves `/proxies` from this set of registered proxies.
+    pub fn with_proxies(mut self, proxies: Proxies) -> Self {
+        self.proxies = proxies;
+        self
     }
 }
 
@@ -28,7 +37,11 @@ impl Handler for Admin {
             "/live" => admin::text(StatusCode::OK, "live\n"),
             "/ready" if self.ready.load(Ordering::Acquire) => admin::text(StatusCode::OK, "ready\n"),
             "/ready" => admin::text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
-            _ => admin::not_found(&["/metrics", "/ready", "/live"]),
+            "/proxies" => match serde_json::to_vec_pretty(&self.proxies.to_json()) {
+                Ok(b) => admin::json(b),
+                Err(e) => admin::text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+            },
+            _ => admin::not_found(&["/metrics", "/ready", "/live", "/proxies"]),
         }
     }
 }

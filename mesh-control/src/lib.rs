@@ -18,6 +18,7 @@ pub mod router;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod workloads;
 
 pub use config::{Config, IdentityConfig, RegistryConfig};
 pub use server::{Control, StartError};

@@ -11,11 +11,13 @@ use crate::policy::{PolicyMetrics, PolicyService};
 use crate::registry::file::{FileError, FileRegistry};
 use crate::router::Router;
 use crate::store::{IdentityNaming, Store};
+use crate::workloads::{Proxies, WorkloadsService};
 use mesh_core::shutdown::{self, Shutdown, Trigger};
 use mesh_identity::dir::IdentityDir;
 use mesh_proto::destination::destination_server::DestinationServer;
 use mesh_proto::identity::identity_server::IdentityServer;
 use mesh_proto::policy::policy_server::PolicyServer;
+use mesh_proto::workloads::workloads_server::WorkloadsServer;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -104,11 +106,14 @@ impl Control {
         }
 
         let ready = Arc::new(AtomicBool::new(false));
-        tasks.spawn(mesh_core::admin::serve(admin, Admin::new(metrics, ready.clone()), shutdown.clone()));
+        let proxies = Proxies::default();
+        let admin_state = Admin::new(metrics, ready.clone()).with_proxies(proxies.clone());
+        tasks.spawn(mesh_core::admin::serve(admin, admin_state, shutdown.clone()));
         let destination = DestinationService::new(store.clone(), destination_metrics, shutdown.clone());
         router = router.add(DestinationServer::new(destination));
         let policy = PolicyService::new(store.clone(), policy_metrics, shutdown.clone());
         router = router.add(PolicyServer::new(policy));
+        router = router.add(WorkloadsServer::new(WorkloadsService::new(proxies, shutdown.clone())));
         match serving {
             Some(creds) => {
                 let incoming =

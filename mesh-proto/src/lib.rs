@@ -20,5 +20,10 @@ pub mod policy {
     tonic::include_proto!("mesh.policy.v1");
 }
 
+/// Proxies registering with the control plane (for `meshctl` to find them).
+pub mod workloads {
+    tonic::include_proto!("mesh.workloads.v1");
+}
+
 mod convert;
 pub use convert::*;

@@ -149,6 +149,12 @@ impl Proxy {
             tasks.spawn(outbound::serve_transparent(l, env.clone(), ctx.clone()));
         }
 
+        if let Some(channel) = &channel {
+            // Tell the control plane where this proxy's admin port is (for meshctl).
+            let id = identity.as_ref().map(|i| i.id.to_string());
+            let req = crate::register::request(&config.workload, id, admin_addr, inbound_addr);
+            tasks.spawn(crate::register::run(channel.clone(), req, shutdown.clone()));
+        }
         let creds = identity.as_ref().map(|i| i.creds.clone());
         if let (Some(identity), Some(channel), Some(cfg)) = (identity, channel, config.identity.clone()) {
             let m = IdentityMetrics::default();

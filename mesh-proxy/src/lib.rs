@@ -32,6 +32,7 @@ pub mod metrics;
 pub mod orig_dst;
 pub mod policy;
 pub mod outbound;
+pub mod register;
 pub mod tcp;
 pub mod telemetry;
 pub mod tls;

@@ -28,7 +28,9 @@ pub fn ensure(tools: &[(&str, &str)]) -> anyhow::Result<()> {
         bail!("missing tools for the test suite; install them with: sudo {line}");
     }
     eprintln!("==> apt-get update && {line}");
-    for args in [vec!["update", "-qq"], [vec!["install", "-y", "-qq", "--no-install-recommends"], missing.clone()].concat()] {
+    for args in
+        [vec!["update", "-qq"], [vec!["install", "-y", "-qq", "--no-install-recommends"], missing.clone()].concat()]
+    {
         let status = Command::new("apt-get")
             .args(&args)
             .env("DEBIAN_FRONTEND", "noninteractive")

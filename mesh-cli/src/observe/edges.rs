@@ -113,7 +113,7 @@ pub struct Edge {
     pub dst_identity: Option<String>,
     /// HTTP requests.
     pub requests: u64,
-    /// TCP connections.
+    /// Connections the proxy accepted (the app's outbound, the peer's inbound).
     pub connections: u64,
     /// Requests per second (with `--window`).
     pub requests_per_second: Option<f64>,
@@ -176,7 +176,8 @@ pub fn edges(by: By, measured: &[(Proxy, BTreeMap<Link, Traffic>)], window: Opti
 
 /// The tables for people: outbound edges, then inbound ones.
 pub fn render(edges: &[Edge], window: Option<Duration>) -> String {
-    let period = window.map_or_else(|| "since each proxy started".to_string(), |w| format!("over {:.1}s", w.as_secs_f64()));
+    let period =
+        window.map_or_else(|| "since each proxy started".to_string(), |w| format!("over {:.1}s", w.as_secs_f64()));
     let headers = [
         ("SRC", Align::Left),
         ("DST", Align::Left),
@@ -235,14 +236,18 @@ pub async fn run(args: EdgesArgs) -> anyhow::Result<()> {
         None => {
             let all = scrape::all(&proxies).await;
             if all.iter().all(Result::is_err) {
-                let why: Vec<String> = all.iter().filter_map(|r| r.as_ref().err()).map(|e| format!("  - {e}")).collect();
+                let why: Vec<String> =
+                    all.iter().filter_map(|r| r.as_ref().err()).map(|e| format!("  - {e}")).collect();
                 anyhow::bail!("no proxy answered:\n{}", why.join("\n"));
             }
             all.into_iter().zip(&proxies).filter_map(|(r, p)| r.ok().map(|t| (p.clone(), links(&t.scrape)))).collect()
         }
     };
-    let missing: Vec<&str> =
-        proxies.iter().filter(|p| !measured.iter().any(|(m, _)| m.admin == p.admin)).map(|p| p.workload.as_str()).collect();
+    let missing: Vec<&str> = proxies
+        .iter()
+        .filter(|p| !measured.iter().any(|(m, _)| m.admin == p.admin))
+        .map(|p| p.workload.as_str())
+        .collect();
     let all = edges(args.by, &measured, args.window);
     match args.output {
         Output::Human => print!("{}", render(&all, args.window)),
@@ -271,7 +276,11 @@ mod tests {
     const BOOKS: &str = "spiffe://demo.mesh/ns/default/sa/books";
 
     fn proxy(workload: &str, identity: Option<&str>, port: u16) -> Proxy {
-        Proxy { workload: workload.into(), identity: identity.map(String::from), admin: Addr { host: "h".into(), port } }
+        Proxy {
+            workload: workload.into(),
+            identity: identity.map(String::from),
+            admin: Addr { host: "h".into(), port },
+        }
     }
 
     fn web_metrics(n: u32) -> String {
@@ -298,7 +307,12 @@ mod tests {
     #[test]
     fn links_add_statuses_and_count_connections() {
         let l = links_of(&web_metrics(10));
-        let books = Link { direction: "outbound".into(), target: "books.default:7001".into(), peer_id: BOOKS.into(), tls: true };
+        let books = Link {
+            direction: "outbound".into(),
+            target: "books.default:7001".into(),
+            peer_id: BOOKS.into(),
+            tls: true,
+        };
         assert_eq!(l.get(&books), Some(&Traffic { requests: 11.0, connections: 2.0 }));
         assert_eq!(l.len(), 2);
     }
@@ -321,14 +335,20 @@ mod tests {
             .filter(|e| e.seen_by == "inbound")
             .map(|e| (e.src.as_str(), e.dst.as_str(), e.requests, e.mtls))
             .collect();
-        assert_eq!(inbound, [("(unknown)", "books", 1, true), ("(unmeshed)", "books", 3, false), ("web", "books", 30, true)]);
+        assert_eq!(
+            inbound,
+            [("(unknown)", "books", 1, true), ("(unmeshed)", "books", 3, false), ("web", "books", 30, true)]
+        );
         assert!(all.iter().all(|e| e.requests_per_second.is_none()));
         let per_workload = edges(By::Workload, &measured, Some(Duration::from_secs(2)));
         let srcs: Vec<&str> = per_workload.iter().filter(|e| e.seen_by == "outbound").map(|e| e.src.as_str()).collect();
         assert_eq!(srcs, ["web-0", "web-1"]);
         assert_eq!(per_workload.iter().find(|e| e.src == "web-0").and_then(|e| e.requests_per_second), Some(5.5));
         let text = render(&all, None);
-        assert!(text.contains("edges as the clients' proxies saw them (outbound), since each proxy started\nSRC"), "{text}");
+        assert!(
+            text.contains("edges as the clients' proxies saw them (outbound), since each proxy started\nSRC"),
+            "{text}"
+        );
         assert!(text.contains(&format!("web   books.default:7001   {WEB}   {BOOKS}")), "{text}");
     }
 

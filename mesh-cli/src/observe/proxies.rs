@@ -64,9 +64,9 @@ impl Source {
     async fn named(&self) -> anyhow::Result<Vec<Proxy>> {
         let addrs: Vec<Addr> =
             self.proxies.iter().map(|p| Addr::parse(p)).collect::<Result<_, _>>().map_err(anyhow::Error::msg)?;
-        let configs = super::join_all(addrs.iter().cloned().map(|a| async move {
-            client::get_json(&a, "/config", TIMEOUT).await
-        }))
+        let configs = super::join_all(
+            addrs.iter().cloned().map(|a| async move { client::get_json(&a, "/config", TIMEOUT).await }),
+        )
         .await;
         Ok(addrs
             .into_iter()
@@ -135,7 +135,8 @@ mod tests {
 
     #[test]
     fn describes_a_proxy_from_its_config() {
-        let c = json!({ "config": { "workload": "web-1" }, "identity": { "identity": "spiffe://d/ns/default/sa/web" } });
+        let c =
+            json!({ "config": { "workload": "web-1" }, "identity": { "identity": "spiffe://d/ns/default/sa/web" } });
         assert_eq!(describe(&c), (Some("web-1".into()), Some("spiffe://d/ns/default/sa/web".into())));
         assert_eq!(describe(&json!({ "config": { "workload": "x" }, "identity": null })), (Some("x".into()), None));
     }

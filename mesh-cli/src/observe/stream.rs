@@ -135,7 +135,13 @@ pub fn start(source: Source, proxies: Vec<Proxy>, workload: Option<String>, quer
     Taps { rx, supervisor }
 }
 
-async fn supervise(source: Source, mut proxies: Vec<Proxy>, workload: Option<String>, path: String, tx: mpsc::Sender<Note>) {
+async fn supervise(
+    source: Source,
+    mut proxies: Vec<Proxy>,
+    workload: Option<String>,
+    path: String,
+    tx: mpsc::Sender<Note>,
+) {
     let mut taps: HashMap<Addr, JoinHandle<()>> = HashMap::new();
     // Aborts every tap when the supervisor ends or is aborted.
     struct AbortAll<'a>(&'a mut HashMap<Addr, JoinHandle<()>>);
@@ -207,7 +213,8 @@ async fn tap_one(proxy: Proxy, path: String, tx: mpsc::Sender<Note>) {
         };
         if !warned {
             warned = true;
-            let note = Note::Warning(format!("cannot tap {} (http://{}): {why}; retrying", proxy.workload, proxy.admin));
+            let note =
+                Note::Warning(format!("cannot tap {} (http://{}): {why}; retrying", proxy.workload, proxy.admin));
             if tx.send(note).await.is_err() {
                 return;
             }

@@ -172,7 +172,17 @@ mod tests {
         let l = line(&e);
         assert_eq!(
             l.split_whitespace().collect::<Vec<_>>(),
-            ["22:13:20.123", "books-0", "inbound", "GET", "/", "200", "1.23ms", "yes", "spiffe://demo.mesh/ns/default/sa/web"]
+            [
+                "22:13:20.123",
+                "books-0",
+                "inbound",
+                "GET",
+                "/",
+                "200",
+                "1.23ms",
+                "yes",
+                "spiffe://demo.mesh/ns/default/sa/web"
+            ]
         );
         let h = header();
         assert_eq!(l.find("200"), h.find("STATUS").map(|i| i + "STATUS".len() - 3));

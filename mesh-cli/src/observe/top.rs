@@ -17,9 +17,8 @@ use std::io::{IsTerminal, Write as _};
 use std::time::{Duration, Instant};
 
 /// Latency buckets, in seconds (the proxies' own).
-const BUCKETS: [f64; 18] = [
-    0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+const BUCKETS: [f64; 18] =
+    [0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 /// Distinct paths kept; past this, new ones are counted under `(other)`.
 const MAX_KEYS: usize = 10_000;
 /// Longest path shown in the table.
@@ -99,7 +98,8 @@ pub struct TopRow {
 impl Top {
     /// Counts one request.
     pub fn add(&mut self, e: &Event) {
-        let mut key = Key { service: service_of(&e.workload).to_string(), method: e.method.clone(), path: e.path.clone() };
+        let mut key =
+            Key { service: service_of(&e.workload).to_string(), method: e.method.clone(), path: e.path.clone() };
         if !self.tallies.contains_key(&key) && self.tallies.len() >= MAX_KEYS {
             key.path = "(other)".to_string();
         }
@@ -299,7 +299,10 @@ mod tests {
         let rows = top.rows(Duration::from_secs(2), 20);
         let keys: Vec<(&str, &str, &str, u64)> =
             rows.iter().map(|r| (r.service.as_str(), r.method.as_str(), r.path.as_str(), r.count)).collect();
-        assert_eq!(keys, [("books", "GET", "/books", 10), ("authors", "GET", "/authors", 2), ("books", "POST", "/books", 1)]);
+        assert_eq!(
+            keys,
+            [("books", "GET", "/books", 10), ("authors", "GET", "/authors", 2), ("books", "POST", "/books", 1)]
+        );
         assert_eq!(rows[0].requests_per_second, 5.0);
         assert_eq!(rows[0].success_rate, 1.0);
         // All ten within (1 ms, 2 ms]: the median interpolates to 1.5 ms.

@@ -192,7 +192,8 @@ impl Pending {
             });
         }
         let (method, authority, path) = self.start.request.clone().unwrap_or_default();
-        if tel.tap.is_active() {
+        // A request that started before the tap opened carries no details: skip it.
+        if tel.tap.is_active() && self.start.request.is_some() {
             tel.tap.publish(&TapEvent {
                 ts_ms: self.start.wall.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
                 direction,

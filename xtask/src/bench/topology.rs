@@ -1,9 +1,12 @@
-//! What is measured: nginx as the backend, and a mesh in front of it
-//! (control plane, a server-side proxy beside nginx, a client-side proxy).
+//! What is measured: nginx as the backend, and meshes in front of it
+//! (control plane, a server-side proxy beside nginx, a client-side proxy),
+//! plaintext or with identity and mTLS as users run it, with or without
+//! tracing.
 
 use super::loadgen::Proto;
 use super::procs::{Proc, free_ports, http_get, wait_for};
 use anyhow::{Context, bail};
+use mesh_identity::dir::IdentityDir;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -93,6 +96,85 @@ pub struct Bins {
     pub control: PathBuf,
 }
 
+/// The trust domain of the bench's identity directory.
+pub const TRUST_DOMAIN: &str = "bench.mesh";
+/// The server proxy's service account: the registry service's name, whose
+/// identity the client proxy expects of its endpoints.
+pub const SERVER_ACCOUNT: &str = "bench";
+/// The client proxy's service account.
+pub const CLIENT_ACCOUNT: &str = "client";
+/// Lifetime of the join tokens (longer than any bench).
+const TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Identity as users set it up: an identity directory for the control plane
+/// (its CA) and a join token per proxy, in files.
+#[derive(Debug)]
+pub struct Identity {
+    /// The identity directory (`mesh-control --identity-dir`).
+    pub dir: PathBuf,
+    /// Its trust bundle (`mesh-proxy --trust-anchors`).
+    pub anchors: PathBuf,
+    /// The server proxy's join token file.
+    pub server_token: PathBuf,
+    /// The client proxy's join token file.
+    pub client_token: PathBuf,
+}
+
+impl Identity {
+    /// Creates `<dir>/identity` and mints both proxies' tokens into files.
+    pub fn create(dir: &Path) -> anyhow::Result<Self> {
+        let path = dir.join("identity");
+        let id = IdentityDir::new(&path);
+        id.init(TRUST_DOMAIN, None)
+            .with_context(|| format!("cannot create the identity directory {}", path.display()))?;
+        let token = |account: &str| -> anyhow::Result<PathBuf> {
+            let jwt = id
+                .mint_token("default", account, TOKEN_TTL)
+                .with_context(|| format!("cannot mint a join token for service account {account}"))?;
+            let file = dir.join(format!("{account}.token"));
+            write_secret(&file, &jwt)?;
+            Ok(file)
+        };
+        Ok(Self {
+            anchors: path.join(mesh_identity::dir::ANCHORS),
+            server_token: token(SERVER_ACCOUNT)?,
+            client_token: token(CLIENT_ACCOUNT)?,
+            dir: path,
+        })
+    }
+}
+
+/// Writes a file only its owner can read.
+fn write_secret(path: &Path, content: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(content.as_bytes()).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// What a mesh under test is made of.
+#[derive(Debug, Clone)]
+pub struct MeshSpec<'a> {
+    /// A name for its processes' logs, e.g. `http1-mtls`.
+    pub name: String,
+    /// The app the server proxy fronts.
+    pub app: SocketAddr,
+    /// The registry's protocol for the service: `http`, `http2` or `opaque`.
+    pub protocol: &'static str,
+    /// With identity: mTLS between the proxies; without: plaintext.
+    pub identity: Option<&'a Identity>,
+    /// OTLP collector both proxies export spans to, sampling every trace.
+    pub trace_collector: Option<String>,
+    /// Worker threads of each proxy.
+    pub threads: usize,
+}
+
 /// A control plane and two proxies: load → client proxy → server proxy → app.
 #[derive(Debug)]
 pub struct Mesh {
@@ -103,84 +185,91 @@ pub struct Mesh {
     control: Proc,
     /// The client proxy's upstream listener, mapped to service `bench`.
     pub entry: SocketAddr,
+    client_admin: SocketAddr,
+    server_admin: SocketAddr,
 }
 
 impl Mesh {
-    /// Starts the mesh in front of `app` and waits until the client proxy
+    /// Starts the mesh in front of `spec.app` and waits until both proxies
+    /// are ready (with identity: hold a certificate) and the client proxy
     /// has resolved service `bench` to the server proxy.
-    pub fn start(bins: &Bins, app: SocketAddr, proto: Proto, threads: usize, dir: &Path) -> anyhow::Result<Self> {
+    pub fn start(bins: &Bins, spec: &MeshSpec<'_>, dir: &Path) -> anyhow::Result<Self> {
         let p = free_ports(6)?;
         let (grpc, control_admin, inbound, server_admin, entry, client_admin) =
             (loopback(p[0]), loopback(p[1]), loopback(p[2]), loopback(p[3]), loopback(p[4]), loopback(p[5]));
-        let hint = match proto {
-            Proto::Http1 => "http",
-            Proto::Http2 => "http2",
-        };
-        let registry = dir.join(format!("registry-{}.yaml", proto.key()));
+        let name = &spec.name;
+        let registry = dir.join(format!("registry-{name}.yaml"));
         let yaml = format!(
-            "services:\n  - name: bench\n    ports:\n      - port: 80\n        protocol: {hint}\n    endpoints:\n      - address: {inbound}\n"
+            "services:\n  - name: bench\n    serviceAccount: {SERVER_ACCOUNT}\n    ports:\n      - port: 80\n        protocol: {}\n    endpoints:\n      - address: {inbound}\n",
+            spec.protocol
         );
         std::fs::write(&registry, yaml).with_context(|| format!("cannot write {}", registry.display()))?;
 
-        let key = proto.key();
-        let mut control = Proc::spawn(
-            &format!("mesh-control-{key}"),
-            &bins.control,
-            &args(&[&"--registry-file", &registry.display(), &"--grpc-addr", &grpc, &"--admin-addr", &control_admin]),
-            &[],
-            dir,
-        )?;
+        let mut control_args =
+            args(&[&"--registry-file", &registry.display(), &"--grpc-addr", &grpc, &"--admin-addr", &control_admin]);
+        if let Some(id) = spec.identity {
+            control_args.extend(args(&[&"--identity-dir", &id.dir.display()]));
+        }
+        let mut control = Proc::spawn(&format!("mesh-control-{name}"), &bins.control, &control_args, &[], dir)?;
         wait_for("mesh-control /ready", STARTUP, &mut [&mut control], || ready(control_admin))?;
 
         let cp = format!("http://{grpc}");
-        let mut server = Proc::spawn(
-            &format!("server-proxy-{key}"),
-            &bins.proxy,
-            &args(&[
+        let proxy_args = |workload: &str, admin: SocketAddr, token: Option<&Path>| {
+            let mut a = args(&[
                 &"--workload",
-                &"bench",
+                &workload,
                 &"--control-plane",
                 &cp,
                 &"--admin-addr",
-                &server_admin,
-                &"--app",
-                &app,
-                &"--inbound-addr",
-                &inbound,
+                &admin,
                 &"--threads",
-                &threads,
-            ]),
-            &[],
-            dir,
-        )?;
-        let mut client = Proc::spawn(
-            &format!("client-proxy-{key}"),
-            &bins.proxy,
-            &args(&[
-                &"--workload",
-                &"bench-client",
-                &"--control-plane",
-                &cp,
-                &"--admin-addr",
-                &client_admin,
-                &"--upstream",
-                &format_args!("{entry}=bench.default:80"),
-                &"--threads",
-                &threads,
-            ]),
-            &[],
-            dir,
-        )?;
+                &spec.threads,
+            ]);
+            if let (Some(id), Some(token)) = (spec.identity, token) {
+                a.extend(args(&[
+                    &"--identity-token-file",
+                    &token.display(),
+                    &"--trust-anchors",
+                    &id.anchors.display(),
+                ]));
+            }
+            if let Some(collector) = &spec.trace_collector {
+                a.extend(args(&[&"--trace-collector", collector, &"--trace-sample-ratio", &"1.0"]));
+            }
+            a
+        };
+        let mut server_args = proxy_args("bench", server_admin, spec.identity.map(|i| i.server_token.as_path()));
+        server_args.extend(args(&[&"--app", &spec.app, &"--inbound-addr", &inbound]));
+        if spec.protocol == "opaque" {
+            // Without identity, inbound would otherwise sniff the client's
+            // bytes and serve them as HTTP; with it, the ALPN says opaque.
+            server_args.extend(args(&[&"--opaque-ports", &spec.app.port()]));
+        }
+        let mut server = Proc::spawn(&format!("server-proxy-{name}"), &bins.proxy, &server_args, &[], dir)?;
+        let mut client_args = proxy_args("bench-client", client_admin, spec.identity.map(|i| i.client_token.as_path()));
+        client_args.extend(args(&[&"--upstream", &format_args!("{entry}=bench.default:80")]));
+        let mut client = Proc::spawn(&format!("client-proxy-{name}"), &bins.proxy, &client_args, &[], dir)?;
+
         let mut all = [&mut control, &mut server, &mut client];
         wait_for("the server proxy's /ready", STARTUP, &mut all, || ready(server_admin))?;
         wait_for("the client proxy's /ready", STARTUP, &mut all, || ready(client_admin))?;
         wait_for("the client proxy to resolve bench.default:80", STARTUP, &mut all, || resolved(client_admin))?;
-        Ok(Self { client, server, control, entry })
+        Ok(Self { client, server, control, entry, client_admin, server_admin })
     }
 
     /// The proxies, client first, for CPU and memory readings.
     pub fn proxies(&self) -> [&Proc; 2] {
         [&self.client, &self.server]
+    }
+
+    /// Both proxies' `/metrics`, client first.
+    pub fn metrics(&self) -> anyhow::Result<[String; 2]> {
+        let get = |admin: SocketAddr| match http_get(admin, "/metrics", ADMIN_TIMEOUT) {
+            Ok((200, body)) => Ok(body),
+            Ok((status, _)) => bail!("GET {admin}/metrics answered {status}"),
+            Err(e) => Err(e.context(format!("GET {admin}/metrics"))),
+        };
+        Ok([get(self.client_admin)?, get(self.server_admin)?])
     }
 
     /// Fails, with its log, if any process has exited.
