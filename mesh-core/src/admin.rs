@@ -80,18 +80,13 @@ pub fn json(body: impl Into<Bytes>) -> Response<Body> {
 
 /// The Prometheus text exposition response.
 pub fn metrics(body: String) -> Response<Body> {
-    response(
-        StatusCode::OK,
-        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        body.into(),
-    )
+    response(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", body.into())
 }
 
 fn response(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Body> {
     let mut rsp = Response::new(full(body));
     *rsp.status_mut() = status;
-    rsp.headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    rsp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
     rsp
 }
 

@@ -23,14 +23,9 @@ pub struct ProcessStats {
 
 /// Reads the current process's stats; missing pieces read as zero.
 pub fn read() -> ProcessStats {
-    let cpu_seconds = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| parse_cpu_seconds(&s))
-        .unwrap_or(0.0);
-    let resident_bytes = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| parse_vm_rss(&s))
-        .unwrap_or(0);
+    let cpu_seconds =
+        std::fs::read_to_string("/proc/self/stat").ok().and_then(|s| parse_cpu_seconds(&s)).unwrap_or(0.0);
+    let resident_bytes = std::fs::read_to_string("/proc/self/status").ok().and_then(|s| parse_vm_rss(&s)).unwrap_or(0);
     let open_fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count() as u64).unwrap_or(0);
     ProcessStats { cpu_seconds, resident_bytes, open_fds }
 }

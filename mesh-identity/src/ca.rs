@@ -32,7 +32,9 @@ pub enum CaError {
     #[error("the issuer certificate is not a CA certificate (basicConstraints CA:TRUE is required)")]
     NotACa,
     /// An issuer not signed by any trust anchor.
-    #[error("the issuer certificate is not signed by any trust anchor in the bundle; re-issue it with `meshctl identity rotate issuer`")]
+    #[error(
+        "the issuer certificate is not signed by any trust anchor in the bundle; re-issue it with `meshctl identity rotate issuer`"
+    )]
     NotSignedByAnchor,
     /// Outside its validity period.
     #[error("the {what} certificate is not valid now (valid {not_before:?} to {not_after:?})")]
@@ -142,7 +144,10 @@ pub struct IssuerCa {
 
 impl std::fmt::Debug for IssuerCa {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IssuerCa").field("subject", &self.info.subject).field("not_after", &self.info.not_after).finish()
+        f.debug_struct("IssuerCa")
+            .field("subject", &self.info.subject)
+            .field("not_after", &self.info.not_after)
+            .finish()
     }
 }
 
@@ -233,7 +238,12 @@ impl IssuerCa {
 
     /// Issues a certificate and key for the CA's own use (the control plane's
     /// serving certificate), with extra DNS names.
-    pub fn issue_with_key(&self, identity: &SpiffeId, dns: &[String], ttl: Duration) -> Result<(Leaf, KeyPair), CaError> {
+    pub fn issue_with_key(
+        &self,
+        identity: &SpiffeId,
+        dns: &[String],
+        ttl: Duration,
+    ) -> Result<(Leaf, KeyPair), CaError> {
         let key = KeyPair::generate()?;
         let cert = self.leaf_params(identity, dns, ttl)?.signed_by(&key, &self.issuer)?;
         let leaf = cert.der().clone();

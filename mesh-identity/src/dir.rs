@@ -15,10 +15,10 @@
 //! anchor (leaves move over as they renew); [`IdentityDir::retire_anchors`]
 //! drops the old anchor once nothing depends on it.
 
+use crate::SpiffeId;
 use crate::ca::{self, CaError, CertAndKey, IssuerCa};
 use crate::pem::{self, CertInfo};
 use crate::token::{Claims, TokenKey};
-use crate::SpiffeId;
 use rustls_pki_types::CertificateDer;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -152,10 +152,8 @@ impl IdentityDir {
     /// Creates the directory's material: a new anchor and issuer, or the
     /// user's own; and a token key. Refuses to overwrite.
     pub fn init(&self, trust_domain: &str, own: Option<OwnCa>) -> Result<(), DirError> {
-        SpiffeId::new(trust_domain, "default", "default").map_err(|e| DirError::Invalid {
-            path: self.file(TRUST_DOMAIN),
-            reason: e.to_string(),
-        })?;
+        SpiffeId::new(trust_domain, "default", "default")
+            .map_err(|e| DirError::Invalid { path: self.file(TRUST_DOMAIN), reason: e.to_string() })?;
         std::fs::create_dir_all(&self.path).map_err(|source| DirError::Io { path: self.path.clone(), source })?;
         if self.file(ANCHORS).exists() || self.file(ISSUER_CERT).exists() {
             return Err(DirError::Exists { path: self.path.clone() });
@@ -190,8 +188,8 @@ impl IdentityDir {
             .map_err(|e| DirError::Invalid { path: self.file(TRUST_DOMAIN), reason: e.to_string() })?;
         let anchors = pem::certs(&self.read(ANCHORS)?)
             .map_err(|e| DirError::Invalid { path: self.file(ANCHORS), reason: e.to_string() })?;
-        let issuer = IssuerCa::load(&self.read(ISSUER_CERT)?, &self.read(ISSUER_KEY)?, &anchors)
-            .map_err(|e| self.ca_err(e))?;
+        let issuer =
+            IssuerCa::load(&self.read(ISSUER_CERT)?, &self.read(ISSUER_KEY)?, &anchors).map_err(|e| self.ca_err(e))?;
         let token_key = TokenKey::decode(&self.read(TOKEN_KEY)?)
             .map_err(|e| DirError::Invalid { path: self.file(TOKEN_KEY), reason: e.to_string() })?;
         Ok(Material { trust_domain, anchors, issuer, token_key })
@@ -200,8 +198,8 @@ impl IdentityDir {
     /// A join token for one workload identity.
     pub fn mint_token(&self, namespace: &str, service_account: &str, ttl: Duration) -> Result<String, DirError> {
         let m = self.load()?;
-        let id = SpiffeId::new(&m.trust_domain, namespace, service_account)
-            .map_err(|e| DirError::Order(e.to_string()))?;
+        let id =
+            SpiffeId::new(&m.trust_domain, namespace, service_account).map_err(|e| DirError::Order(e.to_string()))?;
         Ok(m.token_key.mint(&Claims::new(&id.to_string(), ttl)))
     }
 
@@ -262,11 +260,8 @@ impl IdentityDir {
     /// Subjects and expiries of the anchors and issuer, for `meshctl`.
     pub fn describe(&self) -> Result<Vec<(String, CertInfo)>, DirError> {
         let m = self.load()?;
-        let mut out: Vec<(String, CertInfo)> = m
-            .anchors
-            .iter()
-            .filter_map(|a| CertInfo::parse(a).ok().map(|i| ("trust anchor".to_string(), i)))
-            .collect();
+        let mut out: Vec<(String, CertInfo)> =
+            m.anchors.iter().filter_map(|a| CertInfo::parse(a).ok().map(|i| ("trust anchor".to_string(), i))).collect();
         if let Ok(i) = CertInfo::parse(m.issuer.cert()) {
             out.push(("issuer".into(), i));
         }

@@ -80,8 +80,8 @@ pub struct CertInfo {
 impl CertInfo {
     /// Reads a DER certificate.
     pub fn parse(der: &[u8]) -> Result<Self, PemError> {
-        let (_, cert) =
-            X509Certificate::from_der(der).map_err(|e| PemError::Invalid { what: "certificate", reason: e.to_string() })?;
+        let (_, cert) = X509Certificate::from_der(der)
+            .map_err(|e| PemError::Invalid { what: "certificate", reason: e.to_string() })?;
         let mut uris = Vec::new();
         let mut dns = Vec::new();
         if let Ok(Some(san)) = cert.subject_alternative_name() {

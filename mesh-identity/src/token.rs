@@ -192,7 +192,11 @@ mod tests {
         // Tampered claims keep the old signature: refused.
         let mut c = peek(&t).expect("claims");
         c.sub = "spiffe://mesh.local/ns/default/sa/admin".into();
-        let forged = format!("mesh1.{}.{}", B64.encode(serde_json::to_vec(&c).expect("json")), t.rsplit('.').next().expect("sig"));
+        let forged = format!(
+            "mesh1.{}.{}",
+            B64.encode(serde_json::to_vec(&c).expect("json")),
+            t.rsplit('.').next().expect("sig")
+        );
         assert_eq!(key.verify(&forged, AUDIENCE, unix_now()), Err(TokenError::BadSignature));
 
         let expired = key.mint(&Claims { exp: 10, ..Claims::new(ID, Duration::ZERO) });

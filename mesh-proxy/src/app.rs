@@ -9,8 +9,11 @@ use crate::conn::Context;
 use crate::connect::Connector;
 use crate::control;
 use crate::discovery::Resolver;
+use crate::drain::Drain;
 use crate::identity::{Identity, IdentityMetrics};
 use crate::inbound::Inbound;
+use crate::io::Clock;
+use crate::metrics::Metrics;
 use crate::outbound::Outbound;
 use crate::policy::client::Policies;
 use crate::telemetry::Telemetry;
@@ -18,9 +21,6 @@ use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::tap::Tap;
 use crate::telemetry::trace::Exporter;
 use crate::tls::MeshTls;
-use crate::drain::Drain;
-use crate::io::Clock;
-use crate::metrics::Metrics;
 use crate::{inbound, outbound};
 use mesh_core::shutdown::{self, Shutdown, Trigger};
 use std::net::SocketAddr;
@@ -86,7 +86,10 @@ impl Proxy {
         let channel = match &config.control_plane {
             Some(addr) => {
                 let tls = identity.as_ref().map(|i| (i.creds.clone(), i.control_plane.clone()));
-                Some(control::channel(addr, tls).map_err(|source| StartError::ControlPlane { addr: addr.clone(), source })?)
+                Some(
+                    control::channel(addr, tls)
+                        .map_err(|source| StartError::ControlPlane { addr: addr.clone(), source })?,
+                )
             }
             None if identity.is_some() => return Err(StartError::IdentityWithoutControlPlane),
             None => None,
@@ -127,8 +130,10 @@ impl Proxy {
             let l = bind("inbound", inb.listen).await?;
             inbound_addr = Some(l.local_addr().unwrap_or(inb.listen));
             // The app is local and plaintext; only peers get mTLS.
-            let app_factory = EndpointFactory { connector: Connector::new(limits.connect_timeout, None), ..factory.clone() };
-            let workload = identity.as_ref().map(|i| (i.id.namespace().to_string(), i.id.service_account().to_string()));
+            let app_factory =
+                EndpointFactory { connector: Connector::new(limits.connect_timeout, None), ..factory.clone() };
+            let workload =
+                identity.as_ref().map(|i| (i.id.namespace().to_string(), i.id.service_account().to_string()));
             let env = Inbound { factory: app_factory, tls: mesh_tls.clone(), policies: policies.clone(), workload };
             tasks.spawn(inbound::serve(l, inb, env, ctx.clone()));
         }

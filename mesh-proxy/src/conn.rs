@@ -3,27 +3,27 @@
 //! forward opaque TCP.
 
 use crate::balance::Balancer;
+use crate::balancers::Balancers;
+use crate::config::Limits;
 use crate::detect::{self, Protocol};
 use crate::drain::Drain;
+use crate::http::authorize::Authorize;
 use crate::http::client::Version;
 use crate::http::observe::{Observe, ObserveCtx};
-use crate::telemetry::Telemetry;
-use crate::telemetry::access_log::{Entry, now_rfc3339};
-use crate::balancers::Balancers;
-use crate::http::authorize::Authorize;
 use crate::http::proxy::{Forward, ForwardSettings};
 use crate::http::route::OutboundRouter;
-use crate::policy::client::Live;
-use crate::policy::inbound::{Client, InboundPolicy};
-use crate::policy::outbound::OutboundPolicy;
 use crate::http::server;
 use crate::io::{Activity, Clock, MeteredIo, PrefixedIo};
 use crate::metrics::{Labels, Metrics, Tls};
-use crate::tls::{MeshProtocol, MeshTls, is_mesh_hello};
-use mesh_identity::tls::peer_identity;
+use crate::policy::client::Live;
+use crate::policy::inbound::{Client, InboundPolicy};
+use crate::policy::outbound::OutboundPolicy;
 use crate::tcp::{self, TcpSettings};
-use crate::config::Limits;
+use crate::telemetry::Telemetry;
+use crate::telemetry::access_log::{Entry, now_rfc3339};
+use crate::tls::{MeshProtocol, MeshTls, is_mesh_hello};
 use mesh_core::shutdown::Shutdown;
+use mesh_identity::tls::peer_identity;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -166,8 +166,7 @@ async fn serve<I>(
     client: Client,
     peer: Option<std::net::SocketAddr>,
     ctx: Context,
-)
-where
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     // Opaque TCP is authorized once, for the whole connection.

@@ -30,10 +30,15 @@ impl Connector {
     }
 
     /// Connects to `addr`; secures the connection when `identity` is known.
-    pub async fn connect(&self, addr: SocketAddr, identity: Option<&str>, protocol: MeshProtocol) -> io::Result<ClientIo> {
-        let stream = tokio::time::timeout(self.timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connect timed out after {:?}", self.timeout)))??;
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        identity: Option<&str>,
+        protocol: MeshProtocol,
+    ) -> io::Result<ClientIo> {
+        let stream = tokio::time::timeout(self.timeout, TcpStream::connect(addr)).await.map_err(|_| {
+            io::Error::new(io::ErrorKind::TimedOut, format!("connect timed out after {:?}", self.timeout))
+        })??;
         // Small requests must not wait for Nagle's algorithm.
         stream.set_nodelay(true)?;
         let (Some(identity), Some(tls)) = (identity, &self.tls) else {

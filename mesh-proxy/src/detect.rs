@@ -253,7 +253,8 @@ mod tests {
 
     #[test]
     fn waits_for_more_on_partial_lines() {
-        for partial in [&b"G"[..], b"GET", b"GET /", b"GET / HT", b"GET / HTTP/1.", b"GET / HTTP/1.1", b"PRI * HTTP/2"] {
+        for partial in [&b"G"[..], b"GET", b"GET /", b"GET / HT", b"GET / HTTP/1.", b"GET / HTTP/1.1", b"PRI * HTTP/2"]
+        {
             assert_eq!(classify(partial), Verdict::NeedMore, "{:?}", String::from_utf8_lossy(partial));
         }
     }

@@ -136,10 +136,8 @@ impl Resolver {
     /// Targets currently watched, with their answers (for `/config`).
     pub fn snapshot(&self) -> Vec<(String, Watch)> {
         let watches = self.watches.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out: Vec<(String, Watch)> = watches
-            .iter()
-            .filter_map(|(t, w)| w.upgrade().map(|w| (t.clone(), Watch(w))))
-            .collect();
+        let mut out: Vec<(String, Watch)> =
+            watches.iter().filter_map(|(t, w)| w.upgrade().map(|w| (t.clone(), Watch(w)))).collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }
@@ -301,10 +299,7 @@ mod tests {
 
     #[test]
     fn bad_addresses_are_skipped_not_fatal() {
-        let bad = pb::Endpoint {
-            address: Some(pb::SocketAddress { ip: vec![1, 2], port: 80 }),
-            ..Default::default()
-        };
+        let bad = pb::Endpoint { address: Some(pb::SocketAddress { ip: vec![1, 2], port: 80 }), ..Default::default() };
         let r = apply(&Arc::new(Resolution::Pending), snap(vec![bad, ep("10.0.0.1:80", 1)]));
         assert_eq!(addrs(&r), ["10.0.0.1:80"]);
     }

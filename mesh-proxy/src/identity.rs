@@ -75,15 +75,18 @@ impl Identity {
     /// Reads the anchors and learns the identities (from the token's claims
     /// unless configured).
     pub fn prepare(cfg: &IdentityConfig) -> Result<Self, IdentityError> {
-        let anchors = mesh_identity::pem::certs(&cfg.trust_anchors_pem).map_err(|e| IdentityError::Anchors(e.to_string()))?;
+        let anchors =
+            mesh_identity::pem::certs(&cfg.trust_anchors_pem).map_err(|e| IdentityError::Anchors(e.to_string()))?;
         let creds = Credentials::new(anchors).map_err(|e| IdentityError::Anchors(e.to_string()))?;
         let id: SpiffeId = match &cfg.identity {
             Some(id) => id.parse()?,
             None => {
                 let token = cfg.token.read().map_err(|e| IdentityError::Token(e.to_string()))?;
-                let claims = mesh_identity::token::peek(&token).map_err(|e| IdentityError::Token(format!(
-                    "{e}; give the identity explicitly with --identity when the token is not a join token"
-                )))?;
+                let claims = mesh_identity::token::peek(&token).map_err(|e| {
+                    IdentityError::Token(format!(
+                        "{e}; give the identity explicitly with --identity when the token is not a join token"
+                    ))
+                })?;
                 claims.sub.parse()?
             }
         };
@@ -96,13 +99,26 @@ impl Identity {
 }
 
 /// Keeps a certificate and the trust bundle current until shutdown.
-pub async fn run(identity: Identity, channel: Channel, cfg: IdentityConfig, metrics: IdentityMetrics, shutdown: Shutdown) {
-    let bundle = watch_bundle(identity.creds.clone(), IdentityClient::new(channel.clone()), metrics.clone(), shutdown.clone());
+pub async fn run(
+    identity: Identity,
+    channel: Channel,
+    cfg: IdentityConfig,
+    metrics: IdentityMetrics,
+    shutdown: Shutdown,
+) {
+    let bundle =
+        watch_bundle(identity.creds.clone(), IdentityClient::new(channel.clone()), metrics.clone(), shutdown.clone());
     let certs = renew(identity, IdentityClient::new(channel), cfg, metrics, shutdown);
     tokio::join!(bundle, certs);
 }
 
-async fn renew(identity: Identity, mut client: IdentityClient<Channel>, cfg: IdentityConfig, metrics: IdentityMetrics, mut shutdown: Shutdown) {
+async fn renew(
+    identity: Identity,
+    mut client: IdentityClient<Channel>,
+    cfg: IdentityConfig,
+    metrics: IdentityMetrics,
+    mut shutdown: Shutdown,
+) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
     loop {
         let wait = match certify(&identity, &mut client, &cfg).await {
@@ -116,10 +132,8 @@ async fn renew(identity: Identity, mut client: IdentityClient<Channel>, cfg: Ide
             }
             Err(e) => {
                 metrics.refresh("error");
-                let remaining = identity
-                    .creds
-                    .leaf_info()
-                    .and_then(|i| i.not_after.duration_since(SystemTime::now()).ok());
+                let remaining =
+                    identity.creds.leaf_info().and_then(|i| i.not_after.duration_since(SystemTime::now()).ok());
                 // Near expiry, retry more often than the backoff would.
                 let mut delay = backoff.next_delay();
                 if let Some(r) = remaining {
@@ -137,7 +151,11 @@ async fn renew(identity: Identity, mut client: IdentityClient<Channel>, cfg: Ide
     }
 }
 
-async fn certify(identity: &Identity, client: &mut IdentityClient<Channel>, cfg: &IdentityConfig) -> Result<SystemTime, String> {
+async fn certify(
+    identity: &Identity,
+    client: &mut IdentityClient<Channel>,
+    cfg: &IdentityConfig,
+) -> Result<SystemTime, String> {
     let token = cfg.token.read().map_err(|e| format!("cannot read the token: {e}"))?;
     let (key, csr) = mesh_identity::ca::generate_csr(&identity.id).map_err(|e| e.to_string())?;
     let req = CertifyRequest { identity: identity.id.to_string(), csr, token };
@@ -157,7 +175,12 @@ async fn certify(identity: &Identity, client: &mut IdentityClient<Channel>, cfg:
     Ok(UNIX_EPOCH + Duration::from_secs(u64::try_from(rsp.valid_until).unwrap_or(0)))
 }
 
-async fn watch_bundle(creds: Arc<Credentials>, mut client: IdentityClient<Channel>, metrics: IdentityMetrics, mut shutdown: Shutdown) {
+async fn watch_bundle(
+    creds: Arc<Credentials>,
+    mut client: IdentityClient<Channel>,
+    metrics: IdentityMetrics,
+    mut shutdown: Shutdown,
+) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
         let result = async {

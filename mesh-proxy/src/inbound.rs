@@ -2,12 +2,12 @@
 
 use crate::balance::{Balancer, EndpointFactory};
 use crate::config::InboundConfig;
-use crate::conn::{self, Context, Route};
 use crate::config::InboundMode;
+use crate::conn::{self, Context, Route};
 use crate::metrics::{Direction, Labels};
-use crate::tls::MeshTls;
 use crate::orig_dst::original_dst;
 use crate::policy::client::Policies;
+use crate::tls::MeshTls;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

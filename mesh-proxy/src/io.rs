@@ -32,11 +32,7 @@ impl<T> PrefixedIo<T> {
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for PrefixedIo<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         if self.prefix.has_remaining() {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);
@@ -107,7 +103,12 @@ pub struct Activity {
 impl Activity {
     /// Fresh activity, marked active now.
     pub fn new(clock: Clock) -> Arc<Self> {
-        Arc::new(Self { clock, last_ms: AtomicU64::new(clock.now_ms()), read: AtomicU64::new(0), written: AtomicU64::new(0) })
+        Arc::new(Self {
+            clock,
+            last_ms: AtomicU64::new(clock.now_ms()),
+            read: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+        })
     }
 
     fn touch(&self) {
@@ -167,11 +168,7 @@ impl<T> MeteredIo<T> {
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for MeteredIo<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = buf.filled().len() - before;

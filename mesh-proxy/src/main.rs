@@ -2,11 +2,11 @@
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use mesh_proxy::init;
 use mesh_proxy::config::{IdentityConfig, InboundConfig, InboundMode, TokenSource, Upstream};
-use std::path::PathBuf;
+use mesh_proxy::init;
 use mesh_proxy::{Config, Proxy};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// The mesh sidecar proxy.
@@ -103,11 +103,17 @@ fn run_init(a: &InitArgs) -> anyhow::Result<()> {
         inbound: !a.no_inbound,
         outbound: !a.no_outbound,
     };
-    let opts = init::Options { rules, dry_run: a.dry_run, cleanup: a.cleanup, backend: a.backend, ipv6: match a.ipv6 {
-        Ipv6Mode::Auto => None,
-        Ipv6Mode::On => Some(true),
-        Ipv6Mode::Off => Some(false),
-    } };
+    let opts = init::Options {
+        rules,
+        dry_run: a.dry_run,
+        cleanup: a.cleanup,
+        backend: a.backend,
+        ipv6: match a.ipv6 {
+            Ipv6Mode::Auto => None,
+            Ipv6Mode::On => Some(true),
+            Ipv6Mode::Off => Some(false),
+        },
+    };
     for line in init::execute(&opts)? {
         println!("{line}");
     }
@@ -210,17 +216,17 @@ fn duration(s: &str) -> Result<Duration, String> {
 }
 
 fn parse_port_mode(s: &str) -> Result<(u16, InboundMode), String> {
-    let (port, mode) = s.split_once('=').ok_or_else(|| format!("invalid port mode {s:?}: expected PORT=strict|permissive"))?;
+    let (port, mode) =
+        s.split_once('=').ok_or_else(|| format!("invalid port mode {s:?}: expected PORT=strict|permissive"))?;
     let port: u16 = port.parse().map_err(|_| format!("invalid port {port:?} in {s:?}"))?;
     Ok((port, mode.parse()?))
 }
 
 fn parse_upstream(s: &str) -> Result<Upstream, String> {
-    let (listen, target) = s
-        .split_once('=')
-        .ok_or_else(|| format!("invalid upstream {s:?}: expected LISTEN=TARGET, e.g. 127.0.0.1:4150=books.default:7001"))?;
-    let listen: SocketAddr =
-        listen.parse().map_err(|e| format!("invalid upstream listen address {listen:?}: {e}"))?;
+    let (listen, target) = s.split_once('=').ok_or_else(|| {
+        format!("invalid upstream {s:?}: expected LISTEN=TARGET, e.g. 127.0.0.1:4150=books.default:7001")
+    })?;
+    let listen: SocketAddr = listen.parse().map_err(|e| format!("invalid upstream listen address {listen:?}: {e}"))?;
     if target.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
         return Err(format!("invalid upstream target {target:?}: expected name.namespace:port or ip:port"));
     }
@@ -288,7 +294,9 @@ fn real_main() -> anyhow::Result<()> {
     }
     let args = cli.args;
     if args.app.is_none() && args.upstreams.is_empty() && !args.transparent {
-        bail!("nothing to proxy: give --transparent (after `mesh-proxy init`), --app (inbound) and/or --upstream LISTEN=TARGET (outbound)");
+        bail!(
+            "nothing to proxy: give --transparent (after `mesh-proxy init`), --app (inbound) and/or --upstream LISTEN=TARGET (outbound)"
+        );
     }
     let runtime = if args.threads <= 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()

@@ -6,18 +6,17 @@
 
 use crate::io::ByteCounters;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
-use std::fmt::Write as _;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 /// Latency buckets, in seconds: fine below 10 ms where sidecars live.
-pub const LATENCY_BUCKETS: [f64; 18] = [
-    0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+pub const LATENCY_BUCKETS: [f64; 18] =
+    [0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// Traffic direction.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -210,7 +209,11 @@ impl Metrics {
             Unit::Seconds,
             self.tcp_duration.clone(),
         );
-        reg.register("trace_spans_dropped", "Spans dropped (export queue full or export failed)", self.spans_dropped.clone());
+        reg.register(
+            "trace_spans_dropped",
+            "Spans dropped (export queue full or export failed)",
+            self.spans_dropped.clone(),
+        );
         reg.register("access_log_dropped", "Access log lines dropped (writer behind)", self.access_log_dropped.clone());
         reg.register("route_requests", "Outbound requests by matched route", self.route_requests.clone());
         reg.register(
@@ -372,9 +375,15 @@ mod tests {
         drop(m.tcp(&labels));
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &reg).expect("encode");
-        assert!(out.contains(r#"request_total{direction="inbound",target="app:8080",tls="false",peer_id=""} 1"#), "{out}");
+        assert!(
+            out.contains(r#"request_total{direction="inbound",target="app:8080",tls="false",peer_id=""} 1"#),
+            "{out}"
+        );
         assert!(out.contains(r#"response_total{direction="inbound",target="app:8080",tls="false",peer_id="",status_code="200",grpc_status="",route="",classification="success"} 1"#), "{out}");
         assert!(out.contains("response_latency_seconds_bucket"), "{out}");
-        assert!(out.contains(r#"tcp_close_total{direction="inbound",target="app:8080",tls="false",peer_id=""} 1"#), "{out}");
+        assert!(
+            out.contains(r#"tcp_close_total{direction="inbound",target="app:8080",tls="false",peer_id=""} 1"#),
+            "{out}"
+        );
     }
 }

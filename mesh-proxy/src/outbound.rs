@@ -1,14 +1,14 @@
 //! Outbound: connections from the local app to mesh services.
 
 use crate::balance::Balancer;
-use crate::conn::{self, Context, Route};
-use crate::metrics::{Direction, Labels, Tls};
-use crate::connect::Connector;
-use mesh_proto::destination::ProtocolHint;
 use crate::balancers::Balancers;
+use crate::conn::{self, Context, Route};
+use crate::connect::Connector;
+use crate::metrics::{Direction, Labels, Tls};
 use crate::orig_dst::original_dst;
 use crate::policy::client::{Live, Policies};
 use crate::policy::outbound::OutboundPolicy;
+use mesh_proto::destination::ProtocolHint;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -17,7 +17,8 @@ use tokio::net::TcpListener;
 pub async fn serve_upstream(listener: TcpListener, balancer: Arc<Balancer>, env: Outbound, ctx: Context) {
     let failfast = ctx.limits.failfast_timeout;
     let policy = env.policies.outbound(balancer.target());
-    conn::accept_loop(listener, ctx, move |_stream| route(balancer.clone(), policy.clone(), env.clone(), failfast)).await;
+    conn::accept_loop(listener, ctx, move |_stream| route(balancer.clone(), policy.clone(), env.clone(), failfast))
+        .await;
 }
 
 /// What outbound routing needs besides the target.
@@ -42,7 +43,9 @@ pub async fn serve_transparent(listener: TcpListener, env: Outbound, ctx: Contex
         let env = env.clone();
         async move {
             let Some(dst) = dst else {
-                tracing::warn!("outbound connection was not redirected by iptables; closing (use --upstream for explicit routing)");
+                tracing::warn!(
+                    "outbound connection was not redirected by iptables; closing (use --upstream for explicit routing)"
+                );
                 return None;
             };
             let target = dst.to_string();
@@ -53,7 +56,12 @@ pub async fn serve_transparent(listener: TcpListener, env: Outbound, ctx: Contex
     .await;
 }
 
-async fn route(balancer: Arc<Balancer>, policy: Live<OutboundPolicy>, env: Outbound, failfast: Duration) -> Option<Route> {
+async fn route(
+    balancer: Arc<Balancer>,
+    policy: Live<OutboundPolicy>,
+    env: Outbound,
+    failfast: Duration,
+) -> Option<Route> {
     let connector = &env.connector;
     let opaque = balancer.protocol_hint(failfast).await == Some(ProtocolHint::Opaque);
     let mut labels = Labels::new(Direction::outbound, balancer.target());

@@ -28,7 +28,12 @@ impl Default for TcpSettings {
 }
 
 /// Forwards `io` to an endpoint of `balancer`.
-pub async fn forward<I>(mut io: I, balancer: &Arc<Balancer>, settings: TcpSettings, activity: Arc<Activity>) -> Result<(), ProxyError>
+pub async fn forward<I>(
+    mut io: I,
+    balancer: &Arc<Balancer>,
+    settings: TcpSettings,
+    activity: Arc<Activity>,
+) -> Result<(), ProxyError>
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {

@@ -193,7 +193,12 @@ async fn control_plane_reports_watchers_propagation_and_certificates() {
     let client = mesh.client("client", "frontend", &["web.default:80"]).await;
     mesh::wait_resolved(&client, 1).await;
     // One more change, to be propagated to the open watch.
-    mesh.write_registry(&[Svc::new("web", 80, "http", &[side.inbound_addr().unwrap(), "127.0.0.1:9".parse().unwrap()])]);
+    mesh.write_registry(&[Svc::new(
+        "web",
+        80,
+        "http",
+        &[side.inbound_addr().unwrap(), "127.0.0.1:9".parse().unwrap()],
+    )]);
     mesh::wait_resolved(&client, 2).await;
     let m = mesh::admin_get(mesh.admin_addr(), "/metrics").await;
     assert!(mesh::metric_sum(&m, &["destination_watchers "]) >= 1.0, "{m}");

@@ -50,7 +50,8 @@ fn issuer_must_chain_to_an_anchor_and_match_its_key() {
     let anchor = generate_trust_anchor("mesh.local", DAY).expect("anchor");
     let other = generate_trust_anchor("mesh.local", DAY).expect("other");
     let issuer = generate_issuer("mesh.local", &anchor, DAY).expect("issuer");
-    let err = IssuerCa::load(&issuer.cert_pem, &issuer.key_pem, &certs(&other.cert_pem).expect("roots")).expect_err("foreign");
+    let err = IssuerCa::load(&issuer.cert_pem, &issuer.key_pem, &certs(&other.cert_pem).expect("roots"))
+        .expect_err("foreign");
     assert!(matches!(err, CaError::NotSignedByAnchor), "{err}");
     let roots = certs(&anchor.cert_pem).expect("roots");
     let err = IssuerCa::load(&issuer.cert_pem, &other.key_pem, &roots).expect_err("key mismatch");

@@ -125,7 +125,11 @@ impl Credentials {
 
     /// A server configuration: presents the current leaf; clients must
     /// present a certificate from the bundle when `require_client_cert`.
-    pub fn server_config(self: &Arc<Self>, require_client_cert: bool, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
+    pub fn server_config(
+        self: &Arc<Self>,
+        require_client_cert: bool,
+        alpn: &[&[u8]],
+    ) -> Result<Arc<ServerConfig>, TlsError> {
         let mut c = ServerConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(Arc::new(ClientVerifier::new(self.clone(), require_client_cert)))

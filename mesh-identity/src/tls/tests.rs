@@ -18,7 +18,8 @@ struct Pki {
 fn pki() -> Pki {
     let anchor = ca::generate_trust_anchor("mesh.local", DAY).expect("anchor");
     let issuer = ca::generate_issuer("mesh.local", &anchor, DAY).expect("issuer");
-    let issuer = IssuerCa::load(&issuer.cert_pem, &issuer.key_pem, &certs(&anchor.cert_pem).expect("pem")).expect("load");
+    let issuer =
+        IssuerCa::load(&issuer.cert_pem, &issuer.key_pem, &certs(&anchor.cert_pem).expect("pem")).expect("load");
     Pki { anchor, issuer }
 }
 
@@ -42,7 +43,11 @@ fn issue(pki: &Pki, c: &Credentials, sa: &str, ttl: Duration) {
 }
 
 /// Runs one handshake; returns (client result, server-seen client identity).
-async fn handshake(server: &Arc<Credentials>, client: &Arc<Credentials>, expect: &str) -> (Result<String, String>, Option<String>) {
+async fn handshake(
+    server: &Arc<Credentials>,
+    client: &Arc<Credentials>,
+    expect: &str,
+) -> (Result<String, String>, Option<String>) {
     let (a, b) = tokio::io::duplex(64 * 1024);
     let acceptor = TlsAcceptor::from(server.server_config(true, &[ALPN_HTTP2]).expect("server config"));
     let connector = TlsConnector::from(client.client_config(expect, &[ALPN_HTTP2]).expect("client config"));

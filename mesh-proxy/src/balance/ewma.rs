@@ -51,7 +51,11 @@ impl PeakEwma {
     /// A fresh estimate at the default cost.
     pub fn new(config: EwmaConfig) -> Self {
         let cost_ns = config.default_rtt.as_nanos() as f64;
-        Self { config, state: Mutex::new(Estimate { cost_ns, stamp: Instant::now(), observed: false }), pending: AtomicUsize::new(0) }
+        Self {
+            config,
+            state: Mutex::new(Estimate { cost_ns, stamp: Instant::now(), observed: false }),
+            pending: AtomicUsize::new(0),
+        }
     }
 
     fn with_state<R>(&self, f: impl FnOnce(&mut Estimate) -> R) -> R {

@@ -14,14 +14,14 @@ use crate::connect::Connector;
 use crate::discovery::{EndpointMeta, Resolution, ServiceInfo, Watch};
 use crate::http::client::{ClientSettings, EndpointClient};
 use crate::http::errors::ProxyError;
+use crate::policy::outbound::Breaker;
 use ewma::{EwmaConfig, PeakEwma};
+use mesh_proto::destination::ProtocolHint;
 use p2c::Weights;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use crate::policy::outbound::Breaker;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
-use mesh_proto::destination::ProtocolHint;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -149,7 +149,8 @@ impl EndpointList {
     pub fn pick_excluding(&self, tried: &[SocketAddr]) -> Option<&Arc<Endpoint>> {
         let first = self.pick()?;
         let now = Instant::now();
-        let usable = |e: &Arc<Endpoint>| e.meta.weight > 0 && !tried.contains(&e.meta.addr) && !e.health.is_ejected(now);
+        let usable =
+            |e: &Arc<Endpoint>| e.meta.weight > 0 && !tried.contains(&e.meta.addr) && !e.health.is_ejected(now);
         if usable(first) {
             return Some(first);
         }
@@ -307,9 +308,8 @@ fn build(
     passthrough: Option<SocketAddr>,
 ) -> EndpointList {
     let reuse = |meta: &EndpointMeta| -> Arc<Endpoint> {
-        let old = prev.and_then(|p| {
-            p.endpoints.iter().find(|e| e.meta.addr == meta.addr && e.meta.identity == meta.identity)
-        });
+        let old = prev
+            .and_then(|p| p.endpoints.iter().find(|e| e.meta.addr == meta.addr && e.meta.identity == meta.identity));
         match old {
             Some(e) if e.meta == *meta => e.clone(),
             // Same connections and load, new weight or labels.
@@ -349,7 +349,11 @@ mod tests {
 
     #[test]
     fn consecutive_failures_eject_with_backoff_and_probation() {
-        let b = Breaker { consecutive_failures: 3, base_ejection: Duration::from_secs(1), max_ejection: Duration::from_secs(3) };
+        let b = Breaker {
+            consecutive_failures: 3,
+            base_ejection: Duration::from_secs(1),
+            max_ejection: Duration::from_secs(3),
+        };
         let h = Health::default();
         let t = Instant::now();
         assert_eq!(h.failure(&b, t), None);

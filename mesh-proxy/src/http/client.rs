@@ -129,7 +129,12 @@ pub enum Conn {
 impl EndpointClient {
     /// A client for `addr`, whose proxy presents `identity` (mTLS) or none
     /// (plaintext); connections open lazily.
-    pub fn new(addr: SocketAddr, identity: Option<String>, connector: Connector, settings: Arc<ClientSettings>) -> Arc<Self> {
+    pub fn new(
+        addr: SocketAddr,
+        identity: Option<String>,
+        connector: Connector,
+        settings: Arc<ClientSettings>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             addr,
             identity,
@@ -283,10 +288,10 @@ impl Conn {
         match self {
             Conn::Http1 { mut tx, pool } => {
                 *req.version_mut() = http::Version::HTTP_11;
-                let rsp = tx.try_send_request(req).await.map_err(|mut e| SendError {
-                    request: e.take_message(),
-                    error: e.into_error(),
-                })?;
+                let rsp = tx
+                    .try_send_request(req)
+                    .await
+                    .map_err(|mut e| SendError { request: e.take_message(), error: e.into_error() })?;
                 let upgraded = rsp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
                 Ok(match pool.filter(|_| !upgraded) {
                     Some(pool) => rsp.map(|b| body::boxed(PooledBody { inner: b, ret: Some((tx, pool)) })),
@@ -295,10 +300,10 @@ impl Conn {
             }
             Conn::Http2(mut tx) => {
                 *req.version_mut() = http::Version::HTTP_2;
-                let rsp = tx.try_send_request(req).await.map_err(|mut e| SendError {
-                    request: e.take_message(),
-                    error: e.into_error(),
-                })?;
+                let rsp = tx
+                    .try_send_request(req)
+                    .await
+                    .map_err(|mut e| SendError { request: e.take_message(), error: e.into_error() })?;
                 Ok(rsp.map(body::boxed))
             }
         }

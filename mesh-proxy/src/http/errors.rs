@@ -120,8 +120,7 @@ pub fn response(err: &ProxyError, grpc: bool) -> Response<Body> {
     } else {
         let mut r = Response::new(body::full(format!("{msg}\n")));
         *r.status_mut() = err.status();
-        r.headers_mut()
-            .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        r.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
         r
     };
     rsp.headers_mut().insert(ERROR_HEADER, value);

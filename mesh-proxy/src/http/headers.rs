@@ -61,10 +61,7 @@ pub fn wants_upgrade<B>(req: &http::Request<B>) -> bool {
 
 /// Whether a request is gRPC (errors are then answered in gRPC's own terms).
 pub fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/grpc"))
+    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| ct.starts_with("application/grpc"))
 }
 
 #[cfg(test)]

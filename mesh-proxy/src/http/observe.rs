@@ -104,7 +104,8 @@ where
             let status = rsp.status().as_u16();
             let grpc = grpc_status(rsp.headers());
             let route = rsp.extensions().get::<RouteName>().map(|r| r.0.clone());
-            let pending = Pending { ctx, start, status, grpc, route, latency_ms: latency.as_secs_f64() * 1e3, bytes_out: 0 };
+            let pending =
+                Pending { ctx, start, status, grpc, route, latency_ms: latency.as_secs_f64() * 1e3, bytes_out: 0 };
             Ok(rsp.map(|b| body::boxed(ObservedBody { inner: b, pending: Some(pending) })))
         })
     }

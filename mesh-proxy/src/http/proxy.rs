@@ -7,7 +7,7 @@
 //! endpoint's failure accrual (circuit breaking).
 
 use super::body::{self, Body};
-use super::client::{ConnectError, Conn, SendError, Version};
+use super::client::{Conn, ConnectError, SendError, Version};
 use super::errors::{self, ProxyError};
 use super::headers::{is_grpc, strip_hop_by_hop, wants_upgrade};
 use super::upgrade;

@@ -4,8 +4,8 @@
 
 use super::body::{self, Body, BoxError};
 use bytes::{Bytes, BytesMut};
-use http_body_util::BodyExt;
 use http_body::Body as _;
+use http_body_util::BodyExt;
 use hyper::body::{Frame, SizeHint};
 use std::collections::VecDeque;
 use std::pin::Pin;

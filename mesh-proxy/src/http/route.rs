@@ -108,7 +108,11 @@ impl OutboundRouter {
                 Ok(r) => r,
                 Err(_) => {
                     self.metrics.route_event(&labels, "timeout");
-                    Err(ProxyError::Timeout { target: self.target.target().to_string(), route: route.name.clone(), after })
+                    Err(ProxyError::Timeout {
+                        target: self.target.target().to_string(),
+                        route: route.name.clone(),
+                        after,
+                    })
                 }
             },
         }
@@ -221,7 +225,8 @@ pub fn should_retry(res: &Result<Response<Body>, ProxyError>, on: &RetryOn) -> b
     match res {
         Ok(rsp) => {
             let s = rsp.status().as_u16();
-            let grpc = rsp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u32>().ok());
+            let grpc =
+                rsp.headers().get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u32>().ok());
             (on.server_error && s >= 500)
                 || (on.gateway_error && matches!(s, 502..=504))
                 || grpc.is_some_and(|g| on.grpc.contains(&g))
@@ -246,7 +251,8 @@ fn abort(http_status: u16, grpc_status: Option<u32>, grpc: bool, route: &str) ->
         }
         _ => {
             let mut r = Response::new(body::full(format!("fault injected by route {route}\n")));
-            *r.status_mut() = http::StatusCode::from_u16(http_status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+            *r.status_mut() =
+                http::StatusCode::from_u16(http_status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
             r
         }
     };

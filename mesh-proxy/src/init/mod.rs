@@ -59,7 +59,9 @@ pub enum InitError {
     #[error("no iptables binary found ({0}): install the iptables package (apt-get install iptables)")]
     NoIptables(String),
     /// Not allowed to change the rules.
-    #[error("not allowed to change iptables rules: init needs the NET_ADMIN capability (run it as root, or grant CAP_NET_ADMIN)\n{0}")]
+    #[error(
+        "not allowed to change iptables rules: init needs the NET_ADMIN capability (run it as root, or grant CAP_NET_ADMIN)\n{0}"
+    )]
     NoNetAdmin(String),
     /// Another interception scheme owns the namespace.
     #[error("conflicting interception rules are installed; remove them first:\n  {}", .0.join("\n  "))]
@@ -127,13 +129,18 @@ fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> Result<String, InitErro
         .spawn()
         .map_err(|e| InitError::NoIptables(format!("{cmd}: {e}")))?;
     if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(input.as_bytes()).map_err(|e| InitError::Iptables { command: line.clone(), stderr: e.to_string() })?;
+        pipe.write_all(input.as_bytes())
+            .map_err(|e| InitError::Iptables { command: line.clone(), stderr: e.to_string() })?;
     }
-    let out = child.wait_with_output().map_err(|e| InitError::Iptables { command: line.clone(), stderr: e.to_string() })?;
+    let out =
+        child.wait_with_output().map_err(|e| InitError::Iptables { command: line.clone(), stderr: e.to_string() })?;
     let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
     if !out.status.success() {
         let lower = stderr.to_lowercase();
-        if lower.contains("permission denied") || lower.contains("must be root") || lower.contains("operation not permitted") {
+        if lower.contains("permission denied")
+            || lower.contains("must be root")
+            || lower.contains("operation not permitted")
+        {
             return Err(InitError::NoNetAdmin(stderr));
         }
         return Err(InitError::Iptables { command: line, stderr });

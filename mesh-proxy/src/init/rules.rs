@@ -42,10 +42,7 @@ fn port_lists(ports: &[u16]) -> Vec<String> {
     let mut sorted = ports.to_vec();
     sorted.sort_unstable();
     sorted.dedup();
-    sorted
-        .chunks(MULTIPORT_MAX)
-        .map(|c| c.iter().map(u16::to_string).collect::<Vec<_>>().join(","))
-        .collect()
+    sorted.chunks(MULTIPORT_MAX).map(|c| c.iter().map(u16::to_string).collect::<Vec<_>>().join(",")).collect()
 }
 
 impl Rules {
@@ -151,7 +148,8 @@ pub fn ours(saved: &str) -> Ours {
             }
         } else if let Some(rest) = line.strip_prefix("-A ") {
             let chain = rest.split_whitespace().next().unwrap_or("");
-            let jumps_to_ours = line.split(" -j ").nth(1).is_some_and(|t| is_ours(t.split_whitespace().next().unwrap_or("")));
+            let jumps_to_ours =
+                line.split(" -j ").nth(1).is_some_and(|t| is_ours(t.split_whitespace().next().unwrap_or("")));
             if is_ours(chain) || jumps_to_ours {
                 o.rules.push(line.to_string());
             }
@@ -180,7 +178,8 @@ pub fn cleanup_script(saved: &str) -> Option<String> {
         return None;
     }
     let mut s = String::from("*nat\n");
-    for rule in o.rules.iter().filter(|r| !is_ours(r.trim_start_matches("-A ").split_whitespace().next().unwrap_or(""))) {
+    for rule in o.rules.iter().filter(|r| !is_ours(r.trim_start_matches("-A ").split_whitespace().next().unwrap_or("")))
+    {
         let _ = writeln!(s, "-D{}", &rule[2..]);
     }
     for c in &o.chains {

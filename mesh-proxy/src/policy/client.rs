@@ -58,11 +58,16 @@ impl Policies {
         let req = OutboundRequest { target: target.to_string() };
         share(&self.outbound, target.to_string(), client, move |mut c, tx| async move {
             let what = format!("outbound policy for {}", req.target);
-            follow(&what, tx, || {
-                let req = req.clone();
-                let mut c = c.clone();
-                async move { Ok(c.watch_outbound(req).await?.into_inner()) }
-            }, |p| OutboundPolicy::compile(&p))
+            follow(
+                &what,
+                tx,
+                || {
+                    let req = req.clone();
+                    let mut c = c.clone();
+                    async move { Ok(c.watch_outbound(req).await?.into_inner()) }
+                },
+                |p| OutboundPolicy::compile(&p),
+            )
             .await;
             let _ = &mut c;
         })
@@ -74,11 +79,16 @@ impl Policies {
         let req = InboundRequest { namespace: key.0.clone(), service_account: key.1.clone(), port: u32::from(port) };
         share(&self.inbound, key, self.client.clone(), move |mut c, tx| async move {
             let what = format!("inbound policy for port {}", req.port);
-            follow(&what, tx, || {
-                let req = req.clone();
-                let mut c = c.clone();
-                async move { Ok(c.watch_inbound(req).await?.into_inner()) }
-            }, |p| InboundPolicy::compile(&p))
+            follow(
+                &what,
+                tx,
+                || {
+                    let req = req.clone();
+                    let mut c = c.clone();
+                    async move { Ok(c.watch_inbound(req).await?.into_inner()) }
+                },
+                |p| InboundPolicy::compile(&p),
+            )
             .await;
             let _ = &mut c;
         })

@@ -194,7 +194,11 @@ mod tests {
         let p = policy(
             pb::DefaultAction::Deny,
             vec![
-                pb::Authorization { name: "web".into(), identities: vec!["spiffe://m/ns/default/sa/web".into()], ..Default::default() },
+                pb::Authorization {
+                    name: "web".into(),
+                    identities: vec!["spiffe://m/ns/default/sa/web".into()],
+                    ..Default::default()
+                },
                 pb::Authorization { name: "shop".into(), namespaces: vec!["shop".into()], ..Default::default() },
                 pb::Authorization { name: "lan".into(), networks: vec!["10.1.0.0/16".into()], ..Default::default() },
             ],
@@ -205,7 +209,10 @@ mod tests {
         assert!(ok(&client(None, "10.1.2.3")).allowed);
         assert!(ok(&client(None, "::ffff:10.1.2.3")).allowed, "mapped IPv4");
         let denied = ok(&client(Some("spiffe://m/ns/default/sa/evil"), "10.2.0.1"));
-        assert_eq!((denied.allowed, denied.rule.as_str(), denied.policy.as_str()), (false, "default:deny", "books-authz"));
+        assert_eq!(
+            (denied.allowed, denied.rule.as_str(), denied.policy.as_str()),
+            (false, "default:deny", "books-authz")
+        );
         let authn = policy(pb::DefaultAction::Authenticated, vec![]);
         assert!(authn.authorize(&client(Some("spiffe://m/ns/x/sa/y"), "1.1.1.1"), None).allowed);
         assert!(!authn.authorize(&client(None, "1.1.1.1"), None).allowed);

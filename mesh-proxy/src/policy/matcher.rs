@@ -81,7 +81,10 @@ impl Match {
         let method = if m.method.is_empty() {
             None
         } else {
-            Some(http::Method::from_bytes(m.method.as_bytes()).map_err(|_| InvalidPolicy(format!("method {:?}", m.method)))?)
+            Some(
+                http::Method::from_bytes(m.method.as_bytes())
+                    .map_err(|_| InvalidPolicy(format!("method {:?}", m.method)))?,
+            )
         };
         let host = (!m.host.is_empty()).then(|| m.host.to_ascii_lowercase());
         let grpc = m.grpc.as_ref().map(|g| (g.service.clone(), g.method.clone()));
@@ -187,7 +190,10 @@ mod tests {
     #[test]
     fn headers_method_host_grpc() {
         let h = m(|x| {
-            x.headers = vec![pb::HeaderMatch { name: "X-Canary".into(), value: Some(pb::header_match::Value::Exact("1".into())) }];
+            x.headers = vec![pb::HeaderMatch {
+                name: "X-Canary".into(),
+                value: Some(pb::header_match::Value::Exact("1".into())),
+            }];
             x.method = "POST".into();
         });
         assert!(h.matches(&req("POST", "/", &[("x-canary", "1")])));

@@ -145,7 +145,15 @@ impl Route {
             .as_ref()
             .filter(|l| l.requests_per_second > 0.0)
             .map(|l| TokenBucket::new(l.requests_per_second, l.burst));
-        Ok(Self { name: r.name.clone(), matches, backends, timeout: nonzero(dur(&r.timeout)), retry, fault, rate_limit })
+        Ok(Self {
+            name: r.name.clone(),
+            matches,
+            backends,
+            timeout: nonzero(dur(&r.timeout)),
+            retry,
+            fault,
+            rate_limit,
+        })
     }
 
     /// Whether the route takes this request.

@@ -92,7 +92,8 @@ pub fn extract(h: &HeaderMap) -> Option<(SpanContext, Format)> {
     }
     let trace = header(h, "x-b3-traceid")?;
     let span = header(h, "x-b3-spanid")?;
-    let sampled = header(h, "x-b3-sampled").is_none_or(|s| s == "1" || s == "true") || header(h, "x-b3-flags") == Some("1");
+    let sampled =
+        header(h, "x-b3-sampled").is_none_or(|s| s == "1" || s == "true") || header(h, "x-b3-flags") == Some("1");
     let ctx = SpanContext { trace_id: b3_trace_id(trace)?, span_id: hex::<8>(span)?, sampled };
     valid(ctx).map(|c| (c, Format::B3Multi))
 }
@@ -182,9 +183,15 @@ mod tests {
 
     #[test]
     fn b3_forms() {
-        let (ctx, f) = extract(&map(&[("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90")])).expect("single");
+        let (ctx, f) = extract(&map(&[("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90")]))
+            .expect("single");
         assert_eq!((f, ctx.sampled), (Format::B3Single, true));
-        let (ctx, f) = extract(&map(&[("x-b3-traceid", "a3ce929d0e0e4736"), ("x-b3-spanid", "00f067aa0ba902b7"), ("x-b3-sampled", "0")])).expect("multi");
+        let (ctx, f) = extract(&map(&[
+            ("x-b3-traceid", "a3ce929d0e0e4736"),
+            ("x-b3-spanid", "00f067aa0ba902b7"),
+            ("x-b3-sampled", "0"),
+        ]))
+        .expect("multi");
         assert_eq!((f, ctx.sampled), (Format::B3Multi, false));
         assert_eq!(&ctx.trace_id[..8], &[0; 8], "64-bit ids are padded");
         let mut h = HeaderMap::new();
@@ -194,7 +201,12 @@ mod tests {
 
     #[test]
     fn garbage_is_ignored() {
-        for tp in ["", "00-xyz-00f067aa0ba902b7-01", "00-00000000000000000000000000000000-00f067aa0ba902b7-01", "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"] {
+        for tp in [
+            "",
+            "00-xyz-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
             assert!(extract(&map(&[("traceparent", tp)])).is_none(), "{tp}");
         }
         assert!(extract(&map(&[("b3", "0")])).is_none(), "a bare deny-sampling b3 carries no context");

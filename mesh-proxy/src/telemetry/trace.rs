@@ -1,10 +1,14 @@
 //! Span export over OTLP/gRPC: spans are queued (bounded; dropped and counted
 //! when the collector cannot keep up) and sent in batches by one task.
 
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, trace_service_client::TraceServiceClient};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, trace_service_client::TraceServiceClient,
+};
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span::SpanKind, status::StatusCode};
+use opentelemetry_proto::tonic::trace::v1::{
+    ResourceSpans, ScopeSpans, Span, Status, span::SpanKind, status::StatusCode,
+};
 use prometheus_client::metrics::counter::Counter;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
@@ -69,7 +73,11 @@ fn nanos(t: SystemTime) -> u64 {
 }
 
 fn kv(k: &str, v: String) -> KeyValue {
-    KeyValue { key: k.to_string(), value: Some(AnyValue { value: Some(any_value::Value::StringValue(v)) }), ..Default::default() }
+    KeyValue {
+        key: k.to_string(),
+        value: Some(AnyValue { value: Some(any_value::Value::StringValue(v)) }),
+        ..Default::default()
+    }
 }
 
 fn to_proto(s: SpanRecord) -> Span {
@@ -90,21 +98,32 @@ fn to_proto(s: SpanRecord) -> Span {
     }
 }
 
-async fn run(mut client: TraceServiceClient<tonic::transport::Channel>, mut rx: mpsc::Receiver<SpanRecord>, service: String, dropped: Counter) {
+async fn run(
+    mut client: TraceServiceClient<tonic::transport::Channel>,
+    mut rx: mpsc::Receiver<SpanRecord>,
+    service: String,
+    dropped: Counter,
+) {
     let resource = Resource { attributes: vec![kv("service.name", service)], ..Default::default() };
-    let scope = InstrumentationScope { name: "mesh-proxy".into(), version: env!("CARGO_PKG_VERSION").into(), ..Default::default() };
+    let scope = InstrumentationScope {
+        name: "mesh-proxy".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        ..Default::default()
+    };
     let mut batch: Vec<Span> = Vec::with_capacity(BATCH);
     loop {
-        let first = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await;
-        match first {
-            Ok(Some(s)) => batch.push(to_proto(s)),
-            Ok(None) if batch.is_empty() => return,
-            Ok(None) | Err(_) => {}
+        // Wait for a first span, then gather for up to a second (or a full
+        // batch): one export per second at most under steady load, instead
+        // of one per span.
+        match rx.recv().await {
+            Some(s) => batch.push(to_proto(s)),
+            None => return,
         }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
         while batch.len() < BATCH {
-            match rx.try_recv() {
-                Ok(s) => batch.push(to_proto(s)),
-                Err(_) => break,
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(s)) => batch.push(to_proto(s)),
+                Ok(None) | Err(_) => break,
             }
         }
         if batch.is_empty() {
@@ -114,7 +133,11 @@ async fn run(mut client: TraceServiceClient<tonic::transport::Channel>, mut rx: 
         let req = ExportTraceServiceRequest {
             resource_spans: vec![ResourceSpans {
                 resource: Some(resource.clone()),
-                scope_spans: vec![ScopeSpans { scope: Some(scope.clone()), spans: std::mem::take(&mut batch), ..Default::default() }],
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(scope.clone()),
+                    spans: std::mem::take(&mut batch),
+                    ..Default::default()
+                }],
                 ..Default::default()
             }],
         };

@@ -127,6 +127,9 @@ fn duplicate_jumps_are_not_an_install() {
 #[test]
 fn finds_conflicting_interception() {
     let saved = "*nat\n:ISTIO_OUTPUT - [0:0]\n-A OUTPUT -p tcp -j ISTIO_OUTPUT\n-A PREROUTING -p tcp -j REDIRECT --to-ports 15006\n-A POSTROUTING -j MASQUERADE\n-A OUTPUT -p tcp -j MESH_OUTPUT\nCOMMIT\n";
-    assert_eq!(conflicts(saved), ["-A OUTPUT -p tcp -j ISTIO_OUTPUT", "-A PREROUTING -p tcp -j REDIRECT --to-ports 15006"]);
+    assert_eq!(
+        conflicts(saved),
+        ["-A OUTPUT -p tcp -j ISTIO_OUTPUT", "-A PREROUTING -p tcp -j REDIRECT --to-ports 15006"]
+    );
     assert!(conflicts(&saved_after_install(&base())).is_empty());
 }
