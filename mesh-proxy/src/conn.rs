@@ -103,6 +103,11 @@ where
 }
 
 async fn handle(mut stream: TcpStream, ctx: Context, route: Route) {
+    // The port's policy, once known: the first connections wait for the
+    // control plane's first answer (without one, inbound fails closed).
+    if let Some(p) = &route.authorization {
+        p.ready(ctx.limits.failfast_timeout).await;
+    }
     let peer = stream.peer_addr().ok();
     let peer_ip = peer.map(|a| a.ip()).unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
     let (protocol, prefix) = if route.opaque && route.accept_tls.is_none() {

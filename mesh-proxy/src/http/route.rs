@@ -54,7 +54,7 @@ impl OutboundRouter {
     async fn handle(self, req: Request<Incoming>) -> Response<Body> {
         let p = prepare(req);
         let grpc = p.grpc;
-        let policy = self.policy.current();
+        let policy = self.policy.ready(self.settings.failfast).await;
         let (parts, body) = p.req.into_parts();
         let result = match policy.route(&parts) {
             None => {

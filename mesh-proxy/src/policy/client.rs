@@ -23,6 +23,30 @@ impl<T> Clone for Live<T> {
     }
 }
 
+/// A policy that can be "not known yet" (before the control plane's first
+/// answer).
+pub trait Awaited: Default {
+    /// The placeholder until the first answer.
+    fn pending() -> Self;
+    /// Whether this is the placeholder.
+    fn is_pending(&self) -> bool;
+}
+
+impl<T: Awaited> Live<T> {
+    /// The policy in force, waiting up to `timeout` for the control plane's
+    /// first answer (what happens after that is the policy type's call:
+    /// inbound fails closed, outbound routes by default).
+    pub async fn ready(&self, timeout: Duration) -> Arc<T> {
+        let current = self.current();
+        if !current.is_pending() {
+            return current;
+        }
+        let mut rx = (*self.0).clone();
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|p| !p.is_pending())).await;
+        self.current()
+    }
+}
+
 impl<T> Live<T> {
     /// The policy in force.
     pub fn current(&self) -> Arc<T> {
@@ -98,7 +122,7 @@ impl Policies {
 fn share<K, T, F, Fut>(reg: &Registry<K, T>, key: K, client: Option<PolicyClient<Channel>>, run: F) -> Live<T>
 where
     K: std::hash::Hash + Eq,
-    T: Default + Send + Sync + 'static,
+    T: Awaited + Send + Sync + 'static,
     F: FnOnce(PolicyClient<Channel>, watch::Sender<Arc<T>>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
@@ -107,7 +131,10 @@ where
     if let Some(rx) = map.get(&key).and_then(Weak::upgrade) {
         return Live(rx);
     }
-    let (tx, rx) = watch::channel(Arc::new(T::default()));
+    // Without a control plane the defaults are the answer; with one, the
+    // policy is pending until it speaks.
+    let initial = if client.is_some() { T::pending() } else { T::default() };
+    let (tx, rx) = watch::channel(Arc::new(initial));
     let rx = Arc::new(rx);
     map.insert(key, Arc::downgrade(&rx));
     if let Some(client) = client {

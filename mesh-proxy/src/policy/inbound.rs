@@ -97,11 +97,29 @@ pub struct InboundPolicy {
     authorizations: Vec<Authorization>,
     /// Only mTLS clients may connect at all.
     pub require_mtls: bool,
+    /// No answer from the control plane yet: everything is denied (fail closed).
+    pub pending: bool,
+}
+
+impl super::client::Awaited for InboundPolicy {
+    fn pending() -> Self {
+        Self { name: "pending".into(), pending: true, ..Self::default() }
+    }
+
+    fn is_pending(&self) -> bool {
+        self.pending
+    }
 }
 
 impl Default for InboundPolicy {
     fn default() -> Self {
-        Self { name: "default".into(), default: DefaultAction::Allow, authorizations: Vec::new(), require_mtls: false }
+        Self {
+            name: "default".into(),
+            default: DefaultAction::Allow,
+            authorizations: Vec::new(),
+            require_mtls: false,
+            pending: false,
+        }
     }
 }
 
@@ -138,13 +156,16 @@ impl InboundPolicy {
             })
             .collect::<Result<_, InvalidPolicy>>()?;
         let name = if p.name.is_empty() { "default".to_string() } else { p.name.clone() };
-        Ok(Self { name, default, authorizations, require_mtls: p.require_mtls })
+        Ok(Self { name, default, authorizations, require_mtls: p.require_mtls, pending: false })
     }
 
     /// Decides for a client, and for HTTP its request. A connection-level
     /// check (`req` = `None`) only counts authorizations without HTTP matches.
     pub fn authorize(&self, client: &Client, req: Option<&Parts>) -> Verdict {
         let verdict = |allowed: bool, rule: String| Verdict { allowed, policy: self.name.clone(), rule };
+        if self.pending {
+            return verdict(false, "control-plane-unavailable".into());
+        }
         if self.require_mtls && client.identity.is_none() {
             return verdict(false, "require-mtls".into());
         }
@@ -216,6 +237,14 @@ mod tests {
         let authn = policy(pb::DefaultAction::Authenticated, vec![]);
         assert!(authn.authorize(&client(Some("spiffe://m/ns/x/sa/y"), "1.1.1.1"), None).allowed);
         assert!(!authn.authorize(&client(None, "1.1.1.1"), None).allowed);
+    }
+
+    #[test]
+    fn fails_closed_until_the_control_plane_answers() {
+        use crate::policy::client::Awaited;
+        let v = InboundPolicy::pending().authorize(&client(Some("spiffe://m/ns/a/sa/b"), "1.1.1.1"), None);
+        assert_eq!((v.allowed, v.rule.as_str()), (false, "control-plane-unavailable"));
+        assert!(InboundPolicy::default().authorize(&client(None, "1.1.1.1"), None).allowed, "no control plane: allow");
     }
 
     #[test]

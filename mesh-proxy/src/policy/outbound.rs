@@ -197,6 +197,18 @@ pub struct OutboundPolicy {
     pub limits: Limits,
     /// The retry budget shared by the target's routes.
     pub budget: Arc<RetryBudget>,
+    /// No answer from the control plane yet.
+    pub pending: bool,
+}
+
+impl super::client::Awaited for OutboundPolicy {
+    fn pending() -> Self {
+        Self { pending: true, ..Self::default() }
+    }
+
+    fn is_pending(&self) -> bool {
+        self.pending
+    }
 }
 
 impl Default for OutboundPolicy {
@@ -207,6 +219,7 @@ impl Default for OutboundPolicy {
             breaker: Breaker::default(),
             limits: Limits::default(),
             budget: Arc::new(RetryBudget::new(0.2, 10, Duration::from_secs(10))),
+            pending: false,
         }
     }
 }
@@ -230,7 +243,7 @@ impl OutboundPolicy {
             None => RetryBudget::new(0.2, 10, Duration::from_secs(10)),
         };
         let service = (p.exists && !p.service.is_empty()).then(|| p.service.clone());
-        Ok(Self { service, routes, breaker, limits, budget: Arc::new(budget) })
+        Ok(Self { service, routes, breaker, limits, budget: Arc::new(budget), pending: false })
     }
 
     /// The first route that takes `req`.
