@@ -85,7 +85,7 @@ impl Destination for DestinationService {
             rx: self.store.watch(&target),
             prev: None,
             queue: VecDeque::new(),
-            _guard: WatcherGuard::new(self.metrics.watchers.clone()),
+            _guard: mesh_core::gauge::Held::new(self.metrics.watchers.clone()),
             updates: self.metrics.updates.clone(),
             propagation: self.metrics.propagation.clone(),
             store: self.store.clone(),
@@ -119,27 +119,11 @@ struct WatchState {
     rx: watch::Receiver<Arc<Resolution>>,
     prev: Option<Arc<Resolution>>,
     queue: VecDeque<Update>,
-    _guard: WatcherGuard,
+    _guard: mesh_core::gauge::Held,
     updates: Counter,
     propagation: Histogram,
     store: Store,
     shutdown: Shutdown,
-}
-
-/// Counts a watch stream in `destination_watchers` while it lives.
-struct WatcherGuard(Gauge);
-
-impl WatcherGuard {
-    fn new(g: Gauge) -> Self {
-        g.inc();
-        Self(g)
-    }
-}
-
-impl Drop for WatcherGuard {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
 }
 
 /// The updates that take a proxy from `prev` to `next`.

@@ -67,7 +67,7 @@ impl PolicyService {
         let state = WatchState {
             rx,
             prev: None,
-            _guard: WatcherGuard::new(self.metrics.watchers.get_or_create(&labels).clone()),
+            _guard: mesh_core::gauge::Held::new(self.metrics.watchers.get_or_create(&labels).clone()),
             updates: self.metrics.updates.get_or_create(&labels).clone(),
             shutdown: self.shutdown.clone(),
         };
@@ -125,23 +125,7 @@ impl Policy for PolicyService {
 struct WatchState<T> {
     rx: watch::Receiver<Arc<T>>,
     prev: Option<Arc<T>>,
-    _guard: WatcherGuard,
+    _guard: mesh_core::gauge::Held,
     updates: Counter,
     shutdown: Shutdown,
-}
-
-/// Counts a watch stream in `policy_watchers` while it lives.
-struct WatcherGuard(Gauge);
-
-impl WatcherGuard {
-    fn new(g: Gauge) -> Self {
-        g.inc();
-        Self(g)
-    }
-}
-
-impl Drop for WatcherGuard {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
 }

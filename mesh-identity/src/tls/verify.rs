@@ -56,12 +56,7 @@ impl ServerCertVerifier for ServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.creds.provider().signature_verification_algorithms,
-        )
+        signatures::tls12(&self.creds, message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -70,16 +65,11 @@ impl ServerCertVerifier for ServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.creds.provider().signature_verification_algorithms,
-        )
+        signatures::tls13(&self.creds, message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.creds.provider().signature_verification_algorithms.supported_schemes()
+        signatures::schemes(&self.creds)
     }
 }
 
@@ -140,12 +130,7 @@ impl ClientCertVerifier for ClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.creds.provider().signature_verification_algorithms,
-        )
+        signatures::tls12(&self.creds, message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -154,16 +139,11 @@ impl ClientCertVerifier for ClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.creds.provider().signature_verification_algorithms,
-        )
+        signatures::tls13(&self.creds, message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.creds.provider().signature_verification_algorithms.supported_schemes()
+        signatures::schemes(&self.creds)
     }
 }
 
@@ -193,5 +173,36 @@ impl ResolvesClientCert for LeafResolver {
 
     fn has_certs(&self) -> bool {
         self.creds.leaf().is_some()
+    }
+}
+
+/// Handshake signatures, checked with the mesh's one crypto provider (the
+/// same for both ends of a handshake).
+mod signatures {
+    use super::Credentials;
+    use rustls::client::danger::HandshakeSignatureValid;
+    use rustls::{DigitallySignedStruct, Error, SignatureScheme};
+    use rustls_pki_types::CertificateDer;
+
+    pub(super) fn tls12(
+        c: &Credentials,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &c.provider().signature_verification_algorithms)
+    }
+
+    pub(super) fn tls13(
+        c: &Credentials,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &c.provider().signature_verification_algorithms)
+    }
+
+    pub(super) fn schemes(c: &Credentials) -> Vec<SignatureScheme> {
+        c.provider().signature_verification_algorithms.supported_schemes()
     }
 }

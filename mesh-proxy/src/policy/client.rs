@@ -80,20 +80,13 @@ impl Policies {
     pub fn outbound(&self, target: &str) -> Live<OutboundPolicy> {
         let client = self.client.clone();
         let req = OutboundRequest { target: target.to_string() };
-        share(&self.outbound, target.to_string(), client, move |mut c, tx| async move {
+        share(&self.outbound, target.to_string(), client, move |c, tx| async move {
             let what = format!("outbound policy for {}", req.target);
-            follow(
-                &what,
-                tx,
-                || {
-                    let req = req.clone();
-                    let mut c = c.clone();
-                    async move { Ok(c.watch_outbound(req).await?.into_inner()) }
-                },
-                |p| OutboundPolicy::compile(&p),
-            )
-            .await;
-            let _ = &mut c;
+            let open = || {
+                let (req, mut c) = (req.clone(), c.clone());
+                async move { Ok(c.watch_outbound(req).await?.into_inner()) }
+            };
+            follow(&what, tx, open, |p| OutboundPolicy::compile(&p)).await;
         })
     }
 
@@ -101,20 +94,13 @@ impl Policies {
     pub fn inbound(&self, namespace: &str, service_account: &str, port: u16) -> Live<InboundPolicy> {
         let key = (namespace.to_string(), service_account.to_string(), port);
         let req = InboundRequest { namespace: key.0.clone(), service_account: key.1.clone(), port: u32::from(port) };
-        share(&self.inbound, key, self.client.clone(), move |mut c, tx| async move {
+        share(&self.inbound, key, self.client.clone(), move |c, tx| async move {
             let what = format!("inbound policy for port {}", req.port);
-            follow(
-                &what,
-                tx,
-                || {
-                    let req = req.clone();
-                    let mut c = c.clone();
-                    async move { Ok(c.watch_inbound(req).await?.into_inner()) }
-                },
-                |p| InboundPolicy::compile(&p),
-            )
-            .await;
-            let _ = &mut c;
+            let open = || {
+                let (req, mut c) = (req.clone(), c.clone());
+                async move { Ok(c.watch_inbound(req).await?.into_inner()) }
+            };
+            follow(&what, tx, open, |p| InboundPolicy::compile(&p)).await;
         })
     }
 }
