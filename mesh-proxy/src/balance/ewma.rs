@@ -24,7 +24,9 @@ impl Default for EwmaConfig {
             // Optimistic: a new endpoint is tried soon, and its first
             // response sets its real cost.
             default_rtt: Duration::from_millis(1),
-            decay: Duration::from_secs(10),
+            // Short: a slow sample fades within seconds, so one hiccup does not
+            // starve a healthy replica for long (the peak still reacts at once).
+            decay: Duration::from_secs(5),
             failure_penalty: Duration::from_secs(1),
         }
     }
@@ -144,7 +146,7 @@ mod tests {
         e.observe(Duration::from_millis(1), t1);
         let c = e.cost(t1);
         assert!(c > Duration::from_millis(90), "one fast sample barely moves it: {c:?}");
-        let t2 = t1 + Duration::from_secs(60);
+        let t2 = t1 + Duration::from_secs(20);
         e.observe(Duration::from_millis(1), t2);
         assert!(e.cost(t2) < Duration::from_millis(2));
     }
@@ -167,6 +169,6 @@ mod tests {
         let t0 = Instant::now();
         e.penalize(t0);
         assert!(e.cost(t0) >= Duration::from_millis(999));
-        assert!(e.cost(t0 + Duration::from_secs(60)) < Duration::from_millis(10));
+        assert!(e.cost(t0 + Duration::from_secs(15)) < Duration::from_millis(10));
     }
 }

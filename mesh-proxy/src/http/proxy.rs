@@ -122,7 +122,6 @@ pub async fn forward_once(
         let Some(ep) = list.pick_excluding(tried) else { break };
         tried.push(ep.meta.addr);
         let _in_flight = ep.load.start();
-        let start = Instant::now();
         let conn = if upgrading {
             ep.client.dedicated_h1().await
         } else {
@@ -142,6 +141,9 @@ pub async fn forward_once(
                 continue;
             }
         };
+        // Latency is the endpoint's answer time; connecting (or waiting for
+        // the shared HTTP/2 connection to come up) is not its service time.
+        let start = Instant::now();
         match conn.send(req).await {
             Ok(mut rsp) => {
                 ep.load.observe(start.elapsed(), Instant::now());
