@@ -67,6 +67,7 @@ async fn retries_mask_a_half_failing_replica_and_the_budget_caps_a_total_outage(
     let total = out.ok + out.failed;
     assert!(total > 1000, "{out:?}");
     let success = out.ok as f64 / total as f64;
+    eprintln!("measured: retries turned a 50 %-failing replica into {:.3} % success over {total} requests", success * 100.0);
     assert!(success >= 0.999, "success {:.4} over {total}: {:?}", success, out.errors);
 
     // Total outage: every request fails; retries may add at most
@@ -83,6 +84,7 @@ async fn retries_mask_a_half_failing_replica_and_the_budget_caps_a_total_outage(
     let reached: u64 = apps_.iter().map(|a| a.requests()).sum::<u64>() - before;
     let extra = reached.saturating_sub(sent) as f64;
     let allowed = 0.5 * sent as f64 + 5.0 * 2.0;
+    eprintln!("measured: total outage, {sent} requests sent, {reached} reached the apps: {extra} retries, budget {allowed}");
     assert!(
         extra <= allowed * 1.05,
         "retries added {extra} requests to {sent}: more than the budget allows ({allowed})"
@@ -103,6 +105,7 @@ async fn timeouts_fire_at_the_configured_value() {
     for _ in 0..3 {
         let (code, _, took) = status_of(&format!("http://{}/hang", client.upstream_addrs()[0])).await;
         assert_eq!(code, 504);
+        eprintln!("measured: a 500ms route timeout answered 504 after {took:?}");
         assert!(took >= Duration::from_millis(450) && took <= Duration::from_millis(650), "timed out after {took:?}");
     }
     let (code, _, _) = status_of(&format!("http://{}/", client.upstream_addrs()[0])).await;
@@ -133,6 +136,7 @@ async fn a_failing_endpoint_is_ejected_and_readmitted_after_probation() {
     assert!(ejected, "the failing endpoint never got traffic");
     tokio::time::sleep(Duration::from_millis(100)).await;
     let failures = apps_[1].requests() - before;
+    eprintln!("measured: the failing endpoint was ejected after {failures} requests reached it");
     // Three consecutive failures eject it; requests already on their way may add a few.
     assert!((3..=7).contains(&failures), "ejected after 3 consecutive failures, saw {failures}");
     let during = apps_[1].requests();
@@ -181,6 +185,7 @@ async fn weighted_splits_are_accurate_and_change_live_without_failures() {
     let by = spread(&url, 10_000, 8).await;
     let total: u64 = by.values().sum();
     let share = *by.get("v2-0").unwrap_or(&0) as f64 / total as f64;
+    eprintln!("measured: a 90/10 split sent {:.2} % of {total} requests to v2", share * 100.0);
     assert!((share - 0.10).abs() <= 0.02, "v2 got {:.2} % of {total}", share * 100.0);
 
     // Live changes under load: 90/10 → 50/50 → 0/100, nothing fails.
@@ -248,6 +253,7 @@ async fn header_and_path_routes_faults_and_rate_limits() {
     }
     let out = load.stop().await;
     let aborted = out.failed as f64 / (out.ok + out.failed) as f64;
+    eprintln!("measured: a 20 % abort fault aborted {:.2} % of {} requests", aborted * 100.0, out.ok + out.failed);
     assert!((aborted - 0.20).abs() <= 0.02, "aborted {:.2} %", aborted * 100.0);
 
     // Rate limit: 50/s (burst 5) holds under a heavier load.
@@ -255,6 +261,7 @@ async fn header_and_path_routes_faults_and_rate_limits() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let out = load.stop().await;
     let rate = out.ok as f64 / 3.0;
+    eprintln!("measured: a 50/s rate limit passed {rate:.1}/s");
     assert!((45.0..=58.0).contains(&rate), "{rate}/s passed the 50/s limit ({out:?})");
     assert!(out.errors.iter().any(|e| e.starts_with("429")), "{:?}", out.errors);
 }
