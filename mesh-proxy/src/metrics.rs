@@ -134,9 +134,22 @@ pub struct AuthzLabels {
     pub decision: &'static str,
 }
 
-/// Every metric family of the proxy.
-#[derive(Debug, Clone)]
-pub struct Metrics {
+/// Every metric family of the proxy; cheap to clone (one `Arc`), as every
+/// connection and router holds it.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics(Arc<Families>);
+
+impl std::ops::Deref for Metrics {
+    type Target = Families;
+
+    fn deref(&self) -> &Families {
+        &self.0
+    }
+}
+
+/// The metric families behind [`Metrics`].
+#[derive(Debug)]
+pub struct Families {
     requests: Family<Labels, Counter>,
     responses: Family<ResponseLabels, Counter>,
     latency: Family<Labels, Histogram, fn() -> Histogram>,
@@ -164,7 +177,7 @@ pub struct RefusedLabels {
     pub reason: &'static str,
 }
 
-impl Default for Metrics {
+impl Default for Families {
     fn default() -> Self {
         Self {
             requests: Family::default(),
@@ -186,7 +199,7 @@ impl Default for Metrics {
     }
 }
 
-impl Metrics {
+impl Families {
     /// Registers every family.
     pub fn register(&self, reg: &mut Registry) {
         reg.register("request", "HTTP requests received", self.requests.clone());
