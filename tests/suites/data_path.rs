@@ -273,4 +273,3 @@ async fn control_plane_restart_under_load() {
     assert!(learned, "proxy did not resume its watch after the restart: {out:?}");
     assert_eq!(out.failed, 0, "{:?}", out.errors);
 }
-

@@ -67,7 +67,10 @@ async fn retries_mask_a_half_failing_replica_and_the_budget_caps_a_total_outage(
     let total = out.ok + out.failed;
     assert!(total > 1000, "{out:?}");
     let success = out.ok as f64 / total as f64;
-    eprintln!("measured: retries turned a 50 %-failing replica into {:.3} % success over {total} requests", success * 100.0);
+    eprintln!(
+        "measured: retries turned a 50 %-failing replica into {:.3} % success over {total} requests",
+        success * 100.0
+    );
     assert!(success >= 0.999, "success {:.4} over {total}: {:?}", success, out.errors);
 
     // Total outage: every request fails; retries may add at most
@@ -84,7 +87,9 @@ async fn retries_mask_a_half_failing_replica_and_the_budget_caps_a_total_outage(
     let reached: u64 = apps_.iter().map(|a| a.requests()).sum::<u64>() - before;
     let extra = reached.saturating_sub(sent) as f64;
     let allowed = 0.5 * sent as f64 + 5.0 * 2.0;
-    eprintln!("measured: total outage, {sent} requests sent, {reached} reached the apps: {extra} retries, budget {allowed}");
+    eprintln!(
+        "measured: total outage, {sent} requests sent, {reached} reached the apps: {extra} retries, budget {allowed}"
+    );
     assert!(
         extra <= allowed * 1.05,
         "retries added {extra} requests to {sent}: more than the budget allows ({allowed})"

@@ -39,6 +39,30 @@ async fn wait_ready(admin: SocketAddr) {
     assert!(ok, "process at {admin} never became ready");
 }
 
+/// Starts a proxy on fresh ports (`args` gets two free addresses: a listener
+/// and the admin port) and waits until it is ready. A free port can be taken
+/// by a parallel test between our probe and the proxy's bind: then the proxy
+/// exits at once and is started again on other ports.
+async fn ready_proxy(args: impl Fn(SocketAddr, SocketAddr) -> Vec<String>) -> (Proc, SocketAddr, SocketAddr) {
+    for _ in 0..5 {
+        let (listen, admin) = (free_addr(), free_addr());
+        let mut p = spawn_proxy(&args(listen, admin));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if p.0.try_wait().unwrap().is_some() {
+                break;
+            }
+            if tokio::net::TcpStream::connect(admin).await.is_ok()
+                && mesh::admin_get(admin, "/ready").await.starts_with("ready")
+            {
+                return (p, listen, admin);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    panic!("a proxy never became ready in five attempts");
+}
+
 fn spawn_proxy(args: &[String]) -> Proc {
     let child = Command::new(bins::path("mesh-proxy"))
         .args(args)
@@ -68,9 +92,7 @@ fn sidecar_args(app: SocketAddr, inbound: SocketAddr, admin: SocketAddr) -> Vec<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let app = apps::http("web-0").await;
-    let (inbound, admin) = (free_addr(), free_addr());
-    let mut proxy = spawn_proxy(&sidecar_args(app.addr, inbound, admin));
-    wait_ready(admin).await;
+    let (mut proxy, inbound, _admin) = ready_proxy(|inbound, admin| sidecar_args(app.addr, inbound, admin)).await;
 
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Empty<Bytes>>();
@@ -96,18 +118,12 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_100_mb_body_streams_through_with_bounded_memory() {
     let app = apps::http("web-0").await;
-    let (inbound, server_admin) = (free_addr(), free_addr());
-    let server = spawn_proxy(&sidecar_args(app.addr, inbound, server_admin));
-    let (upstream, client_admin) = (free_addr(), free_addr());
+    let (server, inbound, _) = ready_proxy(|inbound, admin| sidecar_args(app.addr, inbound, admin)).await;
     // No control plane: an ip:port target is passed through as-is.
-    let client = spawn_proxy(&[
-        "--upstream".into(),
-        format!("{upstream}={inbound}"),
-        "--admin-addr".into(),
-        client_admin.to_string(),
-    ]);
-    wait_ready(server_admin).await;
-    wait_ready(client_admin).await;
+    let (client, upstream, _) = ready_proxy(|upstream, admin| {
+        vec!["--upstream".into(), format!("{upstream}={inbound}"), "--admin-addr".into(), admin.to_string()]
+    })
+    .await;
 
     const TOTAL: usize = 100 * 1024 * 1024;
     for h2 in [false, true] {
@@ -156,16 +172,32 @@ async fn control_plane_rejects_bad_registries_and_keeps_the_last_good() {
         "services:\n  - name: web\n    ports:\n      - port: 80\n    endpoints:\n      - address: 127.0.0.1:9\n",
     )
     .unwrap();
-    let (grpc, admin) = (free_addr(), free_addr());
     let log = dir.path().join("control.log");
-    let child = Command::new(bins::path("mesh-control"))
-        .args(["--registry-file", reg.to_str().unwrap(), "--registry-poll", "50ms"])
-        .args(["--grpc-addr", &grpc.to_string(), "--admin-addr", &admin.to_string()])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let _control = Proc(child);
+    // Retried on fresh ports if a parallel test takes one between probe and bind.
+    let mut started = None;
+    for _ in 0..5 {
+        let (grpc, admin) = (free_addr(), free_addr());
+        let child = Command::new(bins::path("mesh-control"))
+            .args(["--registry-file", reg.to_str().unwrap(), "--registry-poll", "50ms"])
+            .args(["--grpc-addr", &grpc.to_string(), "--admin-addr", &admin.to_string()])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut p = Proc(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && p.0.try_wait().unwrap().is_none() {
+            if tokio::net::TcpStream::connect(admin).await.is_ok() {
+                started = Some((p, admin));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if started.is_some() {
+            break;
+        }
+    }
+    let (_control, admin) = started.expect("the control plane started");
     wait_ready(admin).await;
     std::fs::write(&reg, "services:\n  - name: web\n    prots: []\n").unwrap();
     let rejected = mesh::eventually(Duration::from_secs(5), || async {
