@@ -247,6 +247,27 @@ impl Plan {
                 );
             }
         }
+        // Resilience on show: authors fails a little on purpose; web's calls
+        // to it are retried, so web stays near 100 % while authors' own
+        // success rate shows its failures.
+        y.push_str(
+            "routes:\n  - name: authors-retries\n    service: authors\n    rules:\n      - name: retry-5xx\n        \
+             retries: {attempts: 2, on: [5xx, connect-failure], backoff: {base: 5ms, max: 50ms}}\n",
+        );
+        // Zero trust on show (identity only: without it, no client can prove
+        // who it is): only web may call books and authors, only the traffic
+        // generator may call web.
+        if self.identity.is_some() {
+            y.push_str("authorizations:\n");
+            for (service, caller) in [(Service::Books, "web"), (Service::Authors, "web"), (Service::Web, "traffic")] {
+                let _ = writeln!(
+                    y,
+                    "  - name: {0}-authz\n    service: {0}\n    default: deny\n    rules:\n      - {{name: from-{1}, serviceAccounts: [{1}]}}",
+                    service.name(),
+                    caller
+                );
+            }
+        }
         y
     }
 
@@ -412,6 +433,10 @@ mod tests {
             assert!(y.contains(&format!("replica: \"{}\"", r.name)), "{y}");
         }
         assert!(y.contains("  - name: books\n    ports:\n      - port: 7001\n        protocol: http\n"), "{y}");
+        assert!(y.contains("name: authors-retries") && !y.contains("authorizations:"), "{y}");
+        let text = y.clone();
+        let parsed = mesh_control::registry::file::parse(std::path::Path::new("demo.yaml"), &text);
+        assert!(parsed.is_ok(), "the demo's registry must be valid: {parsed:?}");
     }
 
     #[test]
