@@ -428,8 +428,14 @@ impl FileRegistry {
 }
 
 #[cfg(test)]
-mod tests;
+mod test_support;
 #[cfg(test)]
 mod tests_authorizations;
 #[cfg(test)]
+mod tests_parse;
+#[cfg(test)]
 mod tests_routes;
+#[cfg(test)]
+mod tests_services;
+#[cfg(test)]
+mod tests_watch;

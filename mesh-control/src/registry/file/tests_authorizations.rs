@@ -1,18 +1,13 @@
 //! The `authorizations` section: parsing, defaults and every validation
 //! rule; and that a rejected file keeps the last good policies in force.
 
-use super::tests::{one_problem, problems, valid};
-use super::tests_routes::{line_of, with};
+use super::test_support::{Fixture, fixture, line_of, one_problem, problems, rejects, valid, with};
 use super::*;
 use crate::policy::InboundTarget;
 use crate::registry::model::ServiceKey;
 use crate::registry::policy::*;
 use crate::store::Target;
 use mesh_proto::policy as pb;
-
-fn rejects(text: &str, at: &str, needle: &str) {
-    one_problem(text, line_of(text, at), needle);
-}
 
 /// An authorization for books with the given rules (YAML at depth 6).
 fn authz(rules: &str) -> String {
@@ -217,12 +212,7 @@ authorizations:
   - {name: a, service: books, default: deny}
 ",
     );
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("registry.yaml");
-    std::fs::write(&path, &good).expect("write");
-    let store = Store::new(None);
-    let metrics = RegistryMetrics::default();
-    let mut registry = FileRegistry::new(&path, Duration::from_millis(50), store.clone(), metrics);
+    let Fixture { _dir, path, store, mut registry, .. } = fixture(&good, Duration::from_millis(50));
     registry.load_initial().expect("valid");
 
     let target: Target = "books.default:7001".parse().expect("target");

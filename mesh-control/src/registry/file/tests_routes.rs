@@ -1,50 +1,14 @@
 //! The `routes` section and services' `trafficPolicy`: parsing, defaults and
 //! every validation rule.
 
-use super::tests::{one_problem, problems, valid};
+use super::test_support::{line_of, one_problem, problems, rejects, valid, with};
 use crate::registry::model::ServiceKey;
 use crate::registry::policy::*;
 use std::time::Duration;
 
-/// Services every test routes between.
-pub(super) const SERVICES: &str = "\
-services:
-  - name: books
-    addresses: [10.96.0.10]
-    ports: [{port: 7001, targetPort: 8001}, {port: 7002}]
-    endpoints: [{ip: 10.0.0.5}]
-  - name: books-v2
-    ports: [{port: 7001}]
-  - name: web
-    ports: [{port: 80}]
-  - name: shelf
-    namespace: shop
-    serviceAccount: shelf-sa
-    ports: [{port: 9000}]
-    endpoints: [{address: \"127.0.0.1:4243\"}, {address: \"127.0.0.1:4244\"}]
-";
-
-/// The services followed by `rest`.
-pub(super) fn with(rest: &str) -> String {
-    format!("{SERVICES}{rest}")
-}
-
-/// The 1-based line of the only line containing `needle`.
-pub(super) fn line_of(text: &str, needle: &str) -> u32 {
-    let lines: Vec<usize> = text.lines().enumerate().filter(|(_, l)| l.contains(needle)).map(|(i, _)| i + 1).collect();
-    assert_eq!(lines.len(), 1, "{needle:?} must be on exactly one line: {lines:?}");
-    u32::try_from(lines[0]).expect("line")
-}
-
 /// A route policy for books:7001 with the given rules (YAML lines at depth 6).
 fn route(rules: &str) -> String {
     with(&format!("routes:\n  - name: books-routes\n    service: books\n    port: 7001\n    rules:\n{rules}"))
-}
-
-/// Asserts that `text` has one problem, on the line holding `at`, whose
-/// message contains `needle`.
-fn rejects(text: &str, at: &str, needle: &str) {
-    one_problem(text, line_of(text, at), needle);
 }
 
 fn ms(n: u64) -> Duration {
@@ -459,7 +423,7 @@ fn duplicate_names() {
     let text = route("      - name: Canary\n");
     rejects(&text, "Canary", "route \"books-routes\" rule \"Canary\" name: \"Canary\" is not a valid name");
     let text = route("      - backends: [{service: books, namespace: \"d_x\"}]\n");
-    let found = super::tests::problems(&text);
+    let found = super::test_support::problems(&text);
     assert!(
         found[1].message.contains("rule \"rule-0\" backends[0].namespace: \"d_x\" is not a valid name"),
         "{found:?}"

@@ -1,0 +1,167 @@
+//! The control plane: the lab's service registry and `mesh-control` in its
+//! own namespace on the bridge.
+
+use super::procs::{ProcId, eventually};
+use super::{CONTROL_ADMIN_PORT, CONTROL_PORT, Lab};
+use std::fmt::Write as _;
+use std::fs;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A service in the lab's registry.
+#[derive(Debug, Clone)]
+pub struct Service {
+    /// Name (namespace `default`).
+    pub name: String,
+    /// Service account of its replicas (default: the name).
+    pub service_account: Option<String>,
+    /// Virtual IP.
+    pub vip: Ipv4Addr,
+    /// Service port.
+    pub port: u16,
+    /// Port the replicas' apps listen on.
+    pub target_port: u16,
+    /// `http`, `http2`, `grpc`, `opaque`...
+    pub protocol: String,
+    /// The replicas' pod IPs.
+    pub endpoints: Vec<Ipv4Addr>,
+}
+
+impl Service {
+    /// A service with no endpoints yet.
+    pub fn new(name: &str, vip: Ipv4Addr, port: u16, target_port: u16, protocol: &str) -> Self {
+        Self {
+            name: name.into(),
+            service_account: None,
+            vip,
+            port,
+            target_port,
+            protocol: protocol.into(),
+            endpoints: Vec::new(),
+        }
+    }
+
+    /// With these endpoints.
+    pub fn endpoints(mut self, ips: &[Ipv4Addr]) -> Self {
+        self.endpoints = ips.to_vec();
+        self
+    }
+
+    /// Running as this service account.
+    pub fn service_account(mut self, sa: &str) -> Self {
+        self.service_account = Some(sa.into());
+        self
+    }
+
+    /// The address apps dial: `vip:port`.
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.vip, self.port)
+    }
+}
+
+/// Renders a registry file.
+pub fn registry_yaml(services: &[Service]) -> String {
+    let mut y = String::from("services:\n");
+    for s in services {
+        let _ = writeln!(y, "  - name: {}", s.name);
+        if let Some(sa) = &s.service_account {
+            let _ = writeln!(y, "    serviceAccount: {sa}");
+        }
+        let _ = writeln!(y, "    addresses: [\"{}\"]", s.vip);
+        let _ = writeln!(y, "    ports:");
+        let _ = writeln!(
+            y,
+            "      - port: {}\n        targetPort: {}\n        protocol: {}",
+            s.port, s.target_port, s.protocol
+        );
+        if s.endpoints.is_empty() {
+            let _ = writeln!(y, "    endpoints: []");
+        } else {
+            let _ = writeln!(y, "    endpoints:");
+            for e in &s.endpoints {
+                let _ = writeln!(y, "      - ip: \"{e}\"");
+            }
+        }
+    }
+    y
+}
+
+impl Lab {
+    /// The services the registry holds.
+    pub fn services(&self) -> &[Service] {
+        &self.services
+    }
+
+    /// Replaces the registry (written atomically; the control plane polls it every 50 ms).
+    pub fn set_services(&mut self, services: Vec<Service>) {
+        self.services = services;
+        self.write_registry();
+    }
+
+    /// Changes one service and rewrites the registry.
+    pub fn update_service(&mut self, name: &str, f: impl FnOnce(&mut Service)) {
+        let s = self.services.iter_mut().find(|s| s.name == name).unwrap_or_else(|| panic!("no service {name}"));
+        f(s);
+        self.write_registry();
+    }
+
+    fn registry_path(&self) -> PathBuf {
+        self.dir.path().join("registry.yaml")
+    }
+
+    fn write_registry(&self) {
+        let tmp = self.dir.path().join(".registry.yaml.tmp");
+        fs::write(&tmp, registry_yaml(&self.services)).unwrap();
+        fs::rename(&tmp, self.registry_path()).unwrap();
+    }
+
+    /// Starts the control plane in its own namespace on the bridge (the
+    /// registry as set so far, the lab's CA) and waits until it is ready.
+    pub fn start_control(&mut self) {
+        assert!(self.control.is_none(), "the control plane is already started");
+        if !self.registry_path().exists() {
+            self.write_registry();
+        }
+        let ip = self.add_pod("control");
+        self.control_ip = Some(ip);
+        let argv = vec![
+            crate::bins::path("mesh-control").display().to_string(),
+            "--registry-file".into(),
+            self.registry_path().display().to_string(),
+            "--registry-poll".into(),
+            "50ms".into(),
+            "--identity-dir".into(),
+            self.identity.path().display().to_string(),
+            "--grpc-addr".into(),
+            format!("0.0.0.0:{CONTROL_PORT}"),
+            "--admin-addr".into(),
+            format!("0.0.0.0:{CONTROL_ADMIN_PORT}"),
+        ];
+        let id = self.spawn("control", "mesh-control", &argv.iter().map(String::as_str).collect::<Vec<_>>());
+        self.control = Some(id);
+        self.wait_control_ready();
+    }
+
+    fn wait_control_ready(&mut self) {
+        let id = self.control.unwrap();
+        let url = format!("http://127.0.0.1:{CONTROL_ADMIN_PORT}/ready");
+        let ok = eventually(Duration::from_secs(15), || {
+            assert!(self.exited(id).is_none(), "the control plane exited:\n{}", self.logs(id));
+            self.curl("control", &["-f", &url]).stdout.starts_with("ready")
+        });
+        assert!(ok, "the control plane never became ready:\n{}", self.logs(id));
+    }
+
+    /// The control plane's process.
+    pub fn control(&self) -> ProcId {
+        self.control.expect("no control plane")
+    }
+
+    /// Restarts a (killed) control plane on the same address and waits until ready.
+    pub fn restart_control(&mut self) {
+        let id = self.control();
+        self.restart(id);
+        self.wait_control_ready();
+    }
+}

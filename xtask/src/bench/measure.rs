@@ -1,0 +1,376 @@
+//! What every scenario shares: the [`Bench`] context, starting a mesh for a
+//! table, and measuring a [`Table`]: warm-up, interleaved rounds, CPU,
+//! memory, and checks that each mesh is what the table claims it is.
+
+use super::BenchArgs;
+use super::conns::{self, ConnLoad};
+use super::loadgen::{Load, Mode, Proto, Tools};
+use super::otlp::Collector;
+use super::parse;
+use super::procs;
+use super::report::{Run, Scenario, Section, Unit, Variant};
+use super::topology::{Bins, Identity, Mesh, MeshSpec, Nginx};
+use anyhow::{Context, bail};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// What every table needs.
+#[derive(Debug)]
+pub struct Bench<'a> {
+    pub args: &'a BenchArgs,
+    pub bins: Bins,
+    pub nginx: Nginx,
+    pub identity: Option<Identity>,
+    pub dir: &'a Path,
+}
+
+/// How a table's runs load a path.
+#[derive(Debug, Clone, Copy)]
+pub enum Driver<'a> {
+    /// HTTP requests from oha, wrk or h2load.
+    Http(&'a Tools, Proto),
+    /// New connections from [`conns`].
+    Conns,
+}
+
+/// One path of a table: where its load goes, and its mesh (an index into
+/// the table's meshes) unless it is the baseline.
+#[derive(Debug, Clone, Copy)]
+pub struct Target {
+    variant: Variant,
+    addr: SocketAddr,
+    mesh: Option<usize>,
+}
+
+/// A table to measure.
+#[derive(Debug)]
+pub struct Table<'a> {
+    pub key: String,
+    pub title: String,
+    pub unit: Unit,
+    pub driver: Driver<'a>,
+    pub modes: [Mode; 2],
+    pub targets: Vec<Target>,
+    pub meshes: Vec<Mesh>,
+    pub collector: Option<&'a Collector>,
+    pub notes: Vec<String>,
+}
+
+/// Each mesh against the baseline, then each mesh against the one before it
+/// (mTLS against plaintext, traced against untraced).
+fn comparisons(variants: &[Variant]) -> Vec<(Variant, Variant)> {
+    let meshes: Vec<Variant> = variants.iter().copied().filter(|v| *v != Variant::Baseline).collect();
+    let against_baseline = meshes.iter().map(|&m| (m, Variant::Baseline));
+    let consecutive = meshes.windows(2).map(|w| (w[1], w[0]));
+    against_baseline.chain(consecutive).collect()
+}
+
+/// The server proxy's inbound connections accepted so far: (mTLS, plaintext).
+fn inbound_connections(metrics: &str) -> (u64, u64) {
+    let count = |tls| parse::metric_sum(metrics, "tcp_open_total", &[("direction", "inbound"), ("tls", tls)]) as u64;
+    (count("true"), count("false"))
+}
+
+/// Spans both proxies dropped so far.
+fn spans_dropped(metrics: &[String; 2]) -> u64 {
+    metrics.iter().map(|m| parse::metric_sum(m, "trace_spans_dropped_total", &[]) as u64).sum()
+}
+
+fn describe(mode: Mode, unit: Unit) -> String {
+    match (mode, unit) {
+        (Mode::Fixed(rate), Unit::Request) => format!("{rate} req/s"),
+        (Mode::Fixed(rate), Unit::Connection) => format!("{rate} conn/s"),
+        (Mode::Max, _) => "max rate".into(),
+    }
+}
+
+impl Bench<'_> {
+    /// Starts one mesh for a table; `tag` names its logs.
+    pub fn mesh(
+        &self,
+        tag: &str,
+        variant: Variant,
+        app: SocketAddr,
+        protocol: &'static str,
+        collector: Option<&Collector>,
+    ) -> anyhow::Result<Mesh> {
+        let Variant::Mesh { tls, tracing } = variant else { bail!("the baseline has no mesh") };
+        let identity = match (tls, &self.identity) {
+            (true, Some(id)) => Some(id),
+            (true, None) => bail!("an mTLS mesh needs the identity directory"),
+            (false, _) => None,
+        };
+        let trace_collector = match (tracing, collector) {
+            (true, Some(c)) => Some(c.endpoint()),
+            (true, None) => bail!("a traced mesh needs the OTLP receiver"),
+            (false, _) => None,
+        };
+        let spec = MeshSpec {
+            name: format!("{tag}-{}", variant.key()),
+            app,
+            protocol,
+            identity,
+            trace_collector,
+            threads: self.args.proxy_threads,
+        };
+        eprintln!("==> {tag}: starting a mesh, {}: mesh-control and two proxies", variant.label());
+        Mesh::start(&self.bins, &spec, self.dir)
+            .with_context(|| format!("cannot start the {} for {tag}", variant.label()))
+    }
+
+    /// Targets for the baseline at `direct` and each started mesh.
+    pub fn targets(direct: SocketAddr, meshes: &[(Variant, Mesh)]) -> Vec<Target> {
+        let mut t = vec![Target { variant: Variant::Baseline, addr: direct, mesh: None }];
+        t.extend(meshes.iter().enumerate().map(|(i, (v, m))| Target { variant: *v, addr: m.entry, mesh: Some(i) }));
+        t
+    }
+
+    /// One unmeasured or measured run of `driver` against `addr`.
+    fn load(&self, driver: Driver<'_>, mode: Mode, secs: u64, addr: SocketAddr) -> anyhow::Result<parse::Sample> {
+        let duration = Duration::from_secs(secs);
+        match driver {
+            Driver::Http(tools, proto) => {
+                tools.run(&Load { proto, mode, connections: self.args.connections, duration }, addr, self.dir)
+            }
+            Driver::Conns => {
+                let report = conns::run(&ConnLoad { mode, workers: self.args.connections, duration }, addr)?;
+                if let Some(e) = report.first_error {
+                    eprintln!("    {} connection(s) failed; the first: {e}", report.sample.errors);
+                }
+                Ok(report.sample)
+            }
+        }
+    }
+
+    fn tool(driver: Driver<'_>, mode: Mode, connections: u32) -> &'static str {
+        match driver {
+            Driver::Http(tools, proto) => {
+                tools.name(&Load { proto, mode, connections, duration: Duration::from_secs(1) })
+            }
+            Driver::Conns => conns::TOOL,
+        }
+    }
+
+    /// CPU ticks used so far by the client proxy, the server proxy (0 for
+    /// the baseline) and nginx.
+    fn cpu_now(&self, mesh: Option<&Mesh>) -> anyhow::Result<[u64; 3]> {
+        let nginx = procs::cpu_ticks(self.nginx.pid())?;
+        Ok(match mesh {
+            Some(m) => {
+                let [client, server] = m.proxies();
+                [procs::cpu_ticks(client.pid())?, procs::cpu_ticks(server.pid())?, nginx]
+            }
+            None => [0, 0, nginx],
+        })
+    }
+
+    /// Checks that each mesh's proxies talk as they should: mTLS in an
+    /// mTLS mesh, plaintext otherwise. `None` when they do.
+    fn security_problem(table: &Table<'_>) -> anyhow::Result<Option<String>> {
+        for t in &table.targets {
+            let (Some(i), Variant::Mesh { tls, .. }) = (t.mesh, t.variant) else { continue };
+            let [_, server] = table.meshes[i].metrics()?;
+            let (mtls, plain) = inbound_connections(&server);
+            let ok = if tls { mtls > 0 && plain == 0 } else { mtls == 0 && plain > 0 };
+            if !ok {
+                return Ok(Some(format!(
+                    "the {}'s server proxy accepted {mtls} mTLS and {plain} plaintext connection(s) from the client proxy",
+                    t.variant.label()
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Warms up every path, then runs the table's scenarios, interleaving its paths.
+    pub fn measure(&self, mut table: Table<'_>) -> anyhow::Result<Section> {
+        let args = self.args;
+        let name = table.key.clone();
+        if args.warmup > 0 {
+            for t in &table.targets {
+                let sample = self.load(table.driver, Mode::Max, args.warmup, t.addr)?;
+                if let Some(i) = t.mesh {
+                    let mesh = &mut table.meshes[i];
+                    mesh.check_alive()
+                        .with_context(|| format!("a {} process died during the warm-up", t.variant.label()))?;
+                }
+                if sample.ok == 0 {
+                    let logs = t.mesh.map(|i| table.meshes[i].log_tails()).unwrap_or_default();
+                    bail!(
+                        "{name}: warm-up through the {} got no success ({} failed)\n{logs}",
+                        t.variant.label(),
+                        sample.errors
+                    );
+                }
+            }
+            if let Some(problem) = Self::security_problem(&table)? {
+                bail!("{name}: {problem}: the mesh is not what this table claims to measure");
+            }
+            if let Some(c) = table.collector {
+                c.settle(Duration::from_millis(700), Duration::from_secs(5));
+            }
+        }
+
+        let n = table.targets.len();
+        let mut scenarios = Vec::new();
+        for mode in table.modes {
+            let tool = Self::tool(table.driver, mode, args.connections);
+            let mut runs = Vec::new();
+            for round in 1..=args.rounds {
+                for k in 0..n {
+                    let t = table.targets[(k + round as usize - 1) % n];
+                    let run = self.one_run(&mut table, t, mode, round)?;
+                    let s = &run.sample;
+                    let extra = match (run.peer_connections, run.spans) {
+                        (_, Some(spans)) => format!(", {spans} spans, {} dropped", run.spans_dropped.unwrap_or(0)),
+                        (Some(p), None) if table.unit == Unit::Connection => {
+                            format!(", {p} proxy-to-proxy connections")
+                        }
+                        _ => String::new(),
+                    };
+                    eprintln!(
+                        "  {name} {} via {tool}, round {round}/{}, {}: {:.0}/s, p50 {}, p99 {}, {} ok, {} failed, CPU ticks (client proxy, server proxy, nginx) {:?}{extra}",
+                        describe(mode, table.unit),
+                        args.rounds,
+                        t.variant.label(),
+                        s.rps,
+                        s.p50_us.map_or("-".into(), |v| format!("{v:.0}µs")),
+                        s.p99_us.map_or("-".into(), |v| format!("{v:.0}µs")),
+                        s.ok,
+                        s.errors,
+                        run.cpu_ticks,
+                    );
+                    runs.push(run);
+                    // Let sockets from the last run close before the next one.
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+            scenarios.push(Scenario { mode, tool, connections: args.connections, runs });
+        }
+
+        if args.warmup == 0
+            && let Some(problem) = Self::security_problem(&table)?
+        {
+            eprintln!("warning: {name}: {problem}");
+            table.notes.push(format!("WARNING: {problem}"));
+        }
+        let mut memory = Vec::new();
+        for t in &table.targets {
+            if let Some(i) = t.mesh {
+                let [client, server] = table.meshes[i].proxies();
+                memory.push((t.variant, [procs::memory(client.pid())?, procs::memory(server.pid())?]));
+            }
+        }
+        let variants: Vec<Variant> = table.targets.iter().map(|t| t.variant).collect();
+        let mut section = Section {
+            key: table.key,
+            title: table.title,
+            unit: table.unit,
+            comparisons: comparisons(&variants),
+            variants,
+            scenarios,
+            memory,
+            notes: table.notes,
+        };
+        section.notes.extend(sanity_notes(&section));
+        Ok(section)
+    }
+
+    /// One measured run of one path.
+    fn one_run(&self, table: &mut Table<'_>, t: Target, mode: Mode, round: u32) -> anyhow::Result<Run> {
+        let traced = matches!(t.variant, Variant::Mesh { tracing: true, .. });
+        let collector = table.collector.filter(|_| traced);
+        // Admin requests are made outside the CPU readings.
+        let metrics_before = t.mesh.map(|i| table.meshes[i].metrics()).transpose()?;
+        let spans_before = collector.map(Collector::spans);
+        let before = self.cpu_now(t.mesh.map(|i| &table.meshes[i]))?;
+        let sample = self.load(table.driver, mode, self.args.duration, t.addr)?;
+        let after = self.cpu_now(t.mesh.map(|i| &table.meshes[i]))?;
+        if let Some(i) = t.mesh {
+            let mesh = &mut table.meshes[i];
+            let label = t.variant.label();
+            mesh.check_alive().with_context(|| format!("a {label} process died during a run\n{}", mesh.log_tails()))?;
+        }
+        let spans = match (collector, spans_before) {
+            (Some(c), Some(b)) => Some(c.settle(Duration::from_millis(700), Duration::from_secs(5)).saturating_sub(b)),
+            _ => None,
+        };
+        let metrics_after = t.mesh.map(|i| table.meshes[i].metrics()).transpose()?;
+        let (peer_connections, spans_dropped) = match (&metrics_before, &metrics_after) {
+            (Some(b), Some(a)) => {
+                let total = |m: &[String; 2]| {
+                    let (mtls, plain) = inbound_connections(&m[1]);
+                    mtls + plain
+                };
+                let peer = total(a).saturating_sub(total(b));
+                (Some(peer), traced.then(|| spans_dropped(a).saturating_sub(spans_dropped(b))))
+            }
+            _ => (None, None),
+        };
+        Ok(Run {
+            round,
+            variant: t.variant,
+            sample,
+            cpu_ticks: std::array::from_fn(|i| after[i].saturating_sub(before[i])),
+            peer_connections,
+            spans,
+            spans_dropped,
+        })
+    }
+}
+
+/// Notes for figures that are off: spans per request far from 2, client
+/// connections not each opening a proxy-to-proxy connection.
+fn sanity_notes(section: &Section) -> Vec<String> {
+    let mut notes = Vec::new();
+    for sc in &section.scenarios {
+        for &v in &section.variants {
+            let s = sc.stats(v);
+            if let Some(per) = s.spans_per_unit().filter(|p| !(1.9..=2.1).contains(p)) {
+                notes.push(format!(
+                    "{}, {}: {per:.2} spans per request received, not ≈ 2{}",
+                    describe(sc.mode, section.unit),
+                    v.label(),
+                    if s.spans_dropped.unwrap_or(0) > 0 { " (the proxies dropped some)" } else { "" }
+                ));
+            }
+            if section.unit == Unit::Connection
+                && let Some(per) = s.peer_connections_per_unit().filter(|p| !(0.95..=1.05).contains(p))
+            {
+                notes.push(format!(
+                    "{}, {}: {per:.2} proxy-to-proxy connections per client connection, not ≈ 1",
+                    describe(sc.mode, section.unit),
+                    v.label()
+                ));
+            }
+        }
+    }
+    notes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: Variant = Variant::PLAINTEXT;
+    const M: Variant = Variant::MTLS;
+
+    #[test]
+    fn comparisons_against_baseline_then_the_previous_mesh() {
+        let b = Variant::Baseline;
+        assert_eq!(comparisons(&[b, M]), vec![(M, b)]);
+        assert_eq!(comparisons(&[b, P, M]), vec![(P, b), (M, b), (M, P)]);
+        assert_eq!(comparisons(&[b, M, M.traced()]), vec![(M, b), (M.traced(), b), (M.traced(), M)]);
+    }
+
+    #[test]
+    fn proxy_metrics() {
+        let server = "tcp_open_total{direction=\"inbound\",target=\"x\",tls=\"true\",peer_id=\"a\"} 4\n\
+                      tcp_open_total{direction=\"inbound\",target=\"x\",tls=\"false\",peer_id=\"\"} 1\n\
+                      tcp_open_total{direction=\"outbound\",target=\"y\",tls=\"true\",peer_id=\"b\"} 9\n";
+        assert_eq!(inbound_connections(server), (4, 1));
+        let dropped = ["trace_spans_dropped_total 3\n".to_string(), "trace_spans_dropped_total 4\n".to_string()];
+        assert_eq!(spans_dropped(&dropped), 7);
+    }
+}
