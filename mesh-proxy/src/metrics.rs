@@ -247,9 +247,9 @@ impl Families {
         self.access_log_dropped.clone()
     }
 
-    /// Counts a request taking a route.
-    pub fn route_request(&self, route: &RouteLabels) {
-        self.route_requests.get_or_create(route).inc();
+    /// The counter of requests taking a route.
+    pub fn route_requests(&self, route: &RouteLabels) -> Counter {
+        self.route_requests.get_or_create(route).clone()
     }
 
     /// Counts a route event.
@@ -280,6 +280,7 @@ impl Families {
             latency: self.latency.get_or_create(&labels).clone(),
             responses: self.responses.clone(),
             labels,
+            seen: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -329,22 +330,47 @@ pub struct HttpHandles {
     pub latency: Histogram,
     responses: Family<ResponseLabels, Counter>,
     labels: Labels,
+    /// Response counters this connection has used, so the common case costs
+    /// a short scan instead of building labels (allocations) and hashing.
+    seen: std::sync::Mutex<Vec<(ResponseKey, Counter)>>,
 }
+
+/// What distinguishes one response counter from another on a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ResponseKey {
+    status_code: u16,
+    grpc_status: Option<u32>,
+    route: Option<Arc<str>>,
+    class: Class,
+}
+
+/// Distinct response counters remembered per connection.
+const SEEN_MAX: usize = 16;
 
 impl HttpHandles {
     /// Counts a finished response; `broken` marks a stream that failed
     /// mid-body (a failure whatever its status). Returns whether it failed.
-    pub fn response(&self, status_code: u16, grpc_status: Option<u32>, route: Option<&str>, broken: bool) -> bool {
-        let classification = if broken { Class::failure } else { classify(status_code, grpc_status) };
-        let labels = ResponseLabels {
-            base: self.labels.clone(),
-            status_code,
-            grpc_status: grpc_status.map(|g| g.to_string()).unwrap_or_default(),
-            route: route.unwrap_or_default().to_string(),
-            classification,
-        };
-        self.responses.get_or_create(&labels).inc();
-        classification == Class::failure
+    pub fn response(&self, status_code: u16, grpc_status: Option<u32>, route: Option<&Arc<str>>, broken: bool) -> bool {
+        let class = if broken { Class::failure } else { classify(status_code, grpc_status) };
+        let key = ResponseKey { status_code, grpc_status, route: route.cloned(), class };
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, c)) = seen.iter().find(|(k, _)| *k == key) {
+            c.inc();
+        } else {
+            let labels = ResponseLabels {
+                base: self.labels.clone(),
+                status_code,
+                grpc_status: grpc_status.map(|g| g.to_string()).unwrap_or_default(),
+                route: route.map(|r| r.to_string()).unwrap_or_default(),
+                classification: class,
+            };
+            let counter = self.responses.get_or_create(&labels).clone();
+            counter.inc();
+            if seen.len() < SEEN_MAX {
+                seen.push((key, counter));
+            }
+        }
+        class == Class::failure
     }
 }
 

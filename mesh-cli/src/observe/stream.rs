@@ -6,7 +6,6 @@
 use super::client::{Addr, Lines};
 use super::proxies::{Proxy, Source};
 use mesh_core::backoff::Backoff;
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -17,43 +16,8 @@ const REDISCOVER: Duration = Duration::from_secs(10);
 /// How long opening a tap may take.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// One request as a proxy's `/tap` reports it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Event {
-    /// Unix milliseconds when the request arrived.
-    pub ts_ms: u64,
-    /// `inbound` or `outbound`.
-    pub direction: String,
-    /// The workload whose proxy saw it.
-    pub workload: String,
-    /// The target (the app port inbound, the service outbound).
-    pub target: String,
-    /// The peer's identity (the client's inbound, the server's outbound).
-    pub peer_id: String,
-    /// HTTP method.
-    pub method: String,
-    /// Authority.
-    pub authority: String,
-    /// Path.
-    pub path: String,
-    /// HTTP status.
-    pub status: u16,
-    /// gRPC status, if any.
-    pub grpc_status: Option<u32>,
-    /// Latency to response headers, in milliseconds.
-    pub latency_ms: f64,
-    /// Whether mTLS carried it.
-    pub tls: bool,
-}
-
-impl Event {
-    /// Whether the proxy counted it a success: not 5xx, and no gRPC status
-    /// that means the server or the network failed.
-    pub fn success(&self) -> bool {
-        self.status < 500 && !matches!(self.grpc_status, Some(2 | 4 | 8 | 12 | 13 | 14 | 15))
-    }
-}
+/// One request as a proxy's `/tap` reports it: the proxy's own type.
+pub use mesh_proxy::telemetry::tap::TapEvent as Event;
 
 /// The proxy-side filters of a tap.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

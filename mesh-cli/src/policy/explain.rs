@@ -498,7 +498,7 @@ pub fn route(target: &str, wire: &pb::OutboundPolicy, parts: &Parts, http: bool)
     let chosen: Option<&Route> = compiled.route(parts);
     let chosen_index = chosen.and_then(|c| compiled.routes.iter().position(|r| std::ptr::eq(r, c)));
     for (i, r) in compiled.routes.iter().enumerate() {
-        routing.routes.push(RouteCheck { name: r.name.clone(), matched: Some(i) == chosen_index });
+        routing.routes.push(RouteCheck { name: r.name.to_string(), matched: Some(i) == chosen_index });
         if Some(i) == chosen_index {
             break;
         }
@@ -507,7 +507,7 @@ pub fn route(target: &str, wire: &pb::OutboundPolicy, parts: &Parts, http: bool)
         return Ok(routing);
     };
     let wire_route = wire.routes.get(index).ok_or_else(|| anyhow!("route {index} missing from the policy"))?;
-    routing.route = Some(ChosenRoute { name: route.name.clone(), why: why(wire_route, parts)? });
+    routing.route = Some(ChosenRoute { name: route.name.to_string(), why: why(wire_route, parts)? });
     let total: u64 = route.backends.iter().map(|(_, w)| u64::from(*w)).sum();
     if total > 0 {
         routing.backends = route

@@ -244,10 +244,17 @@ impl Balancer {
     /// (replicas rolling, control plane starting); after one such wait times
     /// out, later requests fail at once until an endpoint appears.
     pub async fn ready(&self, failfast: Duration) -> Result<Arc<EndpointList>, ProxyError> {
+        // Fast path: a live list, read without cloning the receiver.
+        let current = self.list.borrow().clone();
+        if current.has_live() {
+            if self.failfast.load(Ordering::Relaxed) {
+                self.failfast.store(false, Ordering::Relaxed);
+            }
+            return Ok(current);
+        }
         let mut rx = self.list.clone();
         let current = rx.borrow_and_update().clone();
         if current.has_live() {
-            self.failfast.store(false, Ordering::Relaxed);
             return Ok(current);
         }
         if !self.failfast.load(Ordering::Relaxed) {

@@ -22,7 +22,7 @@ use std::time::{Instant, SystemTime};
 
 /// The route a response took, set by the router for metrics and logs.
 #[derive(Debug, Clone)]
-pub struct RouteName(pub String);
+pub struct RouteName(pub std::sync::Arc<str>);
 
 /// What every exchange on one connection shares.
 #[derive(Debug)]
@@ -92,7 +92,7 @@ where
         let sampled_span = span.filter(|(me, _)| me.sampled);
         let wants_request = sampled_span.is_some() || tel.access_log.is_some() || tel.tap.is_active();
         let request = wants_request.then(|| {
-            let authority = crate::policy::matcher::request_host(&req.clone_parts_for_observe()).unwrap_or_default();
+            let authority = crate::policy::matcher::request_host(req.uri(), req.headers()).unwrap_or_default();
             (req.method().to_string(), authority, req.uri().path().to_string())
         });
         let start = Start { at: Instant::now(), wall: SystemTime::now(), span: sampled_span, request };
@@ -108,23 +108,6 @@ where
                 Pending { ctx, start, status, grpc, route, latency_ms: latency.as_secs_f64() * 1e3, bytes_out: 0 };
             Ok(rsp.map(|b| body::boxed(ObservedBody { inner: b, pending: Some(pending) })))
         })
-    }
-}
-
-/// Request head access without moving the request (authority lives in the
-/// URI or the Host header).
-trait ObserveParts {
-    fn clone_parts_for_observe(&self) -> http::request::Parts;
-}
-
-impl<B> ObserveParts for Request<B> {
-    fn clone_parts_for_observe(&self) -> http::request::Parts {
-        let mut r = Request::new(());
-        *r.uri_mut() = self.uri().clone();
-        if let Some(h) = self.headers().get(http::header::HOST) {
-            r.headers_mut().insert(http::header::HOST, h.clone());
-        }
-        r.into_parts().0
     }
 }
 
@@ -152,7 +135,7 @@ struct Pending {
     start: Start,
     status: u16,
     grpc: Option<u32>,
-    route: Option<String>,
+    route: Option<std::sync::Arc<str>>,
     latency_ms: f64,
     bytes_out: u64,
 }
@@ -160,7 +143,7 @@ struct Pending {
 impl Pending {
     fn finish(self, trailers: Option<&HeaderMap>, broken: bool) {
         let grpc = trailers.and_then(grpc_status).or(self.grpc);
-        let failed = self.ctx.handles.response(self.status, grpc, self.route.as_deref(), broken);
+        let failed = self.ctx.handles.response(self.status, grpc, self.route.as_ref(), broken);
         let tel = &self.ctx.telemetry;
         let direction = direction_name(self.ctx.direction);
         if let (Some(tr), Some((me, parent))) = (&tel.tracer, self.start.span) {
@@ -197,7 +180,7 @@ impl Pending {
         if tel.tap.is_active() && self.start.request.is_some() {
             tel.tap.publish(&TapEvent {
                 ts_ms: self.start.wall.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
-                direction,
+                direction: direction.to_string(),
                 workload: tel.workload.clone(),
                 target: self.ctx.target.clone(),
                 peer_id: self.ctx.peer_id.clone(),
@@ -228,7 +211,7 @@ impl Pending {
                 latency_ms: self.latency_ms,
                 bytes_in: 0,
                 bytes_out: self.bytes_out,
-                route: self.route,
+                route: self.route.map(|r| r.to_string()),
                 authz: None,
             });
         }

@@ -115,12 +115,12 @@ pub async fn forward_once(
     };
     let upgrading = client_upgrade.is_some();
     // `avoid` holds endpoints earlier attempts failed on (a retry goes
-    // elsewhere when it can); it gets this attempt's endpoints too.
+    // elsewhere when it can); every endpoint that fails here joins it, so
+    // the common, successful path never allocates.
     let tried = avoid;
     let mut last = ProxyError::NoEndpoints(target.to_string());
     for _ in 0..settings.connect_attempts.max(1) {
         let Some(ep) = list.pick_excluding(tried) else { break };
-        tried.push(ep.meta.addr);
         let _in_flight = ep.load.start();
         let conn = if upgrading {
             ep.client.dedicated_h1().await
@@ -130,10 +130,12 @@ pub async fn forward_once(
         let conn: Conn = match conn {
             Ok(c) => c,
             Err(ConnectError::Limit { max, .. }) => {
+                tried.push(ep.meta.addr);
                 last = ProxyError::Overloaded { target: target.to_string(), what: "connection", max };
                 continue;
             }
             Err(e) => {
+                tried.push(ep.meta.addr);
                 tracing::debug!(endpoint = %ep.meta.addr, error = %e, "connect failed; trying another endpoint");
                 ep.load.penalize(Instant::now());
                 eject_on_failure(ep, breaker, target);
@@ -148,6 +150,7 @@ pub async fn forward_once(
             Ok(mut rsp) => {
                 ep.load.observe(start.elapsed(), Instant::now());
                 if rsp.status().is_server_error() {
+                    tried.push(ep.meta.addr);
                     eject_on_failure(ep, breaker, target);
                 } else {
                     ep.health.success();
@@ -161,12 +164,14 @@ pub async fn forward_once(
             }
             Err(SendError { error, request: Some(r) }) => {
                 // Never written: safe to send elsewhere.
+                tried.push(ep.meta.addr);
                 tracing::debug!(endpoint = %ep.meta.addr, %error, "connection unusable; trying another endpoint");
                 ep.load.penalize(Instant::now());
                 last = ProxyError::Connect { target: target.to_string(), reason: error.to_string() };
                 req = r;
             }
             Err(SendError { error, request: None }) => {
+                tried.push(ep.meta.addr);
                 ep.load.penalize(Instant::now());
                 eject_on_failure(ep, breaker, target);
                 tracing::debug!(endpoint = %ep.meta.addr, %error, "upstream failed mid-request");

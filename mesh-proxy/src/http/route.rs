@@ -27,9 +27,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-/// Routes a target's requests by its policy.
+/// Routes a target's requests by its policy. Cloned per request: one `Arc`.
 #[derive(Debug, Clone)]
-pub struct OutboundRouter {
+pub struct OutboundRouter(Arc<Router>);
+
+#[derive(Debug)]
+struct Router {
     target: Arc<Balancer>,
     policy: Live<OutboundPolicy>,
     balancers: Balancers,
@@ -48,10 +51,12 @@ impl OutboundRouter {
         settings: ForwardSettings,
         metrics: Metrics,
     ) -> Self {
-        Self { target, policy, balancers, version, settings, metrics }
+        Self(Arc::new(Router { target, policy, balancers, version, settings, metrics }))
     }
+}
 
-    async fn handle(self, req: Request<Incoming>) -> Response<Body> {
+impl Router {
+    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let p = prepare(req);
         let grpc = p.grpc;
         let policy = self.policy.ready(self.settings.failfast).await;
@@ -83,23 +88,23 @@ impl OutboundRouter {
         upgrade: Option<OnUpgrade>,
         grpc: bool,
     ) -> Result<Response<Body>, ProxyError> {
-        let labels = RouteLabels { target: self.target.target().to_string(), route: route.name.clone() };
-        self.metrics.route_request(&labels);
+        let labels = || RouteLabels { target: self.target.target().to_string(), route: route.name.to_string() };
+        route.requests.get_or_init(|| self.metrics.route_requests(&labels())).inc();
         if let Some(f) = &route.fault {
             if roll(f.abort_percent) {
-                self.metrics.route_event(&labels, "fault_abort");
+                self.metrics.route_event(&labels(), "fault_abort");
                 return Ok(abort(f.abort_http, f.abort_grpc, grpc, &route.name));
             }
             if roll(f.delay_percent) {
-                self.metrics.route_event(&labels, "fault_delay");
+                self.metrics.route_event(&labels(), "fault_delay");
                 tokio::time::sleep(f.delay).await;
             }
         }
         if let Some(bucket) = &route.rate_limit
             && !bucket.try_take()
         {
-            self.metrics.route_event(&labels, "rate_limited");
-            return Err(ProxyError::RateLimited { route: route.name.clone(), rate: bucket.rate() });
+            self.metrics.route_event(&labels(), "rate_limited");
+            return Err(ProxyError::RateLimited { route: route.name.to_string(), rate: bucket.rate() });
         }
         let attempts = self.attempts(policy, route, &labels, parts, body, upgrade);
         match route.timeout {
@@ -107,10 +112,10 @@ impl OutboundRouter {
             Some(after) => match tokio::time::timeout(after, attempts).await {
                 Ok(r) => r,
                 Err(_) => {
-                    self.metrics.route_event(&labels, "timeout");
+                    self.metrics.route_event(&labels(), "timeout");
                     Err(ProxyError::Timeout {
                         target: self.target.target().to_string(),
-                        route: route.name.clone(),
+                        route: route.name.to_string(),
                         after,
                     })
                 }
@@ -151,7 +156,7 @@ impl OutboundRouter {
         match per_try {
             None => fut.await,
             Some(after) => tokio::time::timeout(after, fut).await.unwrap_or_else(|_| {
-                Err(ProxyError::Timeout { target: backend.target().to_string(), route: route.name.clone(), after })
+                Err(ProxyError::Timeout { target: backend.target().to_string(), route: route.name.to_string(), after })
             }),
         }
     }
@@ -160,7 +165,7 @@ impl OutboundRouter {
         &self,
         policy: &OutboundPolicy,
         route: &Route,
-        labels: &RouteLabels,
+        labels: &(dyn Fn() -> RouteLabels + Sync),
         parts: Parts,
         body: Body,
         upgrade: Option<OnUpgrade>,
@@ -187,10 +192,10 @@ impl OutboundRouter {
                 return res;
             }
             if !policy.budget.try_withdraw() {
-                self.metrics.route_event(labels, "retry_budget_exhausted");
+                self.metrics.route_event(&labels(), "retry_budget_exhausted");
                 return res;
             }
-            self.metrics.route_event(labels, "retry");
+            self.metrics.route_event(&labels(), "retry");
             drop(res);
             tokio::time::sleep(backoff(retry, attempt)).await;
             attempt += 1;
@@ -270,7 +275,7 @@ impl tower::Service<Request<Incoming>> for OutboundRouter {
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        let this = self.clone();
+        let this = self.0.clone();
         Box::pin(async move { Ok(this.handle(req).await) })
     }
 }

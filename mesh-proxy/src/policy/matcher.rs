@@ -105,7 +105,7 @@ impl Match {
             return false;
         }
         if let Some(h) = &self.host
-            && request_host(req).as_deref() != Some(h.as_str())
+            && request_host(&req.uri, &req.headers).as_deref() != Some(h.as_str())
         {
             return false;
         }
@@ -131,12 +131,11 @@ impl Match {
 
 /// The request's host, lowercased and without a port: from the URI
 /// (HTTP/2 `:authority`) or the `Host` header.
-pub fn request_host(req: &Parts) -> Option<String> {
-    let authority = req
-        .uri
+pub fn request_host(uri: &http::Uri, headers: &http::HeaderMap) -> Option<String> {
+    let authority = uri
         .authority()
         .map(|a| a.host().to_string())
-        .or_else(|| req.headers.get(http::header::HOST)?.to_str().ok().map(str::to_string))?;
+        .or_else(|| headers.get(http::header::HOST)?.to_str().ok().map(str::to_string))?;
     let host = match authority.rsplit_once(':') {
         // Keep IPv6 literals ("[::1]") whole.
         Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':') => h.to_string(),

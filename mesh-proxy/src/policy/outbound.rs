@@ -101,7 +101,9 @@ pub struct Fault {
 #[derive(Debug)]
 pub struct Route {
     /// `<policy>/<rule>`.
-    pub name: String,
+    pub name: Arc<str>,
+    /// Requests that took the route (resolved once, on first use).
+    pub requests: std::sync::OnceLock<prometheus_client::metrics::counter::Counter>,
     matches: Vec<Match>,
     /// Weighted backends (target, weight); empty means the target itself.
     pub backends: Vec<(String, u32)>,
@@ -146,7 +148,8 @@ impl Route {
             .filter(|l| l.requests_per_second > 0.0)
             .map(|l| TokenBucket::new(l.requests_per_second, l.burst));
         Ok(Self {
-            name: r.name.clone(),
+            name: r.name.as_str().into(),
+            requests: std::sync::OnceLock::new(),
             matches,
             backends,
             timeout: nonzero(dur(&r.timeout)),
@@ -282,8 +285,8 @@ mod tests {
         };
         let c = OutboundPolicy::compile(&p).expect("compiles");
         let get = |uri: &str| http::Request::get(uri).body(()).expect("req").into_parts().0;
-        assert_eq!(c.route(&get("/api/x")).map(|r| r.name.as_str()), Some("p/api"));
-        assert_eq!(c.route(&get("/other")).map(|r| r.name.as_str()), Some("p/all"));
+        assert_eq!(c.route(&get("/api/x")).map(|r| &*r.name), Some("p/api"));
+        assert_eq!(c.route(&get("/other")).map(|r| &*r.name), Some("p/all"));
     }
 
     #[test]

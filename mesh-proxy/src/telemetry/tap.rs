@@ -1,18 +1,19 @@
 //! Tap: a live stream of requests for `meshctl tap` and `meshctl top`. When
 //! nobody taps, the cost is one atomic load per request.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
-/// One observed request.
-#[derive(Debug, Clone, Serialize)]
+/// One observed request, as `/tap` streams it (and `meshctl` reads it back).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct TapEvent {
     /// Unix milliseconds when the request arrived.
     pub ts_ms: u64,
     /// `inbound` or `outbound`.
-    pub direction: &'static str,
+    pub direction: String,
     /// The workload this proxy serves.
     pub workload: String,
     /// The target.
@@ -33,6 +34,13 @@ pub struct TapEvent {
     pub latency_ms: f64,
     /// Whether mTLS carried it.
     pub tls: bool,
+}
+
+impl TapEvent {
+    /// Whether the proxy counted it a success (the metrics' classification).
+    pub fn success(&self) -> bool {
+        crate::metrics::classify(self.status, self.grpc_status) == crate::metrics::Class::success
+    }
 }
 
 /// Which requests a tap wants.
@@ -116,7 +124,7 @@ mod tests {
     fn event(path: &str) -> TapEvent {
         TapEvent {
             ts_ms: 0,
-            direction: "inbound",
+            direction: "inbound".into(),
             workload: "w".into(),
             target: "t".into(),
             peer_id: String::new(),
