@@ -2,124 +2,15 @@
 //! proxies, on loopback. Needs `mesh-proxy` and `mesh-control` built beside
 //! meshctl: run `cargo build --workspace --bins` first.
 
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+mod support;
+
+use std::path::Path;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+use support::Demo;
 
 /// One demo at a time: each starts 14 processes on a 2-core machine.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn meshctl() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_meshctl"))
-}
-
-fn require_binaries() {
-    let exe = meshctl();
-    let dir = exe.parent().expect("meshctl has a directory");
-    for name in ["mesh-proxy", "mesh-control"] {
-        let path = dir.join(name);
-        assert!(
-            path.is_file(),
-            "{} is missing: the demo runs the mesh's binaries from meshctl's directory. \
-             Run `cargo build --workspace --bins` first, then `cargo test -p mesh-cli`.",
-            path.display()
-        );
-    }
-}
-
-/// A running `meshctl demo`, its output collected as it comes.
-struct Demo {
-    child: Child,
-    stdout: Arc<Mutex<String>>,
-    stderr: Arc<Mutex<String>>,
-}
-
-fn collect(stream: impl Read + Send + 'static) -> Arc<Mutex<String>> {
-    let text = Arc::new(Mutex::new(String::new()));
-    let sink = text.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines() {
-            let Ok(line) = line else { break };
-            let mut s = sink.lock().unwrap_or_else(PoisonError::into_inner);
-            s.push_str(&line);
-            s.push('\n');
-        }
-    });
-    text
-}
-
-impl Demo {
-    fn start(args: &[&str]) -> Demo {
-        require_binaries();
-        let mut child = Command::new(meshctl())
-            .arg("demo")
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start meshctl demo");
-        let stdout = collect(child.stdout.take().expect("stdout"));
-        let stderr = collect(child.stderr.take().expect("stderr"));
-        Demo { child, stdout, stderr }
-    }
-
-    fn stdout(&self) -> String {
-        self.stdout.lock().unwrap_or_else(PoisonError::into_inner).clone()
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap_or_else(PoisonError::into_inner).clone()
-    }
-
-    /// Waits until stdout contains `needle`.
-    fn wait_for(&mut self, needle: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while !self.stdout().contains(needle) {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("meshctl exited ({status}) before printing {needle:?}\n{}\n{}", self.stdout(), self.stderr());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {needle:?} within {timeout:?}:\n{}\n{}",
-                self.stdout(),
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// The run directory, as announced at start.
-    fn run_dir(&mut self) -> PathBuf {
-        self.wait_for("logs: ", Duration::from_secs(10));
-        let out = self.stdout();
-        let line = out.lines().find(|l| l.starts_with("logs: ")).expect("the log directory is printed");
-        let logs = line["logs: ".len()..].split_whitespace().next().expect("a path");
-        let dir = Path::new(logs).parent().expect("logs sit in the run directory").to_path_buf();
-        assert!(dir.display().to_string().contains("meshctl-demo-"), "{}", dir.display());
-        dir
-    }
-
-    /// Waits for meshctl to exit; kills it after `timeout`.
-    fn finish(mut self, timeout: Duration) -> (ExitStatus, String, String) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait for meshctl") {
-                // Let the reader threads drain the pipes.
-                std::thread::sleep(Duration::from_millis(200));
-                return (status, self.stdout(), self.stderr());
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!("meshctl did not exit within {timeout:?}\n{}\n{}", self.stdout(), self.stderr());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
 
 /// Processes whose command line mentions `needle`.
 fn processes_mentioning(needle: &str) -> Vec<(u32, String)> {
@@ -207,7 +98,7 @@ fn sigint_stops_the_demo_cleanly() {
     let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
     let mut demo = Demo::start(&["--interval", "1s", "--rps", "40"]);
     let dir = demo.run_dir();
-    demo.wait_for("SUCCESS", Duration::from_secs(40));
+    demo.line_with("SUCCESS", Duration::from_secs(40));
     assert!(processes_mentioning(&dir.display().to_string()).len() >= 13, "the mesh is running");
     signal(demo.child.id(), libc::SIGINT);
     let (status, out, err) = demo.finish(Duration::from_secs(30));
@@ -221,7 +112,7 @@ fn a_crashed_child_fails_the_demo_by_name() {
     let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
     let mut demo = Demo::start(&["--interval", "1s", "--rps", "40"]);
     let dir = demo.run_dir();
-    demo.wait_for("SUCCESS", Duration::from_secs(40));
+    demo.line_with("SUCCESS", Duration::from_secs(40));
     let victims: Vec<(u32, String)> = processes_mentioning(&dir.display().to_string())
         .into_iter()
         .filter(|(_, cmd)| cmd.contains(" demo-app ") && cmd.contains("--name books-0 "))

@@ -4,92 +4,16 @@
 //! `cargo build --workspace --bins` first.
 
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex, PoisonError};
+mod support;
+
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use support::{Demo, meshctl};
 
 /// The rate the demo's traffic generator sends to web.
 const RPS: f64 = 50.0;
 /// `meshctl stat --window`, in seconds.
 const WINDOW_SECS: f64 = 4.0;
-
-fn meshctl() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_meshctl"))
-}
-
-fn require_binaries() {
-    let exe = meshctl();
-    let dir = exe.parent().expect("meshctl has a directory");
-    for name in ["mesh-proxy", "mesh-control"] {
-        assert!(
-            dir.join(name).is_file(),
-            "{} is missing: run `cargo build --workspace --bins` first, then `cargo test -p mesh-cli`.",
-            dir.join(name).display()
-        );
-    }
-}
-
-/// A running demo; killed if the test fails before it ends.
-struct Demo {
-    child: Child,
-    stdout: Arc<Mutex<String>>,
-}
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-impl Demo {
-    fn start(args: &[&str]) -> Demo {
-        require_binaries();
-        let mut child = Command::new(meshctl())
-            .arg("demo")
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start meshctl demo");
-        let stdout = Arc::new(Mutex::new(String::new()));
-        let sink = stdout.clone();
-        let pipe = child.stdout.take().expect("stdout");
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                let mut s = sink.lock().unwrap_or_else(PoisonError::into_inner);
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
-        Demo { child, stdout }
-    }
-
-    fn stdout(&self) -> String {
-        self.stdout.lock().unwrap_or_else(PoisonError::into_inner).clone()
-    }
-
-    /// The first line containing `needle`, waiting for it.
-    fn line_with(&mut self, needle: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(line) = self.stdout().lines().find(|l| l.contains(needle)) {
-                return line.to_string();
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("meshctl demo exited ({status}) before printing {needle:?}:\n{}", self.stdout());
-            }
-            assert!(Instant::now() < deadline, "no {needle:?} within {timeout:?}:\n{}", self.stdout());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
 
 /// Runs meshctl with `args`; fails the test unless it exits 0 in time.
 fn run(args: &[&str], timeout: Duration) -> (Output, Duration) {
@@ -267,13 +191,6 @@ fn live_views_of_the_demo() {
     assert_eq!(row(&doc, "web-0")["proxies_up"], 1);
 
     // The demo still ends cleanly.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = demo.child.try_wait().expect("wait for the demo") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the demo did not end:\n{}", demo.stdout());
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(status.success(), "demo: {status}\n{}", demo.stdout());
+    let (status, out, err) = demo.finish(Duration::from_secs(60));
+    assert!(status.success(), "demo: {status}\n{out}\n{err}");
 }
