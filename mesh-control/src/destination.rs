@@ -3,14 +3,15 @@
 //! A stream sends the full answer first, then only what changed: adds before
 //! removes, so a proxy never sees a transient empty set while replicas roll.
 
-use crate::registry::model::Protocol;
-use crate::store::{Resolution, ResolvedEndpoint, Store, Target};
+use crate::store::Store;
 use futures_util::Stream;
 use mesh_core::shutdown::Shutdown;
 use mesh_proto::destination::{
     self as pb, AddressSet, EndpointSet, GetDestination, ProtocolHint, Snapshot, Update,
     destination_server::Destination, update,
 };
+use mesh_registry::model::Protocol;
+use mesh_registry::target::{Resolution, ResolvedEndpoint, Target};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
@@ -78,8 +79,10 @@ impl Destination for DestinationService {
 
     async fn get(&self, request: Request<GetDestination>) -> Result<Response<Self::GetStream>, Status> {
         let req = request.into_inner();
-        let target: Target =
-            req.target.parse().map_err(|e: crate::store::InvalidTarget| Status::invalid_argument(e.to_string()))?;
+        let target: Target = req
+            .target
+            .parse()
+            .map_err(|e: mesh_registry::target::InvalidTarget| Status::invalid_argument(e.to_string()))?;
         tracing::debug!(%target, workload = %req.context_workload, "destination watch opened");
         let state = WatchState {
             rx: self.store.watch(&target),
@@ -189,8 +192,8 @@ fn endpoint(ep: &ResolvedEndpoint, protocol: ProtocolHint) -> pb::Endpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::model::ServiceKey;
-    use crate::store::ServiceMeta;
+    use mesh_registry::model::ServiceKey;
+    use mesh_registry::target::ServiceMeta;
     use std::net::SocketAddr;
 
     fn res(addrs: &[&str], weight: u32) -> Resolution {

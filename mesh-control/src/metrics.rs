@@ -1,6 +1,6 @@
 //! The control plane's own metrics, served on its admin port.
 
-use crate::registry::model::RegistrySnapshot;
+use mesh_registry::model::RegistrySnapshot;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

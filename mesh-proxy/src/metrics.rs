@@ -258,7 +258,7 @@ impl Families {
     }
 
     /// Counts an authorization decision.
-    pub fn authorization(&self, target: &str, verdict: &crate::policy::inbound::Verdict) {
+    pub fn authorization(&self, target: &str, verdict: &mesh_policy::inbound::Verdict) {
         let labels = AuthzLabels {
             target: target.to_string(),
             policy: verdict.policy.clone(),

@@ -7,7 +7,7 @@ use crate::connect::Connector;
 use crate::metrics::{Direction, Labels, Tls};
 use crate::orig_dst::original_dst;
 use crate::policy::client::{Live, Policies};
-use crate::policy::outbound::OutboundPolicy;
+use mesh_policy::outbound::OutboundPolicy;
 use mesh_proto::destination::ProtocolHint;
 use std::sync::Arc;
 use std::time::Duration;

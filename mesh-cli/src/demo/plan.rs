@@ -435,7 +435,7 @@ mod tests {
         assert!(y.contains("  - name: books\n    ports:\n      - port: 7001\n        protocol: http\n"), "{y}");
         assert!(y.contains("name: authors-retries") && !y.contains("authorizations:"), "{y}");
         let text = y.clone();
-        let parsed = mesh_control::registry::file::parse(std::path::Path::new("demo.yaml"), &text);
+        let parsed = mesh_registry::file::parse(std::path::Path::new("demo.yaml"), &text);
         assert!(parsed.is_ok(), "the demo's registry must be valid: {parsed:?}");
     }
 

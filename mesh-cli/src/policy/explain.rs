@@ -11,11 +11,11 @@
 use anyhow::{Context as _, anyhow, bail};
 use http::request::Parts;
 use http::{HeaderName, HeaderValue, Method};
+use mesh_policy::headers::{strip_hop_by_hop, wants_upgrade};
+use mesh_policy::inbound::{Client, InboundPolicy};
+use mesh_policy::matcher::Match;
+use mesh_policy::outbound::{GRPC_CODES, OutboundPolicy, RetryOn, Route};
 use mesh_proto::policy as pb;
-use mesh_proxy::http::headers::{strip_hop_by_hop, wants_upgrade};
-use mesh_proxy::policy::inbound::{Client, InboundPolicy};
-use mesh_proxy::policy::matcher::Match;
-use mesh_proxy::policy::outbound::{GRPC_CODES, OutboundPolicy, RetryOn, Route};
 use serde::Serialize;
 use std::net::IpAddr;
 use std::time::Duration;

@@ -1,12 +1,14 @@
 //! Policies from a registry file: translated by the control plane's own
-//! code ([`mesh_control::policy`]) over an [`Index`] of the file, exactly as
+//! code ([`mesh_registry::translate`]) over an [`Index`] of the file, exactly as
 //! the control plane would serve them.
 
 use super::explain::Destination;
 use anyhow::anyhow;
-use mesh_control::policy::{self, InboundTarget};
-use mesh_control::store::{IdentityNaming, Index, Target};
 use mesh_proto::policy as pb;
+use mesh_registry::index::Index;
+use mesh_registry::model::Protocol;
+use mesh_registry::target::{IdentityNaming, Target};
+use mesh_registry::translate::{self as policy, InboundTarget};
 use std::path::Path;
 
 /// A registry file, indexed.
@@ -19,7 +21,7 @@ impl FileSource {
     /// Loads and validates `path` (every problem of an invalid file is in
     /// the error); `trust_domain` names workload identities.
     pub fn load(path: &Path, trust_domain: Option<&str>) -> anyhow::Result<Self> {
-        let snapshot = mesh_control::registry::file::load(path).map_err(|e| anyhow!("{e}"))?;
+        let snapshot = mesh_registry::file::load(path).map_err(|e| anyhow!("{e}"))?;
         let identity = trust_domain.map(|td| IdentityNaming { trust_domain: td.to_string() });
         Ok(Self { index: Index::new(&snapshot, identity) })
     }
@@ -30,7 +32,7 @@ impl FileSource {
         let Some(found) = self.index.service_port(target) else {
             return Err(anyhow!("unknown target {target}: {}", self.known()));
         };
-        let opaque = found.port.protocol == mesh_control::registry::model::Protocol::Opaque;
+        let opaque = found.port.protocol == Protocol::Opaque;
         Ok((policy::outbound(&self.index, target), !opaque))
     }
 

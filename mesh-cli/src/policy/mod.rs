@@ -22,8 +22,8 @@ use crate::Output;
 use anyhow::{Context as _, anyhow, bail};
 use clap::{ArgGroup, Args, Subcommand};
 use explain::{Destination, Explanation, Request, RequestOut, Source};
-use mesh_control::store::Target;
 use mesh_identity::SpiffeId;
+use mesh_registry::target::Target;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 

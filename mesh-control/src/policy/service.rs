@@ -2,11 +2,12 @@
 //! full policy again whenever (and only when) it changes, until the client
 //! goes away or the control plane shuts down.
 
-use super::InboundTarget;
-use crate::store::{InvalidTarget, Store, Target};
+use crate::store::Store;
 use futures_util::Stream;
 use mesh_core::shutdown::Shutdown;
 use mesh_proto::policy::{InboundPolicy, InboundRequest, OutboundPolicy, OutboundRequest, policy_server::Policy};
+use mesh_registry::target::{InvalidTarget, Target};
+use mesh_registry::translate::InboundTarget;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

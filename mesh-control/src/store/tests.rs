@@ -1,5 +1,8 @@
 use super::*;
-use crate::registry::model::{Endpoint, Service, ServicePort};
+use mesh_registry::model::{Endpoint, Protocol, Service, ServiceKey, ServicePort};
+use mesh_registry::target::{IdentityNaming, Target};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 
 fn svc(name: &str, vip: Option<&str>, eps: &[&str]) -> Service {
     Service {
@@ -85,4 +88,68 @@ fn unwatched_targets_are_forgotten() {
     store.replace_all(&snapshot(vec![]));
     assert_eq!(store.watchers(), 0);
     assert!(store.lock().watches.is_empty());
+}
+
+/// Books with two route rules on port 7001 and an authorization of its
+/// workload port 8001 naming one identity and two service accounts.
+fn policy_snapshot() -> RegistrySnapshot {
+    let text = "\
+services:
+  - name: books
+    ports: [{port: 7001, targetPort: 8001}]
+    endpoints: [{ip: 10.0.0.5}]
+  - name: web
+    ports: [{port: 80}]
+  - name: cart
+    namespace: shop
+    ports: [{port: 80}]
+  - name: other
+    ports: [{port: 80}]
+routes:
+  - name: books-routes
+    service: books
+    port: 7001
+    rules: [{name: canary, matches: [{path: {prefix: /v2}}]}, {name: rest}]
+authorizations:
+  - name: books-authz
+    service: books
+    rules:
+      - name: web
+        identities: [spiffe://other.domain/ns/x/sa/y]
+        serviceAccounts: [web, shop/cart]
+";
+    mesh_registry::file::parse(std::path::Path::new("registry.yaml"), text).expect("valid test registry")
+}
+
+#[tokio::test]
+async fn policy_watches_fire_only_when_the_policy_changes() {
+    let store = Store::new(None);
+    let mut snapshot = policy_snapshot();
+    store.replace_all(&snapshot);
+    let mut out = store.watch_outbound(&"books.default:7001".parse().expect("target"));
+    let mut inb = store.watch_inbound(&InboundTarget::new("default", "books", 8001));
+    assert_eq!(out.borrow_and_update().routes.len(), 2);
+    assert_eq!(inb.borrow_and_update().authorizations[0].identities.len(), 1);
+
+    // Endpoints are the Destination API's business: no policy change.
+    snapshot.services[0].endpoints.clear();
+    store.replace_all(&snapshot);
+    assert!(!out.has_changed().expect("open") && !inb.has_changed().expect("open"));
+
+    snapshot.routes[0].rules.pop();
+    store.replace_all(&snapshot);
+    assert!(out.has_changed().expect("open"));
+    assert_eq!(out.borrow_and_update().routes.len(), 1);
+    assert!(!inb.has_changed().expect("open"));
+
+    // A trust domain expands service accounts: the inbound policy changes.
+    store.set_identity(Some(IdentityNaming { trust_domain: "mesh.local".into() }));
+    assert!(inb.has_changed().expect("open"));
+    assert_eq!(inb.borrow_and_update().authorizations[0].identities.len(), 3);
+    assert!(!out.has_changed().expect("open"));
+
+    store.replace_policies(Vec::new(), Vec::new());
+    assert_eq!(inb.borrow_and_update().name, "default");
+    assert!(out.borrow_and_update().routes.is_empty());
+    assert_eq!(store.index().services().count(), 4, "services stay");
 }

@@ -4,12 +4,12 @@
 
 use super::body::Body;
 use super::errors::{self, ProxyError};
-use super::headers::is_grpc;
 use crate::metrics::Metrics;
 use crate::policy::client::Live;
-use crate::policy::inbound::{Client, InboundPolicy};
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
+use mesh_policy::headers::is_grpc;
+use mesh_policy::inbound::{Client, InboundPolicy};
 use std::convert::Infallible;
 use std::task::{Context, Poll};
 

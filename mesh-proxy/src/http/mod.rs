@@ -5,7 +5,6 @@ pub mod authorize;
 pub mod body;
 pub mod client;
 pub mod errors;
-pub mod headers;
 pub mod observe;
 pub mod proxy;
 pub mod replay;

@@ -92,7 +92,7 @@ where
         let sampled_span = span.filter(|(me, _)| me.sampled);
         let wants_request = sampled_span.is_some() || tel.access_log.is_some() || tel.tap.is_active();
         let request = wants_request.then(|| {
-            let authority = crate::policy::matcher::request_host(req.uri(), req.headers()).unwrap_or_default();
+            let authority = mesh_policy::matcher::request_host(req.uri(), req.headers()).unwrap_or_default();
             (req.method().to_string(), authority, req.uri().path().to_string())
         });
         let start = Start { at: Instant::now(), wall: SystemTime::now(), span: sampled_span, request };

@@ -9,14 +9,14 @@
 use super::body::{self, Body};
 use super::client::{Conn, ConnectError, SendError, Version};
 use super::errors::{self, ProxyError};
-use super::headers::{is_grpc, strip_hop_by_hop, wants_upgrade};
 use super::upgrade;
 use crate::balance::Balancer;
-use crate::policy::outbound::{Breaker, Limits};
 use futures_util::future::BoxFuture;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
+use mesh_policy::headers::{is_grpc, strip_hop_by_hop, wants_upgrade};
+use mesh_policy::outbound::{Breaker, Limits};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;

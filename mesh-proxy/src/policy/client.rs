@@ -3,9 +3,9 @@
 //! arrival. A policy that does not compile is refused and the previous one
 //! stays; when the control plane is away the last policy stays in force.
 
-use super::inbound::InboundPolicy;
-use super::outbound::OutboundPolicy;
 use mesh_core::backoff::Backoff;
+use mesh_policy::inbound::InboundPolicy;
+use mesh_policy::outbound::OutboundPolicy;
 use mesh_proto::policy::{InboundRequest, OutboundRequest, policy_client::PolicyClient};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -30,6 +30,26 @@ pub trait Awaited: Default {
     fn pending() -> Self;
     /// Whether this is the placeholder.
     fn is_pending(&self) -> bool;
+}
+
+impl Awaited for InboundPolicy {
+    fn pending() -> Self {
+        InboundPolicy::pending()
+    }
+
+    fn is_pending(&self) -> bool {
+        InboundPolicy::is_pending(self)
+    }
+}
+
+impl Awaited for OutboundPolicy {
+    fn pending() -> Self {
+        OutboundPolicy::pending()
+    }
+
+    fn is_pending(&self) -> bool {
+        OutboundPolicy::is_pending(self)
+    }
 }
 
 impl<T: Awaited> Live<T> {
@@ -133,7 +153,7 @@ async fn follow<P, T, S, SF, C>(what: &str, tx: watch::Sender<Arc<T>>, mut open:
 where
     S: FnMut() -> SF,
     SF: std::future::Future<Output = Result<tonic::Streaming<P>, tonic::Status>>,
-    C: Fn(P) -> Result<T, super::matcher::InvalidPolicy>,
+    C: Fn(P) -> Result<T, mesh_policy::matcher::InvalidPolicy>,
 {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     while !tx.is_closed() {

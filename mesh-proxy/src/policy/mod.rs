@@ -1,13 +1,6 @@
-//! Traffic policy: what the control plane says about routing, resilience and
-//! authorization, compiled for the data path.
-//!
-//! Evaluation is pure ([`outbound::OutboundPolicy::route`],
-//! [`inbound::InboundPolicy::authorize`]), so `meshctl policy explain` runs
-//! the very code the proxy runs.
+//! Traffic policy in the proxy: the live policies watched from the control
+//! plane ([`client`]). What a policy means — its compiled form and the pure
+//! functions that route and authorize — lives in `mesh-policy`, which
+//! `meshctl policy explain` runs too.
 
-pub mod budget;
 pub mod client;
-pub mod inbound;
-pub mod matcher;
-pub mod outbound;
-pub mod ratelimit;

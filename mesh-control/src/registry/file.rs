@@ -1,0 +1,251 @@
+//! The file registry's watch: loads the YAML file (parsed and validated by
+//! `mesh_registry::file`), then polls it and writes each accepted version
+//! into the store; a rejected file leaves the last good registry in force.
+
+use crate::metrics::RegistryMetrics;
+use mesh_core::shutdown::Shutdown;
+use mesh_registry::file::{FileError, parse_bytes, read};
+use mesh_registry::sink::RegistrySink;
+use std::fmt;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+/// The registry name used in metrics.
+const REGISTRY: &str = "file";
+/// Shortest poll interval (the timer refuses a zero period).
+const MIN_POLL_INTERVAL: Duration = Duration::from_millis(1);
+/// How long after its modification time a file is re-read on every poll, even
+/// when its metadata looks unchanged: two writes within one tick of the
+/// filesystem's clock can leave identical mtime, size and inode.
+const RACY_WINDOW: Duration = Duration::from_secs(3);
+
+/// Serves a registry file: loads it, then polls for changes.
+///
+/// A change is recognised by the file's metadata (modification time, size,
+/// inode), so an editor's rename-over-write and an in-place rewrite are both
+/// seen. New content is applied once two consecutive polls read the same bytes,
+/// so a half-written file (say, truncated and not yet rewritten) is never
+/// served; a change therefore reaches the store within two poll intervals.
+pub struct FileRegistry {
+    path: PathBuf,
+    poll_interval: Duration,
+    sink: Box<dyn RegistrySink>,
+    metrics: RegistryMetrics,
+    watch: WatchState,
+}
+
+/// What the poller knows about the file.
+#[derive(Default)]
+struct WatchState {
+    /// Metadata at the last read.
+    stamp: Option<Stamp>,
+    /// The last read's file was modified so recently that its metadata may not
+    /// reveal the next change: read again even if the metadata is unchanged.
+    recheck: bool,
+    /// New content read once, applied if the next poll reads it again.
+    pending: Option<Vec<u8>>,
+    /// What the last load attempt was about.
+    attempted: Attempt,
+    /// The content of the registry in force.
+    applied: Option<Vec<u8>>,
+}
+
+/// The subject of the last load attempt.
+#[derive(Default, PartialEq, Eq)]
+enum Attempt {
+    /// None yet.
+    #[default]
+    None,
+    /// The file could not be read.
+    Unreadable,
+    /// This content (accepted or rejected).
+    Content(Vec<u8>),
+}
+
+/// File metadata that changes whenever the content may have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    dev: u64,
+    ino: u64,
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        Self { modified: meta.modified().ok(), len: meta.len(), dev: meta.dev(), ino: meta.ino() }
+    }
+
+    /// Whether another write could still leave the same stamp.
+    fn is_racy(&self) -> bool {
+        match self.modified {
+            Some(modified) => match SystemTime::now().duration_since(modified) {
+                Ok(age) => age < RACY_WINDOW,
+                // Modified "in the future": the clocks disagree, trust nothing.
+                Err(_) => true,
+            },
+            None => true,
+        }
+    }
+}
+
+impl fmt::Debug for FileRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileRegistry")
+            .field("path", &self.path)
+            .field("poll_interval", &self.poll_interval)
+            .field("stamp", &self.watch.stamp)
+            .field("pending", &self.watch.pending.as_ref().map(Vec::len))
+            .field("applied", &self.watch.applied.as_ref().map(Vec::len))
+            .finish_non_exhaustive()
+    }
+}
+
+impl FileRegistry {
+    /// A registry serving `path` into `sink` (the control plane's store),
+    /// checking it every `poll_interval`.
+    pub fn new(
+        path: impl Into<PathBuf>,
+        poll_interval: Duration,
+        sink: impl RegistrySink + 'static,
+        metrics: RegistryMetrics,
+    ) -> Self {
+        Self { path: path.into(), poll_interval, sink: Box::new(sink), metrics, watch: WatchState::default() }
+    }
+
+    /// Loads the file into the store; the control plane refuses to start on error.
+    pub fn load_initial(&mut self) -> Result<(), FileError> {
+        let result = self
+            .read_stamped()
+            .and_then(|(stamp, bytes)| parse_bytes(&self.path, &bytes).map(|snapshot| (stamp, bytes, snapshot)));
+        match result {
+            Ok((stamp, bytes, snapshot)) => {
+                self.sink.replace_all(&snapshot);
+                self.metrics.reload_ok(REGISTRY, &snapshot);
+                tracing::info!(
+                    path = %self.path.display(),
+                    services = snapshot.services.len(),
+                    endpoints = snapshot.endpoint_count(),
+                    routes = snapshot.routes.len(),
+                    authorizations = snapshot.authorizations.len(),
+                    "registry loaded"
+                );
+                self.watch = WatchState {
+                    stamp: Some(stamp),
+                    recheck: stamp.is_racy(),
+                    pending: None,
+                    attempted: Attempt::Content(bytes.clone()),
+                    applied: Some(bytes),
+                };
+                Ok(())
+            }
+            Err(err) => {
+                self.metrics.reload_failed(REGISTRY);
+                Err(err)
+            }
+        }
+    }
+
+    /// Polls until shutdown; a changed valid file replaces the store's content,
+    /// an invalid or missing one is logged (with every problem) and counted,
+    /// and the last good registry stays.
+    pub async fn run(mut self, mut shutdown: Shutdown) {
+        let mut ticks = tokio::time::interval(self.poll_interval.max(MIN_POLL_INTERVAL));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.triggered() => break,
+                _ = ticks.tick() => self.poll_once(),
+            }
+        }
+        tracing::debug!(path = %self.path.display(), "registry file watch stopped");
+    }
+
+    /// Metadata (taken first, so that a write racing the read shows up as a
+    /// change next time) and content.
+    fn read_stamped(&self) -> Result<(Stamp, Vec<u8>), FileError> {
+        let meta =
+            std::fs::metadata(&self.path).map_err(|source| FileError::Read { path: self.path.clone(), source })?;
+        Ok((Stamp::of(&meta), read(&self.path)?))
+    }
+
+    /// One check of the file. Reads are synchronous: a registry file is small
+    /// and local, and a stat every poll costs microseconds.
+    fn poll_once(&mut self) {
+        let meta = match std::fs::metadata(&self.path) {
+            Ok(meta) => meta,
+            Err(source) => return self.unreadable(source),
+        };
+        let stamp = Stamp::of(&meta);
+        let w = &self.watch;
+        if w.stamp == Some(stamp) && w.pending.is_none() && !w.recheck {
+            return;
+        }
+        let bytes = match std::fs::read(&self.path) {
+            Ok(bytes) => bytes,
+            Err(source) => return self.unreadable(source),
+        };
+        self.watch.stamp = Some(stamp);
+        self.watch.recheck = stamp.is_racy();
+        if matches!(&self.watch.attempted, Attempt::Content(last) if *last == bytes) {
+            self.watch.pending = None;
+            return;
+        }
+        if self.watch.pending.as_ref() != Some(&bytes) {
+            // First sight of this content: it may be half written.
+            self.watch.pending = Some(bytes);
+            return;
+        }
+        self.watch.pending = None;
+        self.reload(bytes);
+    }
+
+    fn reload(&mut self, bytes: Vec<u8>) {
+        match parse_bytes(&self.path, &bytes) {
+            Ok(snapshot) => {
+                let unchanged = self.watch.applied.as_ref() == Some(&bytes);
+                if !unchanged {
+                    self.sink.replace_all(&snapshot);
+                    self.watch.applied = Some(bytes.clone());
+                }
+                self.metrics.reload_ok(REGISTRY, &snapshot);
+                tracing::info!(
+                    path = %self.path.display(),
+                    services = snapshot.services.len(),
+                    endpoints = snapshot.endpoint_count(),
+                    routes = snapshot.routes.len(),
+                    authorizations = snapshot.authorizations.len(),
+                    unchanged,
+                    "registry reloaded"
+                );
+            }
+            Err(err) => {
+                self.metrics.reload_failed(REGISTRY);
+                tracing::error!(
+                    path = %self.path.display(),
+                    "registry file rejected, keeping the last good registry:\n{err}"
+                );
+            }
+        }
+        self.watch.attempted = Attempt::Content(bytes);
+    }
+
+    /// The file is gone or unreadable: report it once, keep serving the last
+    /// good registry, and load the file again once it is back.
+    fn unreadable(&mut self, source: std::io::Error) {
+        self.watch.stamp = None;
+        self.watch.pending = None;
+        self.watch.recheck = false;
+        if self.watch.attempted == Attempt::Unreadable {
+            return;
+        }
+        self.watch.attempted = Attempt::Unreadable;
+        self.metrics.reload_failed(REGISTRY);
+        let err = FileError::Read { path: self.path.clone(), source };
+        tracing::error!("{err}; keeping the last good registry");
+    }
+}
+
+#[cfg(test)]
+mod tests;

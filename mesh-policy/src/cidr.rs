@@ -1,0 +1,142 @@
+//! IP networks in authorization rules: one parser (strict: no host bits,
+//! so `10.0.0.1/8` is an error that suggests `10.0.0.0/8`) and one
+//! membership test, used by the control plane's validation and the proxy's
+//! evaluation alike.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+/// An IP network: an address with no host bits set, and a prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix_len: u8,
+}
+
+impl Cidr {
+    /// The network address.
+    pub fn addr(&self) -> IpAddr {
+        self.addr
+    }
+
+    /// The prefix length.
+    pub fn prefix_len(&self) -> u8 {
+        self.prefix_len
+    }
+
+    /// Whether `ip` is in the network. An IPv4-mapped IPv6 address
+    /// (`::ffff:10.1.2.3`, how a dual-stack socket reports an IPv4 peer) is
+    /// compared as the IPv4 address it carries.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix_len)).unwrap_or(0);
+                u32::from(ip) & mask == u32::from(net)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix_len)).unwrap_or(0);
+                u128::from(ip) & mask == u128::from(net)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+/// Why a string is not a CIDR.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidCidr(String);
+
+impl FromStr for Cidr {
+    type Err = InvalidCidr;
+
+    /// `10.0.0.0/8`, `fd00::/8`, or a bare address (a /32 or /128).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (ip, len) = match s.split_once('/') {
+            Some((ip, len)) => (ip, Some(len)),
+            None => (s, None),
+        };
+        let addr: IpAddr = ip.parse().map_err(|_| InvalidCidr(format!("{ip:?} is not an IP address")))?;
+        let max: u8 = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix_len = match len {
+            None => max,
+            Some(len) => match len.parse::<u8>() {
+                Ok(n) if n <= max => n,
+                _ => {
+                    return Err(InvalidCidr(format!("prefix length {len:?} is not a number from 0 to {max}")));
+                }
+            },
+        };
+        let host_mask = |bits: u32, len: u8| -> u128 {
+            let width = bits - u32::from(len);
+            1u128.checked_shl(width).map_or(u128::MAX, |v| v - 1)
+        };
+        let host_bits = match addr {
+            IpAddr::V4(v4) => u128::from(u32::from(v4)) & host_mask(32, prefix_len),
+            IpAddr::V6(v6) => u128::from(v6) & host_mask(128, prefix_len),
+        };
+        if host_bits != 0 {
+            let network = Cidr { addr: mask_addr(addr, prefix_len), prefix_len };
+            return Err(InvalidCidr(format!(
+                "host bits are set after the /{prefix_len} prefix: did you mean {network}?"
+            )));
+        }
+        Ok(Cidr { addr, prefix_len })
+    }
+}
+
+fn mask_addr(addr: IpAddr, len: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(v4) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            IpAddr::V4((u32::from(v4) & mask).into())
+        }
+        IpAddr::V6(v6) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            IpAddr::V6((u128::from(v6) & mask).into())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidrs() {
+        let c: Cidr = "10.0.0.0/8".parse().expect("cidr");
+        assert_eq!(c.to_string(), "10.0.0.0/8");
+        assert!(c.contains("10.1.2.3".parse().expect("ip")));
+        assert!(!c.contains("11.0.0.1".parse().expect("ip")));
+        assert_eq!("10.0.0.1".parse::<Cidr>().expect("host").to_string(), "10.0.0.1/32");
+        assert_eq!("0.0.0.0/0".parse::<Cidr>().expect("all").to_string(), "0.0.0.0/0");
+        assert_eq!("fd00::/8".parse::<Cidr>().expect("v6").to_string(), "fd00::/8");
+        assert!("::/0".parse::<Cidr>().expect("all v6").contains("::1".parse().expect("ip")));
+        let host_bits = "10.0.0.1/8".parse::<Cidr>().expect_err("host bits");
+        assert!(host_bits.to_string().contains("did you mean 10.0.0.0/8"), "{host_bits}");
+        assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+        assert!("10.0.0.0/".parse::<Cidr>().is_err());
+        assert!("ten/8".parse::<Cidr>().is_err());
+        assert!("fd00::1/129".parse::<Cidr>().is_err());
+    }
+
+    #[test]
+    fn ipv4_mapped_clients_match_ipv4_networks() {
+        let c: Cidr = "10.1.0.0/16".parse().expect("cidr");
+        assert!(c.contains("::ffff:10.1.2.3".parse().expect("ip")));
+        assert!(!c.contains("::ffff:10.2.0.1".parse().expect("ip")));
+        let v6: Cidr = "::ffff:0:0/96".parse().expect("cidr");
+        assert!(!v6.contains("10.1.2.3".parse().expect("ip")), "families do not mix");
+    }
+}
