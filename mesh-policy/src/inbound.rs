@@ -25,6 +25,21 @@ pub enum DefaultAction {
     Deny,
     /// Allowed for mTLS clients only.
     Authenticated,
+    /// The control plane sent no action, or one this proxy does not know
+    /// (version skew): denied, as `default:unrecognized` (fail closed).
+    Unrecognized(i32),
+}
+
+impl DefaultAction {
+    /// The wire value, with anything unspecified or unknown failing closed.
+    pub fn from_wire(value: i32) -> Self {
+        match pb::DefaultAction::try_from(value) {
+            Ok(pb::DefaultAction::Allow) => DefaultAction::Allow,
+            Ok(pb::DefaultAction::Deny) => DefaultAction::Deny,
+            Ok(pb::DefaultAction::Authenticated) => DefaultAction::Authenticated,
+            Ok(pb::DefaultAction::Unspecified) | Err(_) => DefaultAction::Unrecognized(value),
+        }
+    }
 }
 
 /// One compiled authorization.
@@ -34,20 +49,65 @@ pub struct Authorization {
     pub name: String,
     identities: Vec<String>,
     namespaces: Vec<String>,
+    /// Clients are named by identity (see the Policy API's `authenticated`).
+    authenticated: bool,
     networks: Vec<Cidr>,
     http: Vec<Match>,
 }
 
 impl Authorization {
+    /// Whether the client meets every kind of criterion the rule lists:
+    /// "who" (its identity is listed, or its namespace is) and "where" (its
+    /// address is in a listed network). A networks-only rule admits
+    /// unauthenticated clients by address; a rule listing nothing admits
+    /// nobody.
     fn client_allowed(&self, c: &Client) -> bool {
-        let by_identity = c.identity.as_deref().is_some_and(|id| {
-            self.identities.iter().any(|i| i == id)
-                || id
-                    .parse::<mesh_identity::SpiffeId>()
-                    .is_ok_and(|s| self.namespaces.iter().any(|n| n == s.namespace()))
-        });
-        // Networks authorize unauthenticated clients by address.
-        by_identity || self.networks.iter().any(|n| n.contains(c.ip))
+        let who_listed = self.authenticated || !self.identities.is_empty() || !self.namespaces.is_empty();
+        let where_listed = !self.networks.is_empty();
+        if !who_listed && !where_listed {
+            return false;
+        }
+        let who = !who_listed
+            || c.identity.as_deref().is_some_and(|id| {
+                self.identities.iter().any(|i| i == id)
+                    || id
+                        .parse::<mesh_identity::SpiffeId>()
+                        .is_ok_and(|s| self.namespaces.iter().any(|n| n == s.namespace()))
+            });
+        let at = !where_listed || self.networks.iter().any(|n| n.contains(c.ip));
+        who && at
+    }
+}
+
+impl Authorization {
+    /// What the rule requires of a client, in words (`meshctl policy
+    /// explain` shows it): every listed kind of criterion must hold.
+    pub fn describe(&self) -> String {
+        let mut who = Vec::new();
+        if !self.identities.is_empty() {
+            who.push(format!("identity is one of {}", self.identities.join(", ")));
+        }
+        if !self.namespaces.is_empty() {
+            who.push(format!("namespace is one of {}", self.namespaces.join(", ")));
+        }
+        let mut all = Vec::new();
+        match (who.is_empty(), self.authenticated) {
+            (false, _) => all.push(format!("an mTLS client whose {}", who.join(" or "))),
+            (true, true) => all.push("an mTLS identity the mesh could not name (none can match)".to_string()),
+            (true, false) => {}
+        }
+        if !self.networks.is_empty() {
+            let nets: Vec<String> = self.networks.iter().map(ToString::to_string).collect();
+            all.push(format!("address in {}", nets.join(", ")));
+        }
+        if all.is_empty() {
+            return "nothing it could match: admits nobody".into();
+        }
+        let mut text = all.join(" AND ");
+        if !self.http.is_empty() {
+            text.push_str(" (HTTP requests it matches only)");
+        }
+        text
     }
 }
 
@@ -104,11 +164,14 @@ pub struct Verdict {
 impl InboundPolicy {
     /// Compiles a wire policy.
     pub fn compile(p: &pb::InboundPolicy) -> Result<Self, InvalidPolicy> {
-        let default = match pb::DefaultAction::try_from(p.default).unwrap_or(pb::DefaultAction::Unspecified) {
-            pb::DefaultAction::Deny => DefaultAction::Deny,
-            pb::DefaultAction::Authenticated => DefaultAction::Authenticated,
-            pb::DefaultAction::Allow | pb::DefaultAction::Unspecified => DefaultAction::Allow,
-        };
+        let default = DefaultAction::from_wire(p.default);
+        if let DefaultAction::Unrecognized(value) = default {
+            tracing::warn!(
+                policy = %p.name,
+                value,
+                "inbound policy has no default action this proxy knows: clients no rule allows are denied"
+            );
+        }
         let authorizations = p
             .authorizations
             .iter()
@@ -117,6 +180,7 @@ impl InboundPolicy {
                     name: a.name.clone(),
                     identities: a.identities.clone(),
                     namespaces: a.namespaces.clone(),
+                    authenticated: a.authenticated,
                     networks: a
                         .networks
                         .iter()
@@ -153,7 +217,13 @@ impl InboundPolicy {
             DefaultAction::Allow => verdict(true, "default:allow".into()),
             DefaultAction::Deny => verdict(false, "default:deny".into()),
             DefaultAction::Authenticated => verdict(client.identity.is_some(), "default:authenticated".into()),
+            DefaultAction::Unrecognized(_) => verdict(false, "default:unrecognized".into()),
         }
+    }
+
+    /// The policy's rules, in order.
+    pub fn authorizations(&self) -> &[Authorization] {
+        &self.authorizations
     }
 
     /// Whether any authorization looks at HTTP requests (then TCP-level
@@ -239,5 +309,66 @@ mod tests {
         assert!(!p.authorize(&ops, Some(&req("POST", "/admin/x"))).allowed);
         assert!(!p.authorize(&ops, None).allowed, "HTTP-only rules do not open TCP");
         assert!(p.has_http_rules());
+    }
+
+    #[test]
+    fn a_rule_requires_every_kind_of_criterion_it_lists() {
+        let web = "spiffe://m/ns/default/sa/web";
+        let p = policy(
+            pb::DefaultAction::Deny,
+            vec![pb::Authorization {
+                name: "web-from-lan".into(),
+                identities: vec![web.into()],
+                networks: vec!["10.1.0.0/16".into()],
+                authenticated: true,
+                ..Default::default()
+            }],
+        );
+        assert!(p.authorize(&client(Some(web), "10.1.2.3"), None).allowed, "both hold");
+        let elsewhere = p.authorize(&client(Some(web), "10.2.0.1"), None);
+        assert_eq!((elsewhere.allowed, elsewhere.rule.as_str()), (false, "default:deny"), "identity alone");
+        assert!(!p.authorize(&client(None, "10.1.2.3"), None).allowed, "network alone");
+        assert!(!p.authorize(&client(Some("spiffe://m/ns/default/sa/evil"), "10.1.2.3"), None).allowed);
+        let rule = &p.authorizations()[0];
+        assert_eq!(
+            rule.describe(),
+            "an mTLS client whose identity is one of spiffe://m/ns/default/sa/web AND address in 10.1.0.0/16"
+        );
+    }
+
+    #[test]
+    fn a_rule_naming_clients_it_cannot_resolve_admits_nobody() {
+        // Service accounts in a mesh without identity reach the proxy as
+        // `authenticated` with no identities: nobody may pass by address.
+        let p = policy(
+            pb::DefaultAction::Deny,
+            vec![pb::Authorization {
+                name: "sa-from-lan".into(),
+                networks: vec!["10.1.0.0/16".into()],
+                authenticated: true,
+                ..Default::default()
+            }],
+        );
+        assert!(!p.authorize(&client(None, "10.1.2.3"), None).allowed);
+        let empty =
+            policy(pb::DefaultAction::Deny, vec![pb::Authorization { name: "nothing".into(), ..Default::default() }]);
+        assert!(!empty.authorize(&client(Some("spiffe://m/ns/a/sa/b"), "10.1.2.3"), None).allowed);
+        assert_eq!(empty.authorizations()[0].describe(), "nothing it could match: admits nobody");
+    }
+
+    #[test]
+    fn an_unspecified_or_unknown_default_denies() {
+        for value in [pb::DefaultAction::Unspecified as i32, 42] {
+            let p = InboundPolicy::compile(&pb::InboundPolicy {
+                name: "skewed".into(),
+                default: value,
+                authorizations: vec![],
+                require_mtls: false,
+            })
+            .expect("compiles");
+            assert_eq!(p.default, DefaultAction::Unrecognized(value));
+            let v = p.authorize(&client(Some("spiffe://m/ns/a/sa/b"), "10.1.2.3"), None);
+            assert_eq!((v.allowed, v.rule.as_str()), (false, "default:unrecognized"), "value {value}");
+        }
     }
 }

@@ -181,8 +181,11 @@ fn authorization_policy(policy: &AuthorizationPolicy, identity: Option<&Identity
                     }
                 }
             }
+            let authenticated =
+                !rule.identities.is_empty() || !rule.service_accounts.is_empty() || !rule.namespaces.is_empty();
             pb::Authorization {
                 name: rule.name.clone(),
+                authenticated,
                 identities,
                 namespaces: rule.namespaces.clone(),
                 networks: rule.networks.iter().map(ToString::to_string).collect(),

@@ -389,3 +389,71 @@ async fn authorization_allows_and_denies_identities_namespaces_and_networks() {
         "{m}"
     );
 }
+
+/// A rule that lists an identity and a network admits only clients meeting
+/// both; a networks-only rule still admits plaintext clients by address.
+/// Catches OR semantics (either criterion admitting) in the proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_rules_require_every_criterion_they_list() {
+    let mesh = Mesh::start_secure(&[], HOUR).await;
+    let app = apps::http("api-0").await;
+    let side = mesh
+        .sidecar_with("api-0", "api", app.addr, |c| {
+            if let Some(i) = c.inbound.as_mut() {
+                i.mode = mesh_proxy::config::InboundMode::Permissive;
+            }
+        })
+        .await;
+    let inbound = side.inbound_addr().unwrap();
+    let mut y = String::from("services:\n");
+    service(&mut y, "api", &[inbound], "");
+    // Client sidecars dial from 127.0.0.1; plaintext curl picks its source.
+    y.push_str(
+        "authorizations:
+  - name: api-authz
+    service: api
+    default: deny
+    rules:
+      - name: frontend-from-elsewhere
+        identities: [spiffe://mesh.test/ns/default/sa/frontend]
+        networks: [127.0.0.9/32]
+      - name: batch-from-loopback
+        serviceAccounts: [batch]
+        networks: [127.0.0.1/32]
+      - name: lan
+        networks: [127.0.0.2/32]
+",
+    );
+    mesh.write_registry_text(&y);
+    let frontend = mesh.client("c1", "frontend", &["api.default:80"]).await;
+    let batch = mesh.client("c2", "batch", &["api.default:80"]).await;
+    for p in [&side, &frontend, &batch] {
+        mesh::wait_ready(p).await;
+    }
+    mesh::wait_resolved(&frontend, 1).await;
+    mesh::wait_resolved(&batch, 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let code = |args: Vec<String>| async move {
+        let mut a: Vec<&str> = vec!["-o", "/dev/null", "-w", "%{http_code}"];
+        a.extend(args.iter().map(String::as_str));
+        curl(&a).await
+    };
+    let via = |p: &Proxy| format!("http://{}/", p.upstream_addrs()[0]);
+    // The right identity from the wrong network: denied.
+    assert_eq!(code(vec![via(&frontend)]).await, "403", "identity alone must not pass");
+    // Identity and network both hold: allowed.
+    assert_eq!(code(vec![via(&batch)]).await, "200");
+    // The network of an identity rule, without the identity: denied.
+    let direct = format!("http://{inbound}/");
+    assert_eq!(code(vec!["--interface".into(), "127.0.0.1".into(), direct.clone()]).await, "403");
+    // A networks-only rule admits plaintext clients by address.
+    assert_eq!(code(vec!["--interface".into(), "127.0.0.2".into(), direct]).await, "200");
+
+    let m = mesh::admin_get(side.admin_addr(), "/metrics").await;
+    let allowed = |rule: &str| {
+        let r = format!("rule=\"{rule}\"");
+        mesh::metric_sum(&m, &["inbound_authorization_total{", "policy=\"api-authz\"", &r, "decision=\"allow\""])
+    };
+    assert_eq!(allowed("frontend-from-elsewhere"), 0.0, "{m}");
+    assert!(allowed("batch-from-loopback") >= 1.0 && allowed("lan") >= 1.0, "{m}");
+}

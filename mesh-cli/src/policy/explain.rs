@@ -12,7 +12,7 @@ use anyhow::{Context as _, anyhow, bail};
 use http::request::Parts;
 use http::{HeaderName, HeaderValue, Method};
 use mesh_policy::headers::{strip_hop_by_hop, wants_upgrade};
-use mesh_policy::inbound::{Client, InboundPolicy};
+use mesh_policy::inbound::{Client, DefaultAction, InboundPolicy};
 use mesh_policy::matcher::Match;
 use mesh_policy::outbound::{GRPC_CODES, OutboundPolicy, RetryOn, Route};
 use mesh_proto::policy as pb;
@@ -313,10 +313,21 @@ pub struct Authorization {
     pub default: Option<String>,
     /// Whether the policy refuses plaintext.
     pub require_mtls: bool,
+    /// Each rule, with what it requires of a client.
+    pub rules: Vec<RuleOut>,
     /// The verdict; `None` without a client to judge, or without a policy.
     pub verdict: Option<VerdictOut>,
     /// Caveats.
     pub notes: Vec<String>,
+}
+
+/// One authorization rule and what it requires.
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleOut {
+    /// The rule's name.
+    pub name: String,
+    /// Every kind of criterion it lists must hold.
+    pub requires: String,
 }
 
 /// The whole explanation.
@@ -545,11 +556,12 @@ pub fn route(target: &str, wire: &pb::OutboundPolicy, parts: &Parts, http: bool)
     Ok(routing)
 }
 
-fn default_name(d: i32) -> &'static str {
-    match pb::DefaultAction::try_from(d).unwrap_or(pb::DefaultAction::Unspecified) {
-        pb::DefaultAction::Deny => "deny",
-        pb::DefaultAction::Authenticated => "authenticated",
-        pb::DefaultAction::Allow | pb::DefaultAction::Unspecified => "allow",
+fn default_name(d: i32) -> String {
+    match DefaultAction::from_wire(d) {
+        DefaultAction::Deny => "deny".into(),
+        DefaultAction::Authenticated => "authenticated".into(),
+        DefaultAction::Allow => "allow".into(),
+        DefaultAction::Unrecognized(v) => format!("deny (unrecognized value {v})"),
     }
 }
 
@@ -576,6 +588,7 @@ pub fn authorize(
                 policy: None,
                 default: None,
                 require_mtls: false,
+                rules: Vec::new(),
                 verdict: None,
                 notes: d.notes.clone(),
             });
@@ -606,8 +619,13 @@ pub fn authorize(
                 service_account: service_account.clone(),
                 ports: ports.clone(),
                 policy: Some(compiled.name.clone()),
-                default: Some(default_name(wire.default).to_string()),
+                default: Some(default_name(wire.default)),
                 require_mtls: compiled.require_mtls,
+                rules: compiled
+                    .authorizations()
+                    .iter()
+                    .map(|a| RuleOut { name: a.name.clone(), requires: a.describe() })
+                    .collect(),
                 verdict,
                 notes,
             });

@@ -214,6 +214,9 @@ fn authorization(out: &mut String, a: &Authorization) {
         (Some(p), v) => {
             let mtls = if a.require_mtls { ", mTLS required" } else { "" };
             let _ = writeln!(out, "    policy {p} (default {}{mtls})", a.default.as_deref().unwrap_or("allow"));
+            for r in &a.rules {
+                let _ = writeln!(out, "      rule {}: {}", r.name, r.requires);
+            }
             if let Some(v) = v {
                 let word = if v.allowed { "ALLOWED" } else { "DENIED" };
                 let by = if v.rule.starts_with("default:") || v.rule == "require-mtls" {
