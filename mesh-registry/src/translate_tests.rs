@@ -198,6 +198,7 @@ fn inbound_selects_by_service_account_and_target_port() {
         policy.authorizations,
         vec![pb::Authorization {
             name: "web".into(),
+            authenticated: true,
             identities: vec![
                 "spiffe://other.domain/ns/x/sa/y".into(),
                 "spiffe://mesh.local/ns/default/sa/web".into(),
