@@ -100,7 +100,7 @@ fn sigint_stops_the_demo_cleanly() {
     let dir = demo.run_dir();
     demo.line_with("SUCCESS", Duration::from_secs(40));
     assert!(processes_mentioning(&dir.display().to_string()).len() >= 13, "the mesh is running");
-    signal(demo.child.id(), libc::SIGINT);
+    assert!(demo.child.signal(libc::SIGINT).expect("SIGINT meshctl"), "meshctl is running");
     let (status, out, err) = demo.finish(Duration::from_secs(30));
     assert!(status.success(), "exit {status}\nstdout:\n{out}\nstderr:\n{err}");
     assert!(out.contains("stopped by SIGINT"), "{out}");

@@ -29,22 +29,22 @@ impl Svc {
     }
 }
 
+/// The registry file of these services.
+pub fn registry(services: &[Svc]) -> mesh_spec::RegistryFile {
+    let services = services
+        .iter()
+        .map(|s| mesh_spec::Service {
+            ports: vec![mesh_spec::Port { protocol: Some(s.protocol.clone()), ..mesh_spec::Port::new(s.port) }],
+            endpoints: s.endpoints.iter().map(|&e| mesh_spec::Endpoint::address(e)).collect(),
+            ..mesh_spec::Service::new(&s.name)
+        })
+        .collect();
+    mesh_spec::RegistryFile { services, ..Default::default() }
+}
+
 /// Renders a registry YAML.
 pub fn registry_yaml(services: &[Svc]) -> String {
-    let mut y = String::from("services:\n");
-    for s in services {
-        y.push_str(&format!(
-            "  - name: {}\n    ports:\n      - port: {}\n        protocol: {}\n    endpoints:\n",
-            s.name, s.port, s.protocol
-        ));
-        if s.endpoints.is_empty() {
-            y.push_str("      []\n");
-        }
-        for e in &s.endpoints {
-            y.push_str(&format!("      - address: \"{e}\"\n"));
-        }
-    }
-    y
+    mesh_spec::to_yaml(&registry(services))
 }
 
 /// The control plane and its registry file.

@@ -6,28 +6,21 @@
 use bytes::Bytes;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
+use mesh_process::{Child, Spec, signal};
 use mesh_tests::{apps, bins, mesh};
 use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// A child process killed on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// A supervised child (stopped and reaped when dropped) and the directory
+/// of its log.
+struct Proc {
+    child: Child,
+    _dir: tempfile::TempDir,
 }
 
 fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
-fn signal(pid: u32, sig: &str) {
-    let ok = Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status().unwrap().success();
-    assert!(ok, "kill -{sig} {pid}");
 }
 
 async fn wait_ready(admin: SocketAddr) {
@@ -46,10 +39,10 @@ async fn wait_ready(admin: SocketAddr) {
 async fn ready_proxy(args: impl Fn(SocketAddr, SocketAddr) -> Vec<String>) -> (Proc, SocketAddr, SocketAddr) {
     for _ in 0..5 {
         let (listen, admin) = (free_addr(), free_addr());
-        let mut p = spawn_proxy(&args(listen, admin));
+        let p = spawn_proxy(&args(listen, admin));
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if p.0.try_wait().unwrap().is_some() {
+            if p.child.status().is_some() {
                 break;
             }
             if tokio::net::TcpStream::connect(admin).await.is_ok()
@@ -64,14 +57,11 @@ async fn ready_proxy(args: impl Fn(SocketAddr, SocketAddr) -> Vec<String>) -> (P
 }
 
 fn spawn_proxy(args: &[String]) -> Proc {
-    let child = Command::new(bins::path("mesh-proxy"))
+    let dir = tempfile::tempdir().unwrap();
+    let spec = Spec::new("mesh-proxy", bins::path("mesh-proxy"), dir.path().join("proxy.log"))
         .args(args)
-        .env("MESH_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    Proc(child)
+        .env("MESH_LOG", "info");
+    Proc { child: Child::spawn(spec).unwrap(), _dir: dir }
 }
 
 fn sidecar_args(app: SocketAddr, inbound: SocketAddr, admin: SocketAddr) -> Vec<String> {
@@ -92,26 +82,20 @@ fn sidecar_args(app: SocketAddr, inbound: SocketAddr, admin: SocketAddr) -> Vec<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let app = apps::http("web-0").await;
-    let (mut proxy, inbound, _admin) = ready_proxy(|inbound, admin| sidecar_args(app.addr, inbound, admin)).await;
+    let (proxy, inbound, _admin) = ready_proxy(|inbound, admin| sidecar_args(app.addr, inbound, admin)).await;
 
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Empty<Bytes>>();
     let slow = tokio::spawn(client.get(format!("http://{inbound}/slow/1500").parse().unwrap()));
     tokio::time::sleep(Duration::from_millis(400)).await;
-    signal(proxy.0.id(), "TERM");
+    assert!(proxy.child.signal(signal::SIGTERM).unwrap(), "the proxy is running");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(tokio::net::TcpStream::connect(inbound).await.is_err(), "still accepting after SIGTERM");
 
     let rsp = slow.await.unwrap().expect("in-flight request completes during the drain");
     assert!(rsp.status().is_success());
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let status = loop {
-        if let Some(s) = proxy.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "proxy did not exit after draining");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let exited = tokio::time::timeout(Duration::from_secs(5), proxy.child.exited()).await;
+    let status = exited.unwrap_or_else(|_| panic!("proxy did not exit after draining:\n{}", proxy.child.log_tail(20)));
     assert!(status.success(), "exit status {status:?}");
 }
 
@@ -146,7 +130,7 @@ async fn a_100_mb_body_streams_through_with_bounded_memory() {
         assert_eq!(got, TOTAL, "h2={h2}: body truncated");
     }
     for (name, p) in [("server", &server), ("client", &client)] {
-        let peak = bins::peak_rss(p.0.id()).unwrap();
+        let peak = bins::peak_rss(p.child.pid()).unwrap();
         assert!(peak < 40 * 1024 * 1024, "{name} proxy peaked at {} MiB streaming 200 MiB", peak >> 20);
     }
 }
@@ -177,16 +161,12 @@ async fn control_plane_rejects_bad_registries_and_keeps_the_last_good() {
     let mut started = None;
     for _ in 0..5 {
         let (grpc, admin) = (free_addr(), free_addr());
-        let child = Command::new(bins::path("mesh-control"))
+        let spec = Spec::new("mesh-control", bins::path("mesh-control"), &log)
             .args(["--registry-file", reg.to_str().unwrap(), "--registry-poll", "50ms"])
-            .args(["--grpc-addr", &grpc.to_string(), "--admin-addr", &admin.to_string()])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut p = Proc(child);
+            .args(["--grpc-addr", &grpc.to_string(), "--admin-addr", &admin.to_string()]);
+        let p = Child::spawn(spec).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline && p.0.try_wait().unwrap().is_none() {
+        while Instant::now() < deadline && p.status().is_none() {
             if tokio::net::TcpStream::connect(admin).await.is_ok() {
                 started = Some((p, admin));
                 break;

@@ -14,7 +14,8 @@
 //!
 //! Modules: [`plan`] (topology, registry, flags), [`mtls`] (the demo's CA
 //! and join tokens), [`ports`] (free ports),
-//! [`procs`] (child supervision), [`start`] (start-up and readiness),
+//! [`start`] (start-up and readiness; the children are supervised by
+//! `mesh_process`),
 //! [`apps`] (the demo apps), [`load`] (traffic), [`monitor`] (probes and
 //! scraping), [`table`] (rendering), [`http`] (a small keep-alive client).
 
@@ -25,7 +26,6 @@ mod monitor;
 mod mtls;
 mod plan;
 mod ports;
-mod procs;
 mod start;
 mod table;
 
@@ -33,10 +33,10 @@ use crate::Output;
 use anyhow::{Context as _, anyhow, bail};
 use clap::Args;
 use load::{Load, LoadTotals};
+use mesh_process::Supervisor;
 use monitor::Scraper;
 use mtls::{DemoIdentity, TOKEN_REFRESH};
 use plan::{Binaries, Plan};
-use procs::Supervisor;
 use serde_json::json;
 use start::{Interrupted, Signals};
 use std::fmt::Write as _;

@@ -4,9 +4,11 @@
 use super::apps::Role;
 use super::mtls::DemoIdentity;
 use super::ports::Ports;
-use super::procs::{Kind, Spec};
 use anyhow::{Context as _, bail};
-use std::fmt::Write as _;
+use mesh_process::{Spec, signal};
+use mesh_spec::{
+    Authorization, AuthorizationRule, Backoff, Endpoint, Port, RegistryFile, Retry, RoutePolicy, RouteRule,
+};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -227,48 +229,65 @@ impl Plan {
     }
 
     /// The registry: each service with its replicas' inbound addresses.
-    pub fn registry_yaml(&self) -> String {
-        let mut y = String::from("# Written by `meshctl demo`: the demo's services and their endpoints.\nservices:\n");
-        for service in Service::ALL {
-            let _ = writeln!(
-                y,
-                "  - name: {}\n    ports:\n      - port: {}\n        protocol: http",
-                service.name(),
-                service.port()
-            );
-            y.push_str("    endpoints:\n");
-            for r in self.replicas.iter().filter(|r| r.service == service) {
-                let _ = writeln!(
-                    y,
-                    "      - address: \"{}\"\n        labels: {{app: \"{}\", replica: \"{}\"}}",
-                    r.inbound,
-                    service.name(),
-                    r.name
-                );
-            }
-        }
+    pub fn registry(&self) -> RegistryFile {
+        let services = Service::ALL
+            .iter()
+            .map(|&service| mesh_spec::Service {
+                ports: vec![Port { protocol: Some("http".into()), ..Port::new(service.port()) }],
+                endpoints: self
+                    .replicas
+                    .iter()
+                    .filter(|r| r.service == service)
+                    .map(|r| Endpoint::address(r.inbound).label("app", service.name()).label("replica", &r.name))
+                    .collect(),
+                ..mesh_spec::Service::new(service.name())
+            })
+            .collect();
         // Resilience on show: authors fails a little on purpose; web's calls
         // to it are retried, so web stays near 100 % while authors' own
         // success rate shows its failures.
-        y.push_str(
-            "routes:\n  - name: authors-retries\n    service: authors\n    rules:\n      - name: retry-5xx\n        \
-             retries: {attempts: 2, on: [5xx, connect-failure], backoff: {base: 5ms, max: 50ms}}\n",
-        );
+        let retries = RoutePolicy {
+            name: "authors-retries".into(),
+            service: Service::Authors.name().into(),
+            rules: vec![RouteRule {
+                name: Some("retry-5xx".into()),
+                retries: Some(Retry {
+                    attempts: Some(2),
+                    on: vec!["5xx".into(), "connect-failure".into()],
+                    backoff: Some(Backoff { base: Some("5ms".into()), max: Some("50ms".into()) }),
+                    ..Retry::default()
+                }),
+                ..RouteRule::default()
+            }],
+            ..RoutePolicy::default()
+        };
         // Zero trust on show (identity only: without it, no client can prove
         // who it is): only web may call books and authors, only the traffic
         // generator may call web.
-        if self.identity.is_some() {
-            y.push_str("authorizations:\n");
-            for (service, caller) in [(Service::Books, "web"), (Service::Authors, "web"), (Service::Web, "traffic")] {
-                let _ = writeln!(
-                    y,
-                    "  - name: {0}-authz\n    service: {0}\n    default: deny\n    rules:\n      - {{name: from-{1}, serviceAccounts: [{1}]}}",
-                    service.name(),
-                    caller
-                );
-            }
-        }
-        y
+        let authorizations = match self.identity {
+            None => Vec::new(),
+            Some(_) => [(Service::Books, "web"), (Service::Authors, "web"), (Service::Web, Self::TRAFFIC)]
+                .into_iter()
+                .map(|(service, caller)| Authorization {
+                    name: format!("{}-authz", service.name()),
+                    service: service.name().into(),
+                    default: Some("deny".into()),
+                    rules: vec![AuthorizationRule {
+                        name: Some(format!("from-{caller}")),
+                        service_accounts: vec![caller.into()],
+                        ..AuthorizationRule::default()
+                    }],
+                    ..Authorization::default()
+                })
+                .collect(),
+        };
+        RegistryFile { services, routes: vec![retries], authorizations }
+    }
+
+    /// The registry file's text.
+    pub fn registry_yaml(&self) -> String {
+        let header = "# Written by `meshctl demo`: the demo's services and their endpoints.\n";
+        format!("{header}{}", mesh_spec::to_yaml(&self.registry()))
     }
 
     /// Writes the registry atomically (the control plane may be reading it).
@@ -306,7 +325,7 @@ impl Plan {
                 format!("{}ms", id.cert_ttl.as_millis()),
             ]);
         }
-        spec_owned("control", Kind::Control, &self.bins.control, args, self.log("control"))
+        spec("control plane", &self.bins.control, args, self.log("control"))
     }
 
     /// The workload name of the traffic generator's sidecar (and its service account).
@@ -345,7 +364,7 @@ impl Plan {
     pub fn traffic_spec(&self) -> Spec {
         let mut args = self.proxy_args(Self::TRAFFIC, self.traffic_admin);
         args.extend(["--upstream".to_string(), format!("{}={}", self.traffic_listen, Service::Web.target())]);
-        spec_owned("traffic", Kind::Proxy, &self.bins.proxy, args, self.log("traffic-proxy"))
+        spec("traffic proxy", &self.bins.proxy, args, self.log("traffic-proxy"))
     }
 
     /// A replica's sidecar.
@@ -355,7 +374,7 @@ impl Plan {
         for (listen, service) in &r.upstreams {
             args.extend(["--upstream".to_string(), format!("{listen}={}", service.target())]);
         }
-        spec_owned(&r.name, Kind::Proxy, &self.bins.proxy, args, self.log(&format!("{}-proxy", r.name)))
+        spec(&format!("{} proxy", r.name), &self.bins.proxy, args, self.log(&format!("{}-proxy", r.name)))
     }
 
     /// A replica's app.
@@ -375,7 +394,7 @@ impl Plan {
         if r.service == Service::Authors {
             args.extend(["--failure-rate".to_string(), self.failure_rate.to_string()]);
         }
-        spec_owned(&r.name, Kind::App, &self.bins.meshctl, args, self.log(&r.name))
+        spec(&format!("{} app", r.name), &self.bins.meshctl, args, self.log(&r.name))
     }
 }
 
@@ -384,8 +403,28 @@ fn take4(ports: &mut Ports) -> anyhow::Result<[SocketAddr; 4]> {
     v.try_into().map_err(|_| anyhow::anyhow!("port allocation came up short"))
 }
 
-fn spec_owned(name: &str, kind: Kind, program: &Path, args: Vec<String>, log: PathBuf) -> Spec {
-    Spec { name: name.to_string(), kind, program: program.to_path_buf(), args, log }
+/// A demo child: `name` names it in messages (`books-0 app`, `control
+/// plane`). It gets SIGTERM when meshctl dies, and a process group of its
+/// own, so a Ctrl-C in the terminal reaches only meshctl, which then stops
+/// the children in order.
+fn spec(name: &str, program: &Path, args: Vec<String>, log: PathBuf) -> Spec {
+    let spec = Spec::new(name, program, log)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .own_process_group(true)
+        .death_signal(signal::SIGTERM);
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // Errors without backtraces keep a log's last lines readable;
+        // panics still follow RUST_BACKTRACE.
+        return spec.env("RUST_LIB_BACKTRACE", "0");
+    }
+    spec
+}
+
+/// A spec's arguments as one line (for tests and messages).
+#[cfg(test)]
+fn arg_line(spec: &Spec) -> String {
+    spec.get_args().iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]
@@ -426,33 +465,41 @@ mod tests {
 
     #[test]
     fn registry_lists_every_replica() {
-        let p = plan(2);
-        let y = p.registry_yaml();
-        for r in &p.replicas {
-            assert!(y.contains(&format!("address: \"{}\"", r.inbound)), "{y}");
-            assert!(y.contains(&format!("replica: \"{}\"", r.name)), "{y}");
+        let mut p = plan(2);
+        for identity in [false, true] {
+            let run = tempfile::tempdir().expect("temp dir");
+            if identity {
+                p.identity = Some(DemoIdentity::create(run.path(), std::time::Duration::from_secs(90)).expect("id"));
+            }
+            let y = p.registry_yaml();
+            let parsed = mesh_registry::file::parse(std::path::Path::new("demo.yaml"), &y)
+                .unwrap_or_else(|e| panic!("the demo's registry must be valid: {e}\n{y}"));
+            for r in &p.replicas {
+                let service = parsed.services.iter().find(|s| s.key.name == r.service.name()).expect("service");
+                assert_eq!(service.ports[0].port, r.service.port());
+                let endpoint = service.endpoints.iter().find(|e| e.labels.get("replica") == Some(&r.name));
+                let endpoint = endpoint.unwrap_or_else(|| panic!("no endpoint for {}:\n{y}", r.name));
+                assert_eq!((endpoint.ip, endpoint.port), (r.inbound.ip(), Some(r.inbound.port())));
+            }
+            assert_eq!(parsed.routes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["authors-retries"]);
+            assert_eq!(parsed.authorizations.len(), if identity { 3 } else { 0 }, "{y}");
         }
-        assert!(y.contains("  - name: books\n    ports:\n      - port: 7001\n        protocol: http\n"), "{y}");
-        assert!(y.contains("name: authors-retries") && !y.contains("authorizations:"), "{y}");
-        let text = y.clone();
-        let parsed = mesh_registry::file::parse(std::path::Path::new("demo.yaml"), &text);
-        assert!(parsed.is_ok(), "the demo's registry must be valid: {parsed:?}");
     }
 
     #[test]
     fn web_calls_through_its_sidecar() {
         let p = plan(1);
         let web = &p.replicas[0];
-        let app = p.app_spec(web).args.join(" ");
-        let proxy = p.proxy_spec(web).args.join(" ");
+        let app = arg_line(&p.app_spec(web));
+        let proxy = arg_line(&p.proxy_spec(web));
         for (listen, service) in &web.upstreams {
             assert!(app.contains(&format!("--{}-url http://{listen}", service.name())), "{app}");
             assert!(proxy.contains(&format!("--upstream {listen}={}", service.target())), "{proxy}");
         }
         assert!(proxy.contains(&format!("--app {} --inbound-addr {}", web.app, web.inbound)), "{proxy}");
-        let authors = p.app_spec(&p.replicas[2]).args.join(" ");
+        let authors = arg_line(&p.app_spec(&p.replicas[2]));
         assert!(authors.ends_with("--failure-rate 0.02"), "{authors}");
-        assert!(!proxy.contains("--identity") && !p.control_spec().args.join(" ").contains("--identity"), "{proxy}");
+        assert!(!proxy.contains("--identity") && !arg_line(&p.control_spec()).contains("--identity"), "{proxy}");
         p.write_tokens().expect("no identity, no tokens");
     }
 
@@ -463,13 +510,13 @@ mod tests {
         let id = DemoIdentity::create(run.path(), std::time::Duration::from_secs(90)).expect("identity");
         p.identity = Some(id.clone());
         p.write_tokens().expect("tokens");
-        let control = p.control_spec().args.join(" ");
+        let control = arg_line(&p.control_spec());
         assert!(control.contains(&format!("--identity-dir {} --cert-ttl 90000ms", id.dir().display())), "{control}");
         let anchors = id.anchors().display().to_string();
         for (spec, workload, sa) in
             [(p.proxy_spec(&p.replicas[1]), "books-0", "books"), (p.traffic_spec(), "traffic", "traffic")]
         {
-            let args = spec.args.join(" ");
+            let args = arg_line(&spec);
             let file = id.token_file(workload);
             assert!(args.contains(&format!("--identity-token-file {}", file.display())), "{args}");
             assert!(args.contains(&format!("--trust-anchors {anchors}")), "{args}");

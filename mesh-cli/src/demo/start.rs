@@ -8,8 +8,8 @@
 
 use super::monitor::{self, Probe};
 use super::plan::{Plan, Service};
-use super::procs::{Exited, Supervisor};
 use anyhow::anyhow;
+use mesh_process::{Exited, Supervisor};
 use std::time::Duration;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::time::Instant;
@@ -63,16 +63,18 @@ enum Wait {
     TimedOut(Vec<(String, String)>),
 }
 
-/// A message for a child that exited when it should not have.
+/// A message for a child that exited when it should not have: its name,
+/// exit status, log file and the log's last lines.
 pub fn crash_message(ex: &Exited) -> anyhow::Error {
-    let tail: Vec<String> = ex.log_tail(15).lines().map(|l| format!("    | {l}")).collect();
-    anyhow!(
-        "{} exited unexpectedly ({})\n  log: {}\n  last lines:\n{}",
-        ex.spec.label(),
-        ex.status,
-        ex.spec.log.display(),
-        tail.join("\n")
-    )
+    anyhow!("{ex}")
+}
+
+/// Whether a child died because a port it was given was taken meanwhile.
+fn address_in_use(ex: &Exited) -> bool {
+    // The whole log's end, not only the tail: a backtrace may follow the error.
+    let log = std::fs::read(&ex.log).unwrap_or_default();
+    let log = String::from_utf8_lossy(&log[log.len().saturating_sub(64 * 1024)..]);
+    log.contains("Address already in use") || log.contains("os error 98")
 }
 
 /// Runs every probe until all pass, a child exits, a signal arrives or the
@@ -130,11 +132,11 @@ pub async fn start(
 
     // The control plane first: every proxy is given its address.
     loop {
-        let index = sup.spawn(plan.control_spec())?;
+        let index = sup.spawn(plan.control_spec()).map_err(anyhow::Error::from)?;
         let probe = [Probe::Ready { label: "control plane".to_string(), admin: plan.control_admin }];
         match wait_for(&probe, sup, signals, deadline).await {
             Ok(()) => break,
-            Err(Wait::Exited(ex)) if ex.address_in_use() && retries < PORT_RETRIES => {
+            Err(Wait::Exited(ex)) if address_in_use(&ex) && retries < PORT_RETRIES => {
                 retries += 1;
                 sup.retire(&[index], Duration::from_secs(1)).await;
                 plan.rebind_control()?;
@@ -160,9 +162,9 @@ pub async fn start(
         });
         match wait_for(&probes, sup, signals, deadline).await {
             Ok(()) => return Ok(()),
-            Err(Wait::Exited(ex)) if ex.address_in_use() && retries < PORT_RETRIES => {
+            Err(Wait::Exited(ex)) if address_in_use(&ex) && retries < PORT_RETRIES => {
                 retries += 1;
-                let Some(&(_, group)) = members.iter().find(|(i, _)| *i == ex.index) else {
+                let Some(&(_, group)) = members.iter().find(|(i, _)| Some(*i) == ex.index) else {
                     return Err(Interrupted::Failed(crash_message(&ex)));
                 };
                 let indexes: Vec<usize> = members.iter().filter(|(_, g)| *g == group).map(|(i, _)| *i).collect();

@@ -1,12 +1,12 @@
 //! What the end-to-end suites share: the built `meshctl` and a running
-//! `meshctl demo` whose output is collected as it comes.
+//! `meshctl demo` (supervised by `mesh_process`) whose output is collected
+//! as it comes.
 // Each suite is its own crate and uses a part of this module.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read};
+use mesh_process::{Child, Spec};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 /// The meshctl binary under test.
@@ -29,61 +29,39 @@ pub fn require_binaries() {
     }
 }
 
-/// A running `meshctl demo`; killed if the test fails before it ends.
+/// A running `meshctl demo`, its stdout and stderr in files as they come.
+/// Dropped (a test failed before it ended), it gets SIGTERM, so that it stops
+/// its mesh, and SIGKILL if it does not exit in time.
 pub struct Demo {
     pub child: Child,
-    stdout: Arc<Mutex<String>>,
-    stderr: Arc<Mutex<String>>,
-}
-
-fn collect(stream: impl Read + Send + 'static) -> Arc<Mutex<String>> {
-    let text = Arc::new(Mutex::new(String::new()));
-    let sink = text.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines() {
-            let Ok(line) = line else { break };
-            let mut s = sink.lock().unwrap_or_else(PoisonError::into_inner);
-            s.push_str(&line);
-            s.push('\n');
-        }
-    });
-    text
-}
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+    stdout: PathBuf,
+    stderr: PathBuf,
+    _dir: tempfile::TempDir,
 }
 
 impl Demo {
     /// Starts `meshctl demo args…`.
     pub fn start(args: &[&str]) -> Demo {
         require_binaries();
-        let mut child = Command::new(meshctl())
+        let dir = tempfile::Builder::new().prefix("meshctl-test-").tempdir().expect("temp dir");
+        let (stdout, stderr) = (dir.path().join("stdout"), dir.path().join("stderr"));
+        let spec = Spec::new("meshctl demo", meshctl(), &stdout)
+            .stderr_log(&stderr)
             .arg("demo")
             .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start meshctl demo");
-        let stdout = collect(child.stdout.take().expect("stdout"));
-        let stderr = collect(child.stderr.take().expect("stderr"));
-        Demo { child, stdout, stderr }
+            .stop_grace(Duration::from_secs(20));
+        let child = Child::spawn(spec).expect("start meshctl demo");
+        Demo { child, stdout, stderr, _dir: dir }
     }
 
     /// Everything printed to stdout so far.
     pub fn stdout(&self) -> String {
-        self.stdout.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
     }
 
     /// Everything printed to stderr so far.
     pub fn stderr(&self) -> String {
-        self.stderr.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
     /// The first stdout line containing `needle`, waiting for it.
@@ -93,7 +71,7 @@ impl Demo {
             if let Some(line) = self.stdout().lines().find(|l| l.contains(needle)) {
                 return line.to_string();
             }
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Some(status) = self.child.status() {
                 panic!("meshctl exited ({status}) before printing {needle:?}\n{}\n{}", self.stdout(), self.stderr());
             }
             assert!(
@@ -118,20 +96,13 @@ impl Demo {
     }
 
     /// Waits for meshctl to exit; kills it after `timeout`.
-    pub fn finish(mut self, timeout: Duration) -> (ExitStatus, String, String) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait for meshctl") {
-                // Let the reader threads drain the pipes.
-                std::thread::sleep(Duration::from_millis(200));
-                return (status, self.stdout(), self.stderr());
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
+    pub fn finish(self, timeout: Duration) -> (ExitStatus, String, String) {
+        match self.child.wait_timeout(timeout) {
+            Some(status) => (status, self.stdout(), self.stderr()),
+            None => {
+                self.child.kill();
                 panic!("meshctl did not exit within {timeout:?}\n{}\n{}", self.stdout(), self.stderr());
             }
-            std::thread::sleep(Duration::from_millis(50));
         }
     }
 }

@@ -3,9 +3,8 @@
 
 use super::procs::{ProcId, eventually};
 use super::{CONTROL_ADMIN_PORT, CONTROL_PORT, Lab};
-use std::fmt::Write as _;
 use std::fs;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -60,31 +59,28 @@ impl Service {
     }
 }
 
+/// The registry file of these services.
+pub fn registry(services: &[Service]) -> mesh_spec::RegistryFile {
+    let services = services
+        .iter()
+        .map(|s| mesh_spec::Service {
+            service_account: s.service_account.clone(),
+            addresses: vec![IpAddr::V4(s.vip)],
+            ports: vec![mesh_spec::Port {
+                target_port: Some(s.target_port),
+                protocol: Some(s.protocol.clone()),
+                ..mesh_spec::Port::new(s.port)
+            }],
+            endpoints: s.endpoints.iter().map(|&ip| mesh_spec::Endpoint::ip(IpAddr::V4(ip))).collect(),
+            ..mesh_spec::Service::new(&s.name)
+        })
+        .collect();
+    mesh_spec::RegistryFile { services, ..Default::default() }
+}
+
 /// Renders a registry file.
 pub fn registry_yaml(services: &[Service]) -> String {
-    let mut y = String::from("services:\n");
-    for s in services {
-        let _ = writeln!(y, "  - name: {}", s.name);
-        if let Some(sa) = &s.service_account {
-            let _ = writeln!(y, "    serviceAccount: {sa}");
-        }
-        let _ = writeln!(y, "    addresses: [\"{}\"]", s.vip);
-        let _ = writeln!(y, "    ports:");
-        let _ = writeln!(
-            y,
-            "      - port: {}\n        targetPort: {}\n        protocol: {}",
-            s.port, s.target_port, s.protocol
-        );
-        if s.endpoints.is_empty() {
-            let _ = writeln!(y, "    endpoints: []");
-        } else {
-            let _ = writeln!(y, "    endpoints:");
-            for e in &s.endpoints {
-                let _ = writeln!(y, "      - ip: \"{e}\"");
-            }
-        }
-    }
-    y
+    mesh_spec::to_yaml(&registry(services))
 }
 
 impl Lab {

@@ -11,7 +11,9 @@
 //! was left behind.
 //!
 //! Everything runs through `ip netns exec NS ...`, which execs the command,
-//! so a child's PID is the workload's own.
+//! so a child's PID is the workload's own. Long-running processes are
+//! supervised by `mesh_process` (they die with the test's thread, even a
+//! killed one, and are reaped as soon as they exit).
 //!
 //! The harness is split by concern: [`checks`] (whether the suite can run,
 //! and that nothing is left behind), [`procs`] (commands and processes in
@@ -26,14 +28,14 @@ mod procs;
 mod traffic;
 
 pub use checks::{assert_clean, skipped, unavailable};
-pub use control::{Service, registry_yaml};
+pub use control::{Service, registry, registry_yaml};
 pub use pods::Pod;
 pub use procs::{Output, ProcId, eventually, run};
 pub use traffic::{LoadResult, parse_load};
 
 use checks::{ROOT_BEFORE, destroy_netns, process_prefix, remove_stale_namespaces, root_state};
 use mesh_identity::dir::IdentityDir;
-use procs::{Proc, stop};
+use procs::{Proc, STOP_GRACE, stop};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
@@ -170,6 +172,9 @@ impl Drop for Lab {
             }
             eprintln!("==== lab {} failed; its processes' output:\n{dump}", self.id);
         }
+        // Every process at once: SIGTERM, then SIGKILL after the grace.
+        let running: Vec<&mesh_process::Child> = self.procs.iter().filter_map(|p| p.child.as_ref()).collect();
+        mesh_process::stop_all(&running, STOP_GRACE);
         for p in self.procs.iter_mut().rev() {
             stop(p);
         }

@@ -116,6 +116,9 @@ impl Lab {
         let cp = self.control_ip.expect("start the control plane before meshing pods");
         let argv: Vec<String> = [
             "setpriv",
+            // Changing the UID clears the parent-death signal; keep it.
+            "--pdeathsig",
+            "keep",
             "--reuid",
             &PROXY_UID.to_string(),
             "--regid",

@@ -1,13 +1,18 @@
 //! Commands and processes in namespaces: one-shot commands run to
 //! completion, and long-running processes the lab starts, watches, signals
-//! and restarts.
+//! and restarts (supervised by `mesh_process`, through `ip netns exec NS`,
+//! which execs the command: a child's PID is the workload's own).
 
 use super::Lab;
-use std::fs::{self, File, OpenOptions};
+use mesh_process::{Child, Spec};
+use std::fs;
 use std::io::Read as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+/// How long a lab process gets to exit on SIGTERM at teardown before SIGKILL.
+pub(super) const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// Polls `f` every 20 ms until it holds or `timeout` passes.
 pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
@@ -108,12 +113,25 @@ pub struct ProcId(pub(super) usize);
 
 #[derive(Debug)]
 pub(super) struct Proc {
-    name: String,
     ns: String,
-    argv: Vec<String>,
-    child: Option<Child>,
-    pub(super) out: PathBuf,
-    log: PathBuf,
+    /// stdout to the log, stderr to a file of its own; appended on restart.
+    spec: Spec,
+    pub(super) child: Option<Child>,
+}
+
+impl Proc {
+    fn name(&self) -> &str {
+        self.spec.name()
+    }
+
+    /// The file its stdout goes to.
+    pub(super) fn out(&self) -> &Path {
+        self.spec.log()
+    }
+
+    fn child(&self) -> &Child {
+        self.child.as_ref().unwrap_or_else(|| panic!("{} is not running", self.name()))
+    }
 }
 
 impl Lab {
@@ -143,14 +161,14 @@ impl Lab {
         let logs = self.dir.path().join("logs");
         let idx = self.procs.len();
         let base = format!("{idx:02}-{name}");
-        let mut p = Proc {
-            name: name.into(),
-            ns: ns.into(),
-            argv,
-            child: None,
-            out: logs.join(format!("{base}.out")),
-            log: logs.join(format!("{base}.log")),
-        };
+        let (program, args) = argv.split_first().expect("a command");
+        let spec = Spec::new(name, program, logs.join(format!("{base}.out")))
+            .args(args)
+            .wrap(["ip", "netns", "exec", ns])
+            .stderr_log(logs.join(format!("{base}.log")))
+            .append(true)
+            .stop_grace(STOP_GRACE);
+        let mut p = Proc { ns: ns.into(), spec, child: None };
         start(&mut p);
         self.procs.push(p);
         ProcId(idx)
@@ -179,64 +197,62 @@ impl Lab {
     pub fn wait_output(&mut self, id: ProcId, needle: &str, timeout: Duration) {
         let ok = eventually(timeout, || {
             if self.exited(id).is_some() {
-                panic!("{} exited before printing {needle:?}:\n{}", self.procs[id.0].name, self.logs(id));
+                panic!("{} exited before printing {needle:?}:\n{}", self.procs[id.0].name(), self.logs(id));
             }
             self.stdout(id).contains(needle) || self.stderr(id).contains(needle)
         });
-        assert!(ok, "{} never printed {needle:?}:\n{}", self.procs[id.0].name, self.logs(id));
+        assert!(ok, "{} never printed {needle:?}:\n{}", self.procs[id.0].name(), self.logs(id));
     }
 
     /// A process's stdout so far.
     pub fn stdout(&self, id: ProcId) -> String {
-        fs::read_to_string(&self.procs[id.0].out).unwrap_or_default()
+        fs::read_to_string(self.procs[id.0].out()).unwrap_or_default()
     }
 
     /// A process's stderr so far.
     pub fn stderr(&self, id: ProcId) -> String {
-        fs::read_to_string(&self.procs[id.0].log).unwrap_or_default()
+        self.procs[id.0].spec.get_stderr_log().and_then(|p| fs::read_to_string(p).ok()).unwrap_or_default()
     }
 
     /// Both, for messages.
     pub fn logs(&self, id: ProcId) -> String {
         let p = &self.procs[id.0];
         format!(
-            "--- {} in {} ({:?})\n{}{}",
-            p.name,
+            "--- {} in {} ({})\n{}{}",
+            p.name(),
             p.ns,
-            p.argv,
+            p.spec.command_line(),
             tail(&self.stdout(id), 40),
             tail(&self.stderr(id), 40)
         )
     }
 
-    /// Its exit status, if it has exited (reaping it).
+    /// Its exit status, if it has exited (it is reaped as soon as it exits).
     pub fn exited(&mut self, id: ProcId) -> Option<ExitStatus> {
-        let child = self.procs[id.0].child.as_mut()?;
-        child.try_wait().unwrap()
+        self.procs[id.0].child.as_ref()?.status()
     }
 
     /// Its PID while running.
     pub fn pid(&self, id: ProcId) -> Option<u32> {
-        self.procs[id.0].child.as_ref().map(Child::id)
+        self.procs[id.0].child.as_ref().map(Child::pid)
     }
 
     /// Sends a signal (`TERM`, `INT`, `KILL`...).
     pub fn signal(&mut self, id: ProcId, sig: &str) {
-        let pid = self.pid(id).expect("not running");
-        let o = run(Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]), Duration::from_secs(5));
-        assert!(o.success(), "kill -{sig} {pid}: {o}");
+        let signal = mesh_process::signal::by_name(sig).unwrap_or_else(|| panic!("unknown signal {sig}"));
+        let p = &self.procs[id.0];
+        let sent = p.child().signal(signal).unwrap_or_else(|e| panic!("kill -{sig} {}: {e}", p.name()));
+        assert!(sent, "kill -{sig} {}: it has exited", p.name());
     }
 
     /// Waits for it to exit.
     pub fn wait_exit(&mut self, id: ProcId, timeout: Duration) -> ExitStatus {
-        let mut status = None;
-        let done = eventually(timeout, || {
-            status = self.exited(id);
-            status.is_some()
+        let status = self.procs[id.0].child().wait_timeout(timeout);
+        let status = status.unwrap_or_else(|| {
+            panic!("{} did not exit within {timeout:?}:\n{}", self.procs[id.0].name(), self.logs(id))
         });
-        assert!(done, "{} did not exit within {timeout:?}:\n{}", self.procs[id.0].name, self.logs(id));
         self.procs[id.0].child = None;
-        status.unwrap()
+        status
     }
 
     /// SIGKILLs it and reaps it.
@@ -251,25 +267,17 @@ impl Lab {
     }
 }
 
+/// Starts it (its logs are appended to). It dies with the thread that
+/// starts it: the lab's, which drops the lab first.
 pub(super) fn start(p: &mut Proc) {
-    let open = |path: &Path| OpenOptions::new().create(true).append(true).open(path).unwrap();
-    let out: File = open(&p.out);
-    let log: File = open(&p.log);
-    let child = Command::new("ip")
-        .args(["netns", "exec", &p.ns])
-        .args(&p.argv)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(log)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", p.name));
+    let child = Child::spawn(p.spec.clone()).unwrap_or_else(|e| panic!("{e}"));
     p.child = Some(child);
 }
 
+/// SIGKILLs it and reaps it.
 pub(super) fn stop(p: &mut Proc) {
-    if let Some(mut c) = p.child.take() {
-        let _ = c.kill();
-        let _ = c.wait();
+    if let Some(c) = p.child.take() {
+        c.kill();
     }
 }
 

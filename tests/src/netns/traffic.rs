@@ -82,7 +82,7 @@ impl Lab {
     pub fn stop_capture(&mut self, id: ProcId) -> pcap::Capture {
         self.signal(id, "INT");
         self.wait_exit(id, Duration::from_secs(10));
-        let bytes = fs::read(&self.procs[id.0].out).unwrap();
+        let bytes = fs::read(self.procs[id.0].out()).unwrap();
         pcap::parse(&bytes).unwrap_or_else(|e| panic!("bad capture: {e}\n{}", self.logs(id)))
     }
 }

@@ -1,111 +1,45 @@
-//! Child processes (killed when dropped), loopback ports, a tiny HTTP/1.0
-//! client for admin endpoints, and per-process CPU and memory from `/proc`.
+//! Child processes (supervised by `mesh_process`: they die with xtask and
+//! are stopped when dropped), loopback ports, a tiny HTTP/1.0 client for
+//! admin endpoints, and per-process CPU and memory from `/proc`.
 
 use anyhow::{Context, bail};
-use std::fs::File;
+use mesh_process::{Child, Spec};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// Kernel clock ticks per second for `/proc/PID/stat` times (`USER_HZ`, 100
 /// on every Linux architecture we run on).
 pub const CLK_TCK: u64 = 100;
 
-/// A child process that is killed and reaped when dropped. Its stdout and
-/// stderr go to a log file, shown when it fails.
-#[derive(Debug)]
-pub struct Proc {
-    name: String,
-    child: Child,
-    log: PathBuf,
+/// How long a bench process gets to exit on SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// Starts `program ARGS...` (with `envs`) as a supervised child, logging to
+/// `<log_dir>/<name>.log`. It dies with xtask (even a killed one) and is
+/// stopped (SIGTERM, then SIGKILL) and reaped when dropped.
+pub fn spawn(
+    name: &str,
+    program: &Path,
+    args: &[String],
+    envs: &[(&str, &str)],
+    log_dir: &Path,
+) -> anyhow::Result<Child> {
+    let mut spec = Spec::new(name, program, log_dir.join(format!("{name}.log"))).args(args).stop_grace(STOP_GRACE);
+    for (k, v) in envs {
+        spec = spec.env(k, v);
+    }
+    Ok(Child::spawn(spec)?)
 }
 
-/// True when `setpriv --pdeathsig` exists: children then die with xtask even
-/// when it is killed without a chance to run destructors.
-fn have_setpriv() -> bool {
-    static HAVE: OnceLock<bool> = OnceLock::new();
-    *HAVE.get_or_init(|| {
-        Command::new("setpriv")
-            .args(["--pdeathsig", "KILL", "--", "true"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    })
-}
-
-/// A command for `program` that is killed when xtask dies, where the system
-/// allows it (through `setpriv --pdeathsig KILL`).
+/// A command for a one-shot `program` (run to completion) that is killed
+/// when xtask dies.
 pub fn command(program: &Path) -> Command {
-    if have_setpriv() {
-        let mut c = Command::new("setpriv");
-        c.args(["--pdeathsig", "KILL", "--"]).arg(program);
-        c
-    } else {
-        Command::new(program)
-    }
-}
-
-impl Proc {
-    /// Starts `program ARGS...` (with `envs`), logging to `<log_dir>/<name>.log`.
-    pub fn spawn(
-        name: &str,
-        program: &Path,
-        args: &[String],
-        envs: &[(&str, &str)],
-        log_dir: &Path,
-    ) -> anyhow::Result<Self> {
-        let log = log_dir.join(format!("{name}.log"));
-        let out = File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
-        let err = out.try_clone().context("cannot duplicate a log file handle")?;
-        let mut cmd = command(program);
-        cmd.args(args).envs(envs.iter().copied()).stdin(Stdio::null()).stdout(out).stderr(err);
-        let child = cmd.spawn().with_context(|| format!("cannot start {name} ({})", program.display()))?;
-        Ok(Self { name: name.to_string(), child, log })
-    }
-
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The name it was started with.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The last `lines` lines of its log.
-    pub fn log_tail(&self, lines: usize) -> String {
-        tail(&self.log, lines)
-    }
-
-    /// Fails, with the end of its log, if the process has exited.
-    pub fn check_alive(&mut self) -> anyhow::Result<()> {
-        match self.child.try_wait() {
-            Ok(None) => Ok(()),
-            Ok(Some(status)) => {
-                bail!("{} exited ({status}); end of {}:\n{}", self.name, self.log.display(), tail(&self.log, 20))
-            }
-            Err(e) => bail!("cannot check on {}: {e}", self.name),
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The last `lines` lines of a text file (empty if unreadable).
-pub fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+    let mut c = Command::new(program);
+    mesh_process::die_with_parent(&mut c, mesh_process::signal::SIGKILL);
+    c
 }
 
 /// A scratch directory removed when dropped.
@@ -171,17 +105,18 @@ pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> anyhow::Resu
 }
 
 /// Polls `ready` every 50 ms until it returns true, failing after `timeout`
-/// or as soon as one of `procs` has exited.
+/// or as soon as one of `procs` has exited (naming it, with its status and
+/// the end of its log).
 pub fn wait_for(
     what: &str,
     timeout: Duration,
-    procs: &mut [&mut Proc],
+    procs: &[&Child],
     mut ready: impl FnMut() -> Option<String>,
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
-        for p in procs.iter_mut() {
-            p.check_alive().with_context(|| format!("while waiting for {what}"))?;
+        for p in procs {
+            p.check().with_context(|| format!("while waiting for {what}"))?;
         }
         let Some(why) = ready() else { return Ok(()) };
         if Instant::now() >= deadline {

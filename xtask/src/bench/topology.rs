@@ -4,9 +4,11 @@
 //! tracing.
 
 use super::loadgen::Proto;
-use super::procs::{Proc, free_ports, http_get, wait_for};
+use super::procs::{free_ports, http_get, spawn, wait_for};
 use anyhow::{Context, bail};
 use mesh_identity::dir::IdentityDir;
+use mesh_process::Child;
+use mesh_spec::{Endpoint, Port, RegistryFile, Service};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -23,7 +25,7 @@ fn loopback(port: u16) -> SocketAddr {
 /// nginx answering `200 ok` on an HTTP/1.1 port and an h2c (prior knowledge) port.
 #[derive(Debug)]
 pub struct Nginx {
-    proc: Proc,
+    proc: Child,
     /// The HTTP/1.1 listener.
     pub http1: SocketAddr,
     /// The HTTP/2 cleartext listener.
@@ -64,8 +66,8 @@ impl Nginx {
                 String::from_utf8_lossy(&check.stderr)
             );
         }
-        let mut proc = Proc::spawn("nginx", nginx, &args(false), &[], dir)?;
-        wait_for("nginx", STARTUP, &mut [&mut proc], || match http_get(http1, "/", ADMIN_TIMEOUT) {
+        let proc = spawn("nginx", nginx, &args(false), &[], dir)?;
+        wait_for("nginx", STARTUP, &[&proc], || match http_get(http1, "/", ADMIN_TIMEOUT) {
             Ok((200, body)) if body == "ok" => None,
             Ok((status, body)) => Some(format!("GET / answered {status} {body:?}")),
             Err(e) => Some(e.to_string()),
@@ -179,10 +181,10 @@ pub struct MeshSpec<'a> {
 #[derive(Debug)]
 pub struct Mesh {
     /// The client-side proxy (outbound), where load is sent.
-    pub client: Proc,
+    pub client: Child,
     /// The server-side proxy (inbound), beside the app.
-    pub server: Proc,
-    control: Proc,
+    pub server: Child,
+    control: Child,
     /// The client proxy's upstream listener, mapped to service `bench`.
     pub entry: SocketAddr,
     client_admin: SocketAddr,
@@ -199,19 +201,25 @@ impl Mesh {
             (loopback(p[0]), loopback(p[1]), loopback(p[2]), loopback(p[3]), loopback(p[4]), loopback(p[5]));
         let name = &spec.name;
         let registry = dir.join(format!("registry-{name}.yaml"));
-        let yaml = format!(
-            "services:\n  - name: bench\n    serviceAccount: {SERVER_ACCOUNT}\n    ports:\n      - port: 80\n        protocol: {}\n    endpoints:\n      - address: {inbound}\n",
-            spec.protocol
-        );
-        std::fs::write(&registry, yaml).with_context(|| format!("cannot write {}", registry.display()))?;
+        let file = RegistryFile {
+            services: vec![Service {
+                service_account: Some(SERVER_ACCOUNT.into()),
+                ports: vec![Port { protocol: Some(spec.protocol.into()), ..Port::new(80) }],
+                endpoints: vec![Endpoint::address(inbound)],
+                ..Service::new("bench")
+            }],
+            ..RegistryFile::default()
+        };
+        std::fs::write(&registry, mesh_spec::to_yaml(&file))
+            .with_context(|| format!("cannot write {}", registry.display()))?;
 
         let mut control_args =
             args(&[&"--registry-file", &registry.display(), &"--grpc-addr", &grpc, &"--admin-addr", &control_admin]);
         if let Some(id) = spec.identity {
             control_args.extend(args(&[&"--identity-dir", &id.dir.display()]));
         }
-        let mut control = Proc::spawn(&format!("mesh-control-{name}"), &bins.control, &control_args, &[], dir)?;
-        wait_for("mesh-control /ready", STARTUP, &mut [&mut control], || ready(control_admin))?;
+        let control = spawn(&format!("mesh-control-{name}"), &bins.control, &control_args, &[], dir)?;
+        wait_for("mesh-control /ready", STARTUP, &[&control], || ready(control_admin))?;
 
         let cp = format!("http://{grpc}");
         let proxy_args = |workload: &str, admin: SocketAddr, token: Option<&Path>| {
@@ -245,20 +253,20 @@ impl Mesh {
             // bytes and serve them as HTTP; with it, the ALPN says opaque.
             server_args.extend(args(&[&"--opaque-ports", &spec.app.port()]));
         }
-        let mut server = Proc::spawn(&format!("server-proxy-{name}"), &bins.proxy, &server_args, &[], dir)?;
+        let server = spawn(&format!("server-proxy-{name}"), &bins.proxy, &server_args, &[], dir)?;
         let mut client_args = proxy_args("bench-client", client_admin, spec.identity.map(|i| i.client_token.as_path()));
         client_args.extend(args(&[&"--upstream", &format_args!("{entry}=bench.default:80")]));
-        let mut client = Proc::spawn(&format!("client-proxy-{name}"), &bins.proxy, &client_args, &[], dir)?;
+        let client = spawn(&format!("client-proxy-{name}"), &bins.proxy, &client_args, &[], dir)?;
 
-        let mut all = [&mut control, &mut server, &mut client];
-        wait_for("the server proxy's /ready", STARTUP, &mut all, || ready(server_admin))?;
-        wait_for("the client proxy's /ready", STARTUP, &mut all, || ready(client_admin))?;
-        wait_for("the client proxy to resolve bench.default:80", STARTUP, &mut all, || resolved(client_admin))?;
+        let all = [&control, &server, &client];
+        wait_for("the server proxy's /ready", STARTUP, &all, || ready(server_admin))?;
+        wait_for("the client proxy's /ready", STARTUP, &all, || ready(client_admin))?;
+        wait_for("the client proxy to resolve bench.default:80", STARTUP, &all, || resolved(client_admin))?;
         Ok(Self { client, server, control, entry, client_admin, server_admin })
     }
 
     /// The proxies, client first, for CPU and memory readings.
-    pub fn proxies(&self) -> [&Proc; 2] {
+    pub fn proxies(&self) -> [&Child; 2] {
         [&self.client, &self.server]
     }
 
@@ -272,11 +280,12 @@ impl Mesh {
         Ok([get(self.client_admin)?, get(self.server_admin)?])
     }
 
-    /// Fails, with its log, if any process has exited.
+    /// Fails, naming it with its status and the end of its log, if any
+    /// process has exited.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
-        self.control.check_alive()?;
-        self.server.check_alive()?;
-        self.client.check_alive()
+        self.control.check()?;
+        self.server.check()?;
+        Ok(self.client.check()?)
     }
 
     /// The end of each process's log, for diagnosing a failed run.
