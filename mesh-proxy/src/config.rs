@@ -2,8 +2,8 @@
 //! many proxies in one process.
 
 use crate::balance::ewma::EwmaConfig;
-use crate::http::client::ClientSettings;
 use crate::http::server::ServerSettings;
+use crate::pool::ClientSettings;
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -12,8 +12,7 @@ pub mod p2c;
 
 use crate::connect::Connector;
 use crate::discovery::{EndpointMeta, Resolution, ServiceInfo, Watch};
-use crate::http::client::{ClientSettings, EndpointClient};
-use crate::http::errors::ProxyError;
+use crate::pool::{ClientSettings, EndpointClient};
 use ewma::{EwmaConfig, PeakEwma};
 use mesh_policy::outbound::Breaker;
 use mesh_proto::destination::ProtocolHint;
@@ -79,6 +78,16 @@ impl Health {
         *self.ejected_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(now + d);
         Some(d)
     }
+}
+
+/// Why a target has no endpoint to offer (the HTTP and TCP paths turn it
+/// into their own errors).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unavailable {
+    /// Discovery has not answered for the target.
+    Unresolved(String),
+    /// Discovery has no endpoint that may take traffic.
+    NoEndpoints(String),
 }
 
 /// Makes endpoints with shared settings.
@@ -243,7 +252,7 @@ impl Balancer {
     /// The endpoint list once it has a live endpoint. Waits up to `failfast`
     /// (replicas rolling, control plane starting); after one such wait times
     /// out, later requests fail at once until an endpoint appears.
-    pub async fn ready(&self, failfast: Duration) -> Result<Arc<EndpointList>, ProxyError> {
+    pub async fn ready(&self, failfast: Duration) -> Result<Arc<EndpointList>, Unavailable> {
         // Fast path: a live list, read without cloning the receiver.
         let current = self.list.borrow().clone();
         if current.has_live() {
@@ -270,8 +279,8 @@ impl Balancer {
         let current = rx.borrow().clone();
         match (current.status, self.passthrough) {
             (Status::Pending, Some(addr)) => Ok(self.passthrough_list(addr)),
-            (Status::Pending, None) => Err(ProxyError::Unresolved(self.target.clone())),
-            _ => Err(ProxyError::NoEndpoints(self.target.clone())),
+            (Status::Pending, None) => Err(Unavailable::Unresolved(self.target.clone())),
+            _ => Err(Unavailable::NoEndpoints(self.target.clone())),
         }
     }
 

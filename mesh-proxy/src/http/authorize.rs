@@ -2,8 +2,8 @@
 //! port's policy (client identity or network, and the request itself);
 //! denied requests get 403 (gRPC: PERMISSION_DENIED) naming the policy.
 
-use super::body::Body;
 use super::errors::{self, ProxyError};
+use crate::body::Body;
 use crate::metrics::Metrics;
 use crate::policy::client::Live;
 use futures_util::future::BoxFuture;

@@ -2,8 +2,17 @@
 //! status with a `mesh-proxy-error` header, or, for gRPC, status 200 with
 //! `grpc-status` so gRPC clients see a proper status code.
 
-use super::body::{self, Body};
+use crate::body::{self, Body};
 use http::{HeaderValue, Response, StatusCode};
+
+impl From<crate::balance::Unavailable> for ProxyError {
+    fn from(u: crate::balance::Unavailable) -> Self {
+        match u {
+            crate::balance::Unavailable::Unresolved(t) => ProxyError::Unresolved(t),
+            crate::balance::Unavailable::NoEndpoints(t) => ProxyError::NoEndpoints(t),
+        }
+    }
+}
 
 /// Why the proxy could not forward a request.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

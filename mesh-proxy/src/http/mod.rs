@@ -2,8 +2,6 @@
 //! between (header hygiene, upgrades, metrics, proxy-generated errors).
 
 pub mod authorize;
-pub mod body;
-pub mod client;
 pub mod errors;
 pub mod observe;
 pub mod proxy;

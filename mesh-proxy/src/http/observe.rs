@@ -3,7 +3,7 @@
 //! (joining the app's trace and passing it on), an access log line and tap
 //! events. Tracing, access logs and tap cost nothing when off.
 
-use super::body::{self, Body, BoxError};
+use crate::body::{self, Body, BoxError};
 use crate::metrics::{Direction, HttpHandles};
 use crate::telemetry::Telemetry;
 use crate::telemetry::access_log::{Entry, now_rfc3339};

@@ -6,11 +6,11 @@
 //! and belongs to the router (`http::route`), not here. Outcomes feed the
 //! endpoint's failure accrual (circuit breaking).
 
-use super::body::{self, Body};
-use super::client::{Conn, ConnectError, SendError, Version};
 use super::errors::{self, ProxyError};
 use super::upgrade;
 use crate::balance::Balancer;
+use crate::body::{self, Body};
+use crate::pool::{Conn, ConnectError, SendError, Version};
 use futures_util::future::BoxFuture;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;

@@ -2,7 +2,7 @@
 //! a cap are buffered; a larger one streams on as it came, and its request
 //! is not retried.
 
-use super::body::{self, Body, BoxError};
+use crate::body::{self, Body, BoxError};
 use bytes::{Bytes, BytesMut};
 use http_body::Body as _;
 use http_body_util::BodyExt;

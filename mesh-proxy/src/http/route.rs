@@ -6,16 +6,16 @@
 //! limits). Requests no route matches go to the target with default
 //! behaviour.
 
-use super::body::{self, Body};
-use super::client::Version;
 use super::errors::{self, ProxyError};
 use super::observe::RouteName;
 use super::proxy::{Attempt, ForwardSettings, forward_once, prepare};
 use super::replay::{Buffered, buffer};
 use crate::balance::Balancer;
 use crate::balancers::Balancers;
+use crate::body::{self, Body};
 use crate::metrics::{Metrics, RouteLabels};
 use crate::policy::client::Live;
+use crate::pool::Version;
 use futures_util::future::BoxFuture;
 use http::request::Parts;
 use http::{HeaderValue, Request, Response};

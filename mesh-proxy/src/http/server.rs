@@ -2,7 +2,7 @@
 //! misbehaving client from holding resources: header size, header read
 //! timeout (slow clients), idle timeout, concurrent HTTP/2 streams.
 
-use super::body::Body;
+use crate::body::Body;
 use crate::detect::Protocol;
 use crate::io::Activity;
 use http::{Request, Response};

@@ -5,7 +5,7 @@
 //! sending on it ([`Conn::send`]), so a request whose connection could not be
 //! opened is untouched and can go to another endpoint.
 
-use super::body::{self, Body, BoxError};
+use crate::body::{self, Body, BoxError};
 use crate::connect::Connector;
 use crate::tls::{ClientIo, MeshProtocol};
 use bytes::Bytes;
