@@ -101,12 +101,14 @@ pub struct InboundPolicy {
     pub pending: bool,
 }
 
-impl super::client::Awaited for InboundPolicy {
-    fn pending() -> Self {
+impl InboundPolicy {
+    /// The placeholder until the control plane's first answer (denies everything).
+    pub fn pending() -> Self {
         Self { name: "pending".into(), pending: true, ..Self::default() }
     }
 
-    fn is_pending(&self) -> bool {
+    /// Whether this is the placeholder.
+    pub fn is_pending(&self) -> bool {
         self.pending
     }
 }
@@ -241,7 +243,6 @@ mod tests {
 
     #[test]
     fn fails_closed_until_the_control_plane_answers() {
-        use crate::policy::client::Awaited;
         let v = InboundPolicy::pending().authorize(&client(Some("spiffe://m/ns/a/sa/b"), "1.1.1.1"), None);
         assert_eq!((v.allowed, v.rule.as_str()), (false, "control-plane-unavailable"));
         assert!(InboundPolicy::default().authorize(&client(None, "1.1.1.1"), None).allowed, "no control plane: allow");

@@ -6,7 +6,7 @@
 //! the very code the proxy runs.
 
 pub mod budget;
-pub mod client;
+pub(crate) mod client;
 pub mod inbound;
 pub mod matcher;
 pub mod outbound;

@@ -204,12 +204,14 @@ pub struct OutboundPolicy {
     pub pending: bool,
 }
 
-impl super::client::Awaited for OutboundPolicy {
-    fn pending() -> Self {
+impl OutboundPolicy {
+    /// The placeholder until the control plane's first answer.
+    pub fn pending() -> Self {
         Self { pending: true, ..Self::default() }
     }
 
-    fn is_pending(&self) -> bool {
+    /// Whether this is the placeholder.
+    pub fn is_pending(&self) -> bool {
         self.pending
     }
 }
