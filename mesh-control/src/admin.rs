@@ -37,7 +37,7 @@ impl Handler for Admin {
             "/live" => admin::text(StatusCode::OK, "live\n"),
             "/ready" if self.ready.load(Ordering::Acquire) => admin::text(StatusCode::OK, "ready\n"),
             "/ready" => admin::text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
-            "/proxies" => match serde_json::to_vec_pretty(&self.proxies.to_json()) {
+            "/proxies" => match serde_json::to_vec_pretty(&self.proxies.listing()) {
                 Ok(b) => admin::json(b),
                 Err(e) => admin::text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
             },

@@ -9,8 +9,8 @@
 
 use futures_util::Stream;
 use mesh_core::shutdown::Shutdown;
+use mesh_proto::wire::{ProxyListing, RegisteredProxy};
 use mesh_proto::workloads::{RegisterAck, RegisterRequest, workloads_server::Workloads};
-use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -22,25 +22,6 @@ use tonic::{Request, Response, Status};
 /// Longest workload name, identity or version accepted.
 const MAX_FIELD: usize = 512;
 
-/// One registered proxy, as `/proxies` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Registered {
-    /// The workload's name.
-    pub workload: String,
-    /// Its SPIFFE identity, if any.
-    pub identity: Option<String>,
-    /// The proxy's admin address (unspecified IPs replaced by the peer's).
-    pub admin_addr: SocketAddr,
-    /// The proxy's inbound address, if it has one.
-    pub inbound_addr: Option<SocketAddr>,
-    /// The proxy's version.
-    pub version: String,
-    /// Where the registration came from, when known.
-    pub remote_addr: Option<SocketAddr>,
-    /// When it registered (Unix seconds).
-    pub since_unix: u64,
-}
-
 /// The set of registered proxies, shared by the API and the admin server.
 #[derive(Debug, Clone, Default)]
 pub struct Proxies {
@@ -50,30 +31,30 @@ pub struct Proxies {
 #[derive(Debug, Default)]
 struct Inner {
     next: AtomicU64,
-    entries: Mutex<BTreeMap<u64, Registered>>,
+    entries: Mutex<BTreeMap<u64, RegisteredProxy>>,
 }
 
 impl Proxies {
     /// Every registered proxy, sorted by workload then admin address.
-    pub fn list(&self) -> Vec<Registered> {
-        let mut all: Vec<Registered> = self.lock().values().cloned().collect();
+    pub fn list(&self) -> Vec<RegisteredProxy> {
+        let mut all: Vec<RegisteredProxy> = self.lock().values().cloned().collect();
         all.sort_by(|a, b| (&a.workload, a.admin_addr).cmp(&(&b.workload, b.admin_addr)));
         all
     }
 
-    /// `{"proxies": [...]}` for the admin port.
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({ "proxies": self.list() })
+    /// The `/proxies` document for the admin port.
+    pub fn listing(&self) -> ProxyListing {
+        ProxyListing { proxies: self.list() }
     }
 
     /// Adds `entry`; it stays until the returned guard drops.
-    pub fn insert(&self, entry: Registered) -> Registration {
+    pub fn insert(&self, entry: RegisteredProxy) -> Registration {
         let id = self.inner.next.fetch_add(1, Ordering::Relaxed);
         self.lock().insert(id, entry);
         Registration { proxies: self.clone(), id }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Registered>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, RegisteredProxy>> {
         self.inner.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -94,7 +75,7 @@ impl Drop for Registration {
 }
 
 /// Validates a request into an entry; `remote` replaces unspecified IPs.
-pub fn entry(req: &RegisterRequest, remote: Option<SocketAddr>, now: SystemTime) -> Result<Registered, String> {
+pub fn entry(req: &RegisterRequest, remote: Option<SocketAddr>, now: SystemTime) -> Result<RegisteredProxy, String> {
     let workload = req.workload.trim();
     if workload.is_empty() {
         return Err("the workload name is empty".to_string());
@@ -117,7 +98,7 @@ pub fn entry(req: &RegisterRequest, remote: Option<SocketAddr>, now: SystemTime)
         s => Some(addr("inbound address", s)?),
     };
     let identity = Some(req.identity.trim().to_string()).filter(|i| !i.is_empty());
-    Ok(Registered {
+    Ok(RegisteredProxy {
         workload: workload.to_string(),
         identity,
         admin_addr,
@@ -252,7 +233,7 @@ mod tests {
         assert_eq!(names, ["authors-0", "books-0"]);
         drop(b);
         assert_eq!(proxies.list().len(), 1);
-        assert_eq!(proxies.to_json()["proxies"][0]["workload"], "authors-0");
+        assert_eq!(proxies.listing().proxies[0].workload, "authors-0");
         drop(a);
         assert!(proxies.list().is_empty());
     }

@@ -7,7 +7,6 @@ use crate::balancers::Balancers;
 use crate::config::Config;
 use crate::conn::Context;
 use crate::connect::Connector;
-use crate::control;
 use crate::discovery::Resolver;
 use crate::drain::Drain;
 use crate::identity::{Identity, IdentityMetrics};
@@ -87,7 +86,7 @@ impl Proxy {
             Some(addr) => {
                 let tls = identity.as_ref().map(|i| (i.creds.clone(), i.control_plane.clone()));
                 Some(
-                    control::channel(addr, tls)
+                    mesh_client::channel(addr, tls)
                         .map_err(|source| StartError::ControlPlane { addr: addr.clone(), source })?,
                 )
             }

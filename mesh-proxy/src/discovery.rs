@@ -1,11 +1,13 @@
 //! Discovery: a client of the control plane's Destination API.
 //!
-//! Each target gets one long-lived watch task that keeps the latest answer in
-//! a `watch` channel. When the control plane is unreachable or restarts, the
-//! task keeps serving the last answer (static stability), reconnects with
-//! backoff, and reconciles from the fresh snapshot the new stream starts with.
+//! Each target gets one long-lived [`mesh_client::Watch`] that keeps the
+//! latest answer in a `watch` channel. When the control plane is unreachable
+//! or restarts, the watch keeps serving the last answer (static stability),
+//! reconnects with jittered backoff, and reconciles from the fresh snapshot
+//! the new stream starts with.
 
-use mesh_core::backoff::Backoff;
+use mesh_client::Connection;
+use mesh_client::watch::{self, Source};
 use mesh_proto::destination::{
     self as pb, GetDestination, ProtocolHint, destination_client::DestinationClient, update,
 };
@@ -13,7 +15,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
-use tokio::sync::watch;
 use tonic::transport::Channel;
 
 /// What the proxy knows about one endpoint.
@@ -59,31 +60,19 @@ pub enum Resolution {
     },
 }
 
-/// Whether the proxy is connected to the control plane, for `/config` and `/ready`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StreamState {
-    /// Never connected yet.
-    Connecting,
-    /// A watch stream is open.
-    Connected,
-    /// The last attempt failed; retrying with backoff on the last answer.
-    Disconnected,
-}
-
 /// A resolution being watched; the background watch runs while any clone lives.
 #[derive(Debug, Clone)]
 pub struct Watch(Arc<Receivers>);
 
 #[derive(Debug)]
 struct Receivers {
-    rx: watch::Receiver<Arc<Resolution>>,
-    state: watch::Receiver<StreamState>,
+    rx: tokio::sync::watch::Receiver<Arc<Resolution>>,
+    state: tokio::sync::watch::Receiver<Connection>,
 }
 
 impl Watch {
     /// A receiver of the latest answer.
-    pub fn rx(&self) -> watch::Receiver<Arc<Resolution>> {
+    pub fn rx(&self) -> tokio::sync::watch::Receiver<Arc<Resolution>> {
         self.0.rx.clone()
     }
 
@@ -93,7 +82,7 @@ impl Watch {
     }
 
     /// The stream's connection state.
-    pub fn state(&self) -> StreamState {
+    pub fn state(&self) -> Connection {
         *self.0.state.borrow()
     }
 }
@@ -121,15 +110,23 @@ impl Resolver {
         if let Some(w) = watches.get(target).and_then(Weak::upgrade) {
             return Watch(w);
         }
-        let initial = if self.client.is_some() { Resolution::Pending } else { Resolution::Unknown };
-        let (tx, rx) = watch::channel(Arc::new(initial));
-        let (state_tx, state) = watch::channel(StreamState::Connecting);
-        let receivers = Arc::new(Receivers { rx, state });
+        let receivers = match self.client.clone() {
+            Some(client) => {
+                let req = GetDestination { target: target.to_string(), context_workload: self.workload.clone() };
+                let watch = watch::Watch::new(Destination { client, req }, Arc::new(Resolution::Pending));
+                let receivers = Receivers { rx: watch.subscribe(), state: watch.connection() };
+                // Runs until the last receiver (every `Watch` clone, every balancer) drops.
+                tokio::spawn(watch.run());
+                receivers
+            }
+            None => {
+                let (_, rx) = tokio::sync::watch::channel(Arc::new(Resolution::Unknown));
+                let (_, state) = tokio::sync::watch::channel(Connection::Connecting);
+                Receivers { rx, state }
+            }
+        };
+        let receivers = Arc::new(receivers);
         watches.insert(target.to_string(), Arc::downgrade(&receivers));
-        if let Some(client) = self.client.clone() {
-            let req = GetDestination { target: target.to_string(), context_workload: self.workload.clone() };
-            tokio::spawn(run_watch(client, req, tx, state_tx));
-        }
         Watch(receivers)
     }
 
@@ -143,52 +140,45 @@ impl Resolver {
     }
 }
 
-async fn run_watch(
-    mut client: DestinationClient<Channel>,
+/// One target's Destination stream.
+struct Destination {
+    client: DestinationClient<Channel>,
     req: GetDestination,
-    tx: watch::Sender<Arc<Resolution>>,
-    state: watch::Sender<StreamState>,
-) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    let target = req.target.clone();
-    while !tx.is_closed() {
-        let result: Result<(), tonic::Status> = async {
-            let mut stream = client.get(req.clone()).await?.into_inner();
-            let mut first = true;
-            loop {
-                let msg = tokio::select! {
-                    m = stream.message() => m?,
-                    // Nobody holds the watch any more: stop quietly.
-                    _ = tx.closed() => return Ok(()),
-                };
-                let Some(update) = msg else { return Ok(()) };
-                if first {
-                    state.send_replace(StreamState::Connected);
-                    backoff.reset();
-                    first = false;
-                }
-                tx.send_if_modified(|cur| {
-                    let next = apply(cur, update);
-                    let changed = *next != **cur;
-                    *cur = next;
-                    changed
-                });
+}
+
+impl Source for Destination {
+    type Item = pb::Update;
+    type State = Arc<Resolution>;
+    type Stream = tonic::Streaming<pb::Update>;
+
+    async fn open(&mut self) -> Result<Self::Stream, tonic::Status> {
+        Ok(self.client.get(self.req.clone()).await?.into_inner())
+    }
+
+    fn snapshot(&mut self, update: pb::Update) -> Option<Arc<Resolution>> {
+        match update.kind {
+            Some(update::Kind::Snapshot(s)) => Some(Arc::new(from_snapshot(s))),
+            _ => {
+                tracing::debug!(target = %self.req.target, "a stream that does not start with a snapshot; waiting for one");
+                None
             }
         }
-        .await;
-        if tx.is_closed() {
-            return;
-        }
-        state.send_replace(StreamState::Disconnected);
-        let delay = backoff.next_delay();
-        match result {
+    }
+
+    fn update(&mut self, cur: &Arc<Resolution>, update: pb::Update) -> Option<Arc<Resolution>> {
+        Some(apply(cur, update))
+    }
+
+    fn unchanged(&self, old: &Arc<Resolution>, new: &Arc<Resolution>) -> bool {
+        old == new
+    }
+
+    fn disconnected(&mut self, outcome: Result<(), &tonic::Status>, delay: Duration) {
+        let target = &self.req.target;
+        match outcome {
             Ok(()) => tracing::info!(%target, ?delay, "destination stream ended; re-watching"),
             Err(e) => tracing::warn!(%target, code = ?e.code(), message = e.message(), ?delay,
                 "destination watch failed; serving the last known endpoints and retrying"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = tx.closed() => return,
         }
     }
 }

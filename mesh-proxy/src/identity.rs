@@ -4,8 +4,15 @@
 //!
 //! When the control plane is unreachable the current certificate stays in
 //! use until it expires while renewal retries with backoff.
+//!
+//! The trust bundle is a stream followed with [`mesh_client::Watch`] like
+//! every other. Renewal is not: it is one unary `Certify` call per
+//! certificate, scheduled by the certificate's own lifetime (a fraction of
+//! it), with retries capped by the time left before expiry, so it keeps its
+//! own loop over the shared [`Backoff`].
 
 use crate::config::IdentityConfig;
+use mesh_client::watch::{Source, Watch};
 use mesh_core::backoff::Backoff;
 use mesh_core::shutdown::Shutdown;
 use mesh_identity::SpiffeId;
@@ -175,41 +182,56 @@ async fn certify(
     Ok(UNIX_EPOCH + Duration::from_secs(u64::try_from(rsp.valid_until).unwrap_or(0)))
 }
 
+/// The trust bundle stream: every message is the whole bundle, installed in
+/// the live credentials; the state is the number of anchors in force.
+struct TrustBundle {
+    client: IdentityClient<Channel>,
+    creds: Arc<Credentials>,
+    metrics: IdentityMetrics,
+}
+
+impl Source for TrustBundle {
+    type Item = mesh_proto::identity::TrustBundle;
+    type State = usize;
+    type Stream = tonic::Streaming<mesh_proto::identity::TrustBundle>;
+
+    async fn open(&mut self) -> Result<Self::Stream, tonic::Status> {
+        Ok(self.client.watch_trust_bundle(TrustBundleRequest {}).await?.into_inner())
+    }
+
+    fn snapshot(&mut self, b: mesh_proto::identity::TrustBundle) -> Option<usize> {
+        let anchors: Vec<CertificateDer<'static>> = b.anchors.into_iter().map(CertificateDer::from).collect();
+        let n = anchors.len();
+        match self.creds.set_bundle(anchors) {
+            Ok(()) => {
+                self.metrics.anchors.set(n as i64);
+                tracing::info!(anchors = n, "trust bundle updated");
+                Some(n)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "trust bundle refused; keeping the current one");
+                None
+            }
+        }
+    }
+
+    fn disconnected(&mut self, outcome: Result<(), &tonic::Status>, delay: Duration) {
+        if let Err(e) = outcome {
+            tracing::debug!(code = ?e.code(), message = e.message(), ?delay, "trust bundle watch failed; retrying");
+        }
+    }
+}
+
+/// Keeps the trust bundle current until shutdown.
 async fn watch_bundle(
     creds: Arc<Credentials>,
-    mut client: IdentityClient<Channel>,
+    client: IdentityClient<Channel>,
     metrics: IdentityMetrics,
     mut shutdown: Shutdown,
 ) {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-    loop {
-        let result = async {
-            let mut stream = client.watch_trust_bundle(TrustBundleRequest {}).await?.into_inner();
-            while let Some(b) = stream.message().await? {
-                backoff.reset();
-                let anchors: Vec<CertificateDer<'static>> = b.anchors.into_iter().map(CertificateDer::from).collect();
-                let n = anchors.len();
-                match creds.set_bundle(anchors) {
-                    Ok(()) => {
-                        metrics.anchors.set(n as i64);
-                        tracing::info!(anchors = n, "trust bundle updated");
-                    }
-                    Err(e) => tracing::error!(error = %e, "trust bundle refused; keeping the current one"),
-                }
-            }
-            Ok::<(), tonic::Status>(())
-        };
-        let result = tokio::select! {
-            r = result => r,
-            _ = shutdown.triggered() => return,
-        };
-        let delay = backoff.next_delay();
-        if let Err(e) = result {
-            tracing::debug!(code = ?e.code(), message = e.message(), ?delay, "trust bundle watch failed; retrying");
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.triggered() => return,
-        }
-    }
+    let initial = creds.bundle().anchors.len();
+    Watch::new(TrustBundle { client, creds, metrics }, initial)
+        .with_backoff(Backoff::new(Duration::from_millis(200), Duration::from_secs(10)))
+        .run_until(async move { shutdown.triggered().await })
+        .await;
 }

@@ -376,15 +376,10 @@ impl HttpHandles {
 
 /// Success or failure: 5xx fail; for gRPC, codes that mean the server or
 /// the network failed (UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL,
-/// UNAVAILABLE, DATA_LOSS, RESOURCE_EXHAUSTED) fail.
+/// UNAVAILABLE, DATA_LOSS, RESOURCE_EXHAUSTED) fail. The one classification,
+/// shared with tap readers ([`mesh_proto::wire::succeeded`]).
 pub fn classify(status_code: u16, grpc_status: Option<u32>) -> Class {
-    if status_code >= 500 {
-        return Class::failure;
-    }
-    match grpc_status {
-        Some(2 | 4 | 8 | 12 | 13 | 14 | 15) => Class::failure,
-        _ => Class::success,
-    }
+    if mesh_proto::wire::succeeded(status_code, grpc_status) { Class::success } else { Class::failure }
 }
 
 #[cfg(test)]

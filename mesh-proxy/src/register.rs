@@ -2,11 +2,13 @@
 //! kept open for the proxy's whole life, tells the control plane that this
 //! proxy exists and where its admin port is (so `meshctl stat`, `top`, `tap`
 //! and `edges` can find it). When the stream ends the control plane forgets
-//! the proxy; the proxy reconnects with backoff and registers again.
+//! the proxy; the proxy reconnects with backoff and registers again (a
+//! [`mesh_client::Watch`] run for its side effect: the open stream).
 
+use mesh_client::watch::{Source, Watch};
 use mesh_core::backoff::Backoff;
 use mesh_core::shutdown::Shutdown;
-use mesh_proto::workloads::{RegisterRequest, workloads_client::WorkloadsClient};
+use mesh_proto::workloads::{RegisterAck, RegisterRequest, workloads_client::WorkloadsClient};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tonic::transport::Channel;
@@ -29,31 +31,37 @@ pub fn request(
 
 /// Keeps this proxy registered until shutdown.
 pub async fn run(channel: Channel, req: RegisterRequest, mut shutdown: Shutdown) {
-    let mut client = WorkloadsClient::new(channel);
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-    loop {
-        let attempt = async {
-            let mut stream = client.register(req.clone()).await?.into_inner();
-            while let Some(ack) = stream.message().await? {
-                backoff.reset();
-                tracing::debug!(admin = %ack.admin_addr, "registered with the control plane");
-            }
-            Ok::<(), tonic::Status>(())
-        };
-        let result = tokio::select! {
-            r = attempt => r,
-            _ = shutdown.triggered() => return,
-        };
-        let delay = backoff.next_delay();
-        match result {
+    let registration = Registration { client: WorkloadsClient::new(channel), req };
+    Watch::new(registration, ())
+        .with_backoff(Backoff::new(Duration::from_millis(200), Duration::from_secs(10)))
+        .run_until(async move { shutdown.triggered().await })
+        .await;
+}
+
+/// The registration stream; its only state is being open.
+struct Registration {
+    client: WorkloadsClient<Channel>,
+    req: RegisterRequest,
+}
+
+impl Source for Registration {
+    type Item = RegisterAck;
+    type State = ();
+    type Stream = tonic::Streaming<RegisterAck>;
+
+    async fn open(&mut self) -> Result<Self::Stream, tonic::Status> {
+        Ok(self.client.register(self.req.clone()).await?.into_inner())
+    }
+
+    fn snapshot(&mut self, ack: RegisterAck) -> Option<()> {
+        tracing::debug!(admin = %ack.admin_addr, "registered with the control plane");
+        Some(())
+    }
+
+    fn disconnected(&mut self, outcome: Result<(), &tonic::Status>, delay: Duration) {
+        match outcome {
             Ok(()) => tracing::debug!(?delay, "registration stream ended; registering again"),
-            Err(e) => {
-                tracing::debug!(code = ?e.code(), message = e.message(), ?delay, "registration failed; retrying")
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.triggered() => return,
+            Err(e) => tracing::debug!(code = ?e.code(), message = e.message(), ?delay, "registration failed; retrying"),
         }
     }
 }

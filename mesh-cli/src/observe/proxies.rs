@@ -4,6 +4,8 @@
 use super::client::{self, Addr};
 use anyhow::{Context as _, bail};
 use clap::Args;
+use mesh_proto::wire::RegisteredProxy;
+use serde::Deserialize as _;
 use std::time::Duration;
 
 /// How long a discovery request may take.
@@ -85,21 +87,26 @@ impl Source {
     }
 }
 
-/// The proxies in the control plane's `/proxies` document.
+/// The proxies in the control plane's `/proxies` document
+/// ([`mesh_proto::wire::ProxyListing`]). Entries are read one by one, so one that does not
+/// parse is skipped with a warning rather than hiding every other proxy.
 pub fn parse_registered(doc: &serde_json::Value) -> anyhow::Result<Vec<Proxy>> {
     let Some(list) = doc.get("proxies").and_then(|p| p.as_array()) else {
         bail!("the answer has no \"proxies\" list");
     };
     let mut all = Vec::with_capacity(list.len());
     for p in list {
-        let workload = p.get("workload").and_then(|w| w.as_str()).unwrap_or_default();
-        let admin = p.get("admin_addr").and_then(|a| a.as_str()).unwrap_or_default();
-        let Ok(admin) = Addr::parse(admin) else {
-            eprintln!("warning: skipping proxy {workload:?}: invalid admin address {admin:?}");
-            continue;
+        let entry = match RegisteredProxy::deserialize(p) {
+            Ok(e) => e,
+            Err(e) => {
+                let workload = p.get("workload").and_then(|w| w.as_str()).unwrap_or_default();
+                eprintln!("warning: skipping proxy {workload:?}: {e}");
+                continue;
+            }
         };
-        let identity = p.get("identity").and_then(|i| i.as_str()).filter(|i| !i.is_empty()).map(String::from);
-        let workload = if workload.is_empty() { admin.to_string() } else { workload.to_string() };
+        let admin = Addr { host: entry.admin_addr.ip().to_string(), port: entry.admin_addr.port() };
+        let identity = entry.identity.filter(|i| !i.is_empty());
+        let workload = if entry.workload.is_empty() { admin.to_string() } else { entry.workload };
         all.push(Proxy { workload, identity, admin });
     }
     Ok(all)

@@ -16,8 +16,8 @@ const REDISCOVER: Duration = Duration::from_secs(10);
 /// How long opening a tap may take.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// One request as a proxy's `/tap` reports it: the proxy's own type.
-pub use mesh_proxy::telemetry::tap::TapEvent as Event;
+/// One request as a proxy's `/tap` reports it: the wire type the proxy writes.
+pub use mesh_proto::wire::TapEvent as Event;
 
 /// The proxy-side filters of a tap.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 //! carries them) in; what the proxies do out.
 //!
 //! Every decision is the proxy's own code: policies are compiled with
-//! [`mesh_proxy::policy`], the route is [`OutboundPolicy::route`], the
+//! [`mesh_policy`], the route is [`OutboundPolicy::route`], the
 //! verdict is [`InboundPolicy::authorize`], and the request's head goes
 //! through the same hop-by-hop hygiene the proxy applies before routing.
 //! This module only describes the results.

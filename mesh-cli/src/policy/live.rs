@@ -41,8 +41,8 @@ impl LiveSource {
     /// (trust anchors and the control plane's expected SPIFFE ID) over TLS,
     /// as proxies connect.
     pub fn new(url: &str, tls: Option<(Arc<Credentials>, String)>) -> anyhow::Result<Self> {
-        let channel = mesh_proxy::control::channel(url, tls)
-            .map_err(|e| anyhow!("invalid control plane address {url:?}: {e}"))?;
+        let channel =
+            mesh_client::channel(url, tls).map_err(|e| anyhow!("invalid control plane address {url:?}: {e}"))?;
         Ok(Self {
             url: url.to_string(),
             policy: PolicyClient::new(channel.clone()),

@@ -1,13 +1,19 @@
 //! Watching policies from the control plane: one stream per outbound target
-//! and per inbound port, shared by everything that needs it, compiled on
-//! arrival. A policy that does not compile is refused and the previous one
-//! stays; when the control plane is away the last policy stays in force.
+//! and per inbound port (a [`mesh_client::Watch`]), shared by everything that
+//! needs it, compiled on arrival. A policy that does not compile is refused
+//! and the previous one stays; when the control plane is away the last policy
+//! stays in force.
+//!
+//! This module depends on the policy types, never the other way round.
 
-use mesh_core::backoff::Backoff;
+use mesh_client::watch::{Source, Watch};
 use mesh_policy::inbound::InboundPolicy;
+use mesh_policy::matcher::InvalidPolicy;
 use mesh_policy::outbound::OutboundPolicy;
 use mesh_proto::policy::{InboundRequest, OutboundRequest, policy_client::PolicyClient};
 use std::collections::HashMap;
+use std::future::Future;
+use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -98,15 +104,14 @@ impl Policies {
 
     /// The outbound policy for `target`.
     pub fn outbound(&self, target: &str) -> Live<OutboundPolicy> {
-        let client = self.client.clone();
         let req = OutboundRequest { target: target.to_string() };
-        share(&self.outbound, target.to_string(), client, move |c, tx| async move {
+        share(&self.outbound, target.to_string(), self.client.clone(), move |c| {
             let what = format!("outbound policy for {}", req.target);
-            let open = || {
+            let open = move || {
                 let (req, mut c) = (req.clone(), c.clone());
                 async move { Ok(c.watch_outbound(req).await?.into_inner()) }
             };
-            follow(&what, tx, open, |p| OutboundPolicy::compile(&p)).await;
+            Follow::new(what, open, |p| OutboundPolicy::compile(&p))
         })
     }
 
@@ -114,23 +119,29 @@ impl Policies {
     pub fn inbound(&self, namespace: &str, service_account: &str, port: u16) -> Live<InboundPolicy> {
         let key = (namespace.to_string(), service_account.to_string(), port);
         let req = InboundRequest { namespace: key.0.clone(), service_account: key.1.clone(), port: u32::from(port) };
-        share(&self.inbound, key, self.client.clone(), move |c, tx| async move {
+        share(&self.inbound, key, self.client.clone(), move |c| {
             let what = format!("inbound policy for port {}", req.port);
-            let open = || {
+            let open = move || {
                 let (req, mut c) = (req.clone(), c.clone());
                 async move { Ok(c.watch_inbound(req).await?.into_inner()) }
             };
-            follow(&what, tx, open, |p| InboundPolicy::compile(&p)).await;
+            Follow::new(what, open, |p| InboundPolicy::compile(&p))
         })
     }
 }
 
-fn share<K, T, F, Fut>(reg: &Registry<K, T>, key: K, client: Option<PolicyClient<Channel>>, run: F) -> Live<T>
+/// The shared [`Live`] for `key`, starting its watch (built by `source`) on
+/// first use.
+fn share<K, T, S>(
+    reg: &Registry<K, T>,
+    key: K,
+    client: Option<PolicyClient<Channel>>,
+    source: impl FnOnce(PolicyClient<Channel>) -> S,
+) -> Live<T>
 where
     K: std::hash::Hash + Eq,
     T: Awaited + Send + Sync + 'static,
-    F: FnOnce(PolicyClient<Channel>, watch::Sender<Arc<T>>) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
+    S: Source<State = Arc<T>>,
 {
     let mut map = reg.lock().unwrap_or_else(|p| p.into_inner());
     map.retain(|_, w| w.strong_count() > 0);
@@ -139,53 +150,64 @@ where
     }
     // Without a control plane the defaults are the answer; with one, the
     // policy is pending until it speaks.
-    let initial = if client.is_some() { T::pending() } else { T::default() };
-    let (tx, rx) = watch::channel(Arc::new(initial));
+    let rx = match client {
+        Some(client) => {
+            let watch = Watch::new(source(client), Arc::new(T::pending()));
+            let rx = watch.subscribe();
+            // Runs while any handle on the policy lives.
+            tokio::spawn(watch.run());
+            rx
+        }
+        None => watch::channel(Arc::new(T::default())).1,
+    };
     let rx = Arc::new(rx);
     map.insert(key, Arc::downgrade(&rx));
-    if let Some(client) = client {
-        tokio::spawn(run(client, tx));
-    }
     Live(rx)
 }
 
-async fn follow<P, T, S, SF, C>(what: &str, tx: watch::Sender<Arc<T>>, mut open: S, compile: C)
+/// One policy stream: every message is a whole policy, compiled on arrival.
+struct Follow<P, T, O, C> {
+    what: String,
+    open: O,
+    compile: C,
+    _policy: PhantomData<fn(P) -> T>,
+}
+
+impl<P, T, O, C> Follow<P, T, O, C> {
+    fn new(what: String, open: O, compile: C) -> Self {
+        Self { what, open, compile, _policy: PhantomData }
+    }
+}
+
+impl<P, T, O, F, C> Source for Follow<P, T, O, C>
 where
-    S: FnMut() -> SF,
-    SF: std::future::Future<Output = Result<tonic::Streaming<P>, tonic::Status>>,
-    C: Fn(P) -> Result<T, mesh_policy::matcher::InvalidPolicy>,
+    P: Send + 'static,
+    T: Send + Sync + 'static,
+    O: FnMut() -> F + Send + 'static,
+    F: Future<Output = Result<tonic::Streaming<P>, tonic::Status>> + Send,
+    C: Fn(P) -> Result<T, InvalidPolicy> + Send + 'static,
 {
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    while !tx.is_closed() {
-        let result = async {
-            let mut stream = open().await?;
-            loop {
-                let msg = tokio::select! {
-                    m = stream.message() => m?,
-                    _ = tx.closed() => return Ok(()),
-                };
-                let Some(p) = msg else { return Ok(()) };
-                backoff.reset();
-                match compile(p) {
-                    Ok(t) => {
-                        tx.send_replace(Arc::new(t));
-                    }
-                    Err(e) => tracing::error!(%e, "{what} refused; keeping the previous policy"),
-                }
+    type Item = P;
+    type State = Arc<T>;
+    type Stream = tonic::Streaming<P>;
+
+    fn open(&mut self) -> impl Future<Output = Result<Self::Stream, tonic::Status>> + Send {
+        (self.open)()
+    }
+
+    fn snapshot(&mut self, p: P) -> Option<Arc<T>> {
+        match (self.compile)(p) {
+            Ok(t) => Some(Arc::new(t)),
+            Err(e) => {
+                tracing::error!(%e, "{} refused; keeping the previous policy", self.what);
+                None
             }
         }
-        .await;
-        if tx.is_closed() {
-            return;
-        }
-        let delay = backoff.next_delay();
-        if let Err(e) = result {
-            let e: tonic::Status = e;
-            tracing::debug!(code = ?e.code(), message = e.message(), ?delay, "{what}: watch failed; keeping the last policy");
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = tx.closed() => return,
+    }
+
+    fn disconnected(&mut self, outcome: Result<(), &tonic::Status>, delay: Duration) {
+        if let Err(e) = outcome {
+            tracing::debug!(code = ?e.code(), message = e.message(), ?delay, "{}: watch failed; keeping the last policy", self.what);
         }
     }
 }

@@ -3,4 +3,4 @@
 //! functions that route and authorize — lives in `mesh-policy`, which
 //! `meshctl policy explain` runs too.
 
-pub mod client;
+pub(crate) mod client;

@@ -1,47 +1,10 @@
 //! Tap: a live stream of requests for `meshctl tap` and `meshctl top`. When
 //! nobody taps, the cost is one atomic load per request.
 
-use serde::{Deserialize, Serialize};
+use mesh_proto::wire::TapEvent;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
-
-/// One observed request, as `/tap` streams it (and `meshctl` reads it back).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct TapEvent {
-    /// Unix milliseconds when the request arrived.
-    pub ts_ms: u64,
-    /// `inbound` or `outbound`.
-    pub direction: String,
-    /// The workload this proxy serves.
-    pub workload: String,
-    /// The target.
-    pub target: String,
-    /// The peer's identity, if mTLS.
-    pub peer_id: String,
-    /// Method.
-    pub method: String,
-    /// Authority.
-    pub authority: String,
-    /// Path.
-    pub path: String,
-    /// HTTP status.
-    pub status: u16,
-    /// gRPC status, if any.
-    pub grpc_status: Option<u32>,
-    /// Latency to response headers, milliseconds.
-    pub latency_ms: f64,
-    /// Whether mTLS carried it.
-    pub tls: bool,
-}
-
-impl TapEvent {
-    /// Whether the proxy counted it a success (the metrics' classification).
-    pub fn success(&self) -> bool {
-        crate::metrics::classify(self.status, self.grpc_status) == crate::metrics::Class::success
-    }
-}
 
 /// Which requests a tap wants.
 #[derive(Debug, Clone, Default)]

@@ -1,7 +1,6 @@
-//! The connection to the control plane: one HTTP/2 channel shared by the
-//! Destination and Identity clients, secured with TLS (verifying the control
-//! plane's identity against the live trust bundle) when the proxy has an
-//! identity.
+//! The connection to the control plane: one HTTP/2 channel shared by every
+//! client of its APIs, secured with TLS (verifying the control plane's
+//! identity against the live trust bundle) when the caller has an identity.
 
 use hyper_util::rt::TokioIo;
 use mesh_identity::tls::Credentials;
@@ -10,7 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 
-/// A lazily connecting channel to `addr` (`http://host:port`).
+/// A lazily connecting channel to `addr` (`http://host:port`). With `tls`
+/// (the live credentials and the control plane's expected SPIFFE ID) the
+/// connection is mTLS-verified at each handshake, so trust-bundle rotations
+/// apply to reconnects; an `https://` address is then dialled like `http://`.
 pub fn channel(addr: &str, tls: Option<(Arc<Credentials>, String)>) -> Result<Channel, tonic::transport::Error> {
     // TLS is this module's job (with the mesh's own verification), so an
     // `https://` address is dialled like `http://` and secured below.
