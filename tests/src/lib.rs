@@ -10,6 +10,7 @@
 pub mod apps;
 pub mod bins;
 pub mod grpc;
+pub mod kube_harness;
 pub mod load;
 pub mod mesh;
 pub mod netns;
