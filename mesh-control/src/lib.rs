@@ -7,18 +7,18 @@
 //! in-process with its configuration given as a value, so tests run many
 //! instances side by side; the `mesh-control` binary is a thin CLI over it.
 
-pub mod admin;
+mod admin;
 pub mod config;
-pub mod destination;
+mod destination;
 pub mod identity;
-pub mod metrics;
-pub mod policy;
-pub mod registry;
-pub mod router;
-pub mod server;
-pub mod store;
+mod metrics;
+mod policy;
+mod registry;
+mod router;
+mod server;
+mod store;
 pub mod tls;
-pub mod workloads;
+mod workloads;
 
 pub use config::{Config, IdentityConfig, RegistryConfig};
 pub use server::{Control, StartError};

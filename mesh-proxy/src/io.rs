@@ -24,11 +24,6 @@ impl<T> PrefixedIo<T> {
     pub fn new(prefix: Bytes, inner: T) -> Self {
         Self { prefix, inner }
     }
-
-    /// The inner I/O (the prefix, if unread, is lost).
-    pub fn inner(&self) -> &T {
-        &self.inner
-    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for PrefixedIo<T> {
@@ -159,11 +154,6 @@ impl<T> MeteredIo<T> {
     /// Wraps `inner`.
     pub fn new(inner: T, counters: ByteCounters, activity: Arc<Activity>) -> Self {
         Self { inner, counters, activity }
-    }
-
-    /// The wrapped I/O.
-    pub fn get_ref(&self) -> &T {
-        &self.inner
     }
 }
 

@@ -12,31 +12,31 @@
 //! forward) or [`tcp`] → [`balance`] (pick an endpoint, kept current by
 //! [`discovery`]) → [`connect`].
 
-pub mod admin;
-pub mod app;
-pub mod balance;
-pub mod balancers;
-pub mod body;
+mod admin;
+mod app;
+mod balance;
+mod balancers;
+mod body;
 pub mod config;
-pub mod conn;
-pub mod connect;
-pub mod detect;
-pub mod discovery;
-pub mod drain;
-pub mod http;
-pub mod identity;
-pub mod inbound;
+mod conn;
+mod connect;
+mod detect;
+mod discovery;
+mod drain;
+mod http;
+mod identity;
+mod inbound;
 pub mod init;
-pub mod io;
-pub mod metrics;
-pub mod orig_dst;
-pub mod outbound;
-pub mod policy;
-pub mod pool;
+mod io;
+mod metrics;
+mod orig_dst;
+mod outbound;
+mod policy;
+mod pool;
 mod register;
-pub mod tcp;
+mod tcp;
 pub mod telemetry;
-pub mod tls;
+mod tls;
 
 pub use app::{Proxy, StartError};
 pub use config::Config;

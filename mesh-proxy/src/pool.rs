@@ -146,16 +146,6 @@ impl EndpointClient {
         })
     }
 
-    /// The endpoint's address.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// Whether connections to this endpoint are mTLS.
-    pub fn is_tls(&self) -> bool {
-        self.connector.secures(self.identity.as_deref())
-    }
-
     /// A connection for one request of `version`; at most `max_connections`
     /// HTTP/1 connections are opened (0: unlimited).
     pub async fn connection(self: &Arc<Self>, version: Version, max_connections: u32) -> Result<Conn, ConnectError> {

@@ -55,11 +55,6 @@ impl MeshTls {
         Ok(Arc::new(Self { creds, clients: Mutex::new(HashMap::new()), server }))
     }
 
-    /// The credentials.
-    pub fn creds(&self) -> &Arc<Credentials> {
-        &self.creds
-    }
-
     /// The inbound server configuration (client certificates required).
     pub fn server_config(&self) -> Arc<ServerConfig> {
         self.server.clone()
@@ -89,13 +84,6 @@ pub enum ClientIo {
     Plain(TcpStream),
     /// mTLS.
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-impl ClientIo {
-    /// Whether the connection is mTLS.
-    pub fn is_tls(&self) -> bool {
-        matches!(self, ClientIo::Tls(_))
-    }
 }
 
 macro_rules! delegate {

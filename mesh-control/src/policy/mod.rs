@@ -6,4 +6,4 @@
 
 mod service;
 
-pub use service::{PolicyMetrics, PolicyService, PolicyStream};
+pub use service::{PolicyMetrics, PolicyService};

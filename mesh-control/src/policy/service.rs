@@ -38,11 +38,6 @@ impl PolicyMetrics {
         reg.register("policy_watchers", "Open Policy watch streams", self.watchers.clone());
         reg.register("policy_updates", "Policies sent on Policy watch streams", self.updates.clone());
     }
-
-    /// Open watch streams of `api` (`outbound` or `inbound`).
-    pub fn watchers(&self, api: &'static str) -> i64 {
-        self.watchers.get_or_create(&ApiLabels { api }).get()
-    }
 }
 
 /// Serves [`Policy`] from a [`Store`].

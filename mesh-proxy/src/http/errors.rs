@@ -39,9 +39,6 @@ pub enum ProxyError {
         /// What happened.
         reason: String,
     },
-    /// The proxy is shutting down.
-    #[error("proxy is shutting down")]
-    ShuttingDown,
     /// The request's deadline passed.
     #[error("request to {target} timed out after {after:?} (route {route})")]
     Timeout {
@@ -87,9 +84,7 @@ impl ProxyError {
     /// The HTTP status that best describes the error.
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::NoEndpoints(_) | ProxyError::Unresolved(_) | ProxyError::ShuttingDown => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::NoEndpoints(_) | ProxyError::Unresolved(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,

@@ -78,12 +78,6 @@ impl<T> Live<T> {
     pub fn current(&self) -> Arc<T> {
         self.0.borrow().clone()
     }
-
-    /// A fixed policy (no control plane).
-    pub fn fixed(value: T) -> Self {
-        let (_tx, rx) = watch::channel(Arc::new(value));
-        Self(Arc::new(rx))
-    }
 }
 
 type Registry<K, T> = Mutex<HashMap<K, Weak<watch::Receiver<Arc<T>>>>>;
