@@ -13,6 +13,7 @@ pub mod grpc;
 pub mod load;
 pub mod mesh;
 pub mod netns;
+pub mod otlp;
 pub mod pcap;
 
 /// Generated test gRPC service.
