@@ -4,7 +4,6 @@
 
 use hyper_util::rt::TokioIo;
 use mesh_identity::tls::Credentials;
-use rustls_pki_types::ServerName;
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
@@ -38,11 +37,8 @@ pub fn channel(addr: &str, tls: Option<(Arc<Credentials>, String)>) -> Result<Ch
             let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
             tcp.set_nodelay(true)?;
             let config = creds.client_config(&expected, &[b"h2"]).map_err(std::io::Error::other)?;
-            let name = match host.parse::<std::net::IpAddr>() {
-                Ok(ip) => ServerName::IpAddress(ip.into()),
-                Err(_) => ServerName::try_from(host).map_err(std::io::Error::other)?,
-            };
-            let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
+            let name = mesh_identity::tls::server_name(&host)?;
+            let tls = mesh_identity::tls::connect(config, name, tcp).await?;
             Ok::<_, std::io::Error>(TokioIo::new(tls))
         }
     });

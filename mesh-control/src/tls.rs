@@ -3,7 +3,7 @@
 //! are handed to the gRPC server.
 
 use mesh_core::shutdown::Shutdown;
-use mesh_identity::tls::Credentials;
+use mesh_identity::tls::{Credentials, ServerStream};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -19,7 +19,7 @@ use tonic::transport::server::Connected;
 /// A TLS connection from a proxy.
 #[derive(Debug)]
 pub struct TlsConn {
-    inner: tokio_rustls::server::TlsStream<TcpStream>,
+    inner: ServerStream<TcpStream>,
     info: ConnInfo,
 }
 
@@ -78,7 +78,7 @@ pub fn incoming(
     creds: Arc<Credentials>,
     mut shutdown: Shutdown,
 ) -> Result<ReceiverStream<Result<TlsConn, io::Error>>, mesh_identity::tls::TlsError> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(creds.server_config(false, &[b"h2"])?);
+    let config = creds.server_config(false, &[b"h2"])?;
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         loop {
@@ -94,12 +94,12 @@ pub fn incoming(
                 _ = shutdown.triggered() => return,
             };
             let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
+            let config = config.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => {
-                        let identity = mesh_identity::tls::peer_identity(tls.get_ref().1.peer_certificates());
+                match tokio::time::timeout(Duration::from_secs(10), mesh_identity::tls::accept(config, tcp)).await {
+                    Ok(Ok(accepted)) => {
+                        let (tls, identity) = accepted.into_parts();
                         let _ = tx.send(Ok(TlsConn { inner: tls, info: ConnInfo { remote, identity } })).await;
                     }
                     Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),

@@ -21,7 +21,6 @@ use crate::telemetry::Telemetry;
 use crate::telemetry::access_log::{Entry, now_rfc3339};
 use crate::tls::{MeshProtocol, MeshTls, is_mesh_hello};
 use mesh_core::shutdown::Shutdown;
-use mesh_identity::tls::peer_identity;
 use mesh_policy::inbound::{Client, InboundPolicy};
 use mesh_policy::outbound::OutboundPolicy;
 use std::sync::Arc;
@@ -127,7 +126,7 @@ async fn handle(mut stream: TcpStream, ctx: Context, route: Route) {
     if let (Protocol::Tls, Some(tls)) = (protocol, &route.accept_tls)
         && detect::client_hello_alpns(&prefix).is_some_and(|a| is_mesh_hello(&a))
     {
-        let accept = tokio_rustls::TlsAcceptor::from(tls.server_config()).accept(io);
+        let accept = mesh_identity::tls::accept(tls.server_config(), io);
         let stream = match tokio::time::timeout(ctx.limits.tls_handshake_timeout, accept).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
@@ -140,15 +139,15 @@ async fn handle(mut stream: TcpStream, ctx: Context, route: Route) {
                 return;
             }
         };
-        let conn = stream.get_ref().1;
-        let mut labels = route.labels.clone();
-        labels.tls = Tls::Yes;
-        labels.peer_id = peer_identity(conn.peer_certificates()).unwrap_or_default();
-        let protocol = match conn.alpn_protocol().and_then(MeshProtocol::from_alpn) {
+        let protocol = match stream.alpn().and_then(MeshProtocol::from_alpn) {
             Some(MeshProtocol::Http1) => Protocol::Http1,
             Some(MeshProtocol::Http2) => Protocol::Http2,
             _ => Protocol::Opaque,
         };
+        let (stream, peer_id) = stream.into_parts();
+        let mut labels = route.labels.clone();
+        labels.tls = Tls::Yes;
+        labels.peer_id = peer_id.unwrap_or_default();
         let client = Client { identity: Some(labels.peer_id.clone()).filter(|i| !i.is_empty()), ip: peer_ip };
         return serve(stream, protocol, &route, labels, client, peer, ctx).await;
     }

@@ -3,7 +3,7 @@
 //! has one.
 
 use crate::tls::{ClientIo, MeshProtocol, MeshTls};
-use rustls_pki_types::ServerName;
+use mesh_identity::tls::ServerName;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -47,7 +47,7 @@ impl Connector {
         let config = tls.client_config(identity, protocol).map_err(io::Error::other)?;
         // Peers are named by identity, not DNS: an IP server name sends no SNI.
         let name = ServerName::IpAddress(addr.ip().into());
-        let handshake = tokio_rustls::TlsConnector::from(config).connect(name, stream);
+        let handshake = mesh_identity::tls::connect(config, name, stream);
         let tls = tokio::time::timeout(self.timeout.max(Duration::from_secs(3)), handshake)
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))?

@@ -267,22 +267,26 @@ mod tests {
         assert_eq!(classify(&[0x16, 0x03, 0x01, 0xff, 0xff]), Verdict::Is(Protocol::Opaque), "oversized record");
     }
 
-    /// A real ClientHello, as rustls writes it.
+    /// A real ClientHello, as a mesh client writes it: its first TLS record.
     fn client_hello(alpn: &[&[u8]]) -> Vec<u8> {
-        let mut roots = rustls::RootCertStore::empty();
+        use tokio::io::AsyncReadExt;
         let anchor = mesh_identity::ca::generate_trust_anchor("t", Duration::from_secs(60)).expect("anchor");
-        roots.add_parsable_certificates(mesh_identity::pem::certs(&anchor.cert_pem).expect("pem"));
-        let mut cfg = rustls::ClientConfig::builder_with_provider(mesh_identity::provider())
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
-        let name = rustls::pki_types::ServerName::try_from("example.com").expect("name");
-        let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).expect("conn");
-        let mut out = Vec::new();
-        conn.write_tls(&mut out).expect("write");
-        out
+        let anchors = mesh_identity::pem::certs(&anchor.cert_pem).expect("pem");
+        let creds = mesh_identity::tls::Credentials::new(anchors).expect("creds");
+        let cfg = creds.client_config("spiffe://t/ns/default/sa/server", alpn).expect("config");
+        let name = mesh_identity::tls::server_name("example.com").expect("name");
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        runtime.block_on(async {
+            let (client, mut server) = tokio::io::duplex(64 * 1024);
+            let handshake = tokio::spawn(mesh_identity::tls::connect(cfg, name, client));
+            let mut record = vec![0u8; 5];
+            server.read_exact(&mut record).await.expect("record header");
+            let len = usize::from(u16::from_be_bytes([record[3], record[4]]));
+            record.resize(5 + len, 0);
+            server.read_exact(&mut record[5..]).await.expect("record body");
+            handshake.abort();
+            record
+        })
     }
 
     #[test]

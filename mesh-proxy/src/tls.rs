@@ -2,8 +2,9 @@
 //! ALPN), the inbound acceptor, and the I/O type both kinds of connections
 //! share.
 
-use mesh_identity::tls::{ALPN_HTTP1, ALPN_HTTP2, ALPN_OPAQUE, Credentials, MESH_ALPNS, TlsError};
-use rustls::{ClientConfig, ServerConfig};
+use mesh_identity::tls::{
+    ALPN_HTTP1, ALPN_HTTP2, ALPN_OPAQUE, ClientConfig, ClientStream, Credentials, MESH_ALPNS, ServerConfig, TlsError,
+};
 use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
@@ -83,7 +84,7 @@ pub enum ClientIo {
     /// Plaintext.
     Plain(TcpStream),
     /// mTLS.
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Tls(Box<ClientStream<TcpStream>>),
 }
 
 macro_rules! delegate {

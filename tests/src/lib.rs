@@ -14,6 +14,7 @@ pub mod kube_harness;
 pub mod load;
 pub mod mesh;
 pub mod netns;
+pub mod otlp;
 pub mod pcap;
 
 /// Generated test gRPC service.

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use mesh_identity::ca::{self, IssuerCa};
-use mesh_identity::tls::{ALPN_HTTP1, Credentials};
+use mesh_identity::tls::{ALPN_HTTP1, Credentials, PrivateKeyDer, ServerName};
 use mesh_identity::{SpiffeId, pem};
 use mesh_tests::apps;
 use mesh_tests::load::Load;
@@ -107,8 +107,8 @@ async fn sidecars_speak_mtls_and_the_wire_carries_no_plaintext() {
 async fn handshake(addr: SocketAddr, creds: &Arc<Credentials>, expect: &str) -> Result<(), String> {
     let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let cfg = creds.client_config(expect, &[ALPN_HTTP1]).map_err(|e| e.to_string())?;
-    let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
-    let mut tls = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await.map_err(|e| e.to_string())?;
+    let name = ServerName::IpAddress(addr.ip().into());
+    let mut tls = mesh_identity::tls::connect(cfg, name, tcp).await.map_err(|e| e.to_string())?;
     // TLS 1.3 client auth failures surface on the first read.
     tls.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.map_err(|e| e.to_string())?;
     let mut out = Vec::new();
@@ -126,7 +126,7 @@ fn creds_from(anchors: &[&str], issuer: &IssuerCa, sa: &str, ttl: Duration) -> A
     let id = SpiffeId::new("mesh.test", "default", sa).unwrap();
     let (key, csr) = ca::generate_csr(&id).unwrap();
     let leaf = issuer.sign_csr(&csr, &id, ttl).unwrap();
-    c.set_leaf(leaf.chain, rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into())).unwrap();
+    c.set_leaf(leaf.chain, PrivateKeyDer::Pkcs8(key.serialize_der().into())).unwrap();
     c
 }
 

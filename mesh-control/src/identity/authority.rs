@@ -4,12 +4,12 @@
 use mesh_core::shutdown::Shutdown;
 use mesh_identity::ca::IssuerCa;
 use mesh_identity::dir::{DirError, IdentityDir};
+use mesh_identity::tls::CertificateDer;
 use mesh_identity::token::TokenKey;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use rustls_pki_types::CertificateDer;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, UNIX_EPOCH};

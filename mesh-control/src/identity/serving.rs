@@ -4,8 +4,7 @@
 use super::authority::Authority;
 use mesh_core::shutdown::Shutdown;
 use mesh_identity::SpiffeId;
-use mesh_identity::tls::Credentials;
-use rustls_pki_types::PrivateKeyDer;
+use mesh_identity::tls::{Credentials, PrivateKeyDer};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 

@@ -8,8 +8,7 @@ use futures_util::future::BoxFuture;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use mesh_identity::SpiffeId;
-use rustls::ClientConfig;
-use rustls_pki_types::ServerName;
+use mesh_identity::tls::ClientConfig;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
@@ -116,9 +115,8 @@ impl TokenReviewer {
         .await
         .map_err(|e| unavailable(&e))?
         .map_err(|e| unavailable(&e))?;
-        let name = ServerName::try_from(self.host.clone()).map_err(|e| unavailable(&e))?;
-        let tls =
-            tokio_rustls::TlsConnector::from(self.tls.clone()).connect(name, tcp).await.map_err(|e| unavailable(&e))?;
+        let name = mesh_identity::tls::server_name(&self.host).map_err(|e| unavailable(&e))?;
+        let tls = mesh_identity::tls::connect(self.tls.clone(), name, tcp).await.map_err(|e| unavailable(&e))?;
         let (mut tx, conn) =
             hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| unavailable(&e))?;
         tokio::spawn(conn);

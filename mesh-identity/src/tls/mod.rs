@@ -8,19 +8,27 @@
 //! Only TLS 1.3; key exchange prefers X25519MLKEM768 (hybrid post-quantum),
 //! then X25519. Peers are authenticated by their SPIFFE ID (URI SAN), not by
 //! DNS names.
+//!
+//! This is the mesh's only door to rustls: [`connect`] and [`accept`] run
+//! handshakes over any stream, and the few rustls types that appear in this
+//! API (configurations, certificates, keys, server names) are re-exported
+//! here, so no other crate depends on rustls directly.
 
+mod stream;
 mod verify;
 
 use crate::pem::CertInfo;
+use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::sign::CertifiedKey;
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
+pub use rustls::{ClientConfig, ServerConfig};
+pub use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+pub use stream::{Accepted, ClientStream, ServerStream, accept, connect, server_name, web_client_config};
 pub use verify::{ClientVerifier, LeafResolver, ServerVerifier};
 
 /// ALPN a client proxy offers for HTTP/1 carried between proxies.

@@ -4,9 +4,7 @@ use super::*;
 use crate::SpiffeId;
 use crate::ca::{self, CertAndKey, IssuerCa};
 use crate::pem::certs;
-use rustls_pki_types::ServerName;
 use std::time::Duration;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 const DAY: Duration = Duration::from_secs(86_400);
 
@@ -38,7 +36,7 @@ fn creds(pki: &Pki, trust: &[&Pki], sa: &str, ttl: Duration) -> Arc<Credentials>
 fn issue(pki: &Pki, c: &Credentials, sa: &str, ttl: Duration) {
     let (key, csr) = ca::generate_csr(&id(sa)).expect("csr");
     let leaf = pki.issuer.sign_csr(&csr, &id(sa), ttl).expect("sign");
-    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    let key = PrivateKeyDer::Pkcs8(key.serialize_der().into());
     c.set_leaf(leaf.chain, key).expect("leaf");
 }
 
@@ -49,11 +47,14 @@ async fn handshake(
     expect: &str,
 ) -> (Result<String, String>, Option<String>) {
     let (a, b) = tokio::io::duplex(64 * 1024);
-    let acceptor = TlsAcceptor::from(server.server_config(true, &[ALPN_HTTP2]).expect("server config"));
-    let connector = TlsConnector::from(client.client_config(expect, &[ALPN_HTTP2]).expect("client config"));
-    let name = ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into());
-    let (c, s) = tokio::join!(connector.connect(name, a), acceptor.accept(b));
-    let seen = s.ok().and_then(|s| peer_identity(s.get_ref().1.peer_certificates()));
+    let server_config = server.server_config(true, &[ALPN_HTTP2]).expect("server config");
+    let client_config = client.client_config(expect, &[ALPN_HTTP2]).expect("client config");
+    let name = server_name("127.0.0.1").expect("name");
+    let (c, s) = tokio::join!(connect(client_config, name, a), accept(server_config, b));
+    let seen = s.ok().and_then(|s| {
+        assert_eq!(s.alpn(), Some(ALPN_HTTP2));
+        s.peer_id().map(str::to_string)
+    });
     let c = c.map_err(|e| e.to_string()).map(|c| {
         let conn = c.get_ref().1;
         format!(
@@ -144,6 +145,21 @@ fn rejects_empty_bundles_and_mismatched_keys() {
     let (_key, csr) = ca::generate_csr(&id("a")).expect("csr");
     let leaf = p.issuer.sign_csr(&csr, &id("a"), DAY).expect("sign");
     let other = rcgen::KeyPair::generate().expect("key");
-    let err = c.set_leaf(leaf.chain, rustls_pki_types::PrivateKeyDer::Pkcs8(other.serialize_der().into()));
+    let err = c.set_leaf(leaf.chain, PrivateKeyDer::Pkcs8(other.serialize_der().into()));
     assert!(err.is_err(), "a key that does not match the leaf is refused");
+}
+
+#[test]
+fn server_names_are_ips_or_dns_names() {
+    assert!(matches!(server_name("10.0.0.1"), Ok(ServerName::IpAddress(_))));
+    assert!(matches!(server_name("[::1]"), Ok(ServerName::IpAddress(_))));
+    assert!(matches!(server_name("kubernetes.default.svc"), Ok(ServerName::DnsName(_))));
+    assert!(server_name("not a name").is_err());
+}
+
+#[test]
+fn web_client_configs_need_a_root() {
+    assert!(web_client_config(vec![]).is_err());
+    let p = pki();
+    assert!(web_client_config(certs(&p.anchor.cert_pem).expect("pem")).is_ok());
 }

@@ -1,5 +1,6 @@
 //! `mesh-test-app`: the plain apps and clients of the host end-to-end suite,
-//! as one binary that runs inside a network namespace like any workload.
+//! as one binary that runs inside a network namespace like any workload;
+//! also the OTLP span sink `cargo xtask bench` runs as a child process.
 //!
 //! It knows nothing of the mesh: servers listen on plain addresses, clients
 //! dial plain addresses (a service's virtual IP or a pod's IP), and iptables
@@ -13,7 +14,7 @@ use clap::{Parser, Subcommand};
 use futures_util::StreamExt;
 use mesh_tests::pb::Msg;
 use mesh_tests::pb::echo_client::EchoClient;
-use mesh_tests::{apps, grpc, load};
+use mesh_tests::{apps, grpc, load, otlp};
 use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -105,6 +106,17 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// OTLP/gRPC trace receiver that counts spans and discards them (for
+    /// `cargo xtask bench`). Prints `listening on ADDR` (gRPC) and
+    /// `counts on ADDR`, where `GET /spans` answers the spans received so far.
+    OtlpSink {
+        /// The OTLP/gRPC listener.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// The HTTP listener for `GET /spans`.
+        #[arg(long)]
+        counts: SocketAddr,
+    },
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -113,7 +125,16 @@ fn duration(s: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    // The sink runs on one thread: it shares the CPUs with what the bench measures.
+    let mut builder = match cli.command {
+        Cmd::OtlpSink { .. } => tokio::runtime::Builder::new_current_thread(),
+        _ => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(2);
+            b
+        }
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -186,6 +207,13 @@ async fn run(cmd: Cmd) -> anyhow::Result<u8> {
         }
         Cmd::HttpLoad { url, duration, requests, concurrency, pause, http2, json } => {
             http_load(url, duration, requests, concurrency, pause, http2, json).await
+        }
+        Cmd::OtlpSink { listen, counts } => {
+            let sink = otlp::OtlpSink::start(listen, counts).await.context("cannot start the OTLP sink")?;
+            listening(sink.addr);
+            println!("counts on {}", sink.counts_addr);
+            std::future::pending::<()>().await;
+            Ok(0)
         }
     }
 }

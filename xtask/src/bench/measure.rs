@@ -208,7 +208,7 @@ impl Bench<'_> {
                 bail!("{name}: {problem}: the mesh is not what this table claims to measure");
             }
             if let Some(c) = table.collector {
-                c.settle(Duration::from_millis(700), Duration::from_secs(5));
+                c.settle(Duration::from_millis(700), Duration::from_secs(5))?;
             }
         }
 
@@ -283,7 +283,7 @@ impl Bench<'_> {
         let collector = table.collector.filter(|_| traced);
         // Admin requests are made outside the CPU readings.
         let metrics_before = t.mesh.map(|i| table.meshes[i].metrics()).transpose()?;
-        let spans_before = collector.map(Collector::spans);
+        let spans_before = collector.map(Collector::spans).transpose()?;
         let before = self.cpu_now(t.mesh.map(|i| &table.meshes[i]))?;
         let sample = self.load(table.driver, mode, self.args.duration, t.addr)?;
         let after = self.cpu_now(t.mesh.map(|i| &table.meshes[i]))?;
@@ -293,7 +293,7 @@ impl Bench<'_> {
             mesh.check_alive().with_context(|| format!("a {label} process died during a run\n{}", mesh.log_tails()))?;
         }
         let spans = match (collector, spans_before) {
-            (Some(c), Some(b)) => Some(c.settle(Duration::from_millis(700), Duration::from_secs(5)).saturating_sub(b)),
+            (Some(c), Some(b)) => Some(c.settle(Duration::from_millis(700), Duration::from_secs(5))?.saturating_sub(b)),
             _ => None,
         };
         let metrics_after = t.mesh.map(|i| table.meshes[i].metrics()).transpose()?;

@@ -13,8 +13,12 @@
 //!   per protocol;
 //! - `handshake`: new connections through an opaque TCP service, where each
 //!   client connection is a new proxy-to-proxy connection (and handshake);
-//! - `tracing`: the mesh with and without span export to an in-process OTLP
-//!   receiver that counts spans.
+//! - `tracing`: the mesh with and without span export to an OTLP receiver
+//!   that counts spans (`mesh-test-app otlp-sink`, a child process).
+//!
+//! xtask itself links no TLS or gRPC: the identity directory and join
+//! tokens come from `meshctl identity`, the OTLP receiver is the test app,
+//! all built by the bench's release build.
 //!
 //! Nothing is asserted: this is a measurement tool.
 
@@ -199,13 +203,19 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let tools = if plan.needs_http_tools() { Some(Tools::find()?) } else { None };
     let nginx_bin = loadgen::require("nginx", "nginx")?;
     if !args.no_build {
-        cargo::run_step(&mut cargo::cargo(&["build", "--release", "-p", "mesh-proxy", "-p", "mesh-control"]))?;
+        // The same build as `cargo xtask demo`: one set of release artifacts.
+        cargo::run_step(&mut cargo::cargo(&["build", "--release", "--bins"]))?;
     }
-    let bins = Bins { proxy: cargo::release_bin("mesh-proxy")?, control: cargo::release_bin("mesh-control")? };
+    let bins = Bins {
+        proxy: cargo::release_bin("mesh-proxy")?,
+        control: cargo::release_bin("mesh-control")?,
+        meshctl: cargo::release_bin("meshctl")?,
+        test_app: cargo::release_bin("mesh-test-app")?,
+    };
     let scratch = TempDir::new("xtask-bench")?;
     let nginx = Nginx::start(&nginx_bin, scratch.path()).context("cannot start the nginx backend")?;
     let identity = if plan.needs_identity() {
-        Some(Identity::create(scratch.path()).context("cannot set up identity for the mTLS mesh")?)
+        Some(Identity::create(&bins.meshctl, scratch.path()).context("cannot set up identity for the mTLS mesh")?)
     } else {
         None
     };
@@ -221,7 +231,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         sections.push(bench.handshake(&plan.handshake)?);
     }
     if let (Some(mesh), Some(tools)) = (plan.tracing, &tools) {
-        let collector = Collector::start().context("cannot start the OTLP receiver")?;
+        let collector =
+            Collector::start(&bench.bins.test_app, scratch.path()).context("cannot start the OTLP receiver")?;
         for &proto in &plan.protocols {
             sections.push(bench.tracing(tools, proto, mesh, &collector)?);
         }

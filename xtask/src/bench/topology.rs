@@ -4,9 +4,8 @@
 //! tracing.
 
 use super::loadgen::Proto;
-use super::procs::{free_ports, http_get, spawn, wait_for};
+use super::procs::{command, free_ports, http_get, output_with_timeout, spawn, wait_for};
 use anyhow::{Context, bail};
-use mesh_identity::dir::IdentityDir;
 use mesh_process::Child;
 use mesh_spec::{Endpoint, Port, RegistryFile, Service};
 use std::net::SocketAddr;
@@ -89,13 +88,17 @@ impl Nginx {
     }
 }
 
-/// The mesh binaries.
+/// The release binaries the bench runs.
 #[derive(Debug, Clone)]
 pub struct Bins {
     /// `mesh-proxy`.
     pub proxy: PathBuf,
     /// `mesh-control`.
     pub control: PathBuf,
+    /// `meshctl`: the identity directory and join tokens.
+    pub meshctl: PathBuf,
+    /// `mesh-test-app`: the OTLP sink of the tracing scenario.
+    pub test_app: PathBuf,
 }
 
 /// The trust domain of the bench's identity directory.
@@ -105,8 +108,12 @@ pub const TRUST_DOMAIN: &str = "bench.mesh";
 pub const SERVER_ACCOUNT: &str = "bench";
 /// The client proxy's service account.
 pub const CLIENT_ACCOUNT: &str = "client";
-/// Lifetime of the join tokens (longer than any bench).
-const TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Lifetime of the join tokens (longer than any bench), as `meshctl identity token --ttl`.
+const TOKEN_TTL: &str = "24h";
+/// The trust bundle's file in an identity directory (`mesh_identity::dir::ANCHORS`).
+const ANCHORS: &str = "trust-anchors.pem";
+/// How long one `meshctl identity` command may take.
+const MESHCTL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Identity as users set it up: an identity directory for the control plane
 /// (its CA) and a join token per proxy, in files.
@@ -123,41 +130,57 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// Creates `<dir>/identity` and mints both proxies' tokens into files.
-    pub fn create(dir: &Path) -> anyhow::Result<Self> {
+    /// Creates `<dir>/identity` with `meshctl identity init` and mints both
+    /// proxies' tokens into files with `meshctl identity token`, as a user
+    /// would.
+    pub fn create(meshctl: &Path, dir: &Path) -> anyhow::Result<Self> {
         let path = dir.join("identity");
-        let id = IdentityDir::new(&path);
-        id.init(TRUST_DOMAIN, None)
-            .with_context(|| format!("cannot create the identity directory {}", path.display()))?;
+        let d = path.display().to_string();
+        run_meshctl(meshctl, &["identity", "init", "--dir", &d, "--trust-domain", TRUST_DOMAIN])?;
+        let anchors = path.join(ANCHORS);
+        if !anchors.is_file() {
+            bail!("`meshctl identity init` wrote no {}", anchors.display());
+        }
         let token = |account: &str| -> anyhow::Result<PathBuf> {
-            let jwt = id
-                .mint_token("default", account, TOKEN_TTL)
-                .with_context(|| format!("cannot mint a join token for service account {account}"))?;
             let file = dir.join(format!("{account}.token"));
-            write_secret(&file, &jwt)?;
+            let f = file.display().to_string();
+            run_meshctl(
+                meshctl,
+                &[
+                    "identity",
+                    "token",
+                    "--dir",
+                    &d,
+                    "--namespace",
+                    "default",
+                    "--service-account",
+                    account,
+                    "--ttl",
+                    TOKEN_TTL,
+                    "--output",
+                    &f,
+                ],
+            )?;
             Ok(file)
         };
-        Ok(Self {
-            anchors: path.join(mesh_identity::dir::ANCHORS),
-            server_token: token(SERVER_ACCOUNT)?,
-            client_token: token(CLIENT_ACCOUNT)?,
-            dir: path,
-        })
+        Ok(Self { anchors, server_token: token(SERVER_ACCOUNT)?, client_token: token(CLIENT_ACCOUNT)?, dir: path })
     }
 }
 
-/// Writes a file only its owner can read.
-fn write_secret(path: &Path, content: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    f.write_all(content.as_bytes()).with_context(|| format!("cannot write {}", path.display()))
+/// Runs `meshctl ARGS...` to completion; fails with its output unless it exits 0.
+fn run_meshctl(meshctl: &Path, args: &[&str]) -> anyhow::Result<()> {
+    let line = format!("meshctl {}", args.join(" "));
+    let out = output_with_timeout(command(meshctl).args(args), MESHCTL_TIMEOUT)
+        .with_context(|| format!("cannot run `{line}`"))?;
+    if !out.status.success() {
+        bail!(
+            "`{line}` failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
 }
 
 /// What a mesh under test is made of.

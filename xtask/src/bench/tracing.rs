@@ -1,5 +1,5 @@
-//! The `tracing` scenario: the mesh with and without span export to the
-//! in-process OTLP receiver, per protocol.
+//! The `tracing` scenario: the mesh with and without span export to an
+//! OTLP receiver (`mesh-test-app otlp-sink`, a child process), per protocol.
 
 use super::loadgen::{Mode, Proto, Tools};
 use super::measure::{Bench, Driver, Table};
@@ -40,7 +40,7 @@ impl Bench<'_> {
             meshes: started.into_iter().map(|(_, m)| m).collect(),
             collector: Some(collector),
             notes: vec![
-                "spans go to an OTLP/gRPC receiver in xtask that counts and discards them; each request should \
+                "spans go to an OTLP/gRPC receiver (mesh-test-app otlp-sink) that counts and discards them; each request should \
                  give 2 (one per proxy). Proxies queue at most 4096 spans and drop the rest (counted): at max rate \
                  \"spans dropped\" shows whether export kept up. The receiver shares the machine's CPUs, so at max \
                  rate its work also lowers the traced mesh's throughput; CPU/request at the fixed rate is the \

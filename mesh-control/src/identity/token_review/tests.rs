@@ -78,20 +78,19 @@ async fn reviews_over_https_with_the_bearer_token() {
     let ca = mesh_identity::ca::IssuerCa::load(&issuer.cert_pem, &issuer.key_pem, &roots).expect("ca");
     let id = SpiffeId::new("k8s", "kube-system", "apiserver").expect("id");
     let (leaf, key) = ca.issue_with_key(&id, &["localhost".into()], Duration::from_secs(3600)).expect("leaf");
-    let server_cfg = rustls::ServerConfig::builder_with_provider(mesh_identity::provider())
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_no_client_auth()
-        .with_single_cert(leaf.chain, rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()))
-        .expect("server config");
+    let server_creds = mesh_identity::tls::Credentials::new(roots.clone()).expect("creds");
+    server_creds
+        .set_leaf(leaf.chain, mesh_identity::tls::PrivateKeyDer::Pkcs8(key.serialize_der().into()))
+        .expect("leaf");
+    let server_cfg = server_creds.server_config(false, &[]).expect("server config");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let seen2 = seen.clone();
     tokio::spawn(async move {
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_cfg));
         while let Ok((tcp, _)) = listener.accept().await {
-            let Ok(tls) = acceptor.accept(tcp).await else { continue };
+            let Ok(tls) = mesh_identity::tls::accept(server_cfg.clone(), tcp).await else { continue };
+            let (tls, _) = tls.into_parts();
             let seen = seen2.clone();
             let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                 let seen = seen.clone();
@@ -109,14 +108,8 @@ async fn reviews_over_https_with_the_bearer_token() {
         }
     });
 
-    let mut roots_store = rustls::RootCertStore::empty();
-    roots_store.add_parsable_certificates(roots);
-    let client_cfg = rustls::ClientConfig::builder_with_provider(mesh_identity::provider())
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots_store)
-        .with_no_client_auth();
-    let reviewer = TokenReviewer::new("localhost", port, "control-plane-sa-token\n", Arc::new(client_cfg), AUD);
+    let client_cfg = mesh_identity::tls::web_client_config(roots).expect("client config");
+    let reviewer = TokenReviewer::new("localhost", port, "control-plane-sa-token\n", client_cfg, AUD);
     let id = reviewer.verify("good-token", TD).await.expect("reviewed");
     assert_eq!(id.to_string(), "spiffe://cluster.local/ns/shop/sa/books");
     assert!(reviewer.verify("bad-token", TD).await.is_err());
