@@ -141,6 +141,7 @@ async fn handle(mut stream: TcpStream, ctx: Context, route: Route) {
             }
         };
         let conn = stream.get_ref().1;
+        ctx.metrics.handshakes.record(crate::metrics::Direction::inbound, conn);
         let mut labels = route.labels.clone();
         labels.tls = Tls::Yes;
         labels.peer_id = peer_identity(conn.peer_certificates()).unwrap_or_default();

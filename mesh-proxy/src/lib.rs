@@ -23,6 +23,7 @@ pub mod control;
 pub mod detect;
 pub mod discovery;
 pub mod drain;
+pub mod handshakes;
 pub mod http;
 pub mod identity;
 pub mod inbound;

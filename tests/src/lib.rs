@@ -14,6 +14,7 @@ pub mod load;
 pub mod mesh;
 pub mod netns;
 pub mod pcap;
+pub mod real;
 
 /// Generated test gRPC service.
 pub mod pb {
