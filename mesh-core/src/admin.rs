@@ -29,8 +29,27 @@ pub trait Handler: Clone + Send + Sync + 'static {
     fn handle(&self, req: Request<Incoming>) -> impl Future<Output = Response<Body>> + Send;
 }
 
+/// The address an admin request came from, in the request's extensions
+/// (handlers that serve some routes only to local clients read it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer(pub std::net::SocketAddr);
+
+impl Peer {
+    /// The client of `req`, when the server recorded one.
+    pub fn of<B>(req: &Request<B>) -> Option<Self> {
+        req.extensions().get::<Peer>().copied()
+    }
+
+    /// Whether the client is on this host's loopback (`127.0.0.0/8`, `::1`,
+    /// or an IPv4-mapped loopback address on a dual-stack socket).
+    pub fn is_loopback(&self) -> bool {
+        self.0.ip().to_canonical().is_loopback()
+    }
+}
+
 /// Serves `handler` on `listener` until `shutdown` fires, then lets in-flight
-/// admin requests finish (at most a couple of seconds).
+/// admin requests finish (at most a couple of seconds). Each request carries
+/// its client's address as a [`Peer`] extension.
 pub async fn serve<H: Handler>(listener: TcpListener, handler: H, mut shutdown: Shutdown) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
@@ -38,7 +57,7 @@ pub async fn serve<H: Handler>(listener: TcpListener, handler: H, mut shutdown: 
             a = listener.accept() => a,
             _ = shutdown.triggered() => break,
         };
-        let (stream, _peer) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.
@@ -48,7 +67,8 @@ pub async fn serve<H: Handler>(listener: TcpListener, handler: H, mut shutdown: 
             }
         };
         let h = handler.clone();
-        let svc = hyper::service::service_fn(move |req| {
+        let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(Peer(peer));
             let h = h.clone();
             async move { Ok::<_, std::convert::Infallible>(h.handle(req).await) }
         });
@@ -101,5 +121,22 @@ pub fn encode_registry(registry: &prometheus_client::registry::Registry) -> Resp
     match prometheus_client::encoding::text::encode(&mut out, registry) {
         Ok(()) => metrics(out),
         Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding metrics failed: {e}\n")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Peer;
+
+    #[test]
+    fn loopback_peers() {
+        let local = ["127.0.0.1:1", "127.0.0.2:1", "[::1]:1", "[::ffff:127.0.0.1]:1"];
+        let remote = ["10.0.0.1:1", "0.0.0.0:1", "[::ffff:10.0.0.1]:1", "[fe80::1]:1", "[::]:1"];
+        for a in local {
+            assert!(Peer(a.parse().unwrap()).is_loopback(), "{a}");
+        }
+        for a in remote {
+            assert!(!Peer(a.parse().unwrap()).is_loopback(), "{a}");
+        }
     }
 }

@@ -1,5 +1,12 @@
 //! The proxy's admin endpoints: `/metrics`, `/ready`, `/live`, `/config`
-//! (what the proxy currently knows, as JSON) and `/shutdown` (POST).
+//! (what the proxy currently knows, as JSON; nothing secret), `/tap` and
+//! `/shutdown` (POST).
+//!
+//! The admin port listens where probes and Prometheus reach it (often
+//! `0.0.0.0:4191`), so anything that can reach it may read the open routes.
+//! `/shutdown` stops the sidecar and `/tap` shows its traffic: both are
+//! served to loopback clients only (the workload's own host or pod), like
+//! Linkerd's; anyone else gets 403 with what to do instead.
 
 use crate::balance::Status;
 use crate::balancers::Balancers;
@@ -11,7 +18,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use hyper::body::Incoming;
-use mesh_core::admin::{self, Body, Handler};
+use mesh_core::admin::{self, Body, Handler, Peer};
 use mesh_core::shutdown::Trigger;
 use mesh_identity::tls::Credentials;
 use prometheus_client::registry::Registry;
@@ -153,9 +160,35 @@ impl Admin {
     }
 }
 
+/// Routes served to loopback clients only.
+const LOCAL_ONLY: &[&str] = &["/tap", "/shutdown"];
+
+/// The 403 a non-loopback client gets for a [`LOCAL_ONLY`] route, saying
+/// how to do it instead.
+fn refuse_remote(path: &str, peer: Option<Peer>) -> Response<Body> {
+    let from = peer.map_or_else(|| "an unknown address".to_string(), |p| p.0.ip().to_string());
+    tracing::info!(%from, path, "admin request refused: not from loopback");
+    let how = if path == "/tap" {
+        "tap from the workload's own host or pod, over loopback \
+         (`meshctl tap --proxy 127.0.0.1:<admin port>`, or `curl http://127.0.0.1:<admin port>/tap`); \
+         tapping a proxy over the network is not available"
+    } else {
+        "send POST /shutdown from the workload's own host or pod, over loopback, or send the proxy SIGTERM"
+    };
+    admin::text(StatusCode::FORBIDDEN, format!("{path} is served only to loopback clients, not to {from}: {how}\n"))
+}
+
 impl Handler for Admin {
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
-        match (req.method(), req.uri().path()) {
+        let path = req.uri().path();
+        if LOCAL_ONLY.contains(&path) {
+            // No recorded peer means we cannot tell: refuse.
+            let peer = Peer::of(&req);
+            if !peer.is_some_and(|p| p.is_loopback()) {
+                return refuse_remote(path, peer);
+            }
+        }
+        match (req.method(), path) {
             (_, "/metrics") => admin::encode_registry(&self.inner.registry),
             (_, "/live") => admin::text(StatusCode::OK, "live\n"),
             (_, "/ready") if self.is_ready() => admin::text(StatusCode::OK, "ready\n"),

@@ -102,7 +102,8 @@ impl Proxy {
         let mesh_tls = identity.as_ref().map(|i| MeshTls::new(i.creds.clone())).transpose()?;
 
         let limits = Arc::new(config.limits.clone());
-        let connector = Connector::new(limits.connect_timeout, mesh_tls.clone());
+        let connector =
+            Connector::new(limits.connect_timeout, mesh_tls.clone()).with_handshakes(metrics.handshakes.clone());
         let factory = EndpointFactory {
             connector: connector.clone(),
             settings: Arc::new(limits.client.clone()),

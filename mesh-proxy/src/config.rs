@@ -15,6 +15,7 @@ pub struct Config {
     pub workload: String,
     /// The control plane's gRPC address (`http://127.0.0.1:8086`); without
     /// one, outbound targets can only be plain addresses (pass-through).
+    #[serde(serialize_with = "url_without_credentials")]
     pub control_plane: Option<String>,
     /// Admin server: `/metrics`, `/ready`, `/live`, `/config`, `/shutdown`.
     pub admin_addr: SocketAddr,
@@ -114,6 +115,26 @@ fn redacted<S: serde::Serializer>(_: &str, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str("<redacted>")
 }
 
+/// A URL as `/config` shows it: credentials in it (`user:password@`) redacted.
+fn url_without_credentials<S: serde::Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match url {
+        Some(u) => s.serialize_some(&redact_userinfo(u)),
+        None => s.serialize_none(),
+    }
+}
+
+/// `scheme://user:password@host/...` → `scheme://<redacted>@host/...`;
+/// other URLs unchanged.
+pub fn redact_userinfo(url: &str) -> String {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[start..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    match authority.rfind('@') {
+        Some(at) => format!("{}<redacted>{}", &url[..start], &rest[at..]),
+        None => url.to_string(),
+    }
+}
+
 impl TokenSource {
     /// The current token.
     pub fn read(&self) -> std::io::Result<String> {
@@ -148,6 +169,7 @@ pub struct Upstream {
 #[derive(Debug, Clone, Serialize)]
 pub struct TelemetryConfig {
     /// OTLP/gRPC collector (`http://host:4317`); tracing is off without one.
+    #[serde(serialize_with = "url_without_credentials")]
     pub trace_collector: Option<String>,
     /// Share of traces this proxy starts that are recorded (a trace the app
     /// started keeps the app's decision).
@@ -229,5 +251,19 @@ mod secs {
 
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_f64(d.as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_userinfo;
+
+    #[test]
+    fn urls_lose_their_credentials() {
+        assert_eq!(redact_userinfo("http://user:pw@collector:4317/x@y"), "http://<redacted>@collector:4317/x@y");
+        assert_eq!(redact_userinfo("https://tok@[::1]:8086"), "https://<redacted>@[::1]:8086");
+        assert_eq!(redact_userinfo("http://127.0.0.1:8086"), "http://127.0.0.1:8086");
+        assert_eq!(redact_userinfo("http://host/path?q=a@b"), "http://host/path?q=a@b");
+        assert_eq!(redact_userinfo("a:b@host:1"), "<redacted>@host:1");
     }
 }

@@ -139,6 +139,7 @@ async fn handle(mut stream: TcpStream, ctx: Context, route: Route) {
                 return;
             }
         };
+        ctx.metrics.handshakes.record(crate::metrics::Direction::inbound, &stream.handshake());
         let protocol = match stream.alpn().and_then(MeshProtocol::from_alpn) {
             Some(MeshProtocol::Http1) => Protocol::Http1,
             Some(MeshProtocol::Http2) => Protocol::Http2,

@@ -2,6 +2,8 @@
 //! the endpoint is meshed (discovery gave it an identity) and this proxy
 //! has one.
 
+use crate::handshakes::Handshakes;
+use crate::metrics::Direction;
 use crate::tls::{ClientIo, MeshProtocol, MeshTls};
 use mesh_identity::tls::ServerName;
 use std::io;
@@ -15,13 +17,20 @@ use tokio::net::TcpStream;
 pub struct Connector {
     timeout: Duration,
     tls: Option<Arc<MeshTls>>,
+    handshakes: Option<Handshakes>,
 }
 
 impl Connector {
     /// Connections give up after `timeout` (TCP and TLS each); with `tls`,
     /// meshed endpoints get mTLS.
     pub fn new(timeout: Duration, tls: Option<Arc<MeshTls>>) -> Self {
-        Self { timeout, tls }
+        Self { timeout, tls, handshakes: None }
+    }
+
+    /// Counts the mTLS handshakes this connector completes.
+    pub fn with_handshakes(mut self, handshakes: Handshakes) -> Self {
+        self.handshakes = Some(handshakes);
+        self
     }
 
     /// Whether connections to an endpoint with `identity` will be mTLS.
@@ -52,6 +61,9 @@ impl Connector {
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))?
             .map_err(|e| io::Error::new(e.kind(), format!("TLS handshake with {identity}: {e}")))?;
+        if let Some(h) = &self.handshakes {
+            h.record(Direction::outbound, &mesh_identity::tls::client_handshake(&tls));
+        }
         Ok(ClientIo::Tls(Box::new(tls)))
     }
 }

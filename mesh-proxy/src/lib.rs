@@ -23,6 +23,7 @@ mod connect;
 mod detect;
 mod discovery;
 mod drain;
+mod handshakes;
 mod http;
 mod identity;
 mod inbound;

@@ -165,6 +165,8 @@ pub struct Families {
     route_requests: Family<RouteLabels, Counter>,
     route_events: Family<RouteEventLabels, Counter>,
     authz: Family<AuthzLabels, Counter>,
+    /// Completed mTLS handshakes (`tls_handshakes_total`).
+    pub handshakes: crate::handshakes::Handshakes,
 }
 
 /// Labels of a refused connection.
@@ -195,6 +197,7 @@ impl Default for Families {
             route_requests: Family::default(),
             route_events: Family::default(),
             authz: Family::default(),
+            handshakes: crate::handshakes::Handshakes::default(),
         }
     }
 }
@@ -235,6 +238,7 @@ impl Families {
             self.route_events.clone(),
         );
         reg.register("inbound_authorization", "Inbound authorization decisions by policy", self.authz.clone());
+        self.handshakes.register(reg);
     }
 
     /// The counter of dropped spans.

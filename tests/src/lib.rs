@@ -16,6 +16,7 @@ pub mod mesh;
 pub mod netns;
 pub mod otlp;
 pub mod pcap;
+pub mod real;
 
 /// Generated test gRPC service.
 pub mod pb {

@@ -466,6 +466,57 @@ fn proxy_restart_fails_fast_then_recovers() {
 
 // ---------------------------------------------------------------------------
 
+/// The admin port listens on every interface (probes and Prometheus need
+/// it), but only the workload's own loopback may stop the sidecar or tap its
+/// traffic: from another pod `POST /shutdown` and `/tap` get 403 (saying how
+/// to do it instead) and the proxy keeps serving, while probes and metrics
+/// stay open; from the pod's own loopback both work.
+#[test]
+fn admin_shutdown_and_tap_only_from_the_pods_own_loopback() {
+    let Some(mut lab) = lab("admin") else { return };
+    let web = lab.add_pod("web-0");
+    lab.add_pod("intruder");
+    lab.set_services(vec![web_service(&[web])]);
+    lab.start_control();
+    lab.start_app(
+        "web-0",
+        "http-server",
+        &["http-server", "--listen", &format!("0.0.0.0:{WEB_PORT}"), "--name", "web-0"],
+    );
+    let proxy = lab.mesh_pod("web-0", "web");
+    let admin = format!("http://{web}:{}", netns::ADMIN_PORT);
+    // Body, then the status code on a line of its own.
+    let status = |o: &netns::Output| o.stdout.rsplit('\n').next().unwrap_or_default().to_string();
+
+    // From another pod: refused, with how to do it instead.
+    let o = lab.curl("intruder", &["-w", "\n%{http_code}", "-X", "POST", &format!("{admin}/shutdown")]);
+    assert_eq!(status(&o), "403", "POST /shutdown from another pod: {o}");
+    assert!(o.stdout.contains("only to loopback clients") && o.stdout.contains("SIGTERM"), "{o}");
+    // A tap that were served would stream until curl gives up: status 200.
+    let o = lab.curl("intruder", &["--max-time", "2", "-w", "\n%{http_code}", &format!("{admin}/tap")]);
+    assert_eq!(status(&o), "403", "/tap from another pod: {o}");
+    assert!(o.stdout.contains("meshctl tap --proxy 127.0.0.1:"), "{o}");
+    for path in ["/ready", "/live", "/metrics", "/config"] {
+        let o = lab.curl("intruder", &["-w", "\n%{http_code}", &format!("{admin}{path}")]);
+        assert_eq!(status(&o), "200", "{path} must stay open to other pods: {o}");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(lab.exited(proxy).is_none(), "the proxy stopped after a refused shutdown:\n{}", lab.logs(proxy));
+    assert!(lab.admin_get("web-0", "/ready").starts_with("ready"));
+
+    // From the pod's own loopback: tap streams, shutdown stops the proxy.
+    let local = format!("http://127.0.0.1:{}", netns::ADMIN_PORT);
+    let o = lab.curl("web-0", &["--max-time", "1", "-o", "/dev/null", "-w", "%{http_code}", &format!("{local}/tap")]);
+    assert_eq!(o.stdout, "200", "/tap from the pod's loopback: {o}");
+    let o = lab.curl("web-0", &["-w", "\n%{http_code}", "-X", "POST", &format!("{local}/shutdown")]);
+    assert_eq!(status(&o), "200", "POST /shutdown from the pod's loopback: {o}");
+    let exit = lab.wait_exit(proxy, Duration::from_secs(10));
+    assert!(exit.success(), "the proxy exited with {exit:?}");
+    lab.finish();
+}
+
+// ---------------------------------------------------------------------------
+
 /// The harness itself: a lab's namespaces go away with it even when its
 /// test panics, and nothing was added to the root namespace.
 #[test]

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use mesh_process::{Child, Spec, signal};
-use mesh_tests::{apps, bins, mesh};
+use mesh_tests::{apps, bins, mesh, real};
 use std::net::{SocketAddr, TcpListener};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -191,4 +191,127 @@ async fn control_plane_rejects_bad_registries_and_keeps_the_last_good() {
     assert_eq!(mesh::metric_sum(&m, &["registry_services"]), 1.0, "last good registry left force");
     let logs = std::fs::read_to_string(&log).unwrap();
     assert!(logs.contains(&format!("{}:3:", reg.display())) && logs.contains("prots"), "{logs}");
+}
+
+// ---------------------------------------------------------------------------
+// Security, seen from outside the processes.
+
+/// A token for `sa/web` asking for a certificate for `sa/books` is refused
+/// by the real control plane: `PERMISSION_DENIED` naming both identities, a
+/// warning in its log and `identity_certificates_refused_total{reason=
+/// "identity_not_allowed"}`; nothing is issued. The same token asking for
+/// `sa/web` is honoured, so the token itself is good: only the identity
+/// check can refuse it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ca_refuses_a_valid_token_for_another_identity() {
+    use mesh_identity::{SpiffeId, ca};
+    use mesh_proto::identity::{CertifyRequest, identity_client::IdentityClient};
+
+    let control = real::Control::start().await;
+    let channel = mesh_client::channel(&control.url(), Some((control.bundle_only(), control.identity_id()))).unwrap();
+    let mut client = IdentityClient::new(channel);
+    let web = SpiffeId::new(real::TRUST_DOMAIN, "default", "web").unwrap();
+    let books = SpiffeId::new(real::TRUST_DOMAIN, "default", "books").unwrap();
+    let token = control.token("web");
+    let request = |id: &SpiffeId| CertifyRequest {
+        identity: id.to_string(),
+        // A CSR for exactly the identity asked for: the CSR check passes.
+        csr: ca::generate_csr(id).unwrap().1,
+        token: token.clone(),
+    };
+
+    let err = client.certify(request(&books)).await.map(|_| ()).expect_err("a web token must not certify books");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains(&format!("allows {web}, not {books}")), "{err:?}");
+    let m = mesh::admin_get(control.admin, "/metrics").await;
+    let refused = ["identity_certificates_refused_total", "reason=\"identity_not_allowed\""];
+    assert_eq!(mesh::metric_sum(&m, &refused), 1.0, "{m}");
+    assert_eq!(mesh::metric_sum(&m, &["identity_certificates_issued_total"]), 0.0, "{m}");
+    let logged = mesh::eventually(Duration::from_secs(5), || async {
+        let log = control.log();
+        log.lines().any(|l| {
+            l.contains("WARN")
+                && l.contains("certificate refused")
+                && l.contains("identity_not_allowed")
+                && l.contains(&books.to_string())
+        })
+    })
+    .await;
+    assert!(logged, "no refusal in the control plane's log:\n{}", control.child.log_tail(20));
+
+    // The same token for its own identity: issued.
+    let rsp = client.certify(request(&web)).await.expect("the token certifies its own identity").into_inner();
+    assert!(!rsp.leaf.is_empty());
+    let m = mesh::admin_get(control.admin, "/metrics").await;
+    assert_eq!(mesh::metric_sum(&m, &["identity_certificates_issued_total"]), 1.0, "{m}");
+    assert_eq!(mesh::metric_sum(&m, &refused), 1.0, "{m}");
+}
+
+/// A client that speaks only TLS 1.2 is refused, with a protocol version
+/// alert, by a real proxy's strict inbound port (offering a mesh ALPN, so
+/// the proxy does attempt the handshake) and by the real control plane's
+/// gRPC port; a TLS 1.3 client gets through to the control plane.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_1_2_clients_are_refused_by_strict_inbound_and_the_control_plane() {
+    let control = real::Control::start().await;
+    let app = apps::http("web-0").await;
+    let server = real::Proxy::start("web-0", |inbound, _| {
+        let mut a = vec!["--app".into(), app.addr.to_string(), "--inbound-addr".into(), inbound.to_string()];
+        a.extend(control.proxy_identity_args("web"));
+        a
+    })
+    .await;
+    let refused_by_version = |out: &str| out.contains("alert protocol version");
+
+    let out = real::tls12_only_handshake(server.listen, Some("mesh/http1"));
+    assert!(refused_by_version(&out), "the proxy's strict inbound port and a TLS 1.2 client:\n{out}");
+    let m = server.metrics().await;
+    assert!(mesh::metric_sum(&m, &["tcp_refused_total", "reason=\"tls_handshake\""]) >= 1.0, "{m}");
+
+    let out = real::tls12_only_handshake(control.grpc, Some("h2"));
+    assert!(refused_by_version(&out), "the control plane's gRPC port and a TLS 1.2 client:\n{out}");
+    // The port does speak TLS: 1.3 gets through.
+    let out = real::tls_handshake(control.grpc, "-tls1_3", Some("h2"));
+    assert!(out.contains("TLSv1.3") && !refused_by_version(&out), "a TLS 1.3 client to the control plane:\n{out}");
+}
+
+/// Two real proxies with mTLS negotiate the hybrid post-quantum key
+/// exchange: the server's `tls_handshakes_total` counts its inbound
+/// handshake with `group="X25519MLKEM768"` (and nothing else), the client's
+/// its outbound one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_proxies_negotiate_x25519mlkem768() {
+    let control = real::Control::start().await;
+    let app = apps::http("web-0").await;
+    let server = real::Proxy::start("web-0", |inbound, _| {
+        let mut a = vec!["--app".into(), app.addr.to_string(), "--inbound-addr".into(), inbound.to_string()];
+        a.extend(control.proxy_identity_args("web"));
+        a
+    })
+    .await;
+    control.write_registry(&[mesh::Svc::new("web", 80, "http", &[server.listen])]);
+    let client = real::Proxy::start("client-0", |upstream, _| {
+        let mut a = vec!["--upstream".into(), format!("{upstream}=web.default:80")];
+        a.extend(control.proxy_identity_args("client"));
+        a
+    })
+    .await;
+
+    let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<Bytes>>();
+    let url: http::Uri = format!("http://{}/", client.listen).parse().unwrap();
+    let served = mesh::eventually(Duration::from_secs(10), || {
+        let (http, url) = (http.clone(), url.clone());
+        async move { http.get(url).await.is_ok_and(|r| r.status().is_success()) }
+    })
+    .await;
+    assert!(served, "no request made it through both proxies:\n{}", client.child.log_tail(20));
+
+    let pq = "group=\"X25519MLKEM768\"";
+    let s = server.metrics().await;
+    assert!(mesh::metric_sum(&s, &["tls_handshakes_total", "direction=\"inbound\"", pq]) >= 1.0, "{s}");
+    let all = mesh::metric_sum(&s, &["tls_handshakes_total{"]);
+    assert_eq!(all, mesh::metric_sum(&s, &["tls_handshakes_total{", pq]), "a handshake with another group:\n{s}");
+    let c = client.metrics().await;
+    assert!(mesh::metric_sum(&c, &["tls_handshakes_total", "direction=\"outbound\"", pq]) >= 1.0, "{c}");
 }

@@ -6,8 +6,9 @@ use anyhow::{Context, bail};
 use std::process::Command;
 
 /// (command, Debian package) pairs the test suite uses.
+/// (`openssl s_client` is the process suite's TLS 1.2-only client.)
 pub const TEST_TOOLS: &[(&str, &str)] =
-    &[("curl", "curl"), ("iptables", "iptables"), ("ip", "iproute2"), ("tcpdump", "tcpdump")];
+    &[("curl", "curl"), ("openssl", "openssl"), ("iptables", "iptables"), ("ip", "iproute2"), ("tcpdump", "tcpdump")];
 
 fn have(cmd: &str) -> bool {
     Command::new("sh").args(["-c", &format!("command -v {cmd}")]).output().map(|o| o.status.success()).unwrap_or(false)

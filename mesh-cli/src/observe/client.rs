@@ -95,7 +95,7 @@ pub enum ClientError {
         timeout: Duration,
     },
     /// An answer other than 2xx.
-    #[error("GET http://{addr}{path} answered {status}")]
+    #[error("GET http://{addr}{path} answered {status}{detail}")]
     Status {
         /// Where.
         addr: Addr,
@@ -103,6 +103,8 @@ pub enum ClientError {
         path: String,
         /// The status.
         status: StatusCode,
+        /// `: ` and the start of the body (a proxy's 403 says what to do instead), or empty.
+        detail: String,
     },
 }
 
@@ -133,8 +135,16 @@ async fn send(addr: &Addr, path: &str) -> Result<(http::Response<Incoming>, Join
         }
     };
     if !rsp.status().is_success() {
+        let status = rsp.status();
+        // The first line of a short explanation, if one comes at once.
+        let body = Limited::new(rsp.into_body(), 4096).collect();
+        let text = match tokio::time::timeout(Duration::from_secs(1), body).await {
+            Ok(Ok(b)) => String::from_utf8_lossy(&b.to_bytes()).lines().next().unwrap_or_default().trim().to_string(),
+            _ => String::new(),
+        };
         driver.abort();
-        return Err(ClientError::Status { addr: addr.clone(), path: path.to_string(), status: rsp.status() });
+        let detail = if text.is_empty() { text } else { format!(": {text}") };
+        return Err(ClientError::Status { addr: addr.clone(), path: path.to_string(), status, detail });
     }
     Ok((rsp, driver))
 }
@@ -263,6 +273,8 @@ mod tests {
                     let req = String::from_utf8_lossy(&buf[..n]).to_string();
                     let rsp: &[u8] = if req.starts_with("GET /missing ") {
                         b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"
+                    } else if req.starts_with("GET /tap ") {
+                        b"HTTP/1.1 403 Forbidden\r\ncontent-length: 22\r\n\r\nonly from loopback\nmore"
                     } else if req.starts_with("GET /stream ") {
                         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4\r\na\nb\n\r\n2\r\nc\n\r\n0\r\n\r\n"
                     } else {
@@ -277,6 +289,9 @@ mod tests {
         assert_eq!(get_json(&addr, "/x", t).await, Ok(serde_json::json!({})));
         let err = get(&addr, "/missing", t).await.expect_err("404");
         assert!(err.to_string().contains("404"), "{err}");
+        // A refusal's explanation reaches the user (its first line).
+        let err = get(&addr, "/tap", t).await.expect_err("403");
+        assert!(err.to_string().ends_with("answered 403 Forbidden: only from loopback"), "{err}");
         let mut lines = Lines::open(&addr, "/stream", t).await.expect("stream");
         let mut got = Vec::new();
         while let Some(l) = lines.next_line().await.expect("line") {

@@ -28,7 +28,9 @@ use std::time::SystemTime;
 
 pub use rustls::{ClientConfig, ServerConfig};
 pub use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-pub use stream::{Accepted, ClientStream, ServerStream, accept, connect, server_name, web_client_config};
+pub use stream::{
+    Accepted, ClientStream, Handshake, ServerStream, accept, client_handshake, connect, server_name, web_client_config,
+};
 pub use verify::{ClientVerifier, LeafResolver, ServerVerifier};
 
 /// ALPN a client proxy offers for HTTP/1 carried between proxies.

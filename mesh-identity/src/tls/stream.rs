@@ -32,6 +32,29 @@ where
     tokio_rustls::TlsConnector::from(config).connect(server, io).await
 }
 
+/// How a completed handshake went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handshake {
+    /// The session was resumed from a ticket (no certificate exchange).
+    pub resumed: bool,
+    /// The negotiated key exchange group (`X25519MLKEM768`, `X25519`...).
+    pub group: Option<String>,
+}
+
+impl Handshake {
+    fn of(conn: &rustls::CommonState) -> Self {
+        Self {
+            resumed: matches!(conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed)),
+            group: conn.negotiated_key_exchange_group().map(|g| format!("{:?}", g.name())),
+        }
+    }
+}
+
+/// How the client handshake of `stream` went.
+pub fn client_handshake<IO>(stream: &ClientStream<IO>) -> Handshake {
+    Handshake::of(stream.get_ref().1)
+}
+
 /// A finished server handshake: the stream, and what the client presented.
 #[derive(Debug)]
 pub struct Accepted<IO> {
@@ -44,6 +67,11 @@ impl<IO> Accepted<IO> {
     /// verified against the configuration's trust) that names one.
     pub fn peer_id(&self) -> Option<&str> {
         self.peer_id.as_deref()
+    }
+
+    /// How the handshake went.
+    pub fn handshake(&self) -> Handshake {
+        Handshake::of(self.stream.get_ref().1)
     }
 
     /// The ALPN protocol agreed on, if any.
