@@ -31,7 +31,7 @@ pub struct Endpoint {
     /// What discovery said.
     pub meta: EndpointMeta,
     /// Load estimate.
-    pub load: PeakEwma,
+    pub load: Arc<PeakEwma>,
     /// Failure accrual (circuit breaking).
     pub health: Arc<Health>,
     /// Its connections.
@@ -106,7 +106,7 @@ impl EndpointFactory {
     pub fn make(&self, meta: EndpointMeta) -> Arc<Endpoint> {
         let client =
             EndpointClient::new(meta.addr, meta.identity.clone(), self.connector.clone(), self.settings.clone());
-        Arc::new(Endpoint { meta, load: PeakEwma::new(self.ewma), health: Arc::default(), client })
+        Arc::new(Endpoint { meta, load: Arc::new(PeakEwma::new(self.ewma)), health: Arc::default(), client })
     }
 }
 
@@ -328,10 +328,11 @@ fn build(
             .and_then(|p| p.endpoints.iter().find(|e| e.meta.addr == meta.addr && e.meta.identity == meta.identity));
         match old {
             Some(e) if e.meta == *meta => e.clone(),
-            // Same connections and load, new weight or labels.
+            // Same connections and load (in-flight requests included: their
+            // guards hold the shared estimate), new weight or labels.
             Some(e) => Arc::new(Endpoint {
                 meta: meta.clone(),
-                load: clone_load(&e.load, factory.ewma),
+                load: e.load.clone(),
                 health: e.health.clone(),
                 client: e.client.clone(),
             }),
@@ -351,17 +352,40 @@ fn build(
     }
 }
 
-fn clone_load(old: &PeakEwma, config: EwmaConfig) -> PeakEwma {
-    // Pending counts belong to the old entry's in-flight guards; a fresh
-    // estimate seeded with the old cost keeps the balance steady.
-    let fresh = PeakEwma::new(config);
-    fresh.observe(old.cost(Instant::now()), Instant::now());
-    fresh
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_weight_change_keeps_in_flight_requests_and_the_estimate() {
+        let factory = EndpointFactory {
+            connector: Connector::new(Duration::from_secs(1), None),
+            settings: Arc::default(),
+            ewma: EwmaConfig::default(),
+        };
+        let addr: SocketAddr = "127.0.0.1:4000".parse().expect("addr");
+        let resolution = |weight: u32| Resolution::Service {
+            info: ServiceInfo {
+                name: "books".into(),
+                namespace: "default".into(),
+                port: 80,
+                protocol: ProtocolHint::Http1,
+            },
+            endpoints: BTreeMap::from([(addr, EndpointMeta { weight, ..passthrough_meta(addr) })]),
+        };
+        let before = build(None, &resolution(100), &factory, None);
+        let ep = before.endpoints[0].clone();
+        let slow = Instant::now();
+        ep.load.observe(Duration::from_millis(80), slow);
+        let _in_flight = [ep.load.start(), ep.load.start()];
+        let after = build(Some(&before), &resolution(10), &factory, None);
+        let moved = &after.endpoints[0];
+        assert_eq!(moved.meta.weight, 10, "the new weight applies");
+        assert_eq!(moved.load.pending(), 2, "requests in flight still count against the endpoint");
+        assert_eq!(moved.load.cost(slow), ep.load.cost(slow), "the latency estimate carries over");
+        drop(_in_flight);
+        assert_eq!(moved.load.pending(), 0, "their completion is seen by the new entry");
+    }
 
     #[test]
     fn consecutive_failures_eject_with_backoff_and_probation() {
