@@ -162,6 +162,54 @@ async fn oversized_headers_slow_and_idle_clients() {
     assert!(closed.is_ok(), "idle connection not closed");
 }
 
+/// Slowloris proper: a client that keeps trickling header bytes (one every
+/// 100 ms, so the connection is never idle) but never finishes them is cut
+/// off by `--header-read-timeout` — long before the idle timeout could. A
+/// proxy without a working header timeout keeps it open past the test's 6 s
+/// bound (checked: with the header timeout set to 20 s this test fails), and
+/// one that closes at once for another reason fails the lower bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickled_headers_are_cut_off_by_the_header_timeout_not_the_idle_timeout() {
+    let app = apps::http("web-0").await;
+    let header_timeout = Duration::from_millis(800);
+    let side = mesh::sidecar_with("web-0", app.addr, |c| {
+        c.limits.server.header_read_timeout = header_timeout;
+        c.limits.server.idle_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let addr = side.inbound_addr().unwrap();
+    let s = TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let start = std::time::Instant::now();
+    wr.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
+    let trickle = tokio::spawn(async move {
+        // Until the proxy closes (or 10 s): one more header byte every 100 ms.
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if wr.write_all(b"a").await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buf = vec![0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(6), async {
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    let elapsed = start.elapsed();
+    trickle.abort();
+    assert!(closed.is_ok(), "a client trickling headers kept the connection open for 6 s");
+    assert!(
+        elapsed >= header_timeout.mul_f32(0.9),
+        "closed after {elapsed:?}, before the header timeout of {header_timeout:?}: something else cut it"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_service_and_no_endpoints_fail_fast_with_clear_errors() {
     let mesh = Mesh::start(&[Svc::new("empty", 80, "http", &[])]).await;
