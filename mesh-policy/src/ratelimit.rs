@@ -30,9 +30,15 @@ impl TokenBucket {
 
     fn try_take_at(&self, now: Instant) -> bool {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let elapsed = now.saturating_duration_since(s.1).as_secs_f64();
-        s.0 = (s.0 + elapsed * self.rate).min(self.burst);
-        s.1 = now;
+        // Callers read the clock before taking the lock, so a thread that was
+        // preempted in between arrives with an older `now`: it must neither
+        // refill nor move the refill mark back (which would credit the same
+        // interval twice and let more than `rate` through under load).
+        if now > s.1 {
+            let elapsed = now.duration_since(s.1).as_secs_f64();
+            s.0 = (s.0 + elapsed * self.rate).min(self.burst);
+            s.1 = now;
+        }
         // Tolerate float drift in the refill sum.
         if s.0 >= 1.0 - 1e-9 {
             s.0 -= 1.0;
@@ -62,5 +68,18 @@ mod tests {
             }
         }
         assert_eq!(granted, 10, "10/s over one second");
+    }
+
+    #[test]
+    fn a_late_caller_with_an_older_clock_reading_mints_nothing() {
+        let b = TokenBucket::new(10.0, 1);
+        let t = Instant::now();
+        assert!(b.try_take_at(t));
+        assert!(b.try_take_at(t + Duration::from_secs(1)), "refilled");
+        assert!(!b.try_take_at(t + Duration::from_millis(500)), "an older reading finds the bucket empty");
+        // 50 ms after the last refill: half a token, not the 5.5 a mark moved
+        // back to t + 500 ms would credit.
+        assert!(!b.try_take_at(t + Duration::from_millis(1050)));
+        assert!(b.try_take_at(t + Duration::from_millis(1100)));
     }
 }

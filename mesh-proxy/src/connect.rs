@@ -2,8 +2,8 @@
 //! the endpoint is meshed (discovery gave it an identity) and this proxy
 //! has one.
 
-use crate::handshakes::Handshakes;
 use crate::metrics::Direction;
+use crate::metrics::handshakes::Handshakes;
 use crate::tls::{ClientIo, MeshProtocol, MeshTls};
 use mesh_identity::tls::ServerName;
 use std::io;

@@ -23,7 +23,6 @@ mod connect;
 mod detect;
 mod discovery;
 mod drain;
-mod handshakes;
 mod http;
 mod identity;
 mod inbound;

@@ -8,7 +8,7 @@
 //! The inbound accept (`conn.rs`) and the outbound connector (`connect.rs`)
 //! each call [`Handshakes::record`] once a handshake has completed.
 
-use crate::metrics::Direction;
+use super::Direction;
 use mesh_identity::tls::Handshake;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

@@ -4,6 +4,8 @@
 //! configured with or discovered, status codes. Handles for fixed label sets
 //! are resolved once per connection, not once per request.
 
+pub mod handshakes;
+
 use crate::io::ByteCounters;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -166,7 +168,7 @@ pub struct Families {
     route_events: Family<RouteEventLabels, Counter>,
     authz: Family<AuthzLabels, Counter>,
     /// Completed mTLS handshakes (`tls_handshakes_total`).
-    pub handshakes: crate::handshakes::Handshakes,
+    pub handshakes: handshakes::Handshakes,
 }
 
 /// Labels of a refused connection.
@@ -197,7 +199,7 @@ impl Default for Families {
             route_requests: Family::default(),
             route_events: Family::default(),
             authz: Family::default(),
-            handshakes: crate::handshakes::Handshakes::default(),
+            handshakes: handshakes::Handshakes::default(),
         }
     }
 }
