@@ -133,6 +133,7 @@ async fn handle(mut stream: TcpStream, ctx: Context, route: Route) {
                 // A ticket whose client certificate no longer verifies (expired, retired anchor).
                 tracing::info!(error = %e, "resumed mesh TLS session refused");
                 ctx.metrics.refused(&route.labels, "tls_resumption");
+                ctx.metrics.handshakes.refused(crate::metrics::Direction::inbound);
                 return;
             }
             Ok(Err(e)) => {

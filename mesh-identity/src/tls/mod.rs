@@ -190,8 +190,9 @@ impl Credentials {
             .with_custom_certificate_verifier(verifier.clone())
             .with_client_cert_resolver(Arc::new(LeafResolver::new(self.clone())));
         c.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
-        c.resumption = rustls::client::Resumption::in_memory_sessions(32);
-        Ok(MeshClientConfig::verified(Arc::new(c), verifier))
+        let sessions = Arc::new(rustls::client::ClientSessionMemoryCache::new(32));
+        c.resumption = rustls::client::Resumption::store(sessions.clone());
+        Ok(MeshClientConfig::verified(Arc::new(c), verifier, sessions))
     }
 }
 

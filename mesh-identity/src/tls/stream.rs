@@ -5,6 +5,7 @@
 use super::verify::{ClientVerifier, ServerVerifier};
 use super::{TlsError, peer_identity};
 use rustls::client::danger::ServerCertVerifier;
+use rustls::client::{ClientSessionMemoryCache, ClientSessionStore};
 use rustls::server::danger::ClientCertVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
@@ -45,11 +46,16 @@ impl From<Arc<ServerConfig>> for MeshServerConfig {
 pub struct MeshClientConfig {
     config: Arc<ClientConfig>,
     verifier: Option<Arc<ServerVerifier>>,
+    sessions: Option<Arc<ClientSessionMemoryCache>>,
 }
 
 impl MeshClientConfig {
-    pub(super) fn verified(config: Arc<ClientConfig>, verifier: Arc<ServerVerifier>) -> Self {
-        Self { config, verifier: Some(verifier) }
+    pub(super) fn verified(
+        config: Arc<ClientConfig>,
+        verifier: Arc<ServerVerifier>,
+        sessions: Arc<ClientSessionMemoryCache>,
+    ) -> Self {
+        Self { config, verifier: Some(verifier), sessions: Some(sessions) }
     }
 
     /// The rustls configuration.
@@ -60,13 +66,19 @@ impl MeshClientConfig {
 
 impl From<Arc<ClientConfig>> for MeshClientConfig {
     fn from(config: Arc<ClientConfig>) -> Self {
-        Self { config, verifier: None }
+        Self { config, verifier: None, sessions: None }
     }
 }
 
 /// A resumed TLS session whose peer certificate (restored from the session
 /// ticket) no longer verifies now: expired, or no longer chained to the
 /// trust bundle. The connection is closed; the peer must do a full handshake.
+///
+/// A client that gets this from [`connect`] has dropped every session it
+/// kept for that server: connecting again does a full handshake. (A server
+/// may renew its certificate while it resumes a session and then hand out
+/// tickets that still carry the old one, so a client can meet this from
+/// an honest server.)
 #[derive(Debug, thiserror::Error)]
 #[error("resumed TLS session refused: the peer's certificate from the ticket no longer verifies: {0}")]
 pub struct ResumptionRefused(pub String);
@@ -130,6 +142,10 @@ where
         };
         if let Err(reason) = checked {
             tracing::info!(%reason, "resumed TLS session with the server refused");
+            // The other tickets for this server may carry the same chain.
+            if let Some(sessions) = &config.sessions {
+                while sessions.take_tls13_ticket(&server).is_some() {}
+            }
             let _ = stream.shutdown().await;
             return Err(ResumptionRefused::error(reason));
         }
