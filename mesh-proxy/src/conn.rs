@@ -129,6 +129,13 @@ async fn handle(mut stream: TcpStream, ctx: Context, route: Route) {
         let accept = mesh_identity::tls::accept(tls.server_config(), io);
         let stream = match tokio::time::timeout(ctx.limits.tls_handshake_timeout, accept).await {
             Ok(Ok(s)) => s,
+            Ok(Err(e)) if mesh_identity::tls::ResumptionRefused::is(&e) => {
+                // A ticket whose client certificate no longer verifies (expired, retired anchor).
+                tracing::info!(error = %e, "resumed mesh TLS session refused");
+                ctx.metrics.refused(&route.labels, "tls_resumption");
+                ctx.metrics.handshakes.refused(crate::metrics::Direction::inbound);
+                return;
+            }
             Ok(Err(e)) => {
                 tracing::info!(error = %e, "mesh TLS handshake refused");
                 ctx.metrics.refused(&route.labels, "tls_handshake");

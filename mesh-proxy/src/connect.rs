@@ -45,6 +45,27 @@ impl Connector {
         identity: Option<&str>,
         protocol: MeshProtocol,
     ) -> io::Result<ClientIo> {
+        match self.connect_once(addr, identity, protocol).await {
+            // A resumed session whose server certificate no longer verifies
+            // (the server renewed while handing out tickets that carry its
+            // old one): the sessions for it are gone, so this is a full handshake.
+            Err(e) if mesh_identity::tls::ResumptionRefused::is(&e) => {
+                tracing::info!(%addr, error = %e, "resumed session refused; connecting again with a full handshake");
+                if let Some(h) = &self.handshakes {
+                    h.refused(Direction::outbound);
+                }
+                self.connect_once(addr, identity, protocol).await
+            }
+            r => r,
+        }
+    }
+
+    async fn connect_once(
+        &self,
+        addr: SocketAddr,
+        identity: Option<&str>,
+        protocol: MeshProtocol,
+    ) -> io::Result<ClientIo> {
         let stream = tokio::time::timeout(self.timeout, TcpStream::connect(addr)).await.map_err(|_| {
             io::Error::new(io::ErrorKind::TimedOut, format!("connect timed out after {:?}", self.timeout))
         })??;
@@ -60,7 +81,11 @@ impl Connector {
         let tls = tokio::time::timeout(self.timeout.max(Duration::from_secs(3)), handshake)
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))?
-            .map_err(|e| io::Error::new(e.kind(), format!("TLS handshake with {identity}: {e}")))?;
+            .map_err(|e| match e.get_ref() {
+                // Keep the error's type: the caller tells refused resumptions apart.
+                Some(inner) if inner.is::<mesh_identity::tls::ResumptionRefused>() => e,
+                _ => io::Error::new(e.kind(), format!("TLS handshake with {identity}: {e}")),
+            })?;
         if let Some(h) = &self.handshakes {
             h.record(Direction::outbound, &mesh_identity::tls::client_handshake(&tls));
         }

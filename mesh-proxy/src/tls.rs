@@ -3,7 +3,8 @@
 //! share.
 
 use mesh_identity::tls::{
-    ALPN_HTTP1, ALPN_HTTP2, ALPN_OPAQUE, ClientConfig, ClientStream, Credentials, MESH_ALPNS, ServerConfig, TlsError,
+    ALPN_HTTP1, ALPN_HTTP2, ALPN_OPAQUE, ClientStream, Credentials, MESH_ALPNS, MeshClientConfig, MeshServerConfig,
+    TlsError,
 };
 use std::collections::HashMap;
 use std::io;
@@ -45,30 +46,44 @@ impl MeshProtocol {
 #[derive(Debug)]
 pub struct MeshTls {
     creds: Arc<Credentials>,
-    clients: Mutex<HashMap<(String, MeshProtocol), Arc<ClientConfig>>>,
-    server: Arc<ServerConfig>,
+    clients: Mutex<Clients>,
+    server: MeshServerConfig,
+}
+
+/// Client configurations (each with its own TLS session cache) by expected
+/// identity and protocol, for one generation of the credentials: a new
+/// bundle or leaf drops them all, so no session resumes across a change.
+#[derive(Debug, Default)]
+struct Clients {
+    generation: u64,
+    configs: HashMap<(String, MeshProtocol), MeshClientConfig>,
 }
 
 impl MeshTls {
     /// TLS over `creds`.
     pub fn new(creds: Arc<Credentials>) -> Result<Arc<Self>, TlsError> {
         let server = creds.server_config(true, &MESH_ALPNS)?;
-        Ok(Arc::new(Self { creds, clients: Mutex::new(HashMap::new()), server }))
+        let clients = Mutex::new(Clients { generation: creds.generation(), configs: HashMap::new() });
+        Ok(Arc::new(Self { creds, clients, server }))
     }
 
     /// The inbound server configuration (client certificates required).
-    pub fn server_config(&self) -> Arc<ServerConfig> {
+    pub fn server_config(&self) -> MeshServerConfig {
         self.server.clone()
     }
 
     /// A client configuration expecting `identity`, offering `protocol`.
-    pub fn client_config(&self, identity: &str, protocol: MeshProtocol) -> Result<Arc<ClientConfig>, TlsError> {
+    pub fn client_config(&self, identity: &str, protocol: MeshProtocol) -> Result<MeshClientConfig, TlsError> {
         let mut cache = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = cache.get(&(identity.to_string(), protocol)) {
+        let generation = self.creds.generation();
+        if cache.generation != generation {
+            *cache = Clients { generation, configs: HashMap::new() };
+        }
+        if let Some(c) = cache.configs.get(&(identity.to_string(), protocol)) {
             return Ok(c.clone());
         }
         let c = self.creds.client_config(identity, &[protocol.alpn()])?;
-        cache.insert((identity.to_string(), protocol), c.clone());
+        cache.configs.insert((identity.to_string(), protocol), c.clone());
         Ok(c)
     }
 }

@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 use mesh_identity::ca::{self, IssuerCa};
-use mesh_identity::tls::{ALPN_HTTP1, Credentials, PrivateKeyDer, ServerName};
+use mesh_identity::tls::{ALPN_HTTP1, Credentials, MeshClientConfig, PrivateKeyDer, ServerName};
 use mesh_identity::{SpiffeId, pem};
 use mesh_tests::apps;
 use mesh_tests::load::Load;
@@ -105,19 +105,53 @@ async fn sidecars_speak_mtls_and_the_wire_carries_no_plaintext() {
 
 /// Runs an mTLS handshake to `addr` as a client holding `creds`.
 async fn handshake(addr: SocketAddr, creds: &Arc<Credentials>, expect: &str) -> Result<(), String> {
-    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let cfg = creds.client_config(expect, &[ALPN_HTTP1]).map_err(|e| e.to_string())?;
+    request(addr, &cfg).await.map(drop)
+}
+
+/// What one request over a new mTLS connection saw.
+#[derive(Debug)]
+struct Probe {
+    /// The session was resumed with a ticket from an earlier connection.
+    resumed: bool,
+    /// The server's certificate (leaf first), as this client saw it.
+    server_chain: Vec<mesh_identity::tls::CertificateDer<'static>>,
+}
+
+/// One request over a new mTLS connection to `addr` with `cfg` (whose
+/// session cache persists between calls, so later calls resume).
+async fn request(addr: SocketAddr, cfg: &MeshClientConfig) -> Result<Probe, String> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let name = ServerName::IpAddress(addr.ip().into());
-    let mut tls = mesh_identity::tls::connect(cfg, name, tcp).await.map_err(|e| e.to_string())?;
+    let mut tls = mesh_identity::tls::connect(cfg.clone(), name, tcp).await.map_err(|e| e.to_string())?;
+    let resumed = mesh_identity::tls::client_handshake(&tls).resumed;
+    let server_chain = tls.get_ref().1.peer_certificates().map(<[_]>::to_vec).unwrap_or_default();
     // TLS 1.3 client auth failures surface on the first read.
     tls.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     tls.read_to_end(&mut out).await.map_err(|e| e.to_string())?;
     if out.starts_with(b"HTTP/1.1 200") {
-        Ok(())
+        Ok(Probe { resumed, server_chain })
     } else {
         Err(format!("no response: {}", String::from_utf8_lossy(&out)))
     }
+}
+
+/// `tls_handshakes_total` of `direction` with `resumed` ("true"/"false").
+fn handshakes(m: &str, direction: &str, resumed: &str) -> f64 {
+    let (d, r) = (format!("direction=\"{direction}\""), format!("resumed=\"{resumed}\""));
+    mesh::metric_sum(m, &["tls_handshakes_total", &d, &r])
+}
+
+/// `tcp_refused_total` with `reason`.
+fn refused(m: &str, reason: &str) -> f64 {
+    mesh::metric_sum(m, &["tcp_refused_total", &format!("reason=\"{reason}\"")])
+}
+
+/// The end of validity of a certificate, in seconds since the epoch.
+fn not_after(cert: &mesh_identity::tls::CertificateDer<'_>) -> u64 {
+    let info = pem::CertInfo::parse(cert).unwrap();
+    info.not_after.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
 
 fn creds_from(anchors: &[&str], issuer: &IssuerCa, sa: &str, ttl: Duration) -> Arc<Credentials> {
@@ -189,6 +223,50 @@ async fn refuses_foreign_expired_impostor_and_plaintext_peers() {
     assert!(mesh::metric_sum(&m, &["tcp_refused_total", "reason=\"tls_handshake\""]) >= 2.0, "{m}");
 }
 
+/// Session resumption does not outlive the certificate: a client that
+/// cannot renew (its certificate simply runs out) keeps reconnecting with
+/// tickets, and is refused at its first connection after expiry although it
+/// presents a ticket (rustls restores the chain from the ticket without
+/// verifying it; the proxy must verify it again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_client_cannot_keep_its_identity_by_resuming() {
+    let mesh = Mesh::start_secure(&[], HOUR).await;
+    let app = apps::http("web-0").await;
+    let side = mesh.sidecar("web-0", "web", app.addr).await;
+    mesh::wait_ready(&side).await;
+    let inbound = side.inbound_addr().unwrap();
+    let dir = mesh.identity_dir().unwrap();
+    let ours_pem = std::fs::read_to_string(dir.path().join("trust-anchors.pem")).unwrap();
+    let material = dir.load().unwrap();
+    let ttl = Duration::from_secs(3);
+    let client = creds_from(&[&ours_pem], &material.issuer, "frontend", ttl);
+    let expires = client.leaf_info().unwrap().not_after;
+    let cfg = client.client_config("spiffe://mesh.test/ns/default/sa/web", &[ALPN_HTTP1]).unwrap();
+
+    // New connections while the certificate is valid: they succeed, and
+    // (after the first) resume with tickets.
+    let (mut ok, mut resumed) = (0, 0);
+    while std::time::SystemTime::now() + Duration::from_millis(500) < expires {
+        let p = request(inbound, &cfg).await.expect("a valid client is served");
+        ok += 1;
+        resumed += usize::from(p.resumed);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok >= 2 && resumed >= 1, "the client must have resumed before expiry: {ok} ok, {resumed} resumed");
+    let m = metrics(&side).await;
+    assert!(handshakes(&m, "inbound", "true") >= 1.0, "the server must have counted resumptions:\n{m}");
+    assert_eq!(refused(&m, "tls_resumption"), 0.0, "{m}");
+
+    // Past expiry (certificate times have one-second resolution), the next
+    // connection still presents a ticket, and is refused.
+    let past = expires + Duration::from_millis(1100);
+    tokio::time::sleep(past.duration_since(std::time::SystemTime::now()).unwrap_or_default()).await;
+    let e = request(inbound, &cfg).await.expect_err("an expired client kept its identity through resumption");
+    let m = metrics(&side).await;
+    assert!(refused(&m, "tls_resumption") >= 1.0, "refused as a resumption (it presented a ticket): {e}\n{m}");
+    assert!(handshakes(&m, "inbound", "refused") >= 1.0, "{m}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permissive_ports_accept_plaintext_labelled_as_such() {
     let mesh = Mesh::start_secure(&[], HOUR).await;
@@ -216,20 +294,77 @@ async fn refreshes(p: &mesh_proxy::Proxy) -> f64 {
 
 /// A secure mesh with one web replica and a client, under load.
 async fn secure_pair(ttl: Duration) -> (Mesh, apps::App, mesh_proxy::Proxy, mesh_proxy::Proxy) {
+    secure_pair_with(ttl, |_| {}).await
+}
+
+async fn secure_pair_with(
+    ttl: Duration,
+    f: impl FnOnce(&mut mesh_proxy::config::Config),
+) -> (Mesh, apps::App, mesh_proxy::Proxy, mesh_proxy::Proxy) {
     let mesh = Mesh::start_secure(&[], ttl).await;
     let app = apps::http("web-0").await;
     let side = mesh.sidecar("web-0", "web", app.addr).await;
     mesh.write_registry(&[Svc::new("web", 80, "http", &[side.inbound_addr().unwrap()])]);
-    let client = mesh.client("client", "frontend", &["web.default:80"]).await;
+    let client = mesh.client_with("client", "frontend", &["web.default:80"], f).await;
     mesh::wait_ready(&side).await;
     mesh::wait_ready(&client).await;
     mesh::wait_resolved(&client, 1).await;
     (mesh, app, side, client)
 }
 
+/// A client proxy that opens a new connection to the server for every
+/// request (no idle connections kept), so handshakes keep happening.
+fn new_connection_per_request(c: &mut mesh_proxy::config::Config) {
+    c.limits.client.max_idle = 0;
+}
+
+/// What rotation must show: full handshakes with new certificates.
+#[derive(Debug, Clone, Copy)]
+struct Presented {
+    /// The server's full inbound handshakes so far.
+    server_full: f64,
+    /// The client proxy's certificate expiry, as it exposes it.
+    client_expiry: f64,
+    /// The expiry of the certificate the server presents in a full handshake.
+    server_expiry: u64,
+}
+
+async fn presented(side: &mesh_proxy::Proxy, client: &mesh_proxy::Proxy, probe: &Arc<Credentials>) -> Presented {
+    // A fresh configuration: no session to resume, a full handshake.
+    let cfg = probe.client_config("spiffe://mesh.test/ns/default/sa/web", &[ALPN_HTTP1]).unwrap();
+    let p = request(side.inbound_addr().unwrap(), &cfg).await.expect("probe");
+    assert!(!p.resumed);
+    let server_full = handshakes(&metrics(side).await, "inbound", "false");
+    let client_expiry = mesh::metric_sum(&metrics(client).await, &["identity_cert_expiration_timestamp_seconds"]);
+    Presented { server_full, client_expiry, server_expiry: not_after(&p.server_chain[0]) }
+}
+
+/// Rotation really happened on the wire: between `before` and `after` the
+/// server did full handshakes (new certificates cannot arrive in resumed
+/// sessions) and both ends moved on to certificates that live longer.
+fn assert_rotated(before: Presented, after: Presented, rotations: f64) {
+    // Each renewal (of either end) ends resumption of earlier sessions.
+    assert!(
+        after.server_full - before.server_full >= rotations,
+        "expected at least {rotations} full handshakes with new certificates: {before:?} → {after:?}"
+    );
+    assert!(
+        after.client_expiry >= before.client_expiry + rotations,
+        "client certificate not renewed: {before:?} → {after:?}"
+    );
+    assert!(
+        after.server_expiry as f64 >= before.server_expiry as f64 + rotations,
+        "server presents no newer certificate: {before:?} → {after:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_rotate_every_few_seconds_without_a_failed_request() {
-    let (_mesh, _app, side, client) = secure_pair(Duration::from_secs(3)).await;
+    let (mesh, _app, side, client) = secure_pair_with(Duration::from_secs(3), new_connection_per_request).await;
+    let dir = mesh.identity_dir().unwrap();
+    let anchors = std::fs::read_to_string(dir.path().join("trust-anchors.pem")).unwrap();
+    let probe = creds_from(&[&anchors], &dir.load().unwrap().issuer, "frontend", HOUR);
+    let before = presented(&side, &client, &probe).await;
     // Fresh connections keep handshaking with whatever certificate is current.
     let load = Load::start(&format!("http://{}/", client.upstream_addrs()[0]), 4, false);
     let fresh = tokio::spawn({
@@ -257,13 +392,21 @@ async fn certificates_rotate_every_few_seconds_without_a_failed_request() {
         let n = refreshes(p).await;
         assert!(n >= 6.0, "expected at least five rotations after the first certificate, saw {n} issues");
     }
+    let m = metrics(&side).await;
+    assert!(handshakes(&m, "inbound", "true") >= 1.0, "sessions resume between renewals:\n{m}");
+    assert_rotated(before, presented(&side, &client, &probe).await, 4.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_trust_anchor_rotation_under_load() {
     let ttl = Duration::from_secs(3);
-    let (mesh, _app, side, client) = secure_pair(ttl).await;
+    let (mesh, _app, side, client) = secure_pair_with(ttl, new_connection_per_request).await;
     let dir = mesh.identity_dir().unwrap().clone();
+    let old_issuer = dir.load().unwrap().issuer;
+    let inbound = side.inbound_addr().unwrap();
+    let web = "spiffe://mesh.test/ns/default/sa/web";
+    let old_anchor = std::fs::read_to_string(dir.path().join("trust-anchors.pem")).unwrap();
+    let before = presented(&side, &client, &creds_from(&[&old_anchor], &old_issuer, "frontend", HOUR)).await;
     let load = Load::start(&format!("http://{}/", client.upstream_addrs()[0]), 4, false);
     let anchors = |p: &mesh_proxy::Proxy| {
         let addr = p.admin_addr();
@@ -282,6 +425,20 @@ async fn full_trust_anchor_rotation_under_load() {
     // 2. A new issuer under the new anchor; leaves move over as they renew.
     dir.rotate_issuer(mesh_identity::dir::ISSUER_VALIDITY).unwrap();
     tokio::time::sleep(ttl * 2 + Duration::from_secs(1)).await;
+    // A client that never renews: its leaf is under the old anchor (it
+    // trusts both), and it holds a session ticket from just now.
+    let both = std::fs::read_to_string(dir.path().join("trust-anchors.pem")).unwrap();
+    let stale = creds_from(&[&both], &old_issuer, "frontend", HOUR);
+    let stale_cfg = stale.client_config(web, &[ALPN_HTTP1]).unwrap();
+    request(inbound, &stale_cfg).await.expect("both anchors are trusted");
+    let mut ticket = false;
+    for _ in 0..10 {
+        if request(inbound, &stale_cfg).await.expect("both anchors are trusted").resumed {
+            ticket = true;
+            break;
+        }
+    }
+    assert!(ticket, "the stale client must hold a ticket when the anchor is retired");
     // 3. Retire the old anchor.
     assert_eq!(dir.retire_anchors().unwrap(), 1);
     for p in [&side, &client] {
@@ -290,7 +447,14 @@ async fn full_trust_anchor_rotation_under_load() {
             "bundle not pushed"
         );
     }
+    // The client under the retired anchor is refused, ticket or not.
+    let m = metrics(&side).await;
+    let refusals = refused(&m, "tls_resumption") + refused(&m, "tls_handshake");
+    let e = request(inbound, &stale_cfg).await.expect_err("a leaf under the retired anchor kept its identity");
+    let m = metrics(&side).await;
+    assert!(refused(&m, "tls_resumption") + refused(&m, "tls_handshake") > refusals, "{e}\n{m}");
     // Traffic keeps flowing on new connections under the new anchor alone.
+    let full = handshakes(&metrics(&side).await, "inbound", "false");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let ok = tokio::process::Command::new("curl")
         .args(["-sf", "-m", "5", "-o", "/dev/null", &format!("http://{}/", client.upstream_addrs()[0])])
@@ -301,6 +465,14 @@ async fn full_trust_anchor_rotation_under_load() {
     let out = load.stop().await;
     assert!(out.ok > 100);
     assert_eq!(out.failed, 0, "{:?}", out.errors);
+    let m = metrics(&side).await;
+    assert!(handshakes(&m, "inbound", "false") > full, "no full handshake under the new anchor alone:\n{m}");
+    // Both ends present leaves under the new anchor: a probe trusting
+    // only it does a full handshake with the server.
+    let new_anchor = std::fs::read_to_string(dir.path().join("trust-anchors.pem")).unwrap();
+    let after =
+        presented(&side, &client, &creds_from(&[&new_anchor], &dir.load().unwrap().issuer, "frontend", HOUR)).await;
+    assert_rotated(before, after, 3.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,6 +15,7 @@
 //! here, so no other crate depends on rustls directly.
 
 mod stream;
+mod tickets;
 mod verify;
 
 use crate::pem::CertInfo;
@@ -23,14 +24,17 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::sign::CertifiedKey;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 pub use rustls::{ClientConfig, ServerConfig};
 pub use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 pub use stream::{
-    Accepted, ClientStream, Handshake, ServerStream, accept, client_handshake, connect, server_name, web_client_config,
+    Accepted, ClientStream, Handshake, MeshClientConfig, MeshServerConfig, ResumptionRefused, ServerStream, accept,
+    client_handshake, connect, server_name, web_client_config,
 };
+pub use tickets::MAX_TICKET_LIFETIME;
 pub use verify::{ClientVerifier, LeafResolver, ServerVerifier};
 
 /// ALPN a client proxy offers for HTTP/1 carried between proxies.
@@ -73,6 +77,9 @@ pub struct Credentials {
     bundle: RwLock<Arc<Bundle>>,
     leaf: RwLock<Option<Arc<CertifiedKey>>>,
     leaf_info: RwLock<Option<CertInfo>>,
+    /// Bumped by every change of bundle or leaf: what resumption state
+    /// (ticket keys, client session caches) is keyed by.
+    generation: AtomicU64,
 }
 
 impl Credentials {
@@ -85,6 +92,7 @@ impl Credentials {
             bundle: RwLock::new(Arc::new(bundle)),
             leaf: RwLock::new(None),
             leaf_info: RwLock::new(None),
+            generation: AtomicU64::new(0),
         }))
     }
 
@@ -92,6 +100,7 @@ impl Credentials {
     pub fn set_bundle(&self, anchors: Vec<CertificateDer<'static>>) -> Result<(), TlsError> {
         let bundle = make_bundle(&self.provider, anchors)?;
         *self.bundle.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(bundle);
+        self.generation.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 
@@ -110,6 +119,7 @@ impl Credentials {
         ck.keys_match().map_err(|e| TlsError::Leaf(format!("key does not match certificate: {e}")))?;
         *self.leaf.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(ck));
         *self.leaf_info.write().unwrap_or_else(|p| p.into_inner()) = Some(info);
+        self.generation.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 
@@ -128,6 +138,13 @@ impl Credentials {
         self.leaf_info().is_some_and(|i| SystemTime::now() < i.not_after)
     }
 
+    /// Changes with every new bundle or leaf. Resumption state is tied to
+    /// one generation: a TLS session resumed across a change would carry
+    /// credentials verified under the previous ones.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
     /// The crypto provider.
     pub fn provider(&self) -> &Arc<CryptoProvider> {
         &self.provider
@@ -135,34 +152,47 @@ impl Credentials {
 
     /// A server configuration: presents the current leaf; clients must
     /// present a certificate from the bundle when `require_client_cert`.
+    ///
+    /// Sessions resume from stateless tickets whose keys change with the
+    /// credentials' [generation](Self::generation) and live at most
+    /// [`MAX_TICKET_LIFETIME`]; [`accept`] verifies the client chain of
+    /// every resumed session again, against the bundle and clock of now.
     pub fn server_config(
         self: &Arc<Self>,
         require_client_cert: bool,
         alpn: &[&[u8]],
-    ) -> Result<Arc<ServerConfig>, TlsError> {
+    ) -> Result<MeshServerConfig, TlsError> {
+        let verifier = Arc::new(ClientVerifier::new(self.clone(), require_client_cert));
         let mut c = ServerConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_client_cert_verifier(Arc::new(ClientVerifier::new(self.clone(), require_client_cert)))
+            .with_client_cert_verifier(verifier.clone())
             .with_cert_resolver(Arc::new(LeafResolver::new(self.clone())));
         c.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
         // Stateless resumption: reconnecting peers skip the full handshake.
-        if let Ok(t) = rustls::crypto::aws_lc_rs::Ticketer::new() {
-            c.ticketer = t;
-        }
-        Ok(Arc::new(c))
+        c.ticketer = Arc::new(tickets::Tickets::new(self.clone())?);
+        Ok(MeshServerConfig::verified(Arc::new(c), verifier))
     }
 
     /// A client configuration that accepts only a server presenting
     /// `expected` (a SPIFFE ID) chained to the bundle, and presents the
     /// current leaf when it has one.
-    pub fn client_config(self: &Arc<Self>, expected: &str, alpn: &[&[u8]]) -> Result<Arc<ClientConfig>, TlsError> {
+    ///
+    /// Each configuration has its own session cache (rustls resumes only
+    /// with the verifier a session was verified by), so a session is reused
+    /// only for the same expected identity; [`connect`] verifies the server
+    /// chain of every resumed session again. Callers that cache
+    /// configurations should key them by [generation](Self::generation) too.
+    pub fn client_config(self: &Arc<Self>, expected: &str, alpn: &[&[u8]]) -> Result<MeshClientConfig, TlsError> {
+        let verifier = Arc::new(ServerVerifier::new(self.clone(), expected));
         let mut c = ClientConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(ServerVerifier::new(self.clone(), expected)))
+            .with_custom_certificate_verifier(verifier.clone())
             .with_client_cert_resolver(Arc::new(LeafResolver::new(self.clone())));
         c.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
-        Ok(Arc::new(c))
+        let sessions = Arc::new(rustls::client::ClientSessionMemoryCache::new(32));
+        c.resumption = rustls::client::Resumption::store(sessions.clone());
+        Ok(MeshClientConfig::verified(Arc::new(c), verifier, sessions))
     }
 }
 

@@ -163,3 +163,153 @@ fn web_client_configs_need_a_root() {
     let p = pki();
     assert!(web_client_config(certs(&p.anchor.cert_pem).expect("pem")).is_ok());
 }
+
+/// One connection with configurations that persist between connections (so
+/// the client can resume with a ticket from an earlier one). The server
+/// writes a byte the client reads, so the client receives its tickets.
+/// Returns how each side's handshake went, or its error.
+async fn session(
+    server: &MeshServerConfig,
+    client: &MeshClientConfig,
+) -> (Result<Handshake, std::io::Error>, Result<(Handshake, Option<String>), std::io::Error>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let name = server_name("127.0.0.1").expect("name");
+    let serve = async {
+        let s = accept(server.clone(), b).await?;
+        let seen = (s.handshake(), s.peer_id().map(str::to_string));
+        let (mut s, _) = s.into_parts();
+        s.write_all(b"!").await?;
+        s.flush().await?;
+        let _ = s.read(&mut [0u8; 1]).await;
+        Ok(seen)
+    };
+    let dial = async {
+        let mut c = connect(client.clone(), name, a).await?;
+        let h = client_handshake(&c);
+        let mut byte = [0u8; 1];
+        c.read_exact(&mut byte).await?;
+        let _ = c.shutdown().await;
+        Ok(h)
+    };
+    tokio::join!(dial, serve)
+}
+
+const BOOKS: &str = "spiffe://mesh.local/ns/default/sa/books";
+
+/// Waits until a certificate of `ttl` issued at `issued` has expired
+/// (certificate times have one-second resolution).
+async fn outlive(issued: std::time::Instant, ttl: Duration) {
+    let until = issued + ttl + Duration::from_millis(1100);
+    tokio::time::sleep(until.saturating_duration_since(std::time::Instant::now())).await;
+}
+
+#[tokio::test]
+async fn sessions_resume_from_tickets() {
+    let p = pki();
+    let server = creds(&p, &[&p], "books", DAY);
+    let client = creds(&p, &[&p], "web", DAY);
+    let (sc, cc) =
+        (server.server_config(true, &[ALPN_HTTP2]).expect("s"), client.client_config(BOOKS, &[ALPN_HTTP2]).expect("c"));
+    let (c, s) = session(&sc, &cc).await;
+    assert!(!c.expect("first").resumed, "the first connection is a full handshake");
+    assert!(!s.expect("first").0.resumed);
+    let (c, s) = session(&sc, &cc).await;
+    assert!(c.expect("second").resumed, "the second connection resumes with a ticket");
+    let (h, peer) = s.expect("second");
+    assert!(h.resumed);
+    assert_eq!(peer.as_deref(), Some("spiffe://mesh.local/ns/default/sa/web"), "identity restored from the ticket");
+}
+
+/// The bug: rustls restores the client chain from the ticket and never
+/// verifies it again, so an expired client kept its identity by resuming.
+#[tokio::test]
+async fn a_client_whose_certificate_expired_cannot_resume() {
+    let p = pki();
+    let server = creds(&p, &[&p], "books", DAY);
+    let ttl = Duration::from_secs(2);
+    let issued = std::time::Instant::now();
+    let client = creds(&p, &[&p], "web", ttl);
+    let (sc, cc) =
+        (server.server_config(true, &[ALPN_HTTP2]).expect("s"), client.client_config(BOOKS, &[ALPN_HTTP2]).expect("c"));
+    session(&sc, &cc).await.1.expect("full handshake");
+    let (c, _) = session(&sc, &cc).await;
+    assert!(c.expect("resumed while valid").resumed, "the test must exercise resumption");
+    outlive(issued, ttl).await;
+    assert!(!client.has_valid_leaf());
+    let (_, s) = session(&sc, &cc).await;
+    let e = s.expect_err("an expired client must be refused, ticket or not");
+    assert!(ResumptionRefused::is(&e), "refused as a resumed session: {e}");
+    assert!(e.to_string().contains("certificate expired"), "{e}");
+}
+
+/// Retiring an anchor: a client with a leaf under it is refused even with a
+/// ticket issued while the anchor was trusted.
+#[tokio::test]
+async fn a_client_under_a_retired_anchor_cannot_resume() {
+    let old = pki();
+    let new = pki();
+    let server = creds(&new, &[&old, &new], "books", DAY);
+    let client = creds(&old, &[&old, &new], "web", DAY);
+    let (sc, cc) =
+        (server.server_config(true, &[ALPN_HTTP2]).expect("s"), client.client_config(BOOKS, &[ALPN_HTTP2]).expect("c"));
+    session(&sc, &cc).await.1.expect("full handshake");
+    assert!(session(&sc, &cc).await.0.expect("resumed").resumed, "the test must exercise resumption");
+    server.set_bundle(certs(&new.anchor.cert_pem).expect("pem")).expect("bundle");
+    let (_, s) = session(&sc, &cc).await;
+    assert!(s.is_err(), "a leaf under a retired anchor must be refused, ticket or not");
+}
+
+/// The client side: a resumed session whose server certificate (from the
+/// client's session cache) has expired is refused.
+#[tokio::test]
+async fn a_server_whose_certificate_expired_is_not_resumed() {
+    let p = pki();
+    let ttl = Duration::from_secs(2);
+    let issued = std::time::Instant::now();
+    let server = creds(&p, &[&p], "books", ttl);
+    let client = creds(&p, &[&p], "web", DAY);
+    let (sc, cc) =
+        (server.server_config(true, &[ALPN_HTTP2]).expect("s"), client.client_config(BOOKS, &[ALPN_HTTP2]).expect("c"));
+    session(&sc, &cc).await.0.expect("full handshake");
+    assert!(session(&sc, &cc).await.0.expect("resumed").resumed, "the test must exercise resumption");
+    outlive(issued, ttl).await;
+    let (c, _) = session(&sc, &cc).await;
+    let e = c.expect_err("an expired server must be refused, ticket or not");
+    assert!(e.to_string().contains("certificate expired"), "{e}");
+}
+
+/// A session cached for one expected identity is never used for another at
+/// the same address (a regression guard: rustls resumes only with the
+/// verifier that verified the session, and each configuration has its own).
+#[tokio::test]
+async fn sessions_are_not_shared_between_expected_identities() {
+    let p = pki();
+    let server = creds(&p, &[&p], "books", DAY);
+    let client = creds(&p, &[&p], "web", DAY);
+    let sc = server.server_config(true, &[ALPN_HTTP2]).expect("s");
+    let books = client.client_config(BOOKS, &[ALPN_HTTP2]).expect("c");
+    session(&sc, &books).await.0.expect("full handshake");
+    assert!(session(&sc, &books).await.0.expect("resumed").resumed);
+    let authors = client.client_config("spiffe://mesh.local/ns/default/sa/authors", &[ALPN_HTTP2]).expect("c");
+    let e = session(&sc, &authors).await.0.expect_err("another expected identity needs a full handshake");
+    assert!(e.to_string().contains("IdentityMismatch"), "{e}");
+}
+
+/// Ticket keys change with the credentials: a ticket issued before the
+/// server's bundle or leaf changed is not accepted after.
+#[tokio::test]
+async fn ticket_keys_change_with_the_credentials() {
+    let p = pki();
+    let server = creds(&p, &[&p], "books", DAY);
+    let client = creds(&p, &[&p], "web", DAY);
+    let (sc, cc) =
+        (server.server_config(true, &[ALPN_HTTP2]).expect("s"), client.client_config(BOOKS, &[ALPN_HTTP2]).expect("c"));
+    session(&sc, &cc).await.0.expect("full handshake");
+    issue(&p, &server, "books", DAY);
+    assert!(!session(&sc, &cc).await.0.expect("full").resumed, "a renewed server leaf invalidates tickets");
+    assert!(session(&sc, &cc).await.0.expect("resumed").resumed);
+    server.set_bundle(certs(&p.anchor.cert_pem).expect("pem")).expect("bundle");
+    assert!(!session(&sc, &cc).await.0.expect("full").resumed, "a new bundle invalidates tickets");
+    assert!(sc.rustls().ticketer.lifetime() <= u32::try_from(MAX_TICKET_LIFETIME.as_secs()).expect("u32"));
+}

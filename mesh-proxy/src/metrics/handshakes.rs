@@ -6,7 +6,9 @@
 //! full handshake.
 //!
 //! The inbound accept (`conn.rs`) and the outbound connector (`connect.rs`)
-//! each call [`Handshakes::record`] once a handshake has completed.
+//! each call [`Handshakes::record`] once a handshake has completed, and
+//! [`Handshakes::refused`] when a resumed session was refused after it
+//! (`resumed="refused"`; inbound, also `tcp_refused_total{reason="tls_resumption"}`).
 
 use super::Direction;
 use mesh_identity::tls::Handshake;
@@ -20,7 +22,10 @@ use prometheus_client::registry::Registry;
 pub struct HandshakeLabels {
     /// inbound (this proxy accepted) or outbound (this proxy dialled).
     pub direction: Direction,
-    /// `true` when the session was resumed (a ticket), `false` for a full handshake.
+    /// `true` when the session was resumed (a ticket), `false` for a full
+    /// handshake, `refused` for a resumed session refused after the handshake
+    /// because the peer's certificate from the ticket no longer verifies
+    /// (expired, or no longer under a trusted anchor).
     pub resumed: String,
     /// The negotiated key exchange group (`X25519MLKEM768`, `X25519`...),
     /// empty when none was negotiated.
@@ -53,6 +58,13 @@ impl Handshakes {
     pub fn record(&self, direction: Direction, handshake: &Handshake) {
         let labels = HandshakeLabels::of(direction, handshake);
         tracing::debug!(?direction, resumed = %labels.resumed, group = %labels.group, "mTLS handshake completed");
+        self.0.get_or_create(&labels).inc();
+    }
+
+    /// Counts a resumed session refused because the peer's certificate from
+    /// the ticket no longer verifies.
+    pub fn refused(&self, direction: Direction) {
+        let labels = HandshakeLabels { direction, resumed: "refused".into(), group: String::new() };
         self.0.get_or_create(&labels).inc();
     }
 }
