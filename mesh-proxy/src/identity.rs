@@ -200,12 +200,9 @@ async fn certify(
     addr: &str,
     cfg: &IdentityConfig,
 ) -> Result<SystemTime, Failure> {
-    // Renew with the certificate while it is valid (with a margin for the
-    // round trip); the token only when there is none.
-    let renewal = identity
-        .creds
-        .leaf_info()
-        .is_some_and(|i| i.not_after.duration_since(SystemTime::now()).is_ok_and(|left| left > Duration::from_secs(1)));
+    // Renew with the certificate while it is valid (if it runs out during
+    // the handshake, that attempt fails and the next one uses the token).
+    let renewal = identity.creds.has_valid_leaf();
     let token = if renewal {
         String::new()
     } else {
