@@ -278,6 +278,52 @@ async fn a_join_token_is_accepted_once() {
     client.certify(fresh).await.expect("a second, fresh token certifies");
 }
 
+/// A proxy started with a token that was already used (a restart with the
+/// same token file) gets no certificate: its log names the refusal and what
+/// to do, and it stays not ready. A fresh token written to the same file is
+/// read at the next attempt: the proxy gets its certificate without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_with_a_used_token_says_so_and_recovers_with_a_fresh_one() {
+    use mesh_identity::{SpiffeId, ca};
+    use mesh_proto::identity::{CertifyRequest, identity_client::IdentityClient};
+
+    let control = real::Control::start().await;
+    let web = SpiffeId::new(real::TRUST_DOMAIN, "default", "web").unwrap();
+    let token = control.token("web");
+    let channel = mesh_client::channel(&control.url(), Some((control.bundle_only(), control.identity_id()))).unwrap();
+    let req =
+        CertifyRequest { identity: web.to_string(), csr: ca::generate_csr(&web).unwrap().1, token: token.clone() };
+    IdentityClient::new(channel).certify(req).await.expect("the token's one use");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("web.token");
+    std::fs::write(&file, &token).unwrap();
+    let admin = real::free_addr();
+    let spec = Spec::new("web-0", bins::path("mesh-proxy"), dir.path().join("web-0.log"))
+        .args(["--workload", "web-0", "--control-plane", &control.url(), "--admin-addr", &admin.to_string()])
+        .args(["--identity-token-file", file.to_str().unwrap()])
+        .args(["--trust-anchors", control.anchors_path().to_str().unwrap(), "--inbound-addr"])
+        .arg(real::free_addr().to_string())
+        .args(["--app", "127.0.0.1:9"])
+        .env("MESH_LOG", "info");
+    let proxy = Child::spawn(spec).unwrap();
+    let read_log = || std::fs::read_to_string(proxy.log_path()).unwrap_or_default();
+    let said = mesh::eventually(Duration::from_secs(10), || async {
+        let log = read_log();
+        log.contains("refused the join token") && log.contains("already used") && log.contains("meshctl identity token")
+    })
+    .await;
+    assert!(said, "no clear refusal in the proxy's log:\n{}", proxy.log_tail(20));
+    assert!(!mesh::admin_get(admin, "/ready").await.starts_with("ready"), "ready without a certificate");
+
+    std::fs::write(&file, control.token("web")).unwrap();
+    let ready = mesh::eventually(Duration::from_secs(20), || async {
+        mesh::admin_get(admin, "/ready").await.starts_with("ready")
+    })
+    .await;
+    assert!(ready, "a fresh token in the file did not get a certificate:\n{}", proxy.log_tail(20));
+}
+
 /// Renewal is authenticated by the client certificate, not a token: with
 /// `web`'s certificate (presented over mTLS) and no token, the real control
 /// plane renews `web`, but refuses `books` with `PERMISSION_DENIED` and
