@@ -84,7 +84,11 @@ fn init_token_and_a_full_rotation_in_order() {
     assert!(text(&out.stderr).contains("spiffe://prod.example/ns/shop/sa/books"));
     assert_eq!(mode(&file), 0o600);
     let written = std::fs::read_to_string(&file).expect("token file");
-    assert_eq!(peek(&written).expect("a join token").sub, claims.sub);
+    let second = peek(&written).expect("a join token");
+    assert_eq!(second.sub, claims.sub);
+    // Tokens bootstrap the first certificate only: minutes by default, each with its own id.
+    assert!((590..=600).contains(&(second.exp - unix_now())), "10m by default: {second:?}");
+    assert!(!second.jti.is_empty() && second.jti != claims.jti, "{claims:?} {second:?}");
 
     let status = ok(&["status", "--dir", d]);
     assert!(status.contains("trust domain:       prod.example"), "{status}");

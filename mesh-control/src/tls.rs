@@ -28,8 +28,13 @@ pub struct TlsConn {
 pub struct ConnInfo {
     /// The peer's address.
     pub remote: SocketAddr,
-    /// The peer's SPIFFE ID, when it presented a certificate.
+    /// The peer's SPIFFE ID, when it presented a certificate (verified
+    /// against the trust bundle at the handshake).
     pub identity: Option<String>,
+    /// When that certificate expires. A connection outlives the handshake
+    /// (and a resumed session reuses an earlier one's certificate), so what
+    /// the certificate authorizes is checked against this at each use.
+    pub not_after: Option<std::time::SystemTime>,
 }
 
 impl Connected for TlsConn {
@@ -100,7 +105,15 @@ pub fn incoming(
                 match tokio::time::timeout(Duration::from_secs(10), mesh_identity::tls::accept(config, tcp)).await {
                     Ok(Ok(accepted)) => {
                         let (tls, identity) = accepted.into_parts();
-                        let _ = tx.send(Ok(TlsConn { inner: tls, info: ConnInfo { remote, identity } })).await;
+                        let not_after = tls
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .and_then(|leaf| mesh_identity::pem::CertInfo::parse(leaf).ok())
+                            .map(|i| i.not_after);
+                        let info = ConnInfo { remote, identity, not_after };
+                        let _ = tx.send(Ok(TlsConn { inner: tls, info })).await;
                     }
                     Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),

@@ -7,6 +7,11 @@
 //! key (the control plane, and `meshctl` with access to its identity
 //! directory) can mint one; anyone can read its claims, which lets a proxy
 //! learn its identity from its token alone.
+//!
+//! A token bootstraps a workload's FIRST certificate only (renewals are
+//! authenticated by the current certificate), so it lives minutes, not
+//! days, and carries a unique id (`jti`) the control plane uses to accept it
+//! once.
 
 use aws_lc_rs::hmac;
 use base64::Engine;
@@ -29,15 +34,42 @@ pub struct Claims {
     pub iat: u64,
     /// Expires at, Unix seconds.
     pub exp: u64,
+    /// A unique id: the control plane accepts each token once. Tokens
+    /// minted before ids existed have none and are refused.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub jti: String,
 }
 
 impl Claims {
-    /// Claims for `identity`, valid for `ttl` from now.
+    /// Claims for `identity`, valid for `ttl` from now, with a fresh id.
     pub fn new(identity: &str, ttl: Duration) -> Self {
         let now = unix_now();
-        Self { sub: identity.to_string(), aud: AUDIENCE.to_string(), iat: now, exp: now.saturating_add(ttl.as_secs()) }
+        Self {
+            sub: identity.to_string(),
+            aud: AUDIENCE.to_string(),
+            iat: now,
+            exp: now.saturating_add(ttl.as_secs()),
+            jti: new_id(),
+        }
     }
 }
+
+/// 128 random bits in base64url; uniqueness is all that matters (the id is
+/// not a secret), so a failed RNG falls back to the clock and a counter.
+fn new_id() -> String {
+    let mut raw = [0u8; 16];
+    if aws_lc_rs::rand::fill(&mut raw).is_err() {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0) as u64;
+        raw[..8].copy_from_slice(&nanos.to_le_bytes());
+        raw[8..].copy_from_slice(&N.fetch_add(1, std::sync::atomic::Ordering::Relaxed).to_le_bytes());
+    }
+    B64.encode(raw)
+}
+
+/// The default lifetime of a join token: long enough to start a workload,
+/// short enough that a leaked one is soon worthless (it is single-use too).
+pub const DEFAULT_TTL: Duration = Duration::from_secs(600);
 
 /// Why a token was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -142,6 +174,11 @@ impl TokenKey {
         if now >= claims.exp {
             return Err(TokenError::Expired { exp: claims.exp, now });
         }
+        if claims.jti.is_empty() {
+            return Err(TokenError::Malformed(
+                "no token id (jti): minted by an older meshctl; mint a new one with `meshctl identity token`",
+            ));
+        }
         Ok(claims)
     }
 }
@@ -198,6 +235,14 @@ mod tests {
             t.rsplit('.').next().expect("sig")
         );
         assert_eq!(key.verify(&forged, AUDIENCE, unix_now()), Err(TokenError::BadSignature));
+
+        // Every token has its own id, even two minted in the same second.
+        let again = key.mint(&Claims::new(ID, Duration::from_secs(60)));
+        let (a, b) = (peek(&t).expect("claims").jti, peek(&again).expect("claims").jti);
+        assert!(a.len() >= 20 && a != b, "{a} {b}");
+        // A token without an id (an older meshctl) cannot be accepted once only: refused.
+        let no_id = key.mint(&Claims { jti: String::new(), ..Claims::new(ID, Duration::from_secs(60)) });
+        assert!(matches!(key.verify(&no_id, AUDIENCE, unix_now()), Err(TokenError::Malformed(_))));
 
         let expired = key.mint(&Claims { exp: 10, ..Claims::new(ID, Duration::ZERO) });
         assert!(matches!(key.verify(&expired, AUDIENCE, unix_now()), Err(TokenError::Expired { .. })));

@@ -161,10 +161,12 @@ impl Proxy {
             tasks.spawn(crate::register::run(channel.clone(), req, shutdown.clone()));
         }
         let creds = identity.as_ref().map(|i| i.creds.clone());
-        if let (Some(identity), Some(channel), Some(cfg)) = (identity, channel, config.identity.clone()) {
+        if let (Some(identity), Some(channel), Some(cfg), Some(addr)) =
+            (identity, channel, config.identity.clone(), config.control_plane.clone())
+        {
             let m = IdentityMetrics::default();
             m.register(&mut registry);
-            tasks.spawn(crate::identity::run(identity, channel, cfg, m, shutdown.clone()));
+            tasks.spawn(crate::identity::run(identity, channel, addr, cfg, m, shutdown.clone()));
         }
 
         let grace = config.shutdown_grace;

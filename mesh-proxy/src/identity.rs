@@ -1,6 +1,14 @@
 //! The proxy's identity: a private key generated in memory (never written,
-//! never logged), a certificate from the control plane against the join
-//! token, renewal at a fraction of its life, and the trust bundle kept live.
+//! never logged), a first certificate from the control plane against the
+//! join token, renewal at a fraction of its life authenticated by the
+//! current certificate (mTLS, no token), and the trust bundle kept live.
+//!
+//! The join token is single-use and short-lived: it is presented only when
+//! the proxy holds no valid certificate (at start, or after its certificate
+//! expired while the control plane was away). Renewals go over a connection
+//! of their own, opened with the current certificate as the client
+//! certificate (the shared channel may have been opened before the proxy had
+//! one).
 //!
 //! When the control plane is unreachable the current certificate stays in
 //! use until it expires while renewal retries with backoff.
@@ -105,29 +113,32 @@ impl Identity {
 }
 
 /// Keeps a certificate and the trust bundle current until shutdown.
+/// `channel` is the shared channel to the control plane at `addr`.
 pub async fn run(
     identity: Identity,
     channel: Channel,
+    addr: String,
     cfg: IdentityConfig,
     metrics: IdentityMetrics,
     shutdown: Shutdown,
 ) {
     let bundle =
         watch_bundle(identity.creds.clone(), IdentityClient::new(channel.clone()), metrics.clone(), shutdown.clone());
-    let certs = renew(identity, IdentityClient::new(channel), cfg, metrics, shutdown);
+    let certs = renew(identity, IdentityClient::new(channel), addr, cfg, metrics, shutdown);
     tokio::join!(bundle, certs);
 }
 
 async fn renew(
     identity: Identity,
     mut client: IdentityClient<Channel>,
+    addr: String,
     cfg: IdentityConfig,
     metrics: IdentityMetrics,
     mut shutdown: Shutdown,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
     loop {
-        let wait = match certify(&identity, &mut client, &cfg).await {
+        let wait = match certify(&identity, &mut client, &addr, &cfg).await {
             Ok(not_after) => {
                 metrics.refresh("ok");
                 metrics.expiry.set(not_after.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0));
@@ -145,8 +156,23 @@ async fn renew(
                 if let Some(r) = remaining {
                     delay = delay.min(r / 4).max(Duration::from_millis(100));
                 }
-                tracing::warn!(identity = %identity.id, error = %e, retry_in = ?delay, current_cert_valid_for = ?remaining,
-                    "certificate request failed; keeping the current certificate");
+                match &e {
+                    Failure::TokenRefused(why) => {
+                        tracing::error!(identity = %identity.id, reason = %why, retry_in = ?delay,
+                        "the control plane refused the join token; a token gets only the first certificate and \
+                         is accepted once, for minutes: write a fresh one (`meshctl identity token ... --output FILE`) \
+                         to the token file, which is read again at the next attempt, or restart with a new token")
+                    }
+                    Failure::RenewalRefused(why) => {
+                        tracing::error!(identity = %identity.id, reason = %why, retry_in = ?delay,
+                        current_cert_valid_for = ?remaining,
+                        "the control plane refused to renew with the current certificate; keeping it until it \
+                         expires, then the proxy needs a fresh join token")
+                    }
+                    Failure::Other(why) => tracing::warn!(identity = %identity.id, error = %why, retry_in = ?delay,
+                        current_cert_valid_for = ?remaining,
+                        "certificate request failed; keeping the current certificate"),
+                }
                 delay
             }
         };
@@ -157,27 +183,69 @@ async fn renew(
     }
 }
 
+/// Why a certificate request failed.
+#[derive(Debug)]
+enum Failure {
+    /// The join token was refused (expired, already used, forged...).
+    TokenRefused(String),
+    /// A renewal with the current certificate was refused.
+    RenewalRefused(String),
+    /// Anything else (unreachable, timed out, a bad answer): retried.
+    Other(String),
+}
+
 async fn certify(
     identity: &Identity,
     client: &mut IdentityClient<Channel>,
+    addr: &str,
     cfg: &IdentityConfig,
-) -> Result<SystemTime, String> {
-    let token = cfg.token.read().map_err(|e| format!("cannot read the token: {e}"))?;
-    let (key, csr) = mesh_identity::ca::generate_csr(&identity.id).map_err(|e| e.to_string())?;
+) -> Result<SystemTime, Failure> {
+    // Renew with the certificate while it is valid (if it runs out during
+    // the handshake, that attempt fails and the next one uses the token).
+    let renewal = identity.creds.has_valid_leaf();
+    let token = if renewal {
+        String::new()
+    } else {
+        if identity.creds.leaf_info().is_some() {
+            tracing::warn!(identity = %identity.id,
+                "the certificate expired before it could be renewed; asking again with the join token \
+                 (it must be a fresh, unused one)");
+        }
+        cfg.token.read().map_err(|e| Failure::Other(format!("cannot read the token: {e}")))?
+    };
+    let (key, csr) = mesh_identity::ca::generate_csr(&identity.id).map_err(|e| Failure::Other(e.to_string()))?;
     let req = CertifyRequest { identity: identity.id.to_string(), csr, token };
+    // A renewal opens a connection of its own, so that its handshake
+    // presents the current certificate (dropped, and closed, after the call).
+    let mut own;
+    let client = if renewal {
+        let channel = mesh_client::channel(addr, Some((identity.creds.clone(), identity.control_plane.clone())))
+            .map_err(|e| Failure::Other(e.to_string()))?;
+        own = IdentityClient::new(channel);
+        &mut own
+    } else {
+        client
+    };
     let rsp = tokio::time::timeout(Duration::from_secs(10), client.certify(req))
         .await
-        .map_err(|_| "the control plane did not answer within 10s".to_string())?
-        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+        .map_err(|_| Failure::Other("the control plane did not answer within 10s".to_string()))?
+        .map_err(|s| {
+            let why = format!("{:?}: {}", s.code(), s.message());
+            match (s.code(), renewal) {
+                (tonic::Code::Unauthenticated | tonic::Code::PermissionDenied, false) => Failure::TokenRefused(why),
+                (tonic::Code::Unauthenticated | tonic::Code::PermissionDenied, true) => Failure::RenewalRefused(why),
+                _ => Failure::Other(why),
+            }
+        })?
         .into_inner();
     let mut chain = vec![CertificateDer::from(rsp.leaf)];
     chain.extend(rsp.intermediates.into_iter().map(CertificateDer::from));
     if let Some(b) = rsp.bundle {
         let anchors: Vec<CertificateDer<'static>> = b.anchors.into_iter().map(CertificateDer::from).collect();
-        identity.creds.set_bundle(anchors).map_err(|e| e.to_string())?;
+        identity.creds.set_bundle(anchors).map_err(|e| Failure::Other(e.to_string()))?;
     }
     let key = PrivateKeyDer::Pkcs8(key.serialize_der().into());
-    identity.creds.set_leaf(chain, key).map_err(|e| e.to_string())?;
+    identity.creds.set_leaf(chain, key).map_err(|e| Failure::Other(e.to_string()))?;
     Ok(UNIX_EPOCH + Duration::from_secs(u64::try_from(rsp.valid_until).unwrap_or(0)))
 }
 

@@ -54,6 +54,7 @@ pub struct Mesh {
     grpc_addr: SocketAddr,
     admin_addr: SocketAddr,
     identity: Option<(IdentityDir, Duration)>,
+    token_ttl: Duration,
 }
 
 impl Mesh {
@@ -88,6 +89,7 @@ impl Mesh {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             identity,
+            token_ttl: Duration::from_secs(3600),
         };
         mesh.write_registry(services);
         mesh.start_control().await;
@@ -99,6 +101,11 @@ impl Mesh {
         self.identity.as_ref().map(|(d, _)| d)
     }
 
+    /// The lifetime of the join tokens minted for proxies started from now on.
+    pub fn set_token_ttl(&mut self, ttl: Duration) {
+        self.token_ttl = ttl;
+    }
+
     /// Identity configuration for a workload running as `service_account`
     /// (namespace `default`), with a freshly minted join token.
     pub fn identity_for(&self, service_account: &str) -> Option<IdentityConfig> {
@@ -108,7 +115,7 @@ impl Mesh {
     /// Identity configuration for `namespace`/`service_account`.
     pub fn identity_in(&self, namespace: &str, service_account: &str) -> Option<IdentityConfig> {
         let (dir, _) = self.identity.as_ref()?;
-        let token = dir.mint_token(namespace, service_account, Duration::from_secs(3600)).unwrap();
+        let token = dir.mint_token(namespace, service_account, self.token_ttl).unwrap();
         let anchors = std::fs::read_to_string(dir.path().join(mesh_identity::dir::ANCHORS)).unwrap();
         Some(IdentityConfig {
             token: TokenSource::Value(token),

@@ -451,7 +451,7 @@ fn proxy_restart_fails_fast_then_recovers() {
         assert!(took < Duration::from_millis(500), "the refusal took {took:?}: {o}");
     }
 
-    lab.restart(proxy);
+    lab.restart_proxy("client");
     lab.wait_proxy_ready("client");
     assert_get(&lab, "http://10.96.0.10/", "web-0");
     let load = lab.app_exec(

@@ -500,6 +500,37 @@ async fn control_plane_down_across_a_renewal() {
     assert_eq!(out.failed, 0, "{:?}", out.errors);
 }
 
+/// Join tokens bootstrap the first certificate only: with tokens living 2 s
+/// and certificates 6 s (renewed at 70 %), both proxies renew at least
+/// twice after their tokens expired, with the certificate as the proof, and
+/// traffic never fails. Catches: renewal presenting the token (refused once
+/// it expired, so the certificate ran out and mTLS traffic failed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_outlives_the_join_token() {
+    let mut mesh = Mesh::start_secure(&[], Duration::from_secs(6)).await;
+    mesh.set_token_ttl(Duration::from_secs(2));
+    let app = apps::http("web-0").await;
+    let side = mesh.sidecar("web-0", "web", app.addr).await;
+    mesh.write_registry(&[Svc::new("web", 80, "http", &[side.inbound_addr().unwrap()])]);
+    let client = mesh.client("client", "frontend", &["web.default:80"]).await;
+    let tokens_expire = std::time::Instant::now() + Duration::from_secs(2);
+    mesh::wait_ready(&side).await;
+    mesh::wait_ready(&client).await;
+    mesh::wait_resolved(&client, 1).await;
+    let load = Load::start(&format!("http://{}/", client.upstream_addrs()[0]), 2, false);
+    tokio::time::sleep(tokens_expire.saturating_duration_since(std::time::Instant::now())).await;
+    let at_expiry = [refreshes(&side).await, refreshes(&client).await];
+    // Renewals every ~4.2 s: two of them within ~9 s, more on a loaded machine.
+    for (p, before) in [(&side, at_expiry[0]), (&client, at_expiry[1])] {
+        let renewed = mesh::eventually(Duration::from_secs(15), || async { refreshes(p).await >= before + 2.0 }).await;
+        let m = metrics(p).await;
+        assert!(renewed, "fewer than two renewals after the token expired (from {before}):\n{m}");
+    }
+    let out = load.stop().await;
+    assert!(out.ok > 50, "{out:?}");
+    assert_eq!(out.failed, 0, "{:?}", out.errors);
+}
+
 /// `/config` (open to anyone who reaches the admin port) shows what the
 /// proxy knows and nothing secret: its identity, but not its join token,
 /// no key or certificate material in any encoding, and no credentials from

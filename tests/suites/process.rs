@@ -247,6 +247,137 @@ async fn the_ca_refuses_a_valid_token_for_another_identity() {
     assert_eq!(mesh::metric_sum(&m, &refused), 1.0, "{m}");
 }
 
+/// A join token is single-use: the real control plane certifies with it
+/// once; the same token presented again (a fresh CSR, as a thief or a
+/// restarted proxy would) is refused with `UNAUTHENTICATED` and counted as
+/// `identity_certificates_refused_total{reason="token_replayed"}`. Catches:
+/// tokens were bearer secrets honoured at every request until they expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_token_is_accepted_once() {
+    use mesh_identity::{SpiffeId, ca};
+    use mesh_proto::identity::{CertifyRequest, identity_client::IdentityClient};
+
+    let control = real::Control::start().await;
+    let channel = mesh_client::channel(&control.url(), Some((control.bundle_only(), control.identity_id()))).unwrap();
+    let mut client = IdentityClient::new(channel);
+    let web = SpiffeId::new(real::TRUST_DOMAIN, "default", "web").unwrap();
+    let token = control.token("web");
+    let request =
+        || CertifyRequest { identity: web.to_string(), csr: ca::generate_csr(&web).unwrap().1, token: token.clone() };
+
+    let rsp = client.certify(request()).await.expect("a fresh token certifies").into_inner();
+    assert!(!rsp.leaf.is_empty());
+    let err = client.certify(request()).await.map(|_| ()).expect_err("the same token again must be refused");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    assert!(err.message().contains("already used"), "{err:?}");
+    let m = mesh::admin_get(control.admin, "/metrics").await;
+    assert_eq!(mesh::metric_sum(&m, &["identity_certificates_refused_total", "reason=\"token_replayed\""]), 1.0, "{m}");
+    assert_eq!(mesh::metric_sum(&m, &["identity_certificates_issued_total"]), 1.0, "{m}");
+    // Another token for the same identity is fine.
+    let fresh = CertifyRequest { token: control.token("web"), ..request() };
+    client.certify(fresh).await.expect("a second, fresh token certifies");
+}
+
+/// A proxy started with a token that was already used (a restart with the
+/// same token file) gets no certificate: its log names the refusal and what
+/// to do, and it stays not ready. A fresh token written to the same file is
+/// read at the next attempt: the proxy gets its certificate without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_with_a_used_token_says_so_and_recovers_with_a_fresh_one() {
+    use mesh_identity::{SpiffeId, ca};
+    use mesh_proto::identity::{CertifyRequest, identity_client::IdentityClient};
+
+    let control = real::Control::start().await;
+    let web = SpiffeId::new(real::TRUST_DOMAIN, "default", "web").unwrap();
+    let token = control.token("web");
+    let channel = mesh_client::channel(&control.url(), Some((control.bundle_only(), control.identity_id()))).unwrap();
+    let req =
+        CertifyRequest { identity: web.to_string(), csr: ca::generate_csr(&web).unwrap().1, token: token.clone() };
+    IdentityClient::new(channel).certify(req).await.expect("the token's one use");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("web.token");
+    std::fs::write(&file, &token).unwrap();
+    let admin = real::free_addr();
+    let spec = Spec::new("web-0", bins::path("mesh-proxy"), dir.path().join("web-0.log"))
+        .args(["--workload", "web-0", "--control-plane", &control.url(), "--admin-addr", &admin.to_string()])
+        .args(["--identity-token-file", file.to_str().unwrap()])
+        .args(["--trust-anchors", control.anchors_path().to_str().unwrap(), "--inbound-addr"])
+        .arg(real::free_addr().to_string())
+        .args(["--app", "127.0.0.1:9"])
+        .env("MESH_LOG", "info");
+    let proxy = Child::spawn(spec).unwrap();
+    let read_log = || std::fs::read_to_string(proxy.log_path()).unwrap_or_default();
+    let said = mesh::eventually(Duration::from_secs(10), || async {
+        let log = read_log();
+        log.contains("refused the join token") && log.contains("already used") && log.contains("meshctl identity token")
+    })
+    .await;
+    assert!(said, "no clear refusal in the proxy's log:\n{}", proxy.log_tail(20));
+    assert!(!mesh::admin_get(admin, "/ready").await.starts_with("ready"), "ready without a certificate");
+
+    std::fs::write(&file, control.token("web")).unwrap();
+    let ready = mesh::eventually(Duration::from_secs(20), || async {
+        mesh::admin_get(admin, "/ready").await.starts_with("ready")
+    })
+    .await;
+    assert!(ready, "a fresh token in the file did not get a certificate:\n{}", proxy.log_tail(20));
+}
+
+/// Renewal is authenticated by the client certificate, not a token: with
+/// `web`'s certificate (presented over mTLS) and no token, the real control
+/// plane renews `web`, but refuses `books` with `PERMISSION_DENIED` and
+/// `identity_certificates_refused_total{reason="renewal_identity_mismatch"}`;
+/// with neither a token nor a certificate it answers `UNAUTHENTICATED`
+/// (`reason="no_proof"`). Catches: a certificate for A renewing as B, and
+/// renewal depending on the (expiring, stealable) token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_renews_only_its_own_identity() {
+    use mesh_identity::tls::{CertificateDer, PrivateKeyDer};
+    use mesh_identity::{SpiffeId, ca};
+    use mesh_proto::identity::{CertifyRequest, identity_client::IdentityClient};
+
+    let control = real::Control::start().await;
+    let web = SpiffeId::new(real::TRUST_DOMAIN, "default", "web").unwrap();
+    let books = SpiffeId::new(real::TRUST_DOMAIN, "default", "books").unwrap();
+    let request = |id: &SpiffeId, token: String| CertifyRequest {
+        identity: id.to_string(),
+        csr: ca::generate_csr(id).unwrap().1,
+        token,
+    };
+
+    // Without a certificate or a token: nothing to go on.
+    let anonymous = mesh_client::channel(&control.url(), Some((control.bundle_only(), control.identity_id()))).unwrap();
+    let mut anonymous = IdentityClient::new(anonymous);
+    let err = anonymous.certify(request(&web, String::new())).await.map(|_| ()).expect_err("no proof at all");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+
+    // web's first certificate, with its token; installed as the client certificate.
+    let creds = control.bundle_only();
+    let (key, csr) = ca::generate_csr(&web).unwrap();
+    let req = CertifyRequest { identity: web.to_string(), csr, token: control.token("web") };
+    let rsp = anonymous.certify(req).await.expect("bootstrap with the token").into_inner();
+    let chain: Vec<CertificateDer<'static>> =
+        std::iter::once(rsp.leaf).chain(rsp.intermediates).map(CertificateDer::from).collect();
+    creds.set_leaf(chain, PrivateKeyDer::Pkcs8(key.serialize_der().into())).unwrap();
+    let channel = mesh_client::channel(&control.url(), Some((creds, control.identity_id()))).unwrap();
+    let mut with_cert = IdentityClient::new(channel);
+
+    let err = with_cert.certify(request(&books, String::new())).await.map(|_| ()).expect_err("web renewing as books");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains(&format!("{web} can renew only {web}, not {books}")), "{err:?}");
+    let rsp = with_cert.certify(request(&web, String::new())).await.expect("web renews as web, no token").into_inner();
+    let renewed = mesh_identity::pem::CertInfo::parse(&rsp.leaf).unwrap();
+    assert_eq!(renewed.spiffe_id(), Some(web.to_string().as_str()));
+
+    let m = mesh::admin_get(control.admin, "/metrics").await;
+    let refused =
+        |reason: &str| mesh::metric_sum(&m, &["identity_certificates_refused_total", &format!("reason=\"{reason}\"")]);
+    assert_eq!(refused("renewal_identity_mismatch"), 1.0, "{m}");
+    assert_eq!(refused("no_proof"), 1.0, "{m}");
+    assert_eq!(mesh::metric_sum(&m, &["identity_certificates_issued_total"]), 2.0, "{m}");
+}
+
 /// A client that speaks only TLS 1.2 is refused, with a protocol version
 /// alert, by a real proxy's strict inbound port (offering a mesh ALPN, so
 /// the proxy does attempt the handshake) and by the real control plane's

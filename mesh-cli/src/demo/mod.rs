@@ -35,7 +35,7 @@ use clap::Args;
 use load::{Load, LoadTotals};
 use mesh_process::Supervisor;
 use monitor::Scraper;
-use mtls::{DemoIdentity, TOKEN_REFRESH};
+use mtls::DemoIdentity;
 use plan::{Binaries, Plan};
 use serde_json::json;
 use start::{Interrupted, Signals};
@@ -214,8 +214,8 @@ async fn drive(
     std::fs::create_dir_all(plan.log_dir()).with_context(|| format!("cannot create {}", plan.log_dir().display()))?;
     plan.write_registry()?;
     if !args.no_identity {
+        // Each proxy's join token is minted as it is started (start.rs).
         plan.identity = Some(DemoIdentity::create(dir, args.cert_ttl)?);
-        plan.write_tokens()?;
     }
     screen.print(&format!(
         "meshctl demo: web, books and authors × {replicas} replicas, each with its own proxy, on loopback\n\
@@ -249,8 +249,6 @@ async fn drive(
     let traffic_began = Instant::now();
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + args.interval, args.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut token_refresh = tokio::time::interval_at(tokio::time::Instant::now() + TOKEN_REFRESH, TOKEN_REFRESH);
-    token_refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let end = async {
         match args.duration {
             Some(d) => tokio::time::sleep(d).await,
@@ -270,12 +268,6 @@ async fn drive(
                     load.totals().failed,
                 );
                 screen.show(&table::render(&title, &rows));
-            }
-            _ = token_refresh.tick() => {
-                // Proxies present their token at every renewal.
-                if let Err(e) = plan.write_tokens() {
-                    screen.print(&format!("warning: cannot refresh the join tokens: {e:#}\n"));
-                }
             }
             ex = sup.next_exit() => {
                 load.stop(Duration::ZERO).await;

@@ -12,11 +12,9 @@ use std::time::Duration;
 pub const TRUST_DOMAIN: &str = "demo.mesh";
 /// The namespace of every demo workload (targets are `<service>.default`).
 pub const NAMESPACE: &str = "default";
-/// How long the join tokens are valid. Proxies present theirs at every
-/// renewal; the demo mints fresh ones every [`TOKEN_REFRESH`].
-const TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
-/// How often the demo replaces the join tokens.
-pub const TOKEN_REFRESH: Duration = Duration::from_secs(3600);
+/// How long the join tokens are valid: a token gets its proxy the first
+/// certificate only, and once; the demo mints one each time it starts a proxy.
+const TOKEN_TTL: Duration = mesh_identity::token::DEFAULT_TTL;
 
 /// The demo's CA and tokens.
 #[derive(Debug, Clone)]

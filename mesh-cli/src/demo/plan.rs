@@ -331,7 +331,17 @@ impl Plan {
     /// The workload name of the traffic generator's sidecar (and its service account).
     pub const TRAFFIC: &str = "traffic";
 
-    /// Mints every proxy's join token (again: tokens expire, the demo may not).
+    /// Mints a fresh join token for `workload`'s proxy (before each start:
+    /// a token is accepted once).
+    pub fn write_token(&self, workload: &str, service_account: &str) -> anyhow::Result<()> {
+        match &self.identity {
+            Some(id) => id.write_token(workload, service_account),
+            None => Ok(()),
+        }
+    }
+
+    /// Mints every proxy's join token (start-up mints each proxy's own as it starts it).
+    #[cfg(test)]
     pub fn write_tokens(&self) -> anyhow::Result<()> {
         let Some(id) = &self.identity else { return Ok(()) };
         for r in &self.replicas {

@@ -198,12 +198,17 @@ fn spawn_group(
     group: Group,
     members: &mut Vec<(usize, Group)>,
 ) -> anyhow::Result<()> {
+    // Join tokens are single-use: a proxy started again needs a fresh one.
     let specs = match group {
         Group::Replica(i) => {
             let r = plan.replicas.get(i).ok_or_else(|| anyhow!("no replica {i}"))?;
+            plan.write_token(&r.name, r.service.name())?;
             vec![plan.proxy_spec(r), plan.app_spec(r)]
         }
-        Group::Traffic => vec![plan.traffic_spec()],
+        Group::Traffic => {
+            plan.write_token(Plan::TRAFFIC, Plan::TRAFFIC)?;
+            vec![plan.traffic_spec()]
+        }
     };
     for spec in specs {
         members.push((sup.spawn(spec)?, group));

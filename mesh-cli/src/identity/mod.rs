@@ -119,9 +119,11 @@ struct TokenArgs {
     /// `serviceAccount`, by default its name).
     #[arg(long, value_name = "SA")]
     service_account: String,
-    /// How long the token is valid, e.g. 1h, 24h or 30d. The proxy presents
-    /// it at every renewal, so it must outlive the workload (or be replaced).
-    #[arg(long, default_value = "24h", value_parser = parse_ttl)]
+    /// How long the token is valid, e.g. 10m or 1h. It gets the workload its
+    /// first certificate only (renewals are authenticated by the
+    /// certificate) and is accepted once, so it needs to last only until
+    /// the proxy starts.
+    #[arg(long, default_value = "10m", value_parser = parse_ttl)]
     ttl: Duration,
     /// Write the token to this file (mode 0600) instead of stdout.
     #[arg(long, value_name = "FILE")]

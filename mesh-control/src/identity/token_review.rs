@@ -2,7 +2,7 @@
 //! API server (TokenReview, `authentication.k8s.io/v1`) with the mesh's
 //! audience. The mesh never validates Kubernetes tokens itself.
 
-use super::proof::{ProofError, ProofVerifier};
+use super::proof::{Proof, ProofError, ProofVerifier};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http_body_util::{BodyExt, Full};
@@ -140,14 +140,11 @@ impl TokenReviewer {
 }
 
 impl ProofVerifier for TokenReviewer {
-    fn verify<'a>(
-        &'a self,
-        token: &'a str,
-        trust_domain: &'a str,
-    ) -> BoxFuture<'a, Result<mesh_identity::SpiffeId, ProofError>> {
+    fn verify<'a>(&'a self, token: &'a str, trust_domain: &'a str) -> BoxFuture<'a, Result<Proof, ProofError>> {
+        // Projected tokens are re-presented as the kubelet rotates them: not single-use.
         Box::pin(async move {
             let body = self.review(token).await?;
-            identity_from_review(&body, &self.audience, trust_domain)
+            identity_from_review(&body, &self.audience, trust_domain).map(Proof::from)
         })
     }
 }

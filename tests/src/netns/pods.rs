@@ -105,8 +105,7 @@ impl Lab {
         fs::create_dir_all(&own).unwrap();
         let token = own.join("token");
         let anchors = own.join("trust-anchors.pem");
-        fs::write(&token, self.identity.mint_token("default", service_account, Duration::from_secs(3600)).unwrap())
-            .unwrap();
+        self.write_token(&token, service_account);
         fs::copy(self.identity.path().join(ANCHORS), &anchors).unwrap();
         for (p, mode) in [(&own, 0o700), (&token, 0o600), (&anchors, 0o644)] {
             std::os::unix::fs::chown(p, Some(PROXY_UID), Some(PROXY_UID)).unwrap();
@@ -176,6 +175,24 @@ impl Lab {
             fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).unwrap();
         }
         copy.display().to_string()
+    }
+
+    /// A fresh join token for `service_account` in `file`, readable by the
+    /// proxy's UID only.
+    fn write_token(&self, file: &std::path::Path, service_account: &str) {
+        fs::write(file, self.identity.mint_token("default", service_account, Duration::from_secs(600)).unwrap())
+            .unwrap();
+        std::os::unix::fs::chown(file, Some(PROXY_UID), Some(PROXY_UID)).unwrap();
+        fs::set_permissions(file, fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    /// Kills the pod's proxy and starts it again with a fresh join token
+    /// (a token is accepted once), as an orchestrator would.
+    pub fn restart_proxy(&mut self, pod: &str) {
+        let id = self.proxy(pod);
+        let sa = self.pod(pod).service_account.clone().unwrap_or_else(|| panic!("{pod} has no service account"));
+        self.write_token(&self.dir.path().join("pods").join(pod).join("token"), &sa);
+        self.restart(id);
     }
 
     /// The pod's proxy process.

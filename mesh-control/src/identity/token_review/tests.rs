@@ -110,8 +110,9 @@ async fn reviews_over_https_with_the_bearer_token() {
 
     let client_cfg = mesh_identity::tls::web_client_config(roots).expect("client config");
     let reviewer = TokenReviewer::new("localhost", port, "control-plane-sa-token\n", client_cfg, AUD);
-    let id = reviewer.verify("good-token", TD).await.expect("reviewed");
-    assert_eq!(id.to_string(), "spiffe://cluster.local/ns/shop/sa/books");
+    let proof = reviewer.verify("good-token", TD).await.expect("reviewed");
+    assert_eq!(proof.identity.to_string(), "spiffe://cluster.local/ns/shop/sa/books");
+    assert_eq!(proof.once, None, "projected tokens are re-presented as they rotate: not single-use");
     assert!(reviewer.verify("bad-token", TD).await.is_err());
     let seen = seen.lock().expect("lock").clone();
     assert!(
