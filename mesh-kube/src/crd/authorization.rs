@@ -21,9 +21,9 @@ use serde::{Deserialize, Serialize};
     namespaced,
     shortname = "authz",
     category = "mesh",
-    printcolumn(name = "Target", type_ = "string", json_path = ".spec.targetRef.name"),
-    printcolumn(name = "Default", type_ = "string", json_path = ".spec.default"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn = r#"{"name": "Target", "type": "string", "jsonPath": ".spec.targetRef.name"}"#,
+    printcolumn = r#"{"name": "Default", "type": "string", "jsonPath": ".spec.default"}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct AuthorizationPolicySpec {
