@@ -7,6 +7,7 @@
 //!   in `policy.mesh.dev/v1alpha1`) as typed custom resources;
 //! - [`crds`]: their CRDs rendered from the types (committed under
 //!   `deploy/crds/`, checked by a test), applied and awaited;
+//! - [`gateway`]: the Gateway API routes (HTTPRoute, GRPCRoute) the mesh reads;
 //! - [`api`]: the kube and k8s-openapi items other crates (tests, meshctl)
 //!   need, re-exported so they never depend on those crates directly.
 
@@ -14,6 +15,7 @@ pub mod client;
 pub mod crd;
 pub mod crds;
 pub mod error;
+pub mod gateway;
 
 pub use error::KubeError;
 
