@@ -1,0 +1,115 @@
+//! The Kubernetes registry (`mesh-control --registry kubernetes`) against a
+//! real kube-apiserver: a Service and its EndpointSlices reach the control
+//! plane's store (resolved by name and by ClusterIP), an endpoint that starts
+//! terminating drains (weight 0), and a deleted Service leaves; each change
+//! within a second. The test writes the EndpointSlices itself (as the
+//! EndpointSlice controller would for pods), so it needs no pods.
+//!
+//! Without the harness binary the suite reports itself skipped; with
+//! `CI=true` a skip fails.
+
+use mesh_control::{Config, Control};
+use mesh_kube::api::k8s_openapi::api::core::v1::Service;
+use mesh_kube::api::k8s_openapi::api::discovery::v1::EndpointSlice;
+use mesh_kube::api::{Api, DeleteParams, PostParams};
+use mesh_registry::target::{Resolution, Target};
+use mesh_tests::kube_harness::{self, ApiServer};
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// The API server, or `None` (skipped) when the harness is not built.
+async fn api_server() -> Option<ApiServer> {
+    if let Err(reason) = kube_harness::availability() {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true: the Kubernetes suites must run: {reason}");
+        eprintln!("SKIPPED: {reason}");
+        return None;
+    }
+    Some(tokio::task::spawn_blocking(ApiServer::start).await.expect("join").expect("the API server starts"))
+}
+
+/// Waits (up to `within`) until the store's answer for `target` satisfies `ok`; returns how long it took.
+async fn until(control: &Control, target: &Target, within: Duration, ok: impl Fn(&Resolution) -> bool) -> Duration {
+    let started = Instant::now();
+    loop {
+        let now = control.store().resolve(target);
+        if ok(&now) {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < within, "{target}: not reached after {within:?}; the store has {now:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn endpoint(ip: &str, ready: bool, terminating: bool) -> Value {
+    json!({"addresses": [ip], "conditions": {"ready": ready, "serving": true, "terminating": terminating},
+           "targetRef": {"kind": "Pod", "name": format!("books-{}", ip.replace('.', "-"))}})
+}
+
+fn slice(endpoints: Vec<Value>) -> EndpointSlice {
+    serde_json::from_value(json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "books-1", "labels": {"kubernetes.io/service-name": "books"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": endpoints
+    }))
+    .expect("an EndpointSlice")
+}
+
+fn weights(r: &Resolution) -> Vec<(String, u32)> {
+    r.endpoints.values().map(|e| (e.addr.to_string(), e.weight)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_and_endpoint_slice_changes_reach_the_store_within_a_second() {
+    let Some(api) = api_server().await else { return };
+    let mut config = Config::with_kubernetes(Some(api.kubeconfig.clone()), None);
+    config.grpc_addr = "127.0.0.1:0".parse().expect("addr");
+    config.admin_addr = "127.0.0.1:0".parse().expect("addr");
+    let control = Control::start(config).await.expect("the control plane starts with the Kubernetes registry");
+    let client = mesh_kube::client::connect(Some(&api.kubeconfig), None).await.expect("a client");
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let by_name: Target = "books.default:80".parse().expect("target");
+    let budget = Duration::from_secs(1);
+
+    // A Service with a named target port, then its endpoints.
+    let service: Service = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "books", "annotations": {"policy.mesh.dev/service-account": "books-sa"}},
+        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": "web", "appProtocol": "http"}]}
+    }))
+    .expect("a Service");
+    let created = services.create(&PostParams::default(), &service).await.expect("Service created");
+    let vip = created.spec.and_then(|s| s.cluster_ip).expect("a ClusterIP");
+    slices
+        .create(
+            &PostParams::default(),
+            &slice(vec![endpoint("10.1.0.1", true, false), endpoint("10.1.0.2", true, false)]),
+        )
+        .await
+        .expect("EndpointSlice created");
+    let took = until(&control, &by_name, Duration::from_secs(10), |r| r.endpoints.len() == 2).await;
+    eprintln!("Service and EndpointSlice in the store after {took:?}");
+    let r = control.store().resolve(&by_name);
+    assert_eq!(weights(&r), vec![("10.1.0.1:8080".to_string(), 100), ("10.1.0.2:8080".to_string(), 100)]);
+    let by_vip = Target::Addr(SocketAddr::new(vip.parse().expect("ClusterIP"), 80));
+    assert_eq!(control.store().resolve(&by_vip).endpoints.len(), 2, "the ClusterIP resolves to the Service");
+
+    // One endpoint starts terminating: it drains (weight 0), within a second.
+    let mut current = slices.get("books-1").await.expect("slice");
+    current.endpoints = slice(vec![endpoint("10.1.0.1", true, false), endpoint("10.1.0.2", false, true)]).endpoints;
+    let started = Instant::now();
+    slices.replace("books-1", &PostParams::default(), &current).await.expect("slice updated");
+    until(&control, &by_name, budget, |r| weights(r).contains(&("10.1.0.2:8080".to_string(), 0))).await;
+    eprintln!("terminating endpoint drained after {:?}", started.elapsed());
+
+    // The Service goes: so does its answer, within a second.
+    let started = Instant::now();
+    services.delete("books", &DeleteParams::default()).await.expect("Service deleted");
+    until(&control, &by_name, budget, |r| r.service.is_none() && r.endpoints.is_empty()).await;
+    eprintln!("deleted Service left the store after {:?}", started.elapsed());
+
+    control.shutdown().await;
+}
