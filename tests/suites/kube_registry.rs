@@ -1,7 +1,8 @@
 //! The Kubernetes registry (`mesh-control --registry kubernetes`) against a
 //! real kube-apiserver: a Service and its EndpointSlices reach the control
 //! plane's store (resolved by name and by ClusterIP), an endpoint that starts
-//! terminating drains (weight 0), and a deleted Service leaves; each change
+//! terminating drains (weight 0), a TrafficPolicy and an
+//! AuthorizationPolicy reach it, and a deleted Service leaves; each change
 //! within a second. The test writes the EndpointSlices itself (as the
 //! EndpointSlice controller would for pods), so it needs no pods.
 //!
@@ -12,6 +13,8 @@ use mesh_control::{Config, Control};
 use mesh_kube::api::k8s_openapi::api::core::v1::Service;
 use mesh_kube::api::k8s_openapi::api::discovery::v1::EndpointSlice;
 use mesh_kube::api::{Api, DeleteParams, PostParams};
+use mesh_kube::crd::{AuthorizationPolicy, TrafficPolicy};
+use mesh_registry::model::ServiceKey;
 use mesh_registry::target::{Resolution, Target};
 use mesh_tests::kube_harness::{self, ApiServer};
 use serde_json::{Value, json};
@@ -41,6 +44,15 @@ async fn until(control: &Control, target: &Target, within: Duration, ok: impl Fn
     }
 }
 
+/// Waits (up to `within`) until `ok` holds.
+async fn within(budget: Duration, ok: impl Fn() -> bool) {
+    let started = Instant::now();
+    while !ok() {
+        assert!(started.elapsed() < budget, "not reached after {budget:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 fn endpoint(ip: &str, ready: bool, terminating: bool) -> Value {
     json!({"addresses": [ip], "conditions": {"ready": ready, "serving": true, "terminating": terminating},
            "targetRef": {"kind": "Pod", "name": format!("books-{}", ip.replace('.', "-"))}})
@@ -64,11 +76,12 @@ fn weights(r: &Resolution) -> Vec<(String, u32)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_and_endpoint_slice_changes_reach_the_store_within_a_second() {
     let Some(api) = api_server().await else { return };
+    let client = mesh_kube::client::connect(Some(&api.kubeconfig), None).await.expect("a client");
+    mesh_kube::crds::apply(&client, &mesh_kube::crds::mesh_crds(), Duration::from_secs(60)).await.expect("CRDs");
     let mut config = Config::with_kubernetes(Some(api.kubeconfig.clone()), None);
     config.grpc_addr = "127.0.0.1:0".parse().expect("addr");
     config.admin_addr = "127.0.0.1:0".parse().expect("addr");
     let control = Control::start(config).await.expect("the control plane starts with the Kubernetes registry");
-    let client = mesh_kube::client::connect(Some(&api.kubeconfig), None).await.expect("a client");
     let services: Api<Service> = Api::namespaced(client.clone(), "default");
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
     let by_name: Target = "books.default:80".parse().expect("target");
@@ -104,6 +117,45 @@ async fn service_and_endpoint_slice_changes_reach_the_store_within_a_second() {
     slices.replace("books-1", &PostParams::default(), &current).await.expect("slice updated");
     until(&control, &by_name, budget, |r| weights(r).contains(&("10.1.0.2:8080".to_string(), 0))).await;
     eprintln!("terminating endpoint drained after {:?}", started.elapsed());
+
+    // A TrafficPolicy for the Service, then an AuthorizationPolicy: each within a second.
+    let key = ServiceKey::new("default", "books");
+    let traffic: TrafficPolicy = serde_json::from_value(json!({
+        "apiVersion": "policy.mesh.dev/v1alpha1", "kind": "TrafficPolicy", "metadata": {"name": "books"},
+        "spec": {"targetRef": {"kind": "Service", "name": "books"},
+                 "circuitBreaker": {"consecutiveFailures": 3, "baseEjection": "5s", "maxEjection": "1m"}}
+    }))
+    .expect("a TrafficPolicy");
+    let started = Instant::now();
+    Api::<TrafficPolicy>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &traffic)
+        .await
+        .expect("TrafficPolicy created");
+    within(budget, || {
+        let index = control.store().index();
+        let cb = index.service(&key).and_then(|s| s.traffic_policy.as_ref()).map(|t| t.circuit_breaker);
+        cb.is_some_and(|cb| cb.consecutive_failures == 3 && cb.base_ejection == Duration::from_secs(5))
+    })
+    .await;
+    eprintln!("TrafficPolicy in the store after {:?}", started.elapsed());
+    let authz: AuthorizationPolicy = serde_json::from_value(json!({
+        "apiVersion": "policy.mesh.dev/v1alpha1", "kind": "AuthorizationPolicy", "metadata": {"name": "books"},
+        "spec": {"targetRef": {"kind": "Service", "name": "books", "port": 80},
+                 "rules": [{"name": "web", "from": {"serviceAccounts": [{"name": "web"}]}}]}
+    }))
+    .expect("an AuthorizationPolicy");
+    let started = Instant::now();
+    Api::<AuthorizationPolicy>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &authz)
+        .await
+        .expect("AuthorizationPolicy created");
+    within(budget, || {
+        let index = control.store().index();
+        let found = index.authorizations().find(|a| a.name == "books").cloned();
+        found.is_some_and(|a| a.service == key && a.port == Some(80) && a.rules[0].service_accounts[0].name == "web")
+    })
+    .await;
+    eprintln!("AuthorizationPolicy in the store after {:?}", started.elapsed());
 
     // The Service goes: so does its answer, within a second.
     let started = Instant::now();

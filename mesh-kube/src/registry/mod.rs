@@ -3,6 +3,7 @@
 //! `mesh_registry`'s model and written through
 //! [`RegistrySink`](mesh_registry::sink::RegistrySink).
 
+pub mod policy;
 pub mod service;
 pub mod watch;
 

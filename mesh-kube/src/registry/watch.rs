@@ -1,11 +1,16 @@
-//! The watch: reflectors on Services and EndpointSlices (all namespaces);
-//! every change recomputes the Services it touches with
-//! [`service_from`](super::service_from) and upserts or removes them
-//! through the sink. A Service whose objects are invalid keeps what was
-//! served before; its problems are logged (located by object and field) and
-//! counted in [`RegistryStats`].
+//! The watch: reflectors on Services, EndpointSlices, TrafficPolicies and
+//! AuthorizationPolicies (all namespaces). A change recomputes the Services
+//! it touches with [`service_from`](super::service_from) (plus the
+//! TrafficPolicy targeting them) and upserts or removes them through the
+//! sink; an AuthorizationPolicy change replaces the authorizations. An
+//! invalid object is not served (a Service keeps what was served before);
+//! its problems are logged, located by object and field, and counted in
+//! [`RegistryStats`]. (Kubernetes Events and status conditions for them are
+//! still to come.)
 
+use super::policy::{authorization_from, traffic_from};
 use super::service::{SERVICE_NAME_LABEL, service_from};
+use crate::crd::{AuthorizationPolicy, TrafficPolicy};
 use futures_util::{StreamExt, stream};
 use k8s_openapi::api::core::v1::Service as KubeService;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -35,6 +40,8 @@ enum Change {
     Service(ServiceKey),
     /// A watch finished a (re)list: everything may have changed.
     Listed(Kind),
+    /// An AuthorizationPolicy changed.
+    Authorizations,
     /// Nothing to do.
     None,
 }
@@ -43,6 +50,8 @@ enum Change {
 enum Kind {
     Services,
     Slices,
+    Traffic,
+    Authorizations,
 }
 
 /// The Kubernetes registry (see the module docs).
@@ -85,9 +94,35 @@ impl KubernetesRegistry {
         )
         .default_backoff()
         .map(|event| event.map(|e| change(e, Kind::Slices, slice_service_key)));
-        let mut events = stream::select(service_events.boxed(), slice_events.boxed());
+        let (traffic, traffic_writer) = reflector::store::<TrafficPolicy>();
+        let traffic_events = reflector::reflector(
+            traffic_writer,
+            watcher(Api::<TrafficPolicy>::all(self.client.clone()), watcher::Config::default()),
+        )
+        .default_backoff()
+        .map(|event| event.map(|e| change(e, Kind::Traffic, traffic_target)));
+        let (authorizations, authorization_writer) = reflector::store::<AuthorizationPolicy>();
+        let authorization_events = reflector::reflector(
+            authorization_writer,
+            watcher(Api::<AuthorizationPolicy>::all(self.client.clone()), watcher::Config::default()),
+        )
+        .default_backoff()
+        .map(|event| {
+            event.map(|e| match e {
+                watcher::Event::Init => Change::None,
+                watcher::Event::InitDone => Change::Listed(Kind::Authorizations),
+                _ => Change::Authorizations,
+            })
+        });
+        let mut events = stream::select_all([
+            service_events.boxed(),
+            slice_events.boxed(),
+            traffic_events.boxed(),
+            authorization_events.boxed(),
+        ]);
 
-        let mut state = State { served: BTreeSet::new(), listed_services: false, listed_slices: false };
+        let stores = Stores { services, slices, traffic };
+        let mut state = State { served: BTreeSet::new(), listed_services: false };
         while let Some(event) = events.next().await {
             match event {
                 Err(e) => {
@@ -95,17 +130,19 @@ impl KubernetesRegistry {
                     tracing::warn!(error = %e, "Kubernetes watch failed; retrying");
                 }
                 Ok(Change::None) => {}
-                Ok(Change::Service(key)) => self.apply(&key, &services, &slices, &mut state),
+                Ok(Change::Service(key)) => self.apply(&key, &stores, &mut state),
+                Ok(Change::Authorizations | Change::Listed(Kind::Authorizations)) => {
+                    self.apply_authorizations(&authorizations);
+                }
                 Ok(Change::Listed(kind)) => {
-                    match kind {
-                        Kind::Services => state.listed_services = true,
-                        Kind::Slices => state.listed_slices = true,
+                    if kind == Kind::Services {
+                        state.listed_services = true;
                     }
                     let mut keys: BTreeSet<ServiceKey> =
-                        services.state().iter().map(|s| service_key(s)).collect::<Option<_>>().unwrap_or_default();
+                        stores.services.state().iter().filter_map(|s| service_key(s)).collect();
                     keys.extend(state.served.iter().cloned());
                     for key in keys {
-                        self.apply(&key, &services, &slices, &mut state);
+                        self.apply(&key, &stores, &mut state);
                     }
                 }
             }
@@ -113,8 +150,8 @@ impl KubernetesRegistry {
     }
 
     /// Recomputes one Service from the reflectors' stores and writes it.
-    fn apply(&self, key: &ServiceKey, services: &Store<KubeService>, slices: &Store<EndpointSlice>, state: &mut State) {
-        let Some(service) = services.get(&ObjectRef::new(&key.name).within(&key.namespace)) else {
+    fn apply(&self, key: &ServiceKey, stores: &Stores, state: &mut State) {
+        let Some(service) = stores.services.get(&ObjectRef::new(&key.name).within(&key.namespace)) else {
             // Gone (or not listed yet: removals wait for the first list).
             if state.listed_services && state.served.remove(key) {
                 self.sink.remove(key);
@@ -122,14 +159,17 @@ impl KubernetesRegistry {
             }
             return;
         };
-        let own: Vec<EndpointSlice> = slices
+        let own: Vec<EndpointSlice> = stores
+            .slices
             .state()
             .iter()
             .filter(|s| slice_service_key(s).as_ref() == Some(key))
             .map(|s| EndpointSlice::clone(s))
             .collect();
+        let traffic = self.traffic_policy(key, &stores.traffic);
         match service_from(&service, &own) {
-            Ok(model) => {
+            Ok(mut model) => {
+                model.traffic_policy = traffic;
                 self.sink.upsert(model);
                 state.served.insert(key.clone());
                 self.stats.applied.fetch_add(1, Ordering::Relaxed);
@@ -144,12 +184,65 @@ impl KubernetesRegistry {
     }
 }
 
+impl KubernetesRegistry {
+    /// The valid TrafficPolicy targeting `key` (the first by name when several do).
+    fn traffic_policy(
+        &self,
+        key: &ServiceKey,
+        traffic: &Store<TrafficPolicy>,
+    ) -> Option<mesh_registry::model::TrafficPolicy> {
+        let mut candidates: Vec<_> =
+            traffic.state().into_iter().filter(|t| traffic_target(t).as_ref() == Some(key)).collect();
+        candidates.sort_by_key(|t| t.name_any());
+        if candidates.len() > 1 {
+            let names: Vec<String> = candidates.iter().map(|t| t.name_any()).collect();
+            tracing::warn!(service = %key, policies = ?names, "several TrafficPolicies target one Service; using the first by name");
+        }
+        match traffic_from(candidates.first()?) {
+            Ok((_, policy)) => Some(policy),
+            Err(problems) => {
+                self.report(problems);
+                None
+            }
+        }
+    }
+
+    /// Replaces every authorization with the valid AuthorizationPolicies.
+    fn apply_authorizations(&self, authorizations: &Store<AuthorizationPolicy>) {
+        let mut valid = Vec::new();
+        let mut all = authorizations.state();
+        all.sort_by_key(|a| (a.namespace(), a.name_any()));
+        for policy in all {
+            match authorization_from(&policy) {
+                Ok(p) => valid.push(p),
+                Err(problems) => self.report(problems),
+            }
+        }
+        self.sink.replace_policies(Vec::new(), valid);
+        self.stats.applied.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn report(&self, problems: Vec<mesh_registry::problem::Problem>) {
+        self.stats.problems.fetch_add(problems.len() as u64, Ordering::Relaxed);
+        for problem in problems {
+            tracing::warn!(%problem, "Kubernetes object rejected; it is not served");
+        }
+    }
+}
+
+/// The reflectors' stores a Service is computed from.
+struct Stores {
+    services: Store<KubeService>,
+    slices: Store<EndpointSlice>,
+    traffic: Store<TrafficPolicy>,
+}
+
 /// What the watch loop remembers.
 struct State {
     /// Services written to the sink.
     served: BTreeSet<ServiceKey>,
+    /// Whether the Services have been listed (removals wait for it).
     listed_services: bool,
-    listed_slices: bool,
 }
 
 fn change<K>(event: watcher::Event<K>, kind: Kind, key: impl Fn(&K) -> Option<ServiceKey>) -> Change {
@@ -164,6 +257,11 @@ fn change<K>(event: watcher::Event<K>, kind: Kind, key: impl Fn(&K) -> Option<Se
 
 fn service_key(service: &KubeService) -> Option<ServiceKey> {
     Some(ServiceKey::new(service.namespace()?, service.name_any()))
+}
+
+/// The Service a TrafficPolicy targets.
+fn traffic_target(policy: &TrafficPolicy) -> Option<ServiceKey> {
+    Some(ServiceKey::new(policy.namespace()?, policy.spec.target_ref.name.clone()))
 }
 
 /// The Service an EndpointSlice belongs to (its `kubernetes.io/service-name` label).
