@@ -71,6 +71,15 @@ pub struct BackendRef {
     pub weight: Option<i32>,
 }
 
+/// A rule's filter, by type only: the mesh translates none yet, so a route
+/// with filters is reported and not served (rather than served without them).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct RouteFilter {
+    /// The filter's type, like `RequestHeaderModifier` or `RequestRedirect`.
+    #[serde(rename = "type")]
+    pub type_: String,
+}
+
 /// Route timeouts (Gateway API `HTTPRouteTimeouts`).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -122,6 +131,10 @@ pub struct HttpRouteRule {
     /// Timeouts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<HttpRouteTimeouts>,
+    /// Filters (none is translated yet: see [`RouteFilter`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub filters: Vec<RouteFilter>,
 }
 
 /// A gRPC method condition (Gateway API `GRPCMethodMatch`, type `Exact`).
@@ -186,12 +199,30 @@ pub struct GrpcRouteRule {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub backend_refs: Vec<BackendRef>,
+    /// Filters (none is translated yet: see [`RouteFilter`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub filters: Vec<RouteFilter>,
 }
 
 /// CRDs for exactly this subset, for tests on an API server without
 /// upstream's Gateway API CRDs. Not for clusters: install upstream's.
 pub fn crds_for_tests() -> Vec<CustomResourceDefinition> {
-    vec![HTTPRoute::crd(), GRPCRoute::crd()]
+    let mut crds = vec![HTTPRoute::crd(), GRPCRoute::crd()];
+    for crd in &mut crds {
+        // `*.k8s.io` groups need an approved API review; upstream's CRDs cite theirs.
+        crd.metadata.annotations = Some(
+            [
+                (
+                    "api-approved.kubernetes.io".to_string(),
+                    "https://github.com/kubernetes-sigs/gateway-api/pull/3328".to_string(),
+                ),
+                ("gateway.networking.k8s.io/channel".to_string(), "mesh-test-subset".to_string()),
+            ]
+            .into(),
+        );
+    }
+    crds
 }
 
 #[cfg(test)]
@@ -234,6 +265,10 @@ status: {parents: []}
         assert_eq!(m.headers[0].name, "x-canary");
         assert_eq!(rule.backend_refs.iter().map(|b| b.weight).collect::<Vec<_>>(), vec![Some(90), Some(10)]);
         assert_eq!(rule.timeouts.as_ref().and_then(|t| t.request.as_deref()), Some("2s"));
+        assert_eq!(
+            rule.filters[0].type_, "RequestHeaderModifier",
+            "filters are seen, so they are never silently dropped"
+        );
 
         let gateway = ParentReference { group: None, kind: None, namespace: None, name: "gw".into(), port: None };
         assert!(!gateway.is_service(), "omitted group and kind mean a Gateway");

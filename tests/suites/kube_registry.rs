@@ -1,8 +1,8 @@
 //! The Kubernetes registry (`mesh-control --registry kubernetes`) against a
 //! real kube-apiserver: a Service and its EndpointSlices reach the control
 //! plane's store (resolved by name and by ClusterIP), an endpoint that starts
-//! terminating drains (weight 0), a TrafficPolicy and an
-//! AuthorizationPolicy reach it, and a deleted Service leaves; each change
+//! terminating drains (weight 0), a TrafficPolicy, an AuthorizationPolicy
+//! and an HTTPRoute (GAMMA) reach it, and a deleted Service leaves; each change
 //! within a second. The test writes the EndpointSlices itself (as the
 //! EndpointSlice controller would for pods), so it needs no pods.
 //!
@@ -14,6 +14,7 @@ use mesh_kube::api::k8s_openapi::api::core::v1::Service;
 use mesh_kube::api::k8s_openapi::api::discovery::v1::EndpointSlice;
 use mesh_kube::api::{Api, DeleteParams, PostParams};
 use mesh_kube::crd::{AuthorizationPolicy, TrafficPolicy};
+use mesh_kube::gateway::HTTPRoute;
 use mesh_registry::model::ServiceKey;
 use mesh_registry::target::{Resolution, Target};
 use mesh_tests::kube_harness::{self, ApiServer};
@@ -77,7 +78,8 @@ fn weights(r: &Resolution) -> Vec<(String, u32)> {
 async fn service_and_endpoint_slice_changes_reach_the_store_within_a_second() {
     let Some(api) = api_server().await else { return };
     let client = mesh_kube::client::connect(Some(&api.kubeconfig), None).await.expect("a client");
-    mesh_kube::crds::apply(&client, &mesh_kube::crds::mesh_crds(), Duration::from_secs(60)).await.expect("CRDs");
+    let crds = [mesh_kube::crds::mesh_crds(), mesh_kube::gateway::crds_for_tests()].concat();
+    mesh_kube::crds::apply(&client, &crds, Duration::from_secs(60)).await.expect("CRDs");
     let mut config = Config::with_kubernetes(Some(api.kubeconfig.clone()), None);
     config.grpc_addr = "127.0.0.1:0".parse().expect("addr");
     config.admin_addr = "127.0.0.1:0".parse().expect("addr");
@@ -156,6 +158,31 @@ async fn service_and_endpoint_slice_changes_reach_the_store_within_a_second() {
     })
     .await;
     eprintln!("AuthorizationPolicy in the store after {:?}", started.elapsed());
+
+    // An HTTPRoute attached to the Service's port 80: a route policy within a second.
+    let route: HTTPRoute = serde_json::from_value(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "books-canary"},
+        "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "books", "port": 80}],
+                 "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/v2"}}],
+                            "backendRefs": [{"name": "books-v2", "port": 80}]}]}
+    }))
+    .expect("an HTTPRoute");
+    let started = Instant::now();
+    Api::<HTTPRoute>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &route)
+        .await
+        .expect("HTTPRoute created");
+    within(budget, || {
+        let index = control.store().index();
+        let policy = index.route_policy(&key, 80).cloned();
+        policy.is_some_and(|p| p.rules.len() == 1 && p.rules[0].backends[0].service.name == "books-v2")
+    })
+    .await;
+    eprintln!("HTTPRoute in the store after {:?}", started.elapsed());
+    assert!(
+        control.store().index().authorizations().any(|a| a.name == "books"),
+        "routes and authorizations are replaced together: the authorization stays"
+    );
 
     // The Service goes: so does its answer, within a second.
     let started = Instant::now();

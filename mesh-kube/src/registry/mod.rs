@@ -4,6 +4,7 @@
 //! [`RegistrySink`](mesh_registry::sink::RegistrySink).
 
 pub mod policy;
+pub mod routes;
 pub mod service;
 pub mod watch;
 

@@ -18,7 +18,7 @@ use mesh_registry::problem::{Location, Problem};
 use std::time::Duration;
 
 /// Collects problems located in one object.
-struct Problems {
+pub(super) struct Problems {
     kind: &'static str,
     namespace: String,
     name: String,
@@ -26,11 +26,11 @@ struct Problems {
 }
 
 impl Problems {
-    fn new(kind: &'static str, namespace: String, name: String) -> Self {
+    pub(super) fn new(kind: &'static str, namespace: String, name: String) -> Self {
         Self { kind, namespace, name, found: Vec::new() }
     }
 
-    fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.found.push(Problem {
             at: Location::Object {
                 kind: self.kind.into(),
@@ -42,7 +42,7 @@ impl Problems {
         });
     }
 
-    fn finish<T>(self, value: T) -> Result<T, Vec<Problem>> {
+    pub(super) fn finish<T>(self, value: T) -> Result<T, Vec<Problem>> {
         if self.found.is_empty() { Ok(value) } else { Err(self.found) }
     }
 }
@@ -131,7 +131,7 @@ fn authorization_rule(namespace: &str, rule: &KubeRule, at: &str, problems: &mut
 }
 
 /// The policy model's request match for a Gateway-API-style `HTTPRouteMatch`.
-fn request_match(m: &HttpRouteMatch, at: &str, problems: &mut Problems) -> Option<RequestMatch> {
+pub(super) fn request_match(m: &HttpRouteMatch, at: &str, problems: &mut Problems) -> Option<RequestMatch> {
     let mut ok = true;
     let mut regex = |re: &str, field: String| {
         if let Err(e) = anchored_regex(re) {

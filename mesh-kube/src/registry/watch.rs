@@ -1,16 +1,19 @@
-//! The watch: reflectors on Services, EndpointSlices, TrafficPolicies and
-//! AuthorizationPolicies (all namespaces). A change recomputes the Services
+//! The watch: reflectors on Services, EndpointSlices, TrafficPolicies,
+//! AuthorizationPolicies, HTTPRoutes and GRPCRoutes (all namespaces). A change recomputes the Services
 //! it touches with [`service_from`](super::service_from) (plus the
 //! TrafficPolicy targeting them) and upserts or removes them through the
-//! sink; an AuthorizationPolicy change replaces the authorizations. An
+//! sink; an AuthorizationPolicy, HTTPRoute or GRPCRoute change replaces the
+//! policies ([`routes_from`](super::routes::routes_from)). An
 //! invalid object is not served (a Service keeps what was served before);
 //! its problems are logged, located by object and field, and counted in
 //! [`RegistryStats`]. (Kubernetes Events and status conditions for them are
 //! still to come.)
 
 use super::policy::{authorization_from, traffic_from};
+use super::routes::routes_from;
 use super::service::{SERVICE_NAME_LABEL, service_from};
 use crate::crd::{AuthorizationPolicy, TrafficPolicy};
+use crate::gateway::{GRPCRoute, HTTPRoute};
 use futures_util::{StreamExt, stream};
 use k8s_openapi::api::core::v1::Service as KubeService;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -40,8 +43,8 @@ enum Change {
     Service(ServiceKey),
     /// A watch finished a (re)list: everything may have changed.
     Listed(Kind),
-    /// An AuthorizationPolicy changed.
-    Authorizations,
+    /// An AuthorizationPolicy or a route changed.
+    Policies,
     /// Nothing to do.
     None,
 }
@@ -51,7 +54,7 @@ enum Kind {
     Services,
     Slices,
     Traffic,
-    Authorizations,
+    Policies,
 }
 
 /// The Kubernetes registry (see the module docs).
@@ -101,25 +104,18 @@ impl KubernetesRegistry {
         )
         .default_backoff()
         .map(|event| event.map(|e| change(e, Kind::Traffic, traffic_target)));
-        let (authorizations, authorization_writer) = reflector::store::<AuthorizationPolicy>();
-        let authorization_events = reflector::reflector(
-            authorization_writer,
-            watcher(Api::<AuthorizationPolicy>::all(self.client.clone()), watcher::Config::default()),
-        )
-        .default_backoff()
-        .map(|event| {
-            event.map(|e| match e {
-                watcher::Event::Init => Change::None,
-                watcher::Event::InitDone => Change::Listed(Kind::Authorizations),
-                _ => Change::Authorizations,
-            })
-        });
+        let (authorizations, authorization_events) = policy_reflector::<AuthorizationPolicy>(&self.client);
+        let (http_routes, http_route_events) = policy_reflector::<HTTPRoute>(&self.client);
+        let (grpc_routes, grpc_route_events) = policy_reflector::<GRPCRoute>(&self.client);
         let mut events = stream::select_all([
             service_events.boxed(),
             slice_events.boxed(),
             traffic_events.boxed(),
-            authorization_events.boxed(),
+            authorization_events,
+            http_route_events,
+            grpc_route_events,
         ]);
+        let policies = PolicyStores { authorizations, http_routes, grpc_routes };
 
         let stores = Stores { services, slices, traffic };
         let mut state = State { served: BTreeSet::new(), listed_services: false };
@@ -131,9 +127,7 @@ impl KubernetesRegistry {
                 }
                 Ok(Change::None) => {}
                 Ok(Change::Service(key)) => self.apply(&key, &stores, &mut state),
-                Ok(Change::Authorizations | Change::Listed(Kind::Authorizations)) => {
-                    self.apply_authorizations(&authorizations);
-                }
+                Ok(Change::Policies | Change::Listed(Kind::Policies)) => self.apply_policies(&policies),
                 Ok(Change::Listed(kind)) => {
                     if kind == Kind::Services {
                         state.listed_services = true;
@@ -207,10 +201,16 @@ impl KubernetesRegistry {
         }
     }
 
-    /// Replaces every authorization with the valid AuthorizationPolicies.
-    fn apply_authorizations(&self, authorizations: &Store<AuthorizationPolicy>) {
+    /// Replaces the routes and authorizations with the valid ones.
+    fn apply_policies(&self, stores: &PolicyStores) {
+        let http: Vec<HTTPRoute> = stores.http_routes.state().iter().map(|r| HTTPRoute::clone(r)).collect();
+        let grpc: Vec<GRPCRoute> = stores.grpc_routes.state().iter().map(|r| GRPCRoute::clone(r)).collect();
+        let (routes, problems) = routes_from(&http, &grpc);
+        if !problems.is_empty() {
+            self.report(problems);
+        }
         let mut valid = Vec::new();
-        let mut all = authorizations.state();
+        let mut all = stores.authorizations.state();
         all.sort_by_key(|a| (a.namespace(), a.name_any()));
         for policy in all {
             match authorization_from(&policy) {
@@ -218,7 +218,7 @@ impl KubernetesRegistry {
                 Err(problems) => self.report(problems),
             }
         }
-        self.sink.replace_policies(Vec::new(), valid);
+        self.sink.replace_policies(routes, valid);
         self.stats.applied.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -235,6 +235,32 @@ struct Stores {
     services: Store<KubeService>,
     slices: Store<EndpointSlice>,
     traffic: Store<TrafficPolicy>,
+}
+
+/// The reflectors' stores the policies are computed from.
+struct PolicyStores {
+    authorizations: Store<AuthorizationPolicy>,
+    http_routes: Store<HTTPRoute>,
+    grpc_routes: Store<GRPCRoute>,
+}
+
+/// A reflector on every object of `K`, each event meaning "the policies changed".
+fn policy_reflector<K>(client: &Client) -> (Store<K>, stream::BoxStream<'static, Result<Change, watcher::Error>>)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store::<K>();
+    let events = reflector::reflector(writer, watcher(Api::<K>::all(client.clone()), watcher::Config::default()))
+        .default_backoff()
+        .map(|event| {
+            event.map(|e| match e {
+                watcher::Event::Init => Change::None,
+                watcher::Event::InitDone => Change::Listed(Kind::Policies),
+                _ => Change::Policies,
+            })
+        })
+        .boxed();
+    (store, events)
 }
 
 /// What the watch loop remembers.
