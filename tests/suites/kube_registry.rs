@@ -2,7 +2,8 @@
 //! real kube-apiserver: a Service and its EndpointSlices reach the control
 //! plane's store (resolved by name and by ClusterIP), an endpoint that starts
 //! terminating drains (weight 0), a TrafficPolicy, an AuthorizationPolicy
-//! and an HTTPRoute (GAMMA) reach it, and a deleted Service leaves; each change
+//! and an HTTPRoute (GAMMA) reach it, a route the mesh cannot serve is
+//! left out with a Warning Event on it naming the field, and a deleted Service leaves; each change
 //! within a second. The test writes the EndpointSlices itself (as the
 //! EndpointSlice controller would for pods), so it needs no pods.
 //!
@@ -12,7 +13,8 @@
 use mesh_control::{Config, Control};
 use mesh_kube::api::k8s_openapi::api::core::v1::Service;
 use mesh_kube::api::k8s_openapi::api::discovery::v1::EndpointSlice;
-use mesh_kube::api::{Api, DeleteParams, PostParams};
+use mesh_kube::api::k8s_openapi::api::events::v1::Event;
+use mesh_kube::api::{Api, DeleteParams, ListParams, PostParams};
 use mesh_kube::crd::{AuthorizationPolicy, TrafficPolicy};
 use mesh_kube::gateway::HTTPRoute;
 use mesh_registry::model::ServiceKey;
@@ -183,6 +185,38 @@ async fn service_and_endpoint_slice_changes_reach_the_store_within_a_second() {
         control.store().index().authorizations().any(|a| a.name == "books"),
         "routes and authorizations are replaced together: the authorization stays"
     );
+
+    // A route with a filter the mesh does not translate: not served (the
+    // canary route stays alone), and a Warning Event on it names the field.
+    let redirect: HTTPRoute = serde_json::from_value(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "books-redirect"},
+        "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "books", "port": 80}],
+                 "rules": [{"filters": [{"type": "RequestRedirect"}]}]}
+    }))
+    .expect("an HTTPRoute");
+    Api::<HTTPRoute>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &redirect)
+        .await
+        .expect("HTTPRoute created");
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let started = Instant::now();
+    let event = loop {
+        let list = events.list(&ListParams::default()).await.expect("events");
+        let found = list.items.into_iter().find(|e| {
+            e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("books-redirect")
+                && e.regarding.as_ref().and_then(|r| r.uid.as_deref()).is_some()
+        });
+        if let Some(event) = found {
+            break event;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "no Event for the rejected route after 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!((event.type_.as_deref(), event.reason.as_deref()), (Some("Warning"), Some("Rejected")));
+    let note = event.note.unwrap_or_default();
+    assert!(note.contains("spec.rules[0].filters[0]") && note.contains("RequestRedirect"), "{note}");
+    let rules = control.store().index().route_policy(&key, 80).map(|p| p.rules.len());
+    assert_eq!(rules, Some(1), "the rejected route is not served");
 
     // The Service goes: so does its answer, within a second.
     let started = Instant::now();

@@ -4,6 +4,7 @@
 //! [`RegistrySink`](mesh_registry::sink::RegistrySink).
 
 pub mod policy;
+mod report;
 pub mod routes;
 pub mod service;
 pub mod watch;

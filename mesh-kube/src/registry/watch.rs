@@ -3,13 +3,14 @@
 //! it touches with [`service_from`](super::service_from) (plus the
 //! TrafficPolicy targeting them) and upserts or removes them through the
 //! sink; an AuthorizationPolicy, HTTPRoute or GRPCRoute change replaces the
-//! policies ([`routes_from`](super::routes::routes_from)). An
-//! invalid object is not served (a Service keeps what was served before);
-//! its problems are logged, located by object and field, and counted in
-//! [`RegistryStats`]. (Kubernetes Events and status conditions for them are
-//! still to come.)
+//! policies ([`routes_from`](super::routes::routes_from)). An invalid object
+//! is not served (a Service keeps what was served before); its problems,
+//! located by object and field, are logged, counted in [`RegistryStats`]
+//! and published as a Warning Event on the object, once per change
+//! ([`super::report`]).
 
 use super::policy::{authorization_from, traffic_from};
+use super::report::{ObjectId, ProblemReporter};
 use super::routes::routes_from;
 use super::service::{SERVICE_NAME_LABEL, service_from};
 use crate::crd::{AuthorizationPolicy, TrafficPolicy};
@@ -31,7 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct RegistryStats {
     /// Services written to the sink (upserts and removals).
     pub applied: Arc<AtomicU64>,
-    /// Problems found in objects (each also logged).
+    /// Problems found in objects (counted once per object and change; each also logged).
     pub problems: Arc<AtomicU64>,
     /// Watch errors (the watch retries with backoff).
     pub watch_errors: Arc<AtomicU64>,
@@ -62,6 +63,7 @@ pub struct KubernetesRegistry {
     client: Client,
     sink: Arc<dyn RegistrySink>,
     stats: RegistryStats,
+    problems: ProblemReporter,
 }
 
 impl std::fmt::Debug for KubernetesRegistry {
@@ -73,7 +75,9 @@ impl std::fmt::Debug for KubernetesRegistry {
 impl KubernetesRegistry {
     /// A registry writing what `client` sees into `sink`.
     pub fn new(client: Client, sink: Arc<dyn RegistrySink>) -> Self {
-        Self { client, sink, stats: RegistryStats::default() }
+        let stats = RegistryStats::default();
+        let problems = ProblemReporter::new(client.clone(), stats.problems.clone());
+        Self { client, sink, stats, problems }
     }
 
     /// Its counters (shared: they keep counting while [`Self::run`] runs).
@@ -161,19 +165,26 @@ impl KubernetesRegistry {
             .map(|s| EndpointSlice::clone(s))
             .collect();
         let traffic = self.traffic_policy(key, &stores.traffic);
-        match service_from(&service, &own) {
+        let result = service_from(&service, &own);
+        let in_scope = |id: &ObjectId| {
+            id.1 == key.namespace
+                && ((id.0 == "Service" && id.2 == key.name)
+                    || (id.0 == "EndpointSlice" && own.iter().any(|s| s.metadata.name.as_ref() == Some(&id.2))))
+        };
+        let uid = |id: &ObjectId| match id.0.as_str() {
+            "Service" => service.metadata.uid.clone(),
+            _ => own.iter().find(|s| s.metadata.name.as_ref() == Some(&id.2)).and_then(|s| s.metadata.uid.clone()),
+        };
+        match result {
             Ok(mut model) => {
+                self.problems.report(in_scope, Vec::new(), uid);
                 model.traffic_policy = traffic;
                 self.sink.upsert(model);
                 state.served.insert(key.clone());
                 self.stats.applied.fetch_add(1, Ordering::Relaxed);
             }
-            Err(problems) => {
-                self.stats.problems.fetch_add(problems.len() as u64, Ordering::Relaxed);
-                for problem in problems {
-                    tracing::warn!(%problem, "Kubernetes object rejected; the Service keeps what was served before");
-                }
-            }
+            // The Service keeps what was served before.
+            Err(problems) => self.problems.report(in_scope, problems, uid),
         }
     }
 }
@@ -192,10 +203,17 @@ impl KubernetesRegistry {
             let names: Vec<String> = candidates.iter().map(|t| t.name_any()).collect();
             tracing::warn!(service = %key, policies = ?names, "several TrafficPolicies target one Service; using the first by name");
         }
-        match traffic_from(candidates.first()?) {
-            Ok((_, policy)) => Some(policy),
+        let first = candidates.first()?;
+        let id: ObjectId = ("TrafficPolicy".into(), key.namespace.clone(), first.name_any());
+        let in_scope = |other: &ObjectId| other == &id;
+        let uid = |_: &ObjectId| first.metadata.uid.clone();
+        match traffic_from(first) {
+            Ok((_, policy)) => {
+                self.problems.report(in_scope, Vec::new(), uid);
+                Some(policy)
+            }
             Err(problems) => {
-                self.report(problems);
+                self.problems.report(in_scope, problems, uid);
                 None
             }
         }
@@ -205,28 +223,28 @@ impl KubernetesRegistry {
     fn apply_policies(&self, stores: &PolicyStores) {
         let http: Vec<HTTPRoute> = stores.http_routes.state().iter().map(|r| HTTPRoute::clone(r)).collect();
         let grpc: Vec<GRPCRoute> = stores.grpc_routes.state().iter().map(|r| GRPCRoute::clone(r)).collect();
-        let (routes, problems) = routes_from(&http, &grpc);
-        if !problems.is_empty() {
-            self.report(problems);
-        }
+        let (routes, mut problems) = routes_from(&http, &grpc);
         let mut valid = Vec::new();
         let mut all = stores.authorizations.state();
         all.sort_by_key(|a| (a.namespace(), a.name_any()));
         for policy in all {
             match authorization_from(&policy) {
                 Ok(p) => valid.push(p),
-                Err(problems) => self.report(problems),
+                Err(found) => problems.extend(found),
             }
         }
         self.sink.replace_policies(routes, valid);
         self.stats.applied.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn report(&self, problems: Vec<mesh_registry::problem::Problem>) {
-        self.stats.problems.fetch_add(problems.len() as u64, Ordering::Relaxed);
-        for problem in problems {
-            tracing::warn!(%problem, "Kubernetes object rejected; it is not served");
-        }
+        let in_scope = |id: &ObjectId| matches!(id.0.as_str(), "AuthorizationPolicy" | "HTTPRoute" | "GRPCRoute");
+        let uid = |id: &ObjectId| match id.0.as_str() {
+            "AuthorizationPolicy" => {
+                stores.authorizations.get(&ObjectRef::new(&id.2).within(&id.1))?.metadata.uid.clone()
+            }
+            "HTTPRoute" => stores.http_routes.get(&ObjectRef::new(&id.2).within(&id.1))?.metadata.uid.clone(),
+            "GRPCRoute" => stores.grpc_routes.get(&ObjectRef::new(&id.2).within(&id.1))?.metadata.uid.clone(),
+            _ => None,
+        };
+        self.problems.report(in_scope, problems, uid);
     }
 }
 
