@@ -141,7 +141,13 @@ async fn service_and_endpoint_slice_changes_reach_the_store_within_a_second() {
         cb.is_some_and(|cb| cb.consecutive_failures == 3 && cb.base_ejection == Duration::from_secs(5))
     })
     .await;
-    eprintln!("TrafficPolicy in the store after {:?}", started.elapsed());
+    eprintln!("TrafficPolicy in the store {:?} after the create call began", started.elapsed());
+    // Retargeted elsewhere: books loses it (the Service it left is recomputed too).
+    let policies: Api<TrafficPolicy> = Api::namespaced(client.clone(), "default");
+    let mut moved = policies.get("books").await.expect("TrafficPolicy");
+    moved.spec.target_ref.name = "authors".into();
+    policies.replace("books", &PostParams::default(), &moved).await.expect("TrafficPolicy retargeted");
+    within(budget, || control.store().index().service(&key).is_some_and(|s| s.traffic_policy.is_none())).await;
     let authz: AuthorizationPolicy = serde_json::from_value(json!({
         "apiVersion": "policy.mesh.dev/v1alpha1", "kind": "AuthorizationPolicy", "metadata": {"name": "books"},
         "spec": {"targetRef": {"kind": "Service", "name": "books", "port": 80},

@@ -23,7 +23,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use mesh_registry::model::ServiceKey;
 use mesh_registry::sink::RegistrySink;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -42,6 +42,9 @@ pub struct RegistryStats {
 enum Change {
     /// The Service with this key may have changed.
     Service(ServiceKey),
+    /// A TrafficPolicy (namespace, name) changed; it now targets this Service
+    /// (`None` when deleted). The Service it targeted before changes too.
+    Traffic((String, String), Option<ServiceKey>),
     /// A watch finished a (re)list: everything may have changed.
     Listed(Kind),
     /// An AuthorizationPolicy or a route changed.
@@ -107,7 +110,16 @@ impl KubernetesRegistry {
             watcher(Api::<TrafficPolicy>::all(self.client.clone()), watcher::Config::default()),
         )
         .default_backoff()
-        .map(|event| event.map(|e| change(e, Kind::Traffic, traffic_target)));
+        .map(|event| {
+            event.map(|e| match e {
+                watcher::Event::Apply(p) | watcher::Event::InitApply(p) => {
+                    Change::Traffic((p.namespace().unwrap_or_default(), p.name_any()), traffic_target(&p))
+                }
+                watcher::Event::Delete(p) => Change::Traffic((p.namespace().unwrap_or_default(), p.name_any()), None),
+                watcher::Event::Init => Change::None,
+                watcher::Event::InitDone => Change::Listed(Kind::Traffic),
+            })
+        });
         let (authorizations, authorization_events) = policy_reflector::<AuthorizationPolicy>(&self.client);
         let (http_routes, http_route_events) = policy_reflector::<HTTPRoute>(&self.client);
         let (grpc_routes, grpc_route_events) = policy_reflector::<GRPCRoute>(&self.client);
@@ -122,7 +134,7 @@ impl KubernetesRegistry {
         let policies = PolicyStores { authorizations, http_routes, grpc_routes };
 
         let stores = Stores { services, slices, traffic };
-        let mut state = State { served: BTreeSet::new(), listed_services: false };
+        let mut state = State { served: BTreeSet::new(), listed_services: false, traffic_targets: BTreeMap::new() };
         while let Some(event) = events.next().await {
             match event {
                 Err(e) => {
@@ -130,25 +142,47 @@ impl KubernetesRegistry {
                     tracing::warn!(error = %e, "Kubernetes watch failed; retrying");
                 }
                 Ok(Change::None) => {}
-                Ok(Change::Service(key)) => self.apply(&key, &stores, &mut state),
+                Ok(Change::Service(key)) => {
+                    let own = slices_of(&stores.slices, &key);
+                    self.apply(&key, own, &stores, &mut state);
+                }
+                Ok(Change::Traffic(policy, target)) => {
+                    let before = match &target {
+                        Some(t) => state.traffic_targets.insert(policy, t.clone()),
+                        None => state.traffic_targets.remove(&policy),
+                    };
+                    for key in BTreeSet::from_iter(before.into_iter().chain(target)) {
+                        let own = slices_of(&stores.slices, &key);
+                        self.apply(&key, own, &stores, &mut state);
+                    }
+                }
                 Ok(Change::Policies | Change::Listed(Kind::Policies)) => self.apply_policies(&policies),
                 Ok(Change::Listed(kind)) => {
                     if kind == Kind::Services {
                         state.listed_services = true;
                     }
+                    // Every Service, with the slices grouped once (not searched per Service).
+                    let mut slices: BTreeMap<ServiceKey, Vec<EndpointSlice>> = BTreeMap::new();
+                    for slice in stores.slices.state() {
+                        if let Some(key) = slice_service_key(&slice) {
+                            slices.entry(key).or_default().push(EndpointSlice::clone(&slice));
+                        }
+                    }
                     let mut keys: BTreeSet<ServiceKey> =
                         stores.services.state().iter().filter_map(|s| service_key(s)).collect();
                     keys.extend(state.served.iter().cloned());
                     for key in keys {
-                        self.apply(&key, &stores, &mut state);
+                        let own = slices.remove(&key).unwrap_or_default();
+                        self.apply(&key, own, &stores, &mut state);
                     }
                 }
             }
         }
     }
 
-    /// Recomputes one Service from the reflectors' stores and writes it.
-    fn apply(&self, key: &ServiceKey, stores: &Stores, state: &mut State) {
+    /// Recomputes one Service from its object, its EndpointSlices (`own`)
+    /// and its TrafficPolicy, and writes it.
+    fn apply(&self, key: &ServiceKey, own: Vec<EndpointSlice>, stores: &Stores, state: &mut State) {
         let Some(service) = stores.services.get(&ObjectRef::new(&key.name).within(&key.namespace)) else {
             // Gone (or not listed yet: removals wait for the first list).
             if state.listed_services && state.served.remove(key) {
@@ -157,13 +191,6 @@ impl KubernetesRegistry {
             }
             return;
         };
-        let own: Vec<EndpointSlice> = stores
-            .slices
-            .state()
-            .iter()
-            .filter(|s| slice_service_key(s).as_ref() == Some(key))
-            .map(|s| EndpointSlice::clone(s))
-            .collect();
         let traffic = self.traffic_policy(key, &stores.traffic);
         let result = service_from(&service, &own);
         let in_scope = |id: &ObjectId| {
@@ -287,6 +314,18 @@ struct State {
     served: BTreeSet<ServiceKey>,
     /// Whether the Services have been listed (removals wait for it).
     listed_services: bool,
+    /// The Service each TrafficPolicy (namespace, name) targets.
+    traffic_targets: BTreeMap<(String, String), ServiceKey>,
+}
+
+/// The EndpointSlices of one Service.
+fn slices_of(slices: &Store<EndpointSlice>, key: &ServiceKey) -> Vec<EndpointSlice> {
+    slices
+        .state()
+        .iter()
+        .filter(|s| slice_service_key(s).as_ref() == Some(key))
+        .map(|s| EndpointSlice::clone(s))
+        .collect()
 }
 
 fn change<K>(event: watcher::Event<K>, kind: Kind, key: impl Fn(&K) -> Option<ServiceKey>) -> Change {
