@@ -8,6 +8,7 @@ use crate::crd::common::{HeaderMatchType, HttpRouteMatch, PathMatchType};
 use crate::crd::{AuthorizationPolicy as KubeAuthorization, TrafficPolicy as KubeTraffic};
 use kube::ResourceExt;
 use mesh_identity::spiffe::SpiffeId;
+use mesh_policy::check::ports_overlap;
 use mesh_policy::cidr::Cidr;
 use mesh_policy::model::{
     AuthorizationPolicy, AuthorizationRule, CircuitBreaker, DefaultAction, HeaderMatch, Limits, PathMatch,
@@ -45,6 +46,40 @@ impl Problems {
     pub(super) fn finish<T>(self, value: T) -> Result<T, Vec<Problem>> {
         if self.found.is_empty() { Ok(value) } else { Err(self.found) }
     }
+}
+
+/// Every valid authorization, and the problems of those left out. Two
+/// policies selecting the same port of a Service conflict: the oldest (then
+/// the first by `namespace/name`) is served, the other reported.
+pub fn authorizations_from(policies: &[KubeAuthorization]) -> (Vec<AuthorizationPolicy>, Vec<Problem>) {
+    let mut sorted: Vec<&KubeAuthorization> = policies.iter().collect();
+    sorted.sort_by_key(|p| (p.metadata.creation_timestamp.as_ref().map(|t| t.0), p.namespace(), p.name_any()));
+    let mut valid: Vec<AuthorizationPolicy> = Vec::new();
+    let mut problems = Vec::new();
+    for policy in sorted {
+        match authorization_from(policy) {
+            Ok(p) => {
+                let conflict = valid.iter().find(|v| v.service == p.service && ports_overlap(v.port, p.port));
+                match conflict {
+                    Some(older) => {
+                        let mut found = Problems::new("AuthorizationPolicy", p.namespace.clone(), p.name.clone());
+                        let port = p.port.map_or_else(|| "every port".to_string(), |n| format!("port {n}"));
+                        found.add(
+                            "spec.targetRef",
+                            format!(
+                                "selects {port} of Service {} as the older AuthorizationPolicy {} does: merge the two",
+                                p.service.name, older.name
+                            ),
+                        );
+                        problems.extend(found.found);
+                    }
+                    None => valid.push(p),
+                }
+            }
+            Err(found) => problems.extend(found),
+        }
+    }
+    (valid, problems)
 }
 
 /// The policy model's authorization for an `AuthorizationPolicy`.

@@ -146,3 +146,31 @@ fn gateway_durations() {
         assert_eq!(parse_duration(bad), None, "{bad:?}");
     }
 }
+
+/// Catches two policies for one Service port both served (the proxy would
+/// follow whichever the index finds first, silently ignoring the other).
+#[test]
+fn conflicting_policies_keep_the_oldest() {
+    let stamp = |p: &mut KubeAuthorization, name: &str, at: &str| {
+        p.metadata.name = Some(name.into());
+        p.metadata.creation_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at.parse().expect("timestamp")));
+    };
+    let clients = || Clients { namespaces: vec!["ops".into()], ..Default::default() };
+    let mut older = policy(vec![rule("a", clients())]);
+    stamp(&mut older, "zz-older", "2026-01-01T00:00:00Z");
+    older.spec.target_ref.port = None;
+    let mut newer = policy(vec![rule("b", clients())]);
+    stamp(&mut newer, "aa-newer", "2026-02-01T00:00:00Z");
+    let mut other = policy(vec![rule("c", clients())]);
+    stamp(&mut other, "other", "2026-03-01T00:00:00Z");
+    other.spec.target_ref.name = "authors".into();
+
+    let (valid, problems) = authorizations_from(&[newer, older, other]);
+    let names: Vec<&str> = valid.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, vec!["zz-older", "other"]);
+    assert_eq!(problems.len(), 1);
+    let text = problems[0].to_string();
+    assert!(text.starts_with("AuthorizationPolicy shop/aa-newer spec.targetRef: selects port 7001"), "{text}");
+    assert!(text.contains("zz-older"), "{text}");
+}

@@ -9,7 +9,7 @@
 //! and published as a Warning Event on the object, once per change
 //! ([`super::report`]).
 
-use super::policy::{authorization_from, traffic_from};
+use super::policy::{authorizations_from, traffic_from};
 use super::report::{ObjectId, ProblemReporter};
 use super::routes::routes_from;
 use super::service::{SERVICE_NAME_LABEL, service_from};
@@ -251,15 +251,10 @@ impl KubernetesRegistry {
         let http: Vec<HTTPRoute> = stores.http_routes.state().iter().map(|r| HTTPRoute::clone(r)).collect();
         let grpc: Vec<GRPCRoute> = stores.grpc_routes.state().iter().map(|r| GRPCRoute::clone(r)).collect();
         let (routes, mut problems) = routes_from(&http, &grpc);
-        let mut valid = Vec::new();
-        let mut all = stores.authorizations.state();
-        all.sort_by_key(|a| (a.namespace(), a.name_any()));
-        for policy in all {
-            match authorization_from(&policy) {
-                Ok(p) => valid.push(p),
-                Err(found) => problems.extend(found),
-            }
-        }
+        let all: Vec<AuthorizationPolicy> =
+            stores.authorizations.state().iter().map(|a| AuthorizationPolicy::clone(a)).collect();
+        let (valid, found) = authorizations_from(&all);
+        problems.extend(found);
         self.sink.replace_policies(routes, valid);
         self.stats.applied.fetch_add(1, Ordering::Relaxed);
         let in_scope = |id: &ObjectId| matches!(id.0.as_str(), "AuthorizationPolicy" | "HTTPRoute" | "GRPCRoute");
