@@ -109,15 +109,16 @@ impl Control {
                 tasks.spawn(reg.run(shutdown.clone()));
             }
             RegistryConfig::Kubernetes { kubeconfig, context } => {
-                let client = mesh_kube::client::connect(kubeconfig.as_deref(), context.as_deref()).await?;
-                let reg = mesh_kube::registry::KubernetesRegistry::new(client, Arc::new(store.clone()));
-                let mut stop = shutdown.clone();
-                tasks.spawn(async move {
-                    tokio::select! {
-                        () = reg.run() => {}
-                        () = stop.triggered() => {}
-                    }
-                });
+                let sink = Arc::new(store.clone());
+                let (run, collector) = crate::registry::kubernetes::start(
+                    kubeconfig.as_deref(),
+                    context.as_deref(),
+                    sink,
+                    shutdown.clone(),
+                )
+                .await?;
+                metrics.register_collector(Box::new(collector));
+                tasks.spawn(run);
             }
         }
 
