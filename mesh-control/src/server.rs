@@ -110,15 +110,15 @@ impl Control {
             }
             RegistryConfig::Kubernetes { kubeconfig, context } => {
                 let sink = Arc::new(store.clone());
-                let (run, collector) = crate::registry::kubernetes::start(
+                let collector = crate::registry::kubernetes::start(
                     kubeconfig.as_deref(),
                     context.as_deref(),
                     sink,
                     shutdown.clone(),
+                    &mut tasks,
                 )
                 .await?;
                 metrics.register_collector(Box::new(collector));
-                tasks.spawn(run);
             }
         }
 

@@ -80,14 +80,36 @@ fn weights(r: &Resolution) -> Vec<(String, u32)> {
 async fn service_and_endpoint_slice_changes_reach_the_store_within_a_second() {
     let Some(api) = api_server().await else { return };
     let client = mesh_kube::client::connect(Some(&api.kubeconfig), None).await.expect("a client");
-    let crds = [mesh_kube::crds::mesh_crds(), mesh_kube::gateway::crds_for_tests()].concat();
-    mesh_kube::crds::apply(&client, &crds, Duration::from_secs(60)).await.expect("CRDs");
-    let mut config = Config::with_kubernetes(Some(api.kubeconfig.clone()), None);
-    config.grpc_addr = "127.0.0.1:0".parse().expect("addr");
-    config.admin_addr = "127.0.0.1:0".parse().expect("addr");
-    let control = Control::start(config).await.expect("the control plane starts with the Kubernetes registry");
     let services: Api<Service> = Api::namespaced(client.clone(), "default");
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let start = || async {
+        let mut config = Config::with_kubernetes(Some(api.kubeconfig.clone()), None);
+        config.grpc_addr = "127.0.0.1:0".parse().expect("addr");
+        config.admin_addr = "127.0.0.1:0".parse().expect("addr");
+        Control::start(config).await.expect("the control plane starts with the Kubernetes registry")
+    };
+
+    // Start-up waits for the first list, even on a cluster without the
+    // mesh's or the Gateway API's CRDs: what exists is served at once (an
+    // empty first answer would wipe what a reconnecting proxy kept).
+    let early: Service = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "early"},
+        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+    }))
+    .expect("a Service");
+    services.create(&PostParams::default(), &early).await.expect("Service created");
+    let mut early_slice = slice(vec![endpoint("10.2.0.1", true, false)]);
+    early_slice.metadata.name = Some("early-1".into());
+    early_slice.metadata.labels = Some([("kubernetes.io/service-name".to_string(), "early".to_string())].into());
+    slices.create(&PostParams::default(), &early_slice).await.expect("EndpointSlice created");
+    let control = start().await;
+    let answer = control.store().resolve(&"early.default:80".parse().expect("target"));
+    assert_eq!(weights(&answer), vec![("10.2.0.1:8080".to_string(), 100)], "served as soon as start returns");
+    control.shutdown().await;
+
+    let crds = [mesh_kube::crds::mesh_crds(), mesh_kube::gateway::crds_for_tests()].concat();
+    mesh_kube::crds::apply(&client, &crds, Duration::from_secs(60)).await.expect("CRDs");
+    let control = start().await;
     let by_name: Target = "books.default:80".parse().expect("target");
     let budget = Duration::from_secs(1);
 

@@ -2,6 +2,7 @@
 //! into the store, and its counters on the admin port.
 
 use mesh_core::shutdown::Shutdown;
+use mesh_kube::KubeError;
 use mesh_kube::registry::{KubernetesRegistry, RegistryStats};
 use mesh_registry::sink::RegistrySink;
 use prometheus_client::collector::Collector;
@@ -10,25 +11,42 @@ use prometheus_client::metrics::counter::ConstCounter;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::task::JoinSet;
 
-/// Connects to the cluster and returns the watch to run (until shutdown)
-/// and the collector of its counters.
+/// How long start-up waits for the first list of Services and EndpointSlices.
+pub const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Connects to the cluster, starts the watch in `tasks` (until shutdown) and
+/// returns once it has synced (see [`KubernetesRegistry::synced`]): a control
+/// plane that served before would answer proxies with an empty registry, and
+/// a reconnecting proxy replaces what it kept with the answer.
 pub async fn start(
     kubeconfig: Option<&Path>,
     context: Option<&str>,
     sink: Arc<dyn RegistrySink>,
     mut shutdown: Shutdown,
-) -> Result<(impl Future<Output = ()> + Send + 'static, KubernetesCollector), mesh_kube::KubeError> {
+    tasks: &mut JoinSet<()>,
+) -> Result<KubernetesCollector, KubeError> {
     let client = mesh_kube::client::connect(kubeconfig, context).await?;
     let registry = KubernetesRegistry::new(client, sink);
     let collector = KubernetesCollector(registry.stats());
-    let run = async move {
+    let mut synced = registry.synced();
+    tasks.spawn(async move {
         tokio::select! {
             () = registry.run() => {}
             () = shutdown.triggered() => {}
         }
-    };
-    Ok((run, collector))
+    });
+    match tokio::time::timeout(SYNC_TIMEOUT, synced.wait_for(|done| *done)).await {
+        Ok(Ok(_)) => Ok(collector),
+        _ => Err(KubeError::Timeout {
+            what: "listing Services and EndpointSlices (is the API server reachable, and may the control plane \
+                   list and watch Services, EndpointSlices, the mesh's CRDs and Gateway API routes?)"
+                .into(),
+            seconds: SYNC_TIMEOUT.as_secs(),
+        }),
+    }
 }
 
 /// `registry_kubernetes_*` counters, read from the registry's stats at each scrape.

@@ -53,13 +53,22 @@ enum Change {
     None,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// The kinds watched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Kind {
     Services,
     Slices,
     Traffic,
-    Policies,
+    Authorizations,
+    HttpRoutes,
+    GrpcRoutes,
 }
+
+/// How many kinds are watched.
+const KINDS: usize = 6;
+
+/// A watch event, or a watch error of one kind.
+type Item = Result<Change, (Kind, watcher::Error)>;
 
 /// The Kubernetes registry (see the module docs).
 pub struct KubernetesRegistry {
@@ -67,6 +76,7 @@ pub struct KubernetesRegistry {
     sink: Arc<dyn RegistrySink>,
     stats: RegistryStats,
     problems: ProblemReporter,
+    synced: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for KubernetesRegistry {
@@ -80,12 +90,20 @@ impl KubernetesRegistry {
     pub fn new(client: Client, sink: Arc<dyn RegistrySink>) -> Self {
         let stats = RegistryStats::default();
         let problems = ProblemReporter::new(client.clone(), stats.problems.clone());
-        Self { client, sink, stats, problems }
+        Self { client, sink, stats, problems, synced: tokio::sync::watch::Sender::new(false) }
     }
 
     /// Its counters (shared: they keep counting while [`Self::run`] runs).
     pub fn stats(&self) -> RegistryStats {
         self.stats.clone()
+    }
+
+    /// Becomes `true` once Services and EndpointSlices have been listed and
+    /// written, and each policy kind listed or found missing (a cluster
+    /// without the mesh's or the Gateway API's CRDs): serving before that
+    /// would answer proxies with an empty registry.
+    pub fn synced(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.synced.subscribe()
     }
 
     /// Watches until the future is dropped (watch errors are retried with backoff).
@@ -97,13 +115,13 @@ impl KubernetesRegistry {
             watcher(Api::<KubeService>::all(self.client.clone()), watcher::Config::default()),
         )
         .default_backoff()
-        .map(|event| event.map(|e| change(e, Kind::Services, service_key)));
+        .map(|event| event.map(|e| change(e, Kind::Services, service_key)).map_err(|e| (Kind::Services, e)));
         let slice_events = reflector::reflector(
             slice_writer,
             watcher(Api::<EndpointSlice>::all(self.client.clone()), watcher::Config::default()),
         )
         .default_backoff()
-        .map(|event| event.map(|e| change(e, Kind::Slices, slice_service_key)));
+        .map(|event| event.map(|e| change(e, Kind::Slices, slice_service_key)).map_err(|e| (Kind::Slices, e)));
         let (traffic, traffic_writer) = reflector::store::<TrafficPolicy>();
         let traffic_events = reflector::reflector(
             traffic_writer,
@@ -111,19 +129,24 @@ impl KubernetesRegistry {
         )
         .default_backoff()
         .map(|event| {
-            event.map(|e| match e {
-                watcher::Event::Apply(p) | watcher::Event::InitApply(p) => {
-                    Change::Traffic((p.namespace().unwrap_or_default(), p.name_any()), traffic_target(&p))
-                }
-                watcher::Event::Delete(p) => Change::Traffic((p.namespace().unwrap_or_default(), p.name_any()), None),
-                watcher::Event::Init => Change::None,
-                watcher::Event::InitDone => Change::Listed(Kind::Traffic),
-            })
+            event
+                .map(|e| match e {
+                    watcher::Event::Apply(p) | watcher::Event::InitApply(p) => {
+                        Change::Traffic((p.namespace().unwrap_or_default(), p.name_any()), traffic_target(&p))
+                    }
+                    watcher::Event::Delete(p) => {
+                        Change::Traffic((p.namespace().unwrap_or_default(), p.name_any()), None)
+                    }
+                    watcher::Event::Init => Change::None,
+                    watcher::Event::InitDone => Change::Listed(Kind::Traffic),
+                })
+                .map_err(|e| (Kind::Traffic, e))
         });
-        let (authorizations, authorization_events) = policy_reflector::<AuthorizationPolicy>(&self.client);
-        let (http_routes, http_route_events) = policy_reflector::<HTTPRoute>(&self.client);
-        let (grpc_routes, grpc_route_events) = policy_reflector::<GRPCRoute>(&self.client);
-        let mut events = stream::select_all([
+        let (authorizations, authorization_events) =
+            policy_reflector::<AuthorizationPolicy>(&self.client, Kind::Authorizations);
+        let (http_routes, http_route_events) = policy_reflector::<HTTPRoute>(&self.client, Kind::HttpRoutes);
+        let (grpc_routes, grpc_route_events) = policy_reflector::<GRPCRoute>(&self.client, Kind::GrpcRoutes);
+        let mut events = stream::select_all::<[stream::BoxStream<'static, Item>; KINDS]>([
             service_events.boxed(),
             slice_events.boxed(),
             traffic_events.boxed(),
@@ -134,12 +157,23 @@ impl KubernetesRegistry {
         let policies = PolicyStores { authorizations, http_routes, grpc_routes };
 
         let stores = Stores { services, slices, traffic };
-        let mut state = State { served: BTreeSet::new(), listed_services: false, traffic_targets: BTreeMap::new() };
+        let mut state = State {
+            served: BTreeSet::new(),
+            listed_services: false,
+            traffic_targets: BTreeMap::new(),
+            settled: BTreeSet::new(),
+        };
         while let Some(event) = events.next().await {
             match event {
-                Err(e) => {
+                Err((kind, e)) => {
                     self.stats.watch_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(error = %e, "Kubernetes watch failed; retrying");
+                    tracing::warn!(?kind, error = %e, "Kubernetes watch failed; retrying");
+                    // A policy kind whose CRD is not installed (404) must not hold
+                    // up serving; any other error must (serving without the
+                    // policies could let through what they deny).
+                    if !matches!(kind, Kind::Services | Kind::Slices) && not_installed(&e) {
+                        state.settled.insert(kind);
+                    }
                 }
                 Ok(Change::None) => {}
                 Ok(Change::Service(key)) => {
@@ -156,8 +190,13 @@ impl KubernetesRegistry {
                         self.apply(&key, own, &stores, &mut state);
                     }
                 }
-                Ok(Change::Policies | Change::Listed(Kind::Policies)) => self.apply_policies(&policies),
+                Ok(Change::Policies) => self.apply_policies(&policies),
+                Ok(Change::Listed(kind @ (Kind::Authorizations | Kind::HttpRoutes | Kind::GrpcRoutes))) => {
+                    state.settled.insert(kind);
+                    self.apply_policies(&policies);
+                }
                 Ok(Change::Listed(kind)) => {
+                    state.settled.insert(kind);
                     if kind == Kind::Services {
                         state.listed_services = true;
                     }
@@ -176,6 +215,10 @@ impl KubernetesRegistry {
                         self.apply(&key, own, &stores, &mut state);
                     }
                 }
+            }
+            if state.settled.len() == KINDS && !*self.synced.borrow() {
+                tracing::info!("Kubernetes registry synced");
+                self.synced.send_replace(true);
             }
         }
     }
@@ -285,19 +328,21 @@ struct PolicyStores {
 }
 
 /// A reflector on every object of `K`, each event meaning "the policies changed".
-fn policy_reflector<K>(client: &Client) -> (Store<K>, stream::BoxStream<'static, Result<Change, watcher::Error>>)
+fn policy_reflector<K>(client: &Client, kind: Kind) -> (Store<K>, stream::BoxStream<'static, Item>)
 where
     K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store::<K>();
     let events = reflector::reflector(writer, watcher(Api::<K>::all(client.clone()), watcher::Config::default()))
         .default_backoff()
-        .map(|event| {
-            event.map(|e| match e {
-                watcher::Event::Init => Change::None,
-                watcher::Event::InitDone => Change::Listed(Kind::Policies),
-                _ => Change::Policies,
-            })
+        .map(move |event| {
+            event
+                .map(|e| match e {
+                    watcher::Event::Init => Change::None,
+                    watcher::Event::InitDone => Change::Listed(kind),
+                    _ => Change::Policies,
+                })
+                .map_err(|e| (kind, e))
         })
         .boxed();
     (store, events)
@@ -311,6 +356,13 @@ struct State {
     listed_services: bool,
     /// The Service each TrafficPolicy (namespace, name) targets.
     traffic_targets: BTreeMap<(String, String), ServiceKey>,
+    /// Kinds listed (or, for policy kinds, found missing).
+    settled: BTreeSet<Kind>,
+}
+
+/// Whether a watch failed because its kind does not exist (CRD not installed).
+fn not_installed(error: &watcher::Error) -> bool {
+    matches!(error, watcher::Error::InitialListFailed(kube::Error::Api(status)) if status.code == 404)
 }
 
 /// The EndpointSlices of one Service.
