@@ -1,6 +1,7 @@
 //! The Kubernetes registry (`mesh-control --registry kubernetes`) against a
 //! real kube-apiserver: a Service and its EndpointSlices reach the control
-//! plane's store (resolved by name and by ClusterIP), an endpoint that starts
+//! plane's store (resolved by name and by ClusterIP, with its Pods'
+//! ServiceAccount as identity), an endpoint that starts
 //! terminating drains (weight 0), a TrafficPolicy, an AuthorizationPolicy
 //! and an HTTPRoute (GAMMA) reach it, a route the mesh cannot serve is
 //! left out with a Warning Event on it naming the field, and a deleted Service leaves; each change
@@ -11,7 +12,7 @@
 //! `CI=true` a skip fails.
 
 use mesh_control::{Config, Control};
-use mesh_kube::api::k8s_openapi::api::core::v1::Service;
+use mesh_kube::api::k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
 use mesh_kube::api::k8s_openapi::api::discovery::v1::EndpointSlice;
 use mesh_kube::api::k8s_openapi::api::events::v1::Event;
 use mesh_kube::api::{Api, DeleteParams, ListParams, PostParams};
@@ -113,10 +114,27 @@ async fn service_and_endpoint_slice_changes_reach_the_store_within_a_second() {
     let by_name: Target = "books.default:80".parse().expect("target");
     let budget = Duration::from_secs(1);
 
+    // The Pods behind the endpoints run as books-sa (they stay Pending: no
+    // kubelet here; the registry reads only their ServiceAccount).
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
+    let account: ServiceAccount =
+        serde_json::from_value(json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "books-sa"}}))
+            .expect("a ServiceAccount");
+    accounts.create(&PostParams::default(), &account).await.expect("ServiceAccount created");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    for ip in ["10.1.0.1", "10.1.0.2"] {
+        let pod: Pod = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": format!("books-{}", ip.replace('.', "-"))},
+            "spec": {"serviceAccountName": "books-sa", "containers": [{"name": "app", "image": "books:1"}]}
+        }))
+        .expect("a Pod");
+        pods.create(&PostParams::default(), &pod).await.expect("Pod created");
+    }
+
     // A Service with a named target port, then its endpoints.
     let service: Service = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": "books", "annotations": {"policy.mesh.dev/service-account": "books-sa"}},
+        "metadata": {"name": "books"},
         "spec": {"ports": [{"name": "http", "port": 80, "targetPort": "web", "appProtocol": "http"}]}
     }))
     .expect("a Service");
@@ -133,6 +151,9 @@ async fn service_and_endpoint_slice_changes_reach_the_store_within_a_second() {
     eprintln!("Service and EndpointSlice in the store after {took:?}");
     let r = control.store().resolve(&by_name);
     assert_eq!(weights(&r), vec![("10.1.0.1:8080".to_string(), 100), ("10.1.0.2:8080".to_string(), 100)]);
+    let account =
+        control.store().index().service(&ServiceKey::new("default", "books")).map(|s| s.service_account.clone());
+    assert_eq!(account.as_deref(), Some("books-sa"), "the identity is the Pods' ServiceAccount");
     let by_vip = Target::Addr(SocketAddr::new(vip.parse().expect("ClusterIP"), 80));
     assert_eq!(control.store().resolve(&by_vip).endpoints.len(), 2, "the ClusterIP resolves to the Service");
 

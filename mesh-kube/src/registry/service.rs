@@ -9,15 +9,17 @@
 //! - endpoints: ready ones at weight [`WEIGHT`]; serving-but-terminating
 //!   ones at weight 0 (they drain: kept for in-flight work, given no new
 //!   requests); others left out; one endpoint per address across slices;
-//! - identity: the annotation [`SERVICE_ACCOUNT_ANNOTATION`], otherwise the
-//!   Service's name (as in the file registry).
+//! - identity: the annotation [`SERVICE_ACCOUNT_ANNOTATION`]; otherwise the
+//!   ServiceAccount its endpoints' Pods run as (one for all of them: Pods
+//!   running as several are a problem, since clients verify one identity);
+//!   otherwise (no Pod known yet) the Service's name, as in the file registry.
 
 use k8s_openapi::api::core::v1::Service as KubeService;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use mesh_registry::model::{Endpoint, Protocol, Service, ServiceKey, ServicePort};
 use mesh_registry::problem::{Location, Problem};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 /// The annotation naming the ServiceAccount a Service's workloads run as.
@@ -29,7 +31,19 @@ pub const WEIGHT: u32 = 100;
 
 /// The registry's Service for a Kubernetes Service and the EndpointSlices
 /// labelled with its name, or every problem found (each located in the object).
+/// Without Pods known, the identity is the annotation or the Service's name:
+/// see [`service_with_accounts`].
 pub fn service_from(service: &KubeService, slices: &[EndpointSlice]) -> Result<Service, Vec<Problem>> {
+    service_with_accounts(service, slices, &BTreeMap::new())
+}
+
+/// [`service_from`], knowing the ServiceAccount of Pods (by name, in the
+/// Service's namespace) its endpoints refer to.
+pub fn service_with_accounts(
+    service: &KubeService,
+    slices: &[EndpointSlice],
+    pod_accounts: &BTreeMap<String, String>,
+) -> Result<Service, Vec<Problem>> {
     let namespace = service.metadata.namespace.clone().unwrap_or_default();
     let name = service.metadata.name.clone().unwrap_or_default();
     let mut problems = Vec::new();
@@ -82,6 +96,7 @@ pub fn service_from(service: &KubeService, slices: &[EndpointSlice]) -> Result<S
     }
 
     let mut endpoints: BTreeMap<IpAddr, Endpoint> = BTreeMap::new();
+    let mut accounts: BTreeSet<&str> = BTreeSet::new();
     for slice in slices {
         if slice.address_type != "IPv4" && slice.address_type != "IPv6" {
             continue; // FQDN slices name hosts, not addresses.
@@ -114,6 +129,9 @@ pub fn service_from(service: &KubeService, slices: &[EndpointSlice]) -> Result<S
             };
             let mut labels = BTreeMap::new();
             if let Some(pod) = e.target_ref.as_ref().and_then(|r| r.name.clone()) {
+                if let Some(account) = pod_accounts.get(&pod) {
+                    accounts.insert(account);
+                }
                 labels.insert("pod".to_string(), pod);
             }
             if let Some(zone) = &e.zone {
@@ -128,16 +146,27 @@ pub fn service_from(service: &KubeService, slices: &[EndpointSlice]) -> Result<S
         }
     }
 
+    let annotated = service.metadata.annotations.as_ref().and_then(|a| a.get(SERVICE_ACCOUNT_ANNOTATION)).cloned();
+    let service_account = match (annotated, accounts.len()) {
+        (Some(account), _) => account,
+        (None, 0) => name.clone(),
+        (None, 1) => accounts.first().map_or_else(|| name.clone(), |a| a.to_string()),
+        (None, _) => {
+            let list: Vec<&str> = accounts.iter().copied().collect();
+            problems.push(problem(
+                String::new(),
+                format!(
+                    "its Pods run as several ServiceAccounts ({}), but clients verify one identity per Service: \
+                     split the Service, or name the one to expect with the annotation {SERVICE_ACCOUNT_ANNOTATION}",
+                    list.join(", ")
+                ),
+            ));
+            name.clone()
+        }
+    };
     if !problems.is_empty() {
         return Err(problems);
     }
-    let service_account = service
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(SERVICE_ACCOUNT_ANNOTATION))
-        .cloned()
-        .unwrap_or_else(|| name.clone());
     Ok(Service {
         key: ServiceKey::new(namespace, name),
         addresses,

@@ -143,3 +143,33 @@ fn app_protocols() {
     assert_eq!(protocol(Some("redis")), Protocol::Detect);
     assert_eq!(protocol(None), Protocol::Detect);
 }
+
+/// Catches the identity guessed from the Service's name when its Pods run
+/// as another ServiceAccount (clients would refuse every endpoint), and Pods
+/// of several accounts served under one.
+#[test]
+fn the_identity_is_the_pods_service_account() {
+    let service = svc(vec![port("http", 80, IntOrString::Int(8080), None)], &["10.96.0.10"]);
+    let slices =
+        [slice("a", vec![endpoint("10.1.0.1", true, true, false), endpoint("10.1.0.2", true, true, false)], &[])];
+    let accounts: BTreeMap<String, String> =
+        [("pod-10.1.0.1".to_string(), "books-sa".to_string()), ("pod-10.1.0.2".to_string(), "books-sa".to_string())]
+            .into();
+    let got = service_with_accounts(&service, &slices, &accounts).expect("valid");
+    assert_eq!(got.service_account, "books-sa");
+
+    let mixed: BTreeMap<String, String> =
+        [("pod-10.1.0.1".to_string(), "books-sa".to_string()), ("pod-10.1.0.2".to_string(), "other".to_string())]
+            .into();
+    let problems = service_with_accounts(&service, &slices, &mixed).expect_err("two identities");
+    let text = problems[0].to_string();
+    assert!(
+        text.starts_with("Service shop/books: its Pods run as several ServiceAccounts (books-sa, other)"),
+        "{text}"
+    );
+
+    let mut annotated = service.clone();
+    annotated.metadata.annotations = Some([(SERVICE_ACCOUNT_ANNOTATION.to_string(), "books-sa".to_string())].into());
+    let got = service_with_accounts(&annotated, &slices, &mixed).expect("the annotation decides");
+    assert_eq!(got.service_account, "books-sa");
+}

@@ -1,4 +1,5 @@
-//! The watch: reflectors on Services, EndpointSlices, TrafficPolicies,
+//! The watch: reflectors on Services, EndpointSlices, Pods (only their
+//! ServiceAccount is kept: the identity endpoints run as), TrafficPolicies,
 //! AuthorizationPolicies, HTTPRoutes and GRPCRoutes (all namespaces). A change recomputes the Services
 //! it touches with [`service_from`](super::service_from) (plus the
 //! TrafficPolicy targeting them) and upserts or removes them through the
@@ -12,11 +13,11 @@
 use super::policy::{authorizations_from, traffic_from};
 use super::report::{ObjectId, ProblemReporter};
 use super::routes::routes_from;
-use super::service::{SERVICE_NAME_LABEL, service_from};
+use super::service::{SERVICE_NAME_LABEL, service_with_accounts};
 use crate::crd::{AuthorizationPolicy, TrafficPolicy};
 use crate::gateway::{GRPCRoute, HTTPRoute};
 use futures_util::{StreamExt, stream};
-use k8s_openapi::api::core::v1::Service as KubeService;
+use k8s_openapi::api::core::v1::{Pod, PodSpec, Service as KubeService};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -42,6 +43,8 @@ pub struct RegistryStats {
 enum Change {
     /// The Service with this key may have changed.
     Service(ServiceKey),
+    /// A Pod (namespace, name) changed: the Services whose endpoints it backs may have.
+    Pod(String, String),
     /// A TrafficPolicy (namespace, name) changed; it now targets this Service
     /// (`None` when deleted). The Service it targeted before changes too.
     Traffic((String, String), Option<ServiceKey>),
@@ -58,6 +61,7 @@ enum Change {
 enum Kind {
     Services,
     Slices,
+    Pods,
     Traffic,
     Authorizations,
     HttpRoutes,
@@ -65,7 +69,7 @@ enum Kind {
 }
 
 /// How many kinds are watched.
-const KINDS: usize = 6;
+const KINDS: usize = 7;
 
 /// A watch event, or a watch error of one kind.
 type Item = Result<Change, (Kind, watcher::Error)>;
@@ -122,6 +126,23 @@ impl KubernetesRegistry {
         )
         .default_backoff()
         .map(|event| event.map(|e| change(e, Kind::Slices, slice_service_key)).map_err(|e| (Kind::Slices, e)));
+        let (pods, pod_writer) = reflector::store::<Pod>();
+        let pod_events = reflector::reflector(
+            pod_writer,
+            watcher(Api::<Pod>::all(self.client.clone()), watcher::Config::default()).modify(keep_service_account),
+        )
+        .default_backoff()
+        .map(|event| {
+            event
+                .map(|e| match e {
+                    watcher::Event::Apply(p) | watcher::Event::Delete(p) | watcher::Event::InitApply(p) => {
+                        Change::Pod(p.namespace().unwrap_or_default(), p.name_any())
+                    }
+                    watcher::Event::Init => Change::None,
+                    watcher::Event::InitDone => Change::Listed(Kind::Pods),
+                })
+                .map_err(|e| (Kind::Pods, e))
+        });
         let (traffic, traffic_writer) = reflector::store::<TrafficPolicy>();
         let traffic_events = reflector::reflector(
             traffic_writer,
@@ -149,6 +170,7 @@ impl KubernetesRegistry {
         let mut events = stream::select_all::<[stream::BoxStream<'static, Item>; KINDS]>([
             service_events.boxed(),
             slice_events.boxed(),
+            pod_events.boxed(),
             traffic_events.boxed(),
             authorization_events,
             http_route_events,
@@ -156,7 +178,7 @@ impl KubernetesRegistry {
         ]);
         let policies = PolicyStores { authorizations, http_routes, grpc_routes };
 
-        let stores = Stores { services, slices, traffic };
+        let stores = Stores { services, slices, pods, traffic };
         let mut state = State {
             served: BTreeSet::new(),
             listed_services: false,
@@ -179,6 +201,12 @@ impl KubernetesRegistry {
                 Ok(Change::Service(key)) => {
                     let own = slices_of(&stores.slices, &key);
                     self.apply(&key, own, &stores, &mut state);
+                }
+                Ok(Change::Pod(namespace, name)) => {
+                    for key in services_backed_by(&stores.slices, &namespace, &name) {
+                        let own = slices_of(&stores.slices, &key);
+                        self.apply(&key, own, &stores, &mut state);
+                    }
                 }
                 Ok(Change::Traffic(policy, target)) => {
                     let before = match &target {
@@ -235,7 +263,8 @@ impl KubernetesRegistry {
             return;
         };
         let traffic = self.traffic_policy(key, &stores.traffic);
-        let result = service_from(&service, &own);
+        let accounts = pod_accounts(&stores.pods, &key.namespace, &own);
+        let result = service_with_accounts(&service, &own, &accounts);
         let in_scope = |id: &ObjectId| {
             id.1 == key.namespace
                 && ((id.0 == "Service" && id.2 == key.name)
@@ -317,7 +346,57 @@ impl KubernetesRegistry {
 struct Stores {
     services: Store<KubeService>,
     slices: Store<EndpointSlice>,
+    pods: Store<Pod>,
     traffic: Store<TrafficPolicy>,
+}
+
+/// Keeps of a Pod only what the registry reads (its ServiceAccount), so the
+/// reflector holds little per Pod.
+fn keep_service_account(pod: &mut Pod) {
+    let account = pod.spec.as_ref().and_then(|s| s.service_account_name.clone());
+    pod.spec = Some(PodSpec { service_account_name: account, ..Default::default() });
+    pod.status = None;
+    pod.metadata.managed_fields = None;
+    pod.metadata.annotations = None;
+    pod.metadata.labels = None;
+    pod.metadata.owner_references = None;
+}
+
+/// The ServiceAccount of each Pod the slices' endpoints refer to.
+fn pod_accounts(pods: &Store<Pod>, namespace: &str, slices: &[EndpointSlice]) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let names = slices
+        .iter()
+        .flat_map(|s| &s.endpoints)
+        .filter_map(|e| e.target_ref.as_ref())
+        .filter(|r| r.kind.as_deref() == Some("Pod"))
+        .filter_map(|r| r.name.as_deref());
+    for name in names {
+        // A Pod not seen yet says nothing (its event recomputes the Service);
+        // one without an account runs as `default`, as Kubernetes defaults it.
+        if let Some(pod) = pods.get(&ObjectRef::new(name).within(namespace)) {
+            let account = pod.spec.as_ref().and_then(|s| s.service_account_name.clone());
+            out.insert(name.to_string(), account.unwrap_or_else(|| "default".to_string()));
+        }
+    }
+    out
+}
+
+/// The Services whose EndpointSlices refer to a Pod.
+fn services_backed_by(slices: &Store<EndpointSlice>, namespace: &str, pod: &str) -> BTreeSet<ServiceKey> {
+    slices
+        .state()
+        .iter()
+        .filter(|s| s.metadata.namespace.as_deref() == Some(namespace))
+        .filter(|s| {
+            s.endpoints.iter().any(|e| {
+                e.target_ref
+                    .as_ref()
+                    .is_some_and(|r| r.kind.as_deref() == Some("Pod") && r.name.as_deref() == Some(pod))
+            })
+        })
+        .filter_map(|s| slice_service_key(s))
+        .collect()
 }
 
 /// The reflectors' stores the policies are computed from.
