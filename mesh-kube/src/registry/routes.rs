@@ -19,12 +19,14 @@
 //!   served at all, so no rule of it is served with part of its meaning lost.
 
 use super::policy::{Problems, parse_duration, request_match};
+use crate::crd::common::HeaderMatchType;
 use crate::gateway::{BackendRef, GRPCRoute, GrpcRouteMatch, HTTPRoute, ParentReference, RouteFilter};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use mesh_policy::model::{
     Backend, GrpcMatch, HeaderMatch, PathMatch, RequestMatch, RoutePolicy, RouteRule, ServiceKey, ValueMatch,
 };
+use mesh_policy::rules::anchored_regex;
 use mesh_registry::problem::Problem;
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
@@ -246,11 +248,20 @@ fn grpc_route(route: &GRPCRoute) -> Result<Vec<(Parent, Vec<Ranked>)>, Vec<Probl
                 problems.add(format!("{at}.matches[{j}].method.type"), "only Exact gRPC method matches are supported");
                 continue;
             }
-            let headers: Vec<HeaderMatch> = m
-                .headers
-                .iter()
-                .map(|h| HeaderMatch { name: h.name.to_ascii_lowercase(), value: ValueMatch::Exact(h.value.clone()) })
-                .collect();
+            let mut headers = Vec::new();
+            for (k, h) in m.headers.iter().enumerate() {
+                let value = match h.type_ {
+                    HeaderMatchType::Exact => ValueMatch::Exact(h.value.clone()),
+                    HeaderMatchType::RegularExpression => {
+                        if let Err(e) = anchored_regex(&h.value) {
+                            let field = format!("{at}.matches[{j}].headers[{k}].value");
+                            problems.add(field, format!("invalid regular expression {:?}: {e}", h.value));
+                        }
+                        ValueMatch::Regex(h.value.clone())
+                    }
+                };
+                headers.push(HeaderMatch { name: h.name.to_ascii_lowercase(), value });
+            }
             let specificity = Specificity::Grpc(
                 Reverse(method.service.as_deref().map_or(0, str::len)),
                 Reverse(method.method.as_deref().map_or(0, str::len)),

@@ -114,7 +114,7 @@ spec:
     matches: [{method: {service: pkg.Books}}]
     backendRefs: [{name: books-v1, port: 9000}]
   - name: method
-    matches: [{method: {type: Exact, service: pkg.Books, method: Get}}]
+    matches: [{method: {type: Exact, service: pkg.Books, method: Get}, headers: [{type: RegularExpression, name: X-Tenant, value: "a.*"}]}]
     backendRefs: [{name: books-v2, port: 9000}]
 "#,
     );
@@ -123,4 +123,9 @@ spec:
     assert_eq!(names(&policies[0]), vec!["rpc.method", "rpc.service", "all.rule-0"]);
     let m = &policies[0].rules[0].matches[0];
     assert_eq!(m.grpc, Some(GrpcMatch { service: Some("pkg.Books".into()), method: Some("Get".into()) }));
+    assert_eq!(
+        m.headers,
+        vec![HeaderMatch { name: "x-tenant".into(), value: ValueMatch::Regex("a.*".into()) }],
+        "a regex header match stays a regex (not an exact match on the pattern)"
+    );
 }
