@@ -45,9 +45,22 @@ pub enum RegistryConfig {
         /// How often to check it for changes.
         poll_interval: Duration,
     },
+    /// The Kubernetes API: Services and EndpointSlices (see `mesh_kube::registry`).
+    Kubernetes {
+        /// A kubeconfig file; `$KUBECONFIG`, `~/.kube/config` or the pod's
+        /// service account when `None`.
+        kubeconfig: Option<PathBuf>,
+        /// A context of the kubeconfig; its current context when `None`.
+        context: Option<String>,
+    },
 }
 
 impl Config {
+    /// Default ports with the Kubernetes registry.
+    pub fn with_kubernetes(kubeconfig: Option<PathBuf>, context: Option<String>) -> Self {
+        Self { registry: RegistryConfig::Kubernetes { kubeconfig, context }, ..Self::with_file("") }
+    }
+
     /// Default ports with a file registry at `path`.
     pub fn with_file(path: impl Into<PathBuf>) -> Self {
         Self {

@@ -11,9 +11,20 @@ use std::time::Duration;
 #[derive(Debug, Parser)]
 #[command(name = "mesh-control", version)]
 struct Args {
+    /// Where services come from: `file` (universal mode, --registry-file) or
+    /// `kubernetes` (Services and EndpointSlices; --kubeconfig, --context).
+    #[arg(long, env = "MESH_REGISTRY", value_enum, default_value = "file")]
+    registry: RegistryKind,
     /// Registry file (universal mode): services, ports and endpoints in YAML.
-    #[arg(long, env = "MESH_REGISTRY_FILE")]
-    registry_file: PathBuf,
+    #[arg(long, env = "MESH_REGISTRY_FILE", required_if_eq("registry", "file"))]
+    registry_file: Option<PathBuf>,
+    /// Kubeconfig for `--registry kubernetes` (default: $KUBECONFIG,
+    /// ~/.kube/config, or the pod's service account).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context for `--registry kubernetes` (default: the current one).
+    #[arg(long)]
+    context: Option<String>,
     /// How often to check the registry file for changes, e.g. 200ms.
     #[arg(long, default_value = "200ms", value_parser = parse_duration)]
     registry_poll: Duration,
@@ -30,6 +41,15 @@ struct Args {
     /// Lifetime of workload certificates, e.g. 24h (down to seconds for tests).
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     cert_ttl: Duration,
+}
+
+/// The registry sources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum RegistryKind {
+    /// A YAML file (universal mode).
+    File,
+    /// The Kubernetes API.
+    Kubernetes,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -56,10 +76,17 @@ fn main() -> std::process::ExitCode {
 async fn real_main() -> anyhow::Result<()> {
     mesh_core::trace::init("MESH_LOG", "info");
     let args = Args::parse();
+    let registry = match (args.registry, args.registry_file) {
+        (RegistryKind::File, Some(path)) => RegistryConfig::File { path, poll_interval: args.registry_poll },
+        (RegistryKind::File, None) => anyhow::bail!("--registry file needs --registry-file PATH"),
+        (RegistryKind::Kubernetes, _) => {
+            RegistryConfig::Kubernetes { kubeconfig: args.kubeconfig, context: args.context }
+        }
+    };
     let config = Config {
         grpc_addr: args.grpc_addr,
         admin_addr: args.admin_addr,
-        registry: RegistryConfig::File { path: args.registry_file, poll_interval: args.registry_poll },
+        registry,
         identity: args.identity_dir.map(|dir| IdentityConfig { leaf_ttl: args.cert_ttl, ..IdentityConfig::new(dir) }),
     };
     let control = Control::start(config).await.context("mesh-control could not start")?;

@@ -43,6 +43,9 @@ pub enum StartError {
     /// The registry could not be loaded.
     #[error("the registry was rejected; fix it and start again:\n{0}")]
     Registry(#[from] FileError),
+    /// The Kubernetes API could not be reached or configured.
+    #[error("the Kubernetes registry cannot start: {0}")]
+    Kubernetes(#[from] mesh_kube::KubeError),
     /// The identity directory could not be loaded.
     #[error("the identity directory was rejected: {0}\n(create one with `meshctl identity init --dir DIR`)")]
     Identity(#[from] mesh_identity::dir::DirError),
@@ -104,6 +107,18 @@ impl Control {
                 let mut reg = FileRegistry::new(path, poll_interval, store.clone(), registry_metrics);
                 reg.load_initial()?;
                 tasks.spawn(reg.run(shutdown.clone()));
+            }
+            RegistryConfig::Kubernetes { kubeconfig, context } => {
+                let sink = Arc::new(store.clone());
+                let collector = crate::registry::kubernetes::start(
+                    kubeconfig.as_deref(),
+                    context.as_deref(),
+                    sink,
+                    shutdown.clone(),
+                    &mut tasks,
+                )
+                .await?;
+                metrics.register_collector(Box::new(collector));
             }
         }
 

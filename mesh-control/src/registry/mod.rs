@@ -5,3 +5,4 @@
 //! registry (universal mode) and the Kubernetes registry share all serving code.
 
 pub mod file;
+pub mod kubernetes;

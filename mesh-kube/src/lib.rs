@@ -1,0 +1,29 @@
+//! `mesh-kube`: the mesh on Kubernetes. The only crate that depends on
+//! `kube` and `k8s-openapi`; everything else reaches Kubernetes through it.
+//!
+//! - [`client`]: a client from `--kubeconfig`/`--context`, `$KUBECONFIG` or
+//!   the pod's service account, with errors that say what to do;
+//! - [`crd`]: the mesh's resources (`AuthorizationPolicy`, `TrafficPolicy`
+//!   in `policy.mesh.dev/v1alpha1`) as typed custom resources;
+//! - [`crds`]: their CRDs rendered from the types (committed under
+//!   `deploy/crds/`, checked by a test), applied and awaited;
+//! - [`gateway`]: the Gateway API routes (HTTPRoute, GRPCRoute) the mesh reads;
+//! - [`api`]: the kube and k8s-openapi items other crates (tests, meshctl)
+//!   need, re-exported so they never depend on those crates directly.
+
+pub mod client;
+pub mod crd;
+pub mod crds;
+pub mod error;
+pub mod gateway;
+pub mod registry;
+
+pub use error::KubeError;
+
+/// Re-exports for crates that talk to Kubernetes through this one.
+pub mod api {
+    pub use k8s_openapi;
+    pub use kube;
+    pub use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+    pub use kube::{Client, Error as ClientError, core::Status};
+}

@@ -1,0 +1,110 @@
+//! Problems with Kubernetes objects, told once: each object whose problems
+//! are new (or changed) is logged, counted, and gets a `Warning` Event
+//! (reason `Rejected`, shown by `kubectl describe` and `kubectl events`);
+//! an object found valid again is forgotten, so a later problem is told again.
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::Client;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use mesh_registry::problem::{Location, Problem};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// The name Events are reported under (`reportingController`).
+pub const CONTROLLER: &str = "mesh.dev/control";
+/// An Event's note is at most 1 kB.
+const MAX_NOTE: usize = 1000;
+
+/// An object: kind, namespace, name.
+pub(super) type ObjectId = (String, String, String);
+
+/// Tells problems once per object (see the module docs).
+pub(super) struct ProblemReporter {
+    recorder: Recorder,
+    counted: Arc<AtomicU64>,
+    told: Mutex<BTreeMap<ObjectId, Vec<String>>>,
+}
+
+impl ProblemReporter {
+    pub(super) fn new(client: Client, counted: Arc<AtomicU64>) -> Self {
+        let reporter = Reporter { controller: CONTROLLER.into(), instance: None };
+        Self { recorder: Recorder::new(client, reporter), counted, told: Mutex::default() }
+    }
+
+    /// Reports `problems`; objects `in_scope` selects (those just checked)
+    /// without problems are forgotten. `uid` finds an object's UID for its Event.
+    pub(super) fn report(
+        &self,
+        in_scope: impl Fn(&ObjectId) -> bool,
+        problems: Vec<Problem>,
+        uid: impl Fn(&ObjectId) -> Option<String>,
+    ) {
+        let mut by_object: BTreeMap<ObjectId, Vec<String>> = BTreeMap::new();
+        for problem in &problems {
+            if let Location::Object { kind, namespace, name, field } = &problem.at {
+                let text =
+                    if field.is_empty() { problem.message.clone() } else { format!("{field}: {}", problem.message) };
+                by_object.entry((kind.clone(), namespace.clone(), name.clone())).or_default().push(text);
+            }
+        }
+        let mut told = self.told.lock().unwrap_or_else(PoisonError::into_inner);
+        told.retain(|id, _| !in_scope(id) || by_object.contains_key(id));
+        for (id, messages) in by_object {
+            if told.get(&id) == Some(&messages) {
+                continue;
+            }
+            self.counted.fetch_add(messages.len() as u64, Ordering::Relaxed);
+            for m in &messages {
+                tracing::warn!(kind = %id.0, namespace = %id.1, name = %id.2, problem = %m, "Kubernetes object rejected: not served");
+            }
+            self.publish(&id, &messages, uid(&id));
+            told.insert(id, messages);
+        }
+    }
+
+    /// Publishes the Event in the background (the watch never waits on it).
+    fn publish(&self, id: &ObjectId, messages: &[String], uid: Option<String>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let mut note = messages.join("; ");
+        if note.len() > MAX_NOTE {
+            let mut cut = MAX_NOTE - 3;
+            while !note.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            note.truncate(cut);
+            note.push_str("...");
+        }
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "Rejected".into(),
+            note: Some(note),
+            action: "Validate".into(),
+            secondary: None,
+        };
+        let reference = ObjectReference {
+            api_version: Some(api_version(&id.0).into()),
+            kind: Some(id.0.clone()),
+            namespace: Some(id.1.clone()),
+            name: Some(id.2.clone()),
+            uid,
+            ..Default::default()
+        };
+        let recorder = self.recorder.clone();
+        runtime.spawn(async move {
+            if let Err(error) = recorder.publish(&event, &reference).await {
+                tracing::warn!(%error, kind = ?reference.kind, name = ?reference.name, "cannot publish a Kubernetes Event");
+            }
+        });
+    }
+}
+
+/// The API version of the kinds the registry reads.
+fn api_version(kind: &str) -> &'static str {
+    match kind {
+        "Service" => "v1",
+        "EndpointSlice" => "discovery.k8s.io/v1",
+        "HTTPRoute" | "GRPCRoute" => "gateway.networking.k8s.io/v1",
+        _ => "policy.mesh.dev/v1alpha1",
+    }
+}
