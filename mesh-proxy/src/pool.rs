@@ -605,3 +605,77 @@ impl http_body::Body for PooledBody {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len();
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, 0, 0, 0, 0, 0];
+        f.extend_from_slice(payload);
+        f
+    }
+
+    fn watch() -> (GoAwayWatch<()>, Arc<ConnState>, Arc<AtomicUsize>) {
+        let state = Arc::new(ConnState {
+            opened: Instant::now(),
+            retire_at: Instant::now() + Duration::from_secs(60),
+            generation: None,
+            closing: AtomicBool::new(false),
+            last_used_ms: AtomicU64::new(0),
+        });
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        let hook = Box::new(move || {
+            c.fetch_add(1, Ordering::Relaxed);
+        });
+        (GoAwayWatch::new((), state.clone(), hook), state, calls)
+    }
+
+    /// GOAWAY is found whatever the read boundaries, including inside a
+    /// frame header, and a payload that contains the GOAWAY type byte (a
+    /// DATA frame here) is skipped, not mistaken for a frame. Catches a
+    /// scanner that looks at the first byte of each read.
+    #[test]
+    fn goaway_is_noticed_across_read_boundaries_and_only_in_frame_headers() {
+        let mut stream = frame(0x4, &[]); // SETTINGS
+        stream.extend(frame(0x0, &[0, 0, 0, 7, 0, 0, 0, 7, 0, 0, 0, 7, 7, 7])); // DATA full of 7s
+        stream.extend(frame(0x6, &[0; 8])); // PING
+        let before = stream.len();
+        stream.extend(frame(GOAWAY, &[0, 0, 0, 1, 0, 0, 0, 0]));
+        for chunk in [1, 2, 5, 9, 10, 64] {
+            let (mut w, state, calls) = watch();
+            for piece in stream[..before].chunks(chunk) {
+                w.scan(piece);
+            }
+            assert!(state.reusable(None), "chunk {chunk}: GOAWAY seen where there is none");
+            for piece in stream[before..].chunks(chunk) {
+                w.scan(piece);
+            }
+            assert!(!state.reusable(None), "chunk {chunk}: GOAWAY missed");
+            w.scan(&frame(GOAWAY, &[0; 8]));
+            assert_eq!(calls.load(Ordering::Relaxed), 1, "chunk {chunk}: the replacement is opened once");
+        }
+    }
+
+    /// Age and credentials generation decide reuse. Catches connections
+    /// reused past their age or across a change of certificate or bundle.
+    #[test]
+    fn connections_retire_with_age_and_credentials() {
+        let state = |age: Duration, generation: Option<u64>| ConnState {
+            opened: Instant::now(),
+            retire_at: Instant::now() + age,
+            generation,
+            closing: AtomicBool::new(false),
+            last_used_ms: AtomicU64::new(0),
+        };
+        assert!(state(Duration::from_secs(60), Some(3)).reusable(Some(3)));
+        assert!(!state(Duration::from_secs(60), Some(3)).reusable(Some(4)), "new credentials");
+        assert!(state(Duration::from_secs(60), None).reusable(Some(4)), "plaintext: credentials do not matter");
+        assert!(!state(Duration::ZERO, None).reusable(None), "too old");
+        let s = state(Duration::from_secs(60), None);
+        s.retire();
+        assert!(!s.reusable(None), "retired");
+    }
+}
