@@ -33,6 +33,14 @@ impl Connector {
         self
     }
 
+    /// The generation of this proxy's credentials (certificate and trust
+    /// bundle) now; `None` without mTLS. A connection secured under an
+    /// older generation was verified against a bundle (or presented a
+    /// certificate) that may no longer be in force.
+    pub fn generation(&self) -> Option<u64> {
+        self.tls.as_ref().map(|t| t.generation())
+    }
+
     /// Whether connections to an endpoint with `identity` will be mTLS.
     pub fn secures(&self, identity: Option<&str>) -> bool {
         identity.is_some() && self.tls.is_some()

@@ -197,6 +197,14 @@ struct Args {
     /// Close opaque TCP connections idle this long.
     #[arg(long, default_value = "1h", value_parser = duration)]
     tcp_idle_timeout: Duration,
+    /// No new requests go on a connection to an endpoint older than this; it
+    /// is replaced gracefully (requests in flight finish). mTLS connections
+    /// are replaced sooner when the peer's certificate expires and as soon
+    /// as this proxy's certificate is renewed or its trust bundle changes;
+    /// this bound covers the rest (plaintext, a peer's authorization that
+    /// changed without a certificate change).
+    #[arg(long, default_value = "1h", value_parser = duration)]
+    max_connection_age: Duration,
     /// Clients must send request headers within this time.
     #[arg(long, default_value = "10s", value_parser = duration)]
     header_read_timeout: Duration,
@@ -268,6 +276,7 @@ fn config(args: &Args) -> anyhow::Result<Config> {
     c.limits.server.header_read_timeout = args.header_read_timeout;
     c.limits.server.max_header_bytes = args.max_header_bytes;
     c.limits.client.max_header_bytes = args.max_header_bytes;
+    c.limits.client.max_connection_age = args.max_connection_age;
     c.shutdown_grace = args.shutdown_grace;
     c.telemetry.trace_collector = args.trace_collector.clone();
     c.telemetry.trace_sample_ratio = args.trace_sample_ratio.clamp(0.0, 1.0);

@@ -60,6 +60,12 @@ struct Clients {
 }
 
 impl MeshTls {
+    /// The credentials' generation (it changes with the certificate or the
+    /// trust bundle).
+    pub fn generation(&self) -> u64 {
+        self.creds.generation()
+    }
+
     /// TLS over `creds`.
     pub fn new(creds: Arc<Credentials>) -> Result<Arc<Self>, TlsError> {
         let server = creds.server_config(true, &MESH_ALPNS)?;
@@ -100,6 +106,16 @@ pub enum ClientIo {
     Plain(TcpStream),
     /// mTLS.
     Tls(Box<ClientStream<TcpStream>>),
+}
+
+impl ClientIo {
+    /// When the peer's certificate expires (mTLS only).
+    pub fn peer_not_after(&self) -> Option<std::time::SystemTime> {
+        match self {
+            ClientIo::Plain(_) => None,
+            ClientIo::Tls(s) => mesh_identity::tls::client_peer_not_after(s),
+        }
+    }
 }
 
 macro_rules! delegate {

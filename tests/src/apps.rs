@@ -263,3 +263,90 @@ async fn tcp_app(listen: SocketAddr, name: &str, banner: Option<Bytes>) -> App {
     });
     App { addr, name: name.to_string(), stats, task }
 }
+
+/// An HTTP/2-only app (prior knowledge) that closes every connection
+/// gracefully after `per_connection` requests, the way nginx does after
+/// `keepalive_requests`: it sends GOAWAY, finishes the streams it accepted,
+/// and refuses later ones. Every request is answered with its name after
+/// `delay` (so streams are in flight when GOAWAY goes out).
+pub async fn h2_goaway(name: &str, per_connection: u64, delay: Duration) -> App {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stats = Arc::new(AppStats::default());
+    let (n, s) = (name.to_string(), stats.clone());
+    let task = tokio::spawn(async move {
+        let mut conns = JoinSet::new();
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            s.connections.fetch_add(1, Ordering::Relaxed);
+            let (name, stats) = (n.clone(), s.clone());
+            conns.spawn(async move {
+                let served = Arc::new(AtomicU64::new(0));
+                let enough = Arc::new(tokio::sync::Notify::new());
+                let (served2, enough2) = (served.clone(), enough.clone());
+                let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                    let (name, stats) = (name.clone(), stats.clone());
+                    if served2.fetch_add(1, Ordering::Relaxed) + 1 == per_connection {
+                        enough2.notify_one();
+                    }
+                    async move {
+                        stats.requests.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(delay).await;
+                        let mut rsp = Response::new(full(name.clone()));
+                        rsp.headers_mut().insert("x-replica", name.parse().unwrap());
+                        Ok::<_, std::convert::Infallible>(rsp)
+                    }
+                });
+                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => return,
+                    _ = enough.notified() => conn.as_mut().graceful_shutdown(),
+                }
+                let _ = conn.await;
+            });
+            while conns.try_join_next().is_some() {}
+        }
+    });
+    App { addr, name: name.to_string(), stats, task }
+}
+
+/// An HTTP/2-only app (prior knowledge) that resets every `every`-th stream
+/// with `REFUSED_STREAM` (the server's promise that it did not process it,
+/// RFC 9113 §8.7) and answers the others with its name. `requests` counts
+/// the answered ones.
+pub async fn h2_refusing(name: &str, every: u64) -> App {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stats = Arc::new(AppStats::default());
+    let (n, s) = (name.to_string(), stats.clone());
+    let task = tokio::spawn(async move {
+        let mut conns = JoinSet::new();
+        let seen = Arc::new(AtomicU64::new(0));
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            s.connections.fetch_add(1, Ordering::Relaxed);
+            let (name, stats, seen) = (n.clone(), s.clone(), seen.clone());
+            conns.spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(stream).await else { return };
+                while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                    if (seen.fetch_add(1, Ordering::Relaxed) + 1) % every == 0 {
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                        continue;
+                    }
+                    stats.requests.fetch_add(1, Ordering::Relaxed);
+                    let name = name.clone();
+                    tokio::spawn(async move {
+                        let rsp = Response::builder().header("x-replica", name.as_str()).body(()).unwrap();
+                        if let Ok(mut body) = respond.send_response(rsp, false) {
+                            let _ = body.send_data(Bytes::from(name), true);
+                        }
+                    });
+                }
+            });
+            while conns.try_join_next().is_some() {}
+        }
+    });
+    App { addr, name: name.to_string(), stats, task }
+}

@@ -43,7 +43,12 @@ impl Load {
     pub fn start_paced(url: &str, concurrency: usize, h2: bool, pause: Duration) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let outcome = Arc::new(Mutex::new(Outcome::default()));
-        let client = Client::builder(TokioExecutor::new()).http2_only(h2).build_http::<Empty<Bytes>>();
+        // Every failed attempt counts: hyper-util would otherwise quietly resend
+        // requests a closing connection handed back.
+        let client = Client::builder(TokioExecutor::new())
+            .http2_only(h2)
+            .retry_canceled_requests(false)
+            .build_http::<Empty<Bytes>>();
         let uri: http::Uri = url.parse().unwrap();
         let mut workers = JoinSet::new();
         for _ in 0..concurrency {

@@ -273,3 +273,61 @@ async fn control_plane_restart_under_load() {
     assert!(learned, "proxy did not resume its watch after the restart: {out:?}");
     assert_eq!(out.failed, 0, "{:?}", out.errors);
 }
+
+/// Multiplexed HTTP/2 load through client sidecar → server sidecar → `app`
+/// for `secs`: every failed attempt counted.
+async fn h2_load_through_sidecars(app: &apps::App, secs: u64) -> mesh_tests::load::Outcome {
+    let side = mesh::sidecar("web", app.addr).await;
+    let mesh = Mesh::start(&[Svc::new("web", 80, "http2", &[side.inbound_addr().unwrap()])]).await;
+    let client = mesh::client("client", &mesh.control_url(), &["web.default:80"]).await;
+    mesh::wait_resolved(&client, 1).await;
+    let load = Load::start(&url(&client, "/"), 16, true);
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    load.stop().await
+}
+
+/// An app that closes each HTTP/2 connection with GOAWAY after 20 requests
+/// (nginx does after `keepalive_requests`), under multiplexed load: no
+/// request fails. Catches a pool that keeps handing out a connection that
+/// received GOAWAY (requests then come back unsent and, with one endpoint,
+/// have nowhere else to go: 502), and streams above GOAWAY's last stream ID
+/// treated as failed instead of sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_closing_http2_connections_with_goaway_fails_no_request() {
+    let app = apps::h2_goaway("web", 20, Duration::from_millis(2)).await;
+    let out = h2_load_through_sidecars(&app, 4).await;
+    assert_eq!(out.failed, 0, "{:?}", out.errors);
+    assert!(out.ok > 500, "too little traffic: {out:?}");
+    assert!(app.connections() >= 20, "the app closed too few connections: {}", app.connections());
+}
+
+/// An app that refuses every 7th HTTP/2 stream with REFUSED_STREAM (it
+/// promises it did not process them): no request fails. Catches refused
+/// streams answered as upstream failures instead of sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_http2_streams_are_sent_again() {
+    let app = apps::h2_refusing("web", 7).await;
+    let out = h2_load_through_sidecars(&app, 3).await;
+    assert_eq!(out.failed, 0, "{:?}", out.errors);
+    assert!(out.ok > 300, "too little traffic: {out:?}");
+}
+
+/// A server sidecar shutting down gracefully sends GOAWAY on its HTTP/2
+/// connections; the client sidecar's requests go to the other replica (or
+/// finish where they were) without a single failure. Catches streams above
+/// the last stream ID failed as upstream errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_sidecar_shutdown_under_http2_load_fails_no_request() {
+    let (_apps, mut proxies, addrs) = replicas(2).await;
+    let mesh = Mesh::start(&[Svc::new("web", 80, "http2", &addrs)]).await;
+    let client = mesh::client("client", &mesh.control_url(), &["web.default:80"]).await;
+    mesh::wait_resolved(&client, 2).await;
+    let load = Load::start(&url(&client, "/slow/2"), 16, true);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let leaving = proxies.remove(0);
+    assert!(leaving.shutdown().await, "the sidecar did not drain");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let out = load.stop().await;
+    assert_eq!(out.failed, 0, "{:?}", out.errors);
+    assert!(out.ok > 200, "too little traffic: {out:?}");
+}

@@ -446,3 +446,73 @@ async fn real_proxies_negotiate_x25519mlkem768() {
     let c = client.metrics().await;
     assert!(mesh::metric_sum(&c, &["tls_handshakes_total", "direction=\"outbound\"", pq]) >= 1.0, "{c}");
 }
+
+/// nginx serving h2c on a free port, closing each connection with GOAWAY
+/// after `keepalive_requests` requests, when nginx is installed.
+fn nginx_h2c(keepalive_requests: u32) -> Option<(Proc, SocketAddr)> {
+    let bin = ["/usr/sbin/nginx", "/usr/bin/nginx", "/usr/local/sbin/nginx"]
+        .into_iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.exists())?;
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let d = dir.path().display();
+    let conf = format!(
+        "worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/error.log warn;\n\
+         events {{ worker_connections 1024; }}\n\
+         http {{ access_log off; keepalive_requests {keepalive_requests};\n\
+           client_body_temp_path {d}/b; proxy_temp_path {d}/p; fastcgi_temp_path {d}/f;\n\
+           uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n\
+           server {{ listen {addr} http2; location / {{ return 200 \"nginx\\n\"; }} }} }}\n"
+    );
+    std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+    let spec = Spec::new("nginx", bin, dir.path().join("nginx.log")).args([
+        "-e".into(),
+        format!("{d}/error.log"),
+        "-c".into(),
+        format!("{d}/nginx.conf"),
+    ]);
+    Some((Proc { child: Child::spawn(spec).unwrap(), _dir: dir }, addr))
+}
+
+/// The issue's setup with the real binaries: an HTTP/2 server that closes
+/// connections with GOAWAY after 50 requests (nginx h2c when installed,
+/// else the test app that does the same) behind a server sidecar, and
+/// multiplexed load through a client sidecar: no request fails. Before the
+/// pool noticed GOAWAY and resent unprocessed requests, several percent of
+/// requests came back 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_server_closing_connections_with_goaway_fails_no_request() {
+    let (_nginx, _app, app_addr) = match nginx_h2c(50) {
+        Some((p, addr)) => {
+            let up = mesh::eventually(Duration::from_secs(5), || async move {
+                tokio::net::TcpStream::connect(addr).await.is_ok()
+            });
+            assert!(up.await, "nginx did not start");
+            (Some(p), None, addr)
+        }
+        None => {
+            eprintln!("nginx is not installed: using the test app that sends GOAWAY after 50 requests");
+            let app = apps::h2_goaway("web", 50, Duration::from_millis(1)).await;
+            let addr = app.addr;
+            (None, Some(app), addr)
+        }
+    };
+    let (_side, inbound, _) = ready_proxy(|inbound, admin| sidecar_args(app_addr, inbound, admin)).await;
+    let (_client, listen, _) = ready_proxy(|listen, admin| {
+        vec![
+            "--workload".into(),
+            "client".into(),
+            "--upstream".into(),
+            format!("{listen}={inbound}"),
+            "--admin-addr".into(),
+            admin.to_string(),
+        ]
+    })
+    .await;
+    let load = mesh_tests::load::Load::start(&format!("http://{listen}/"), 16, true);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let out = load.stop().await;
+    assert_eq!(out.failed, 0, "{:?}", out.errors);
+    assert!(out.ok > 500, "too little traffic: {out:?}");
+}

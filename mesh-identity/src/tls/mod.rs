@@ -32,7 +32,7 @@ pub use rustls::{ClientConfig, ServerConfig};
 pub use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 pub use stream::{
     Accepted, ClientStream, Handshake, MeshClientConfig, MeshServerConfig, ResumptionRefused, ServerStream, accept,
-    client_handshake, connect, server_name, web_client_config,
+    client_handshake, client_peer_not_after, connect, server_name, web_client_config,
 };
 pub use tickets::MAX_TICKET_LIFETIME;
 pub use verify::{ClientVerifier, LeafResolver, ServerVerifier};

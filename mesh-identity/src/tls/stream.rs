@@ -176,6 +176,13 @@ pub fn client_handshake<IO>(stream: &ClientStream<IO>) -> Handshake {
     Handshake::of(stream.get_ref().1)
 }
 
+/// When the server's certificate in `stream` expires (`None`: it presented
+/// none, or it does not parse). A connection must not be used past it.
+pub fn client_peer_not_after<IO>(stream: &ClientStream<IO>) -> Option<std::time::SystemTime> {
+    let leaf = stream.get_ref().1.peer_certificates()?.first()?;
+    crate::pem::CertInfo::parse(leaf).ok().map(|i| i.not_after)
+}
+
 /// A finished server handshake: the stream, and what the client presented.
 #[derive(Debug)]
 pub struct Accepted<IO> {

@@ -39,6 +39,16 @@ pub enum ProxyError {
         /// What happened.
         reason: String,
     },
+    /// The upstream refused the request without processing it (HTTP/2
+    /// `REFUSED_STREAM` or GOAWAY) after its body was consumed: safe to send
+    /// again for any method, by whoever still has the body.
+    #[error("upstream {target} did not process the request: {reason}")]
+    Unprocessed {
+        /// The target.
+        target: String,
+        /// What happened.
+        reason: String,
+    },
     /// The request's deadline passed.
     #[error("request to {target} timed out after {after:?} (route {route})")]
     Timeout {
@@ -86,6 +96,7 @@ impl ProxyError {
         match self {
             ProxyError::NoEndpoints(_) | ProxyError::Unresolved(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Unprocessed { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,

@@ -1,8 +1,10 @@
 //! Forwarding one request to an endpoint the balancer picks.
 //!
-//! A request whose connection cannot be opened (or that the endpoint refused
-//! before reading it) goes to another endpoint: that is always safe, since
-//! the application never saw it. Retrying requests that were sent is policy
+//! A request whose connection cannot be opened goes to another endpoint, and
+//! one the endpoint never processed (not written, HTTP/2 stream refused or
+//! above a GOAWAY's last stream: the connection was closing) goes on a fresh
+//! connection, to the same endpoint or another: that is always safe, for any
+//! method, since the application never saw it. Retrying requests that were sent is policy
 //! and belongs to the router (`http::route`), not here. Outcomes feed the
 //! endpoint's failure accrual (circuit breaking).
 
@@ -119,7 +121,9 @@ pub async fn forward_once(
     // the common, successful path never allocates.
     let tried = avoid;
     let mut last = ProxyError::NoEndpoints(target.to_string());
-    for _ in 0..settings.connect_attempts.max(1) {
+    let (mut attempts, mut resent) = (0, 0);
+    while attempts < settings.connect_attempts.max(1) {
+        attempts += 1;
         let Some(ep) = list.pick_excluding(tried) else { break };
         let _in_flight = ep.load.start();
         let conn = if upgrading {
@@ -162,15 +166,36 @@ pub async fn forward_once(
                 strip_hop_by_hop(rsp.headers_mut(), switched);
                 return Ok(rsp);
             }
-            Err(SendError { error, request: Some(r) }) => {
-                // Never written: safe to send elsewhere.
+            Err(SendError { error, unprocessed: true, request: Some(r) }) => {
+                // Never processed: the connection was closing (the pool
+                // retired it), which says nothing about the endpoint. Sent
+                // again on a fresh connection, without using up an attempt
+                // the first few times.
+                req = r;
+                last = ProxyError::Connect { target: target.to_string(), reason: error.to_string() };
+                if resent < MAX_RESENDS {
+                    resent += 1;
+                    attempts -= 1;
+                    tracing::debug!(endpoint = %ep.meta.addr, %error, "request not processed; sending it on a new connection");
+                } else {
+                    tried.push(ep.meta.addr);
+                    ep.load.penalize(Instant::now());
+                }
+            }
+            Err(SendError { error, unprocessed: true, request: None }) => {
+                // Never processed, but its body went with it: whoever still
+                // has the body (the retry layer) may send it again.
+                tracing::debug!(endpoint = %ep.meta.addr, %error, "request with a body refused unprocessed");
+                return Err(ProxyError::Unprocessed { target: target.to_string(), reason: error.to_string() });
+            }
+            Err(SendError { error, request: Some(r), .. }) => {
+                // Handed back although the peer may have seen it (not
+                // expected from hyper): only the endpoint is avoided.
                 tried.push(ep.meta.addr);
-                tracing::debug!(endpoint = %ep.meta.addr, %error, "connection unusable; trying another endpoint");
-                ep.load.penalize(Instant::now());
                 last = ProxyError::Connect { target: target.to_string(), reason: error.to_string() };
                 req = r;
             }
-            Err(SendError { error, request: None }) => {
+            Err(SendError { error, request: None, .. }) => {
                 tried.push(ep.meta.addr);
                 ep.load.penalize(Instant::now());
                 eject_on_failure(ep, breaker, target);
@@ -181,6 +206,11 @@ pub async fn forward_once(
     }
     Err(last)
 }
+
+/// Requests sent again because their connection was closing, beyond the
+/// endpoint attempts: each goes on a new connection, so more than a few
+/// means the endpoint closes every connection.
+const MAX_RESENDS: usize = 4;
 
 fn eject_on_failure(ep: &crate::balance::Endpoint, breaker: &Breaker, target: &str) {
     if let Some(d) = ep.health.failure(breaker, Instant::now()) {

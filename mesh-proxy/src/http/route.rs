@@ -237,6 +237,8 @@ pub fn should_retry(res: &Result<Response<Body>, ProxyError>, on: &RetryOn) -> b
                 || grpc.is_some_and(|g| on.grpc.contains(&g))
         }
         Err(ProxyError::Connect { .. }) => on.connect_failure || on.gateway_error,
+        // Never processed: resending is safe whatever the policy says.
+        Err(ProxyError::Unprocessed { .. }) => true,
         Err(ProxyError::Upstream { .. }) => on.reset,
         Err(ProxyError::Timeout { .. }) | Err(ProxyError::NoEndpoints(_)) | Err(ProxyError::Unresolved(_)) => {
             on.gateway_error || on.server_error
