@@ -31,18 +31,27 @@ async fn start_ready(spec: impl Fn(SocketAddr, SocketAddr) -> (Spec, SocketAddr)
         let (a, b) = (free_addr(), free_addr());
         let (spec, admin) = spec(a, b);
         let child = Child::spawn(spec).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline && child.status().is_none() {
-            if tokio::net::TcpStream::connect(admin).await.is_ok()
-                && mesh::admin_get(admin, "/ready").await.starts_with("ready")
-            {
-                return (child, a, b);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        if ready_or_exited(&child, admin).await {
+            return (child, a, b);
         }
         last = child.log_tail(30);
     }
     panic!("a process never became ready in five attempts; its last log:\n{last}");
+}
+
+/// Waits up to 15 s for `child`'s `/ready` on `admin` to answer `ready`;
+/// false when it exits (or stays unready) first.
+async fn ready_or_exited(child: &Child, admin: SocketAddr) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline && child.status().is_none() {
+        if tokio::net::TcpStream::connect(admin).await.is_ok()
+            && mesh::admin_get(admin, "/ready").await.starts_with("ready")
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
 }
 
 /// The real control plane with a CA.
@@ -77,6 +86,32 @@ impl Control {
         })
         .await;
         Self { child, grpc, admin, identity, dir }
+    }
+
+    /// SIGKILLs the control plane (a crash: nothing is flushed or closed
+    /// gracefully) and waits until it is reaped.
+    pub fn kill(&self) {
+        self.child.kill();
+    }
+
+    /// Starts the (killed) control plane again as it was started: the same
+    /// identity directory, registry file and addresses (proxies dial a fixed
+    /// address), its log appended to; waits until it is ready. Retried for a
+    /// while should the old port still be held (by a lingering socket or,
+    /// rarely, a parallel test's probe).
+    pub async fn restart(&mut self) {
+        assert!(!self.child.is_running(), "restart: the control plane is still running");
+        let spec = self.child.spec().clone().append(true);
+        for _ in 0..10 {
+            let child = Child::spawn(spec.clone()).unwrap();
+            if ready_or_exited(&child, self.admin).await {
+                self.child = child;
+                return;
+            }
+            child.kill();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("the control plane did not restart on {} / {}:\n{}", self.grpc, self.admin, self.log());
     }
 
     /// Replaces the registry (picked up within ~100 ms).

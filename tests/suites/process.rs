@@ -516,3 +516,139 @@ async fn an_http2_server_closing_connections_with_goaway_fails_no_request() {
     assert_eq!(out.failed, 0, "{:?}", out.errors);
     assert!(out.ok > 500, "too little traffic: {out:?}");
 }
+
+// ---------------------------------------------------------------------------
+// Crashes: SIGKILL, not a clean stop.
+
+/// A real server sidecar (with identity from `control`) in front of `app`.
+async fn secure_sidecar(control: &real::Control, app: &apps::App) -> real::Proxy {
+    real::Proxy::start(&app.name, |inbound, _| {
+        let mut a = vec!["--app".into(), app.addr.to_string(), "--inbound-addr".into(), inbound.to_string()];
+        a.extend(control.proxy_identity_args("web"));
+        a
+    })
+    .await
+}
+
+/// A real client proxy (with identity) for `web.default:80`.
+async fn secure_client(control: &real::Control) -> real::Proxy {
+    real::Proxy::start("client-0", |upstream, _| {
+        let mut a = vec!["--upstream".into(), format!("{upstream}=web.default:80")];
+        a.extend(control.proxy_identity_args("client"));
+        a
+    })
+    .await
+}
+
+/// Waits until a GET through `client` is answered by each of `replicas`.
+async fn reaches(client: &real::Proxy, replicas: &[&str]) -> bool {
+    let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<Bytes>>();
+    let url: http::Uri = format!("http://{}/", client.listen).parse().unwrap();
+    let mut seen = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(r) = http.get(url.clone()).await
+            && let Some(name) = r.headers().get("x-replica").and_then(|v| v.to_str().ok())
+        {
+            seen.insert(name.to_string());
+        }
+        if replicas.iter().all(|r| seen.contains(*r)) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// The control plane SIGKILLed under load through real proxies: not one
+/// request fails while it is gone (static stability: the proxies keep the
+/// endpoints and certificates they have). Restarted on the same addresses
+/// with the same identity directory and registry file, it certifies a new
+/// replica's sidecar (the CA survived) and the client proxy, re-watching,
+/// learns of that replica from a registry change: traffic reaches it.
+/// Catches proxies that drop their endpoints (or stop serving) when the
+/// watch stream breaks, and ones that never re-dial a control plane that
+/// comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_control_plane_fails_no_request_and_serves_again_after_restart() {
+    let mut control = real::Control::start().await;
+    let app0 = apps::http("web-0").await;
+    let side0 = secure_sidecar(&control, &app0).await;
+    control.write_registry(&[mesh::Svc::new("web", 80, "http", &[side0.listen])]);
+    let client = secure_client(&control).await;
+    assert!(reaches(&client, &["web-0"]).await, "no traffic through the proxies:\n{}", client.child.log_tail(20));
+
+    let load = mesh_tests::load::Load::start(&format!("http://{}/", client.listen), 8, false);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    control.kill();
+    let killed = load.snapshot();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let during = load.snapshot();
+    assert_eq!(during.failed, 0, "requests failed around the crash: {:?}", during.errors);
+    assert!(during.ok >= killed.ok + 100, "too little traffic while the control plane was down: {during:?}");
+
+    control.restart().await;
+    // A new replica: its sidecar's certificate comes from the restarted CA.
+    let app1 = apps::http("web-1").await;
+    let side1 = secure_sidecar(&control, &app1).await;
+    control.write_registry(&[mesh::Svc::new("web", 80, "http", &[side0.listen, side1.listen])]);
+    let learned = mesh::eventually(Duration::from_secs(30), || async {
+        load.snapshot().by_replica.get("web-1").copied().unwrap_or(0) >= 10
+    })
+    .await;
+    let out = load.stop().await;
+    eprintln!("measured: control plane SIGKILLed and restarted under load: {out:?}");
+    assert!(learned, "the replica added after the restart got no traffic: {out:?}\n{}", client.child.log_tail(20));
+    assert_eq!(out.failed, 0, "{:?}", out.errors);
+}
+
+/// One of three real server sidecars SIGKILLed under load (8 workers): at
+/// most the requests in flight on it fail (≤ 8: one per worker), the rest
+/// go to the other replicas; after a 1 s settling window a second load
+/// (the dead endpoint still in the registry) fails nothing and reaches both
+/// survivors. Catches a client proxy that keeps handing out the dead
+/// sidecar's pooled connections (failing each one, more than the in-flight
+/// count), and one that answers a refused connect with 502 instead of
+/// trying another endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_server_sidecar_fails_at_most_its_in_flight_requests() {
+    const WORKERS: usize = 8;
+    let control = real::Control::start().await;
+    let mut apps_ = Vec::new();
+    let mut sides = Vec::new();
+    for i in 0..3 {
+        let app = apps::http(&format!("web-{i}")).await;
+        sides.push(secure_sidecar(&control, &app).await);
+        apps_.push(app);
+    }
+    let eps: Vec<SocketAddr> = sides.iter().map(|s| s.listen).collect();
+    control.write_registry(&[mesh::Svc::new("web", 80, "http", &eps)]);
+    let client = secure_client(&control).await;
+    assert!(reaches(&client, &["web-0", "web-1", "web-2"]).await, "not every replica reached");
+
+    // Each request takes a few ms at the app, so some are in flight on the
+    // victim when it dies.
+    let url = format!("http://{}/slow/5", client.listen);
+    let load = mesh_tests::load::Load::start(&url, WORKERS, false);
+    let warm = mesh::eventually(Duration::from_secs(10), || async { apps_[0].requests() >= 50 }).await;
+    assert!(warm, "the victim took no traffic before the kill: {:?}", load.snapshot());
+    sides[0].child.kill();
+    let at_kill = load.snapshot();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let out = load.stop().await;
+    eprintln!("measured: sidecar SIGKILLed under load: {} failed of {}: {:?}", out.failed, out.ok, out.errors);
+    assert!(out.failed <= WORKERS as u64, "more failed than were in flight: {out:?}");
+    assert!(out.ok >= at_kill.ok + 100, "traffic did not continue after the kill: {out:?}");
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let load = mesh_tests::load::Load::start(&url, WORKERS, false);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = load.stop().await;
+    eprintln!("measured: after the settling window: {after:?}");
+    assert_eq!(after.failed, 0, "{:?}", after.errors);
+    assert!(after.ok >= 200, "too little traffic: {after:?}");
+    for name in ["web-1", "web-2"] {
+        assert!(after.by_replica.get(name).copied().unwrap_or(0) > 0, "{name} got nothing: {after:?}");
+    }
+}
