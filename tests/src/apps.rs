@@ -33,6 +33,8 @@ pub struct AppStats {
     pub max_active: AtomicU64,
     /// Percent of requests answered 500, whatever the path.
     pub fail_percent: AtomicU64,
+    /// Milliseconds added before answering any request (a slow replica).
+    pub delay_ms: AtomicU64,
 }
 
 /// A running app; dropping it (or [`App::kill`]) closes the listener and
@@ -66,6 +68,12 @@ impl App {
     /// Makes `percent` of all requests fail with 500 (0 heals the app).
     pub fn set_fail_percent(&self, percent: u64) {
         self.stats.fail_percent.store(percent.min(100), Ordering::Relaxed);
+    }
+
+    /// Makes every request wait `delay` before it is answered, whatever the
+    /// path (a replica slower than its peers; zero makes it fast again).
+    pub fn set_delay(&self, delay: Duration) {
+        self.stats.delay_ms.store(delay.as_millis() as u64, Ordering::Relaxed);
     }
 }
 
@@ -154,6 +162,10 @@ async fn route(req: Request<Incoming>, name: &str, stats: &AppStats) -> Option<R
     }
     let now = stats.active.fetch_add(1, Ordering::Relaxed) + 1;
     stats.max_active.fetch_max(now, Ordering::Relaxed);
+    let delay = stats.delay_ms.load(Ordering::Relaxed);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
     let rsp = respond(req, name).await;
     stats.active.fetch_sub(1, Ordering::Relaxed);
     Some(rsp)
