@@ -21,6 +21,13 @@ use tokio::net::TcpListener;
 /// to the configured app address.
 pub async fn serve(listener: TcpListener, config: InboundConfig, env: Inbound, ctx: Context) {
     let routes: Arc<Mutex<HashMap<SocketAddr, Route>>> = Arc::default();
+    // Universal mode knows its one route up front: start watching its
+    // authorization now, so the first peer is not the one to wait for it (or,
+    // were the control plane to go away in between, be refused as pending).
+    if let (Some(app), Ok(local)) = (config.app, listener.local_addr()) {
+        let route = route_to(app, local.port(), &config, &env);
+        routes.lock().unwrap_or_else(|p| p.into_inner()).insert(app, route);
+    }
     let config = Arc::new(config);
     conn::accept_loop(listener, ctx, move |stream| {
         let dst = original_dst(stream);

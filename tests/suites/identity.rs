@@ -480,6 +480,9 @@ async fn control_plane_down_across_a_renewal() {
     let ttl = Duration::from_secs(8);
     let (mut mesh, _app, side, client) = secure_pair(ttl).await;
     let load = Load::start(&format!("http://{}/", client.upstream_addrs()[0]), 4, false);
+    // Traffic flows (the server's authorization has arrived) before the
+    // control plane goes away.
+    assert!(mesh::eventually(Duration::from_secs(10), || async { load.snapshot().ok > 0 }).await, "no traffic");
     let before = refreshes(&client).await;
     mesh.stop_control().await;
     // Renewal is due at 70 % (5.6 s); it fails while the control plane is down.
