@@ -593,7 +593,7 @@ fn mixed_load(client: &mesh_proxy::Proxy, n: usize) -> [Load; 2] {
 
 /// With a maximum connection age of 500 ms, 5 s of HTTP/1 and HTTP/2 load:
 /// no failed request, many connections, and every connection that closed
-/// lived under 1 s (the bound plus draining). Catches pooled connections
+/// lived under 2.5 s (the bound plus draining, on a loaded machine). Catches pooled connections
 /// (one HTTP/2 connection, a few HTTP/1 ones) reused past their age, which
 /// is what the pool did before: they lived as long as they were busy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -607,10 +607,12 @@ async fn connections_are_replaced_at_their_maximum_age_without_a_failed_request(
         assert_eq!(out.failed, 0, "{:?}", out.errors);
         assert!(out.ok > 100, "too little traffic: {out:?}");
     }
-    let (opened, closed, within) = inbound_connections(&side, "1.0").await;
-    eprintln!("max age 500 ms: {opened} connections opened, {closed} closed, {within} of them within 1 s");
+    // 2.5 s: the bound plus draining, with room for a loaded machine; the
+    // old pool kept its connections for the whole 5 s run.
+    let (opened, closed, within) = inbound_connections(&side, "2.5").await;
+    eprintln!("max age 500 ms: {opened} connections opened, {closed} closed, {within} of them within 2.5 s");
     assert!(opened >= 10.0 && closed >= 8.0, "connections were not replaced: {opened} opened, {closed} closed");
-    assert_eq!(within, closed, "connections outlived the maximum age: {closed} closed, {within} within 1 s");
+    assert_eq!(within, closed, "connections outlived the maximum age: {closed} closed, {within} within 2.5 s");
 }
 
 /// A trust bundle change under HTTP/1 and HTTP/2 load: every connection

@@ -101,7 +101,7 @@ fn latency_histogram() -> Histogram {
 
 /// Connection lifetimes, in seconds: 1 ms to a day.
 fn duration_histogram() -> Histogram {
-    Histogram::new([0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 86400.0])
+    Histogram::new([0.001, 0.01, 0.1, 0.5, 1.0, 2.5, 10.0, 60.0, 300.0, 1800.0, 3600.0, 86400.0])
 }
 
 /// Labels of route-level metrics.
