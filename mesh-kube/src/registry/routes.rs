@@ -50,6 +50,22 @@ struct Ranked {
     rule: RouteRule,
 }
 
+impl Ranked {
+    /// One match of one rule, as its own route rule (Gateway API precedence
+    /// ranks matches, not rules).
+    fn new(
+        specificity: Specificity,
+        tie: (Option<Timestamp>, String, usize, usize),
+        name: String,
+        m: RequestMatch,
+        backends: Vec<Backend>,
+        timeout: Option<Duration>,
+    ) -> Self {
+        let rule = RouteRule { name, matches: vec![m], backends, timeout, retry: None, fault: None, rate_limit: None };
+        Self { specificity, tie, rule }
+    }
+}
+
 /// The Service (and port) a route is attached to.
 type Parent = (ServiceKey, Option<u16>);
 
@@ -198,31 +214,19 @@ fn http_route(route: &HTTPRoute) -> Result<Vec<(Parent, Vec<Ranked>)>, Vec<Probl
             out
         };
         for (j, m) in matches.iter().enumerate() {
-            let specificity = match &m.path {
-                Some(PathMatch::Exact(_)) => {
-                    Specificity::Http(0, Reverse(0), m.method.is_none(), Reverse(m.headers.len()))
-                }
-                Some(PathMatch::Prefix(p)) => {
-                    Specificity::Http(1, Reverse(p.len()), m.method.is_none(), Reverse(m.headers.len()))
-                }
-                None => Specificity::Http(1, Reverse(1), m.method.is_none(), Reverse(m.headers.len())),
-                Some(PathMatch::Regex(_)) => {
-                    Specificity::Http(2, Reverse(0), m.method.is_none(), Reverse(m.headers.len()))
-                }
+            // Exact paths first, then the longest prefix (no path is the
+            // prefix `/`), then regexes.
+            let (kind, prefix_len) = match &m.path {
+                Some(PathMatch::Exact(_)) => (0, 0),
+                Some(PathMatch::Prefix(p)) => (1, p.len()),
+                None => (1, 1),
+                Some(PathMatch::Regex(_)) => (2, 0),
             };
-            ranked.push(Ranked {
-                specificity,
-                tie: (created, format!("{namespace}/{name}"), i, j),
-                rule: RouteRule {
-                    name: rule_name(&name, rule.name.as_deref(), i, matches.len(), j),
-                    matches: vec![m.clone()],
-                    backends: backends.clone(),
-                    timeout,
-                    retry: None,
-                    fault: None,
-                    rate_limit: None,
-                },
-            });
+            let specificity =
+                Specificity::Http(kind, Reverse(prefix_len), m.method.is_none(), Reverse(m.headers.len()));
+            let rule_name = rule_name(&name, rule.name.as_deref(), i, matches.len(), j);
+            let tie = (created, format!("{namespace}/{name}"), i, j);
+            ranked.push(Ranked::new(specificity, tie, rule_name, m.clone(), backends.clone(), timeout));
         }
     }
     problems.finish(())?;
@@ -272,19 +276,9 @@ fn grpc_route(route: &GRPCRoute) -> Result<Vec<(Parent, Vec<Ranked>)>, Vec<Probl
                 headers,
                 ..Default::default()
             };
-            ranked.push(Ranked {
-                specificity,
-                tie: (created, format!("{namespace}/{name}"), i, j),
-                rule: RouteRule {
-                    name: rule_name(&name, rule.name.as_deref(), i, matches.len(), j),
-                    matches: vec![request],
-                    backends: backends.clone(),
-                    timeout: None,
-                    retry: None,
-                    fault: None,
-                    rate_limit: None,
-                },
-            });
+            let rule_name = rule_name(&name, rule.name.as_deref(), i, matches.len(), j);
+            let tie = (created, format!("{namespace}/{name}"), i, j);
+            ranked.push(Ranked::new(specificity, tie, rule_name, request, backends.clone(), None));
         }
     }
     problems.finish(())?;
