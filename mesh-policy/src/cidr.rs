@@ -63,37 +63,44 @@ impl FromStr for Cidr {
 
     /// `10.0.0.0/8`, `fd00::/8`, or a bare address (a /32 or /128).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (ip, len) = match s.split_once('/') {
-            Some((ip, len)) => (ip, Some(len)),
-            None => (s, None),
-        };
-        let addr: IpAddr = ip.parse().map_err(|_| InvalidCidr(format!("{ip:?} is not an IP address")))?;
-        let max: u8 = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix_len = match len {
-            None => max,
-            Some(len) => match len.parse::<u8>() {
-                Ok(n) if n <= max => n,
-                _ => {
-                    return Err(InvalidCidr(format!("prefix length {len:?} is not a number from 0 to {max}")));
-                }
-            },
-        };
-        let host_mask = |bits: u32, len: u8| -> u128 {
-            let width = bits - u32::from(len);
-            1u128.checked_shl(width).map_or(u128::MAX, |v| v - 1)
-        };
-        let host_bits = match addr {
-            IpAddr::V4(v4) => u128::from(u32::from(v4)) & host_mask(32, prefix_len),
-            IpAddr::V6(v6) => u128::from(v6) & host_mask(128, prefix_len),
-        };
-        if host_bits != 0 {
-            let network = Cidr { addr: mask_addr(addr, prefix_len), prefix_len };
+        let (addr, prefix_len) = parts(s)?;
+        let network = mask_addr(addr, prefix_len);
+        if network != addr {
+            let network = Cidr { addr: network, prefix_len };
             return Err(InvalidCidr(format!(
                 "host bits are set after the /{prefix_len} prefix: did you mean {network}?"
             )));
         }
         Ok(Cidr { addr, prefix_len })
     }
+}
+
+impl Cidr {
+    /// The network `s` lies in: parsed like [`FromStr`], but host bits are
+    /// cleared rather than refused (`10.1.2.3/8` is `10.0.0.0/8`), the way
+    /// iptables stores a network, so what we compare is what it saved.
+    pub fn masked(s: &str) -> Result<Self, InvalidCidr> {
+        let (addr, prefix_len) = parts(s)?;
+        Ok(Cidr { addr: mask_addr(addr, prefix_len), prefix_len })
+    }
+}
+
+/// The address and prefix length of `s` (a bare address is a /32 or /128).
+fn parts(s: &str) -> Result<(IpAddr, u8), InvalidCidr> {
+    let (ip, len) = match s.split_once('/') {
+        Some((ip, len)) => (ip, Some(len)),
+        None => (s, None),
+    };
+    let addr: IpAddr = ip.parse().map_err(|_| InvalidCidr(format!("{ip:?} is not an IP address")))?;
+    let max: u8 = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix_len = match len {
+        None => max,
+        Some(len) => match len.parse::<u8>() {
+            Ok(n) if n <= max => n,
+            _ => return Err(InvalidCidr(format!("prefix length {len:?} is not a number from 0 to {max}"))),
+        },
+    };
+    Ok((addr, prefix_len))
 }
 
 fn mask_addr(addr: IpAddr, len: u8) -> IpAddr {
@@ -129,6 +136,26 @@ mod tests {
         assert!("10.0.0.0/".parse::<Cidr>().is_err());
         assert!("ten/8".parse::<Cidr>().is_err());
         assert!("fd00::1/129".parse::<Cidr>().is_err());
+    }
+
+    /// Catches a `masked` that keeps host bits (`10.1.2.3/8` would never
+    /// equal what iptables saved, `10.0.0.0/8`) or refuses them like parsing.
+    #[test]
+    fn masked_clears_host_bits_as_iptables_does() {
+        for (given, network) in [
+            ("10.1.2.3/8", "10.0.0.0/8"),
+            ("10.0.0.0/8", "10.0.0.0/8"),
+            ("192.168.7.9/0", "0.0.0.0/0"),
+            ("169.254.169.254", "169.254.169.254/32"),
+            ("fd00::1/8", "fd00::/8"),
+            ("FD12:3456::7/32", "fd12:3456::/32"),
+            ("2001:db8::1", "2001:db8::1/128"),
+        ] {
+            assert_eq!(Cidr::masked(given).expect(given).to_string(), network, "{given}");
+        }
+        for bad in ["10.0.0.0/33", "fd00::/129", "nope/8", "10.0.0.0/x", ""] {
+            assert!(Cidr::masked(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

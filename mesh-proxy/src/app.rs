@@ -148,9 +148,20 @@ impl Proxy {
             tasks.spawn(outbound::serve_upstream(l, balancer, env.clone(), ctx.clone()));
         }
         let mut outbound_addr = None;
-        if let Some(addr) = config.outbound.transparent {
-            let l = bind("outbound", addr).await?;
-            outbound_addr = Some(l.local_addr().unwrap_or(addr));
+        for &addr in &config.outbound.transparent {
+            let l = match bind("outbound", addr).await {
+                Ok(l) => l,
+                // The IPv6 listener of a dual-stack default, where IPv6 is
+                // off: there is no IPv6 traffic to redirect either.
+                Err(StartError::Bind { source, .. })
+                    if addr.is_ipv6() && config.outbound.transparent.len() > 1 && no_ipv6(&source) =>
+                {
+                    tracing::info!(%addr, "no IPv6 in this network namespace; transparent outbound is IPv4 only");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            outbound_addr = outbound_addr.or(Some(l.local_addr().unwrap_or(addr)));
             tasks.spawn(outbound::serve_transparent(l, env.clone(), ctx.clone()));
         }
 
@@ -187,7 +198,7 @@ impl Proxy {
         self.inbound_addr
     }
 
-    /// The bound transparent outbound address, if any.
+    /// The (first) bound transparent outbound address, if any.
     pub fn outbound_addr(&self) -> Option<SocketAddr> {
         self.outbound_addr
     }
@@ -241,6 +252,11 @@ fn telemetry(config: &Config, metrics: &Metrics) -> Result<Telemetry, StartError
         None => None,
     };
     Ok(Telemetry { workload: config.workload.clone(), tracer, access_log, tap: Tap::default() })
+}
+
+/// Whether a bind failed because the namespace has no IPv6 at all.
+fn no_ipv6(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EADDRNOTAVAIL | libc::EAFNOSUPPORT))
 }
 
 async fn bind(what: &str, addr: SocketAddr) -> Result<TcpListener, StartError> {

@@ -148,9 +148,10 @@ impl TokenSource {
 /// Outbound listeners.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct OutboundConfig {
-    /// Where iptables redirects the app's outgoing connections (`127.0.0.1:4140`);
+    /// Where iptables redirects the app's outgoing connections: IPv4's to
+    /// `127.0.0.1:4140`, IPv6's to `[::1]:4140` (none: not transparent);
     /// each is routed by its original destination.
-    pub transparent: Option<SocketAddr>,
+    pub transparent: Vec<SocketAddr>,
     /// Explicit upstreams (universal mode): the app connects to `listen`
     /// and the proxy routes to `target`.
     pub upstreams: Vec<Upstream>,

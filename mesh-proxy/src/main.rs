@@ -139,10 +139,18 @@ struct Args {
     /// --inbound-addr, outbound on --outbound-addr, each to its original destination.
     #[arg(long, env = "MESH_TRANSPARENT")]
     transparent: bool,
-    /// Transparent outbound listener (with --transparent).
-    #[arg(long, env = "MESH_OUTBOUND_ADDR", default_value = "127.0.0.1:4140")]
-    outbound_addr: SocketAddr,
-    /// Inbound listener address (used with --app).
+    /// Transparent outbound listeners (with --transparent), comma-separated
+    /// or repeated: where init's rules redirect IPv4 and IPv6 connections
+    /// (the IPv6 one is skipped where the namespace has no IPv6).
+    #[arg(
+        long,
+        env = "MESH_OUTBOUND_ADDR",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:4140,[::1]:4140"
+    )]
+    outbound_addr: Vec<SocketAddr>,
+    /// Inbound listener address (with --app or --transparent); `[::]:4143`
+    /// takes IPv4 and IPv6.
     #[arg(long, env = "MESH_INBOUND_ADDR", default_value = "0.0.0.0:4143")]
     inbound_addr: SocketAddr,
     /// An explicit upstream, LISTEN=TARGET (repeatable), e.g. 127.0.0.1:4150=books.default:7001.
@@ -258,7 +266,7 @@ fn config(args: &Args) -> anyhow::Result<Config> {
     }
     let default_mode = if c.identity.is_some() { InboundMode::Strict } else { InboundMode::Permissive };
     if args.transparent {
-        c.outbound.transparent = Some(args.outbound_addr);
+        c.outbound.transparent = args.outbound_addr.clone();
     }
     c.inbound = (args.app.is_some() || args.transparent).then(|| InboundConfig {
         listen: args.inbound_addr,

@@ -8,9 +8,9 @@
 
 pub mod rules;
 
-use rules::Rules;
+use rules::{BadCidr, Rules};
 use std::io::Write as _;
-use std::net::IpAddr;
+use std::net::Ipv6Addr;
 use std::process::{Command, Stdio};
 
 /// Which iptables implementation to drive.
@@ -56,19 +56,36 @@ pub struct Options {
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
     /// No iptables binary.
-    #[error("no iptables binary found ({0}): install the iptables package (apt-get install iptables)")]
+    #[error("no {0}: install the iptables package (apt-get install iptables)")]
     NoIptables(String),
+    /// The namespace has IPv6 addresses but no ip6tables to intercept them.
+    #[error(
+        "this network namespace has IPv6 addresses ({addresses}) but {tried}: its IPv6 connections would bypass \
+         the proxy. Install ip6tables (apt-get install iptables), or pass --ipv6 off to intercept IPv4 only"
+    )]
+    NoIp6tables {
+        /// The namespace's IPv6 addresses beyond loopback and link-local.
+        addresses: String,
+        /// The binaries looked for.
+        tried: String,
+    },
     /// Not allowed to change the rules.
     #[error(
         "not allowed to change iptables rules: init needs the NET_ADMIN capability (run it as root, or grant CAP_NET_ADMIN)\n{0}"
     )]
     NoNetAdmin(String),
     /// Another interception scheme owns the namespace.
-    #[error("conflicting interception rules are installed; remove them first:\n  {}", .0.join("\n  "))]
+    #[error(
+        "another interception scheme already redirects this network namespace's traffic, so mesh-proxy init \
+         changed nothing:\n  {}\nRemove that mesh's sidecar and init container from this workload, or delete its \
+         rules (iptables -t TABLE -D ...) and chains (iptables -t TABLE -F CHAIN; iptables -t TABLE -X CHAIN), \
+         then run init again",
+        .0.join("\n  ")
+    )]
     Conflict(Vec<String>),
     /// A malformed CIDR.
-    #[error("invalid CIDR {0:?}: expected an address and prefix length, e.g. 10.0.0.0/8")]
-    Cidr(String),
+    #[error(transparent)]
+    Cidr(#[from] BadCidr),
     /// A port of 0.
     #[error("invalid port 0 for {0}: use 1-65535")]
     Port(&'static str),
@@ -82,17 +99,16 @@ pub enum InitError {
     },
 }
 
-/// Checks a CIDR; returns whether it is IPv6.
-pub fn check_cidr(cidr: &str) -> Result<bool, InitError> {
-    let bad = || InitError::Cidr(cidr.to_string());
-    let (ip, len) = cidr.split_once('/').ok_or_else(bad)?;
-    let ip: IpAddr = ip.parse().map_err(|_| bad())?;
-    let len: u8 = len.parse().map_err(|_| bad())?;
-    let max = if ip.is_ipv6() { 128 } else { 32 };
-    if len > max {
-        return Err(bad());
-    }
-    Ok(ip.is_ipv6())
+/// The IPv6 addresses in `/proc/net/if_inet6` text beyond loopback and
+/// link-local: the ones other hosts can reach this namespace by, or it them.
+pub fn routable_ipv6(if_inet6: &str) -> Vec<Ipv6Addr> {
+    if_inet6
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter_map(|hex| u128::from_str_radix(hex, 16).ok())
+        .map(Ipv6Addr::from)
+        .filter(|a| !a.is_loopback() && !a.is_unicast_link_local())
+        .collect()
 }
 
 struct Tool {
@@ -104,7 +120,8 @@ fn exists(bin: &str) -> bool {
     Command::new(bin).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
 }
 
-fn tool(backend: Backend, v6: bool) -> Result<Tool, InitError> {
+/// The binaries looked for, or the tool found.
+fn tool(backend: Backend, v6: bool) -> Result<Tool, String> {
     let base = if v6 { "ip6tables" } else { "iptables" };
     let candidates: Vec<String> = match backend {
         Backend::Nft => vec![format!("{base}-nft")],
@@ -116,7 +133,7 @@ fn tool(backend: Backend, v6: bool) -> Result<Tool, InitError> {
             return Ok(Tool { save: format!("{c}-save"), restore: format!("{c}-restore") });
         }
     }
-    Err(InitError::NoIptables(format!("tried {}", candidates.join(", "))))
+    Err(format!("{} found", candidates.join(", nor ")))
 }
 
 fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> Result<String, InitError> {
@@ -148,12 +165,22 @@ fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> Result<String, InitErro
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn has_ipv6() -> bool {
-    std::fs::read_to_string("/proc/net/if_inet6").is_ok_and(|s| !s.trim().is_empty())
+/// `/proc/net/if_inet6` of this namespace: empty when IPv6 is off.
+fn if_inet6() -> String {
+    std::fs::read_to_string("/proc/net/if_inet6").unwrap_or_default()
+}
+
+/// One family to configure: its rules, its tool and what its tables hold.
+struct Family {
+    name: &'static str,
+    rules: Rules,
+    tool: Tool,
+    saved: String,
 }
 
 /// Validates, then installs (or removes, or prints) the rules. Returns a
-/// report of what was done, one line per family.
+/// report of what was done, one line per family. Nothing is changed unless
+/// every family can be done: conflicts and missing tools are found first.
 pub fn execute(opts: &Options) -> Result<Vec<String>, InitError> {
     let r = &opts.rules;
     for (what, port) in [("--inbound-port", r.inbound_port), ("--outbound-port", r.outbound_port)] {
@@ -161,70 +188,79 @@ pub fn execute(opts: &Options) -> Result<Vec<String>, InitError> {
             return Err(InitError::Port(what));
         }
     }
-    let mut v4 = r.clone();
-    let mut v6 = r.clone();
-    for (list4, list6, all) in [
-        (&mut v4.skip_inbound_cidrs, &mut v6.skip_inbound_cidrs, &r.skip_inbound_cidrs),
-        (&mut v4.skip_outbound_cidrs, &mut v6.skip_outbound_cidrs, &r.skip_outbound_cidrs),
-    ] {
-        list4.clear();
-        list6.clear();
-        for c in all {
-            if check_cidr(c)? { list6.push(c.clone()) } else { list4.push(c.clone()) }
-        }
-    }
-    let want_v6 = opts.ipv6.unwrap_or_else(has_ipv6);
-    let mut families = vec![(false, v4)];
+    let (v4, v6) = r.by_family()?;
+    let inet6 = if_inet6();
+    let want_v6 = opts.ipv6.unwrap_or(!inet6.trim().is_empty());
+    let mut wanted = vec![("IPv4", false, v4)];
     if want_v6 {
-        families.push((true, v6));
+        wanted.push(("IPv6", true, v6));
     }
     let mut report = Vec::new();
-    for (is_v6, rules) in families {
-        let family = if is_v6 { "IPv6" } else { "IPv4" };
-        if opts.dry_run && !opts.cleanup {
-            report.push(format!("# {family}\n{}", rules.install_script()));
-            continue;
+    if opts.dry_run && !opts.cleanup {
+        for (name, _, rules) in wanted {
+            report.push(format!("# {name}\n{}", rules.install_script()));
         }
-        let t = match tool(opts.backend, is_v6) {
+        return Ok(report);
+    }
+
+    // Look before changing anything.
+    let mut families = Vec::new();
+    for (name, is_v6, rules) in wanted {
+        let tool = match tool(opts.backend, is_v6) {
             Ok(t) => t,
-            // A namespace with IPv6 but no ip6tables: IPv4 still gets done.
-            Err(e) if is_v6 && opts.ipv6.is_none() => {
-                report.push(format!("{family}: skipped ({e})"));
-                continue;
+            Err(tried) if is_v6 && opts.ipv6.is_none() => {
+                let routable = routable_ipv6(&inet6);
+                if routable.is_empty() || opts.cleanup {
+                    report.push(format!(
+                        "IPv6: skipped: {tried} (the namespace has no IPv6 address beyond loopback and link-local)"
+                    ));
+                    continue;
+                }
+                let addresses = routable.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+                return Err(InitError::NoIp6tables { addresses, tried });
             }
-            Err(e) => return Err(e),
+            Err(tried) => return Err(InitError::NoIptables(tried)),
         };
-        let saved = run(&t.save, &["-t", "nat"], None)?;
+        let saved = run(&tool.save, &[], None)?;
+        families.push(Family { name, rules, tool, saved });
+    }
+    if !opts.cleanup {
+        let conflicts: Vec<String> = families
+            .iter()
+            .flat_map(|f| rules::conflicts(&f.saved).into_iter().map(move |c| format!("{}: {c}", f.name)))
+            .collect();
+        if !conflicts.is_empty() {
+            return Err(InitError::Conflict(conflicts));
+        }
+    }
+
+    for Family { name, rules, tool: t, saved } in families {
         let cleanup = rules::cleanup_script(&saved);
+        let via = t.restore.trim_end_matches("-restore");
         if opts.cleanup {
             match (cleanup, opts.dry_run) {
-                (None, _) => report.push(format!("{family}: no mesh rules installed")),
-                (Some(script), true) => report.push(format!("# {family}\n{script}")),
+                (None, _) => report.push(format!("{name}: no mesh rules installed")),
+                (Some(script), true) => report.push(format!("# {name}\n{script}")),
                 (Some(script), false) => {
                     run(&t.restore, &["--noflush"], Some(&script))?;
-                    report.push(format!("{family}: mesh rules removed"));
+                    report.push(format!("{name}: mesh rules removed ({via})"));
                 }
             }
             continue;
         }
-        let conflicts = rules::conflicts(&saved);
-        if !conflicts.is_empty() {
-            return Err(InitError::Conflict(conflicts));
-        }
         if rules.installed_in(&saved) {
-            report.push(format!("{family}: rules already installed ({})", t.restore.trim_end_matches("-restore")));
+            report.push(format!("{name}: rules already installed ({via})"));
             continue;
         }
-        if let Some(script) = cleanup {
-            run(&t.restore, &["--noflush"], Some(&script))?;
-        }
-        run(&t.restore, &["--noflush"], Some(&rules.install_script()))?;
+        // Replace whatever of ours differs, in one transaction.
+        let script = match cleanup {
+            Some(c) => format!("{}{}", c.trim_end_matches("COMMIT\n"), rules.install_script().trim_start_matches("*nat\n")),
+            None => rules.install_script(),
+        };
+        run(&t.restore, &["--noflush"], Some(&script))?;
         report.push(format!(
-            "{family}: inbound → :{}, outbound → :{}, proxy uid {} exempt ({})",
-            rules.inbound_port,
-            rules.outbound_port,
-            rules.proxy_uid,
-            t.restore.trim_end_matches("-restore")
+            "{name}: inbound → :{}, outbound → :{}, proxy uid {} exempt ({via})",
+            rules.inbound_port, rules.outbound_port, rules.proxy_uid
         ));
     }
     Ok(report)
@@ -234,13 +270,17 @@ pub fn execute(opts: &Options) -> Result<Vec<String>, InitError> {
 mod tests {
     use super::*;
 
+    /// Catches counting loopback or link-local addresses (every namespace
+    /// with IPv6 on has them) as a reason to refuse without ip6tables.
     #[test]
-    fn cidrs_are_checked() {
-        assert!(!check_cidr("10.0.0.0/8").expect("v4"));
-        assert!(check_cidr("fd00::/8").expect("v6"));
-        for bad in ["10.0.0.0", "10.0.0.0/33", "nope/8", "fd00::/129", "10.0.0.0/x"] {
-            assert!(check_cidr(bad).is_err(), "{bad}");
-        }
+    fn routable_ipv6_ignores_loopback_and_link_local() {
+        let text = "00000000000000000000000000000001 01 80 10 80       lo
+fe800000000000000000000000000001 02 40 20 80     eth0
+fd007700000000000000000000000011 02 40 00 80     eth0
+";
+        assert_eq!(routable_ipv6(text), ["fd00:7700::11".parse::<Ipv6Addr>().expect("ip")]);
+        assert!(routable_ipv6(&text.lines().take(2).collect::<Vec<_>>().join("\n")).is_empty());
+        assert!(routable_ipv6("").is_empty());
     }
 
     #[test]
@@ -264,5 +304,9 @@ mod tests {
         let mut zero = opts.clone();
         zero.rules.inbound_port = 0;
         assert!(matches!(execute(&zero), Err(InitError::Port(_))));
+        let mut bad = opts.clone();
+        bad.rules.skip_outbound_cidrs = vec!["10.0.0.0/33".into()];
+        let err = execute(&bad).expect_err("bad CIDR").to_string();
+        assert!(err.contains("\"10.0.0.0/33\"") && err.contains("prefix length"), "{err}");
     }
 }

@@ -124,12 +124,63 @@ fn duplicate_jumps_are_not_an_install() {
     assert_eq!(cleanup.matches("-D OUTPUT -p tcp -j MESH_OUTPUT").count(), 2, "both copies removed");
 }
 
+/// Catches a conflict check that only looks at jumps (a declared Istio or
+/// Linkerd chain with its jump not yet there is a half-done init), that
+/// misses another mesh's chains in other tables, or that flags our own rules.
 #[test]
 fn finds_conflicting_interception() {
-    let saved = "*nat\n:ISTIO_OUTPUT - [0:0]\n-A OUTPUT -p tcp -j ISTIO_OUTPUT\n-A PREROUTING -p tcp -j REDIRECT --to-ports 15006\n-A POSTROUTING -j MASQUERADE\n-A OUTPUT -p tcp -j MESH_OUTPUT\nCOMMIT\n";
+    let saved = "*mangle\n:ISTIO_DIVERT - [0:0]\nCOMMIT\n*nat\n:ISTIO_OUTPUT - [0:0]\n:PROXY_INIT_REDIRECT - [0:0]\n\
+-A OUTPUT -p tcp -j ISTIO_OUTPUT\n-A PREROUTING -p tcp -j REDIRECT --to-ports 15006\n-A POSTROUTING -j MASQUERADE\n\
+-A OUTPUT -p tcp -j MESH_OUTPUT\n-A ISTIO_OUTPUT -j RETURN\nCOMMIT\n";
+    let found: Vec<String> = conflicts(saved).iter().map(ToString::to_string).collect();
     assert_eq!(
-        conflicts(saved),
-        ["-A OUTPUT -p tcp -j ISTIO_OUTPUT", "-A PREROUTING -p tcp -j REDIRECT --to-ports 15006"]
+        found,
+        [
+            "Istio's chain ISTIO_DIVERT (table mangle)",
+            "Istio's chain ISTIO_OUTPUT (table nat)",
+            "Linkerd's chain PROXY_INIT_REDIRECT (table nat)",
+            "Istio's -A OUTPUT -p tcp -j ISTIO_OUTPUT (table nat)",
+            "a redirect not installed by mesh-proxy: -A PREROUTING -p tcp -j REDIRECT --to-ports 15006 (table nat)",
+        ]
     );
     assert!(conflicts(&saved_after_install(&base())).is_empty());
+    // A user's own chains and rules are not a conflict.
+    let user = "*nat\n:USER_NAT - [0:0]\n-A OUTPUT -d 192.168.0.0/16 -j USER_NAT\n-A USER_NAT -p tcp -j DNAT --to-destination 192.168.0.1\nCOMMIT\n";
+    assert!(conflicts(user).is_empty(), "{:?}", conflicts(user));
+}
+
+/// Catches comparing the CIDRs as given with what iptables saved: init
+/// would see `10.1.2.3/8` ≠ `10.0.0.0/8` and reinstall on every run.
+#[test]
+fn cidrs_are_normalised_as_iptables_saves_them() {
+    let given: Vec<String> =
+        ["10.1.2.3/8", "fd00::1/8", "10.0.0.0/8", "FD00::/8", "169.254.169.254"].map(String::from).to_vec();
+    let (v4, v6) = normalize_cidrs(&given).expect("valid");
+    assert_eq!(v4, ["10.0.0.0/8", "169.254.169.254/32"]);
+    assert_eq!(v6, ["fd00::/8"]);
+    let err = normalize_cidrs(&["10.0.0.0/33".to_string()]).expect_err("bad");
+    assert!(err.to_string().contains("\"10.0.0.0/33\""), "{err}");
+
+    let mut r = base();
+    r.skip_outbound_cidrs = given;
+    let (r4, r6) = r.by_family().expect("families");
+    // What iptables saves after installing r4 is recognised as installed.
+    let saved = saved_after_install(&r4);
+    assert!(saved.contains("-A MESH_OUTPUT -d 10.0.0.0/8 -p tcp -j RETURN"), "{saved}");
+    assert!(r4.installed_in(&saved));
+    assert_eq!(r6.skip_outbound_cidrs, ["fd00::/8"]);
+    assert_eq!(r6.outbound_port, r4.outbound_port);
+}
+
+/// Catches an installed check that compares rules as a set: our RETURN
+/// exemptions moved after the REDIRECT exempt nothing, yet would pass.
+#[test]
+fn rules_out_of_order_are_not_an_install() {
+    let r = base();
+    let saved = saved_after_install(&r).replace(
+        "-A MESH_OUTPUT -m owner --uid-owner 2102 -j RETURN\n-A MESH_OUTPUT -o lo -j RETURN\n-A MESH_OUTPUT -p tcp -j REDIRECT --to-ports 4140\n",
+        "-A MESH_OUTPUT -p tcp -j REDIRECT --to-ports 4140\n-A MESH_OUTPUT -m owner --uid-owner 2102 -j RETURN\n-A MESH_OUTPUT -o lo -j RETURN\n",
+    );
+    assert_ne!(saved, saved_after_install(&r));
+    assert!(!r.installed_in(&saved));
 }
