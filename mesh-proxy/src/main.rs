@@ -142,12 +142,7 @@ struct Args {
     /// Transparent outbound listeners (with --transparent), comma-separated
     /// or repeated: where init's rules redirect IPv4 and IPv6 connections
     /// (the IPv6 one is skipped where the namespace has no IPv6).
-    #[arg(
-        long,
-        env = "MESH_OUTBOUND_ADDR",
-        value_delimiter = ',',
-        default_value = "127.0.0.1:4140,[::1]:4140"
-    )]
+    #[arg(long, env = "MESH_OUTBOUND_ADDR", value_delimiter = ',', default_value = "127.0.0.1:4140,[::1]:4140")]
     outbound_addr: Vec<SocketAddr>,
     /// Inbound listener address (with --app or --transparent); `[::]:4143`
     /// takes IPv4 and IPv6.

@@ -1,18 +1,18 @@
 //! Just enough of a packet-capture reader to inspect what crossed a bridge:
 //! pcap files (as `tcpdump -w` writes them) of Ethernet frames carrying
-//! IPv4/TCP, reassembled into per-direction byte streams, and a check that
+//! TCP over IPv4 or IPv6, reassembled into per-direction byte streams, and a check that
 //! a stream is nothing but TLS records.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// One captured TCP segment.
 #[derive(Debug, Clone)]
 pub struct Segment {
     /// Sender.
-    pub src: SocketAddrV4,
+    pub src: SocketAddr,
     /// Receiver.
-    pub dst: SocketAddrV4,
+    pub dst: SocketAddr,
     /// Sequence number of the first payload byte (of the SYN itself for a SYN).
     pub seq: u32,
     /// Whether SYN is set.
@@ -21,12 +21,12 @@ pub struct Segment {
     pub payload: Vec<u8>,
 }
 
-/// A pcap file's TCP/IPv4 segments; frames of other kinds are counted.
+/// A pcap file's TCP segments (IPv4 and IPv6); frames of other kinds are counted.
 #[derive(Debug, Default)]
 pub struct Capture {
     /// Every frame in the file.
     pub frames: usize,
-    /// The IPv4/TCP ones.
+    /// The TCP ones.
     pub segments: Vec<Segment>,
 }
 
@@ -81,23 +81,37 @@ fn tcp_segment(frame: &[u8]) -> Option<Segment> {
         ethertype = u16_be(frame, 16)?;
         ip_at = 18;
     }
-    if ethertype != 0x0800 {
-        return None;
-    }
     let ip = frame.get(ip_at..)?;
-    let ihl = usize::from(ip.first()? & 0x0f) * 4;
-    let total = usize::from(u16_be(ip, 2)?);
-    if *ip.get(9)? != 6 || total < ihl || ip.len() < total {
-        return None;
-    }
-    let src_ip = Ipv4Addr::from(u32_be(ip, 12)?);
-    let dst_ip = Ipv4Addr::from(u32_be(ip, 16)?);
-    let tcp = ip.get(ihl..total)?;
+    let (src_ip, dst_ip, tcp): (IpAddr, IpAddr, &[u8]) = match ethertype {
+        0x0800 => {
+            let ihl = usize::from(ip.first()? & 0x0f) * 4;
+            let total = usize::from(u16_be(ip, 2)?);
+            if *ip.get(9)? != 6 || total < ihl || ip.len() < total {
+                return None;
+            }
+            let src = Ipv4Addr::from(u32_be(ip, 12)?);
+            let dst = Ipv4Addr::from(u32_be(ip, 16)?);
+            (src.into(), dst.into(), ip.get(ihl..total)?)
+        }
+        // IPv6 with TCP as the next header (no extension headers: the lab sends none).
+        0x86dd => {
+            let payload = usize::from(u16_be(ip, 4)?);
+            if *ip.get(6)? != 6 || ip.len() < 40 + payload {
+                return None;
+            }
+            let addr = |at: usize| -> Option<Ipv6Addr> {
+                let raw: [u8; 16] = ip.get(at..at + 16)?.try_into().ok()?;
+                Some(Ipv6Addr::from(raw))
+            };
+            (addr(8)?.into(), addr(24)?.into(), ip.get(40..40 + payload)?)
+        }
+        _ => return None,
+    };
     let offset = usize::from(tcp.get(12)? >> 4) * 4;
     let flags = *tcp.get(13)?;
     Some(Segment {
-        src: SocketAddrV4::new(src_ip, u16_be(tcp, 0)?),
-        dst: SocketAddrV4::new(dst_ip, u16_be(tcp, 2)?),
+        src: SocketAddr::new(src_ip, u16_be(tcp, 0)?),
+        dst: SocketAddr::new(dst_ip, u16_be(tcp, 2)?),
         seq: u32_be(tcp, 4)?,
         syn: flags & 0x02 != 0,
         payload: tcp.get(offset..)?.to_vec(),
@@ -117,8 +131,8 @@ pub struct Stream {
 
 /// Reassembles every direction of every connection in the capture,
 /// keyed by (sender, receiver). Retransmitted bytes appear once.
-pub fn streams(cap: &Capture) -> BTreeMap<(SocketAddrV4, SocketAddrV4), Stream> {
-    let mut by_flow: BTreeMap<(SocketAddrV4, SocketAddrV4), Vec<&Segment>> = BTreeMap::new();
+pub fn streams(cap: &Capture) -> BTreeMap<(SocketAddr, SocketAddr), Stream> {
+    let mut by_flow: BTreeMap<(SocketAddr, SocketAddr), Vec<&Segment>> = BTreeMap::new();
     for s in &cap.segments {
         by_flow.entry((s.src, s.dst)).or_default().push(s);
     }
@@ -254,6 +268,29 @@ mod tests {
         assert_eq!(fwd.holes, 0);
         let back = &s[&("10.0.0.2:80".parse().unwrap(), "10.0.0.1:1000".parse().unwrap())];
         assert_eq!(back.data, b"ok");
+    }
+
+    /// Catches a reader that drops IPv6 frames: the dual-stack e2e test's
+    /// TLS-only check would then pass on an empty IPv6 capture.
+    #[test]
+    fn reads_tcp_over_ipv6() {
+        let v4 = frame([10, 0, 0, 1], [10, 0, 0, 2], 1000, 80, 99, true, b"");
+        // The same TCP segment (with payload) in an IPv6 packet.
+        let tcp = &frame([0; 4], [0; 4], 1000, 80, 100, false, b"v6-data")[34..34 + 20 + 7];
+        let mut f = vec![0u8; 12];
+        f.extend_from_slice(&0x86ddu16.to_be_bytes());
+        f.extend_from_slice(&[0x60, 0, 0, 0]);
+        f.extend_from_slice(&(tcp.len() as u16).to_be_bytes());
+        f.extend_from_slice(&[6, 64]);
+        let (src, dst): (Ipv6Addr, Ipv6Addr) = ("fd00:77::10".parse().unwrap(), "fd00:77::11".parse().unwrap());
+        f.extend_from_slice(&src.octets());
+        f.extend_from_slice(&dst.octets());
+        f.extend_from_slice(tcp);
+        let cap = parse(&pcap(&[v4, f])).unwrap();
+        assert_eq!(cap.segments.len(), 2);
+        let seg = &cap.segments[1];
+        assert_eq!((seg.src, seg.dst), ("[fd00:77::10]:1000".parse().unwrap(), "[fd00:77::11]:80".parse().unwrap()));
+        assert_eq!(seg.payload, b"v6-data");
     }
 
     #[test]

@@ -12,7 +12,7 @@
 
 use mesh_tests::netns::{self, Lab, Service};
 use mesh_tests::pcap;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 const TEST_APP: &str = env!("CARGO_BIN_EXE_mesh-test-app");
@@ -26,6 +26,7 @@ const GRPC_PORT: u16 = 50051;
 const ECHO_PORT: u16 = 7000;
 const BANNER_PORT: u16 = 7001;
 const WEB_TARGET: &str = "10.96.0.10:80";
+const WEB6_VIP: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x10);
 
 fn lab(name: &str) -> Option<Lab> {
     Lab::start_or_skip(name, TEST_APP)
@@ -184,14 +185,15 @@ fn protocols_through_both_sidecars_and_only_tls_on_the_bridge() {
         );
     }
 
-    assert_only_tls(&lab, &cap, &[(web, WEB_PORT), (grpc, GRPC_PORT), (tcp, ECHO_PORT), (tcp, BANNER_PORT)]);
+    let servers = [(web, WEB_PORT), (grpc, GRPC_PORT), (tcp, ECHO_PORT), (tcp, BANNER_PORT)];
+    assert_only_tls(&lab, &cap, &servers.map(|(ip, port)| (IpAddr::V4(ip), port)));
     lab.finish();
 }
 
 /// The capture must hold traffic to every `(pod, port)` in `servers`, all
 /// of it TLS from the first byte in both directions, and none of the
 /// plaintext markers the apps exchanged.
-fn assert_only_tls(lab: &Lab, cap: &pcap::Capture, servers: &[(Ipv4Addr, u16)]) {
+fn assert_only_tls(lab: &Lab, cap: &pcap::Capture, servers: &[(IpAddr, u16)]) {
     assert!(cap.frames > 0 && !cap.segments.is_empty(), "the capture is empty");
     let streams = pcap::streams(cap);
     let markers: [&[u8]; 12] = [
@@ -245,7 +247,7 @@ fn assert_only_tls(lab: &Lab, cap: &pcap::Capture, servers: &[(Ipv4Addr, u16)]) 
         tls_flows += 1;
     }
     for (ip, port) in servers {
-        let server = SocketAddrV4::new(*ip, *port);
+        let server = SocketAddr::new(*ip, *port);
         let hellos = streams
             .iter()
             .filter(|((_, dst), s)| *dst == server && s.saw_syn && s.data.starts_with(&[0x16, 0x03]))
@@ -264,6 +266,78 @@ fn assert_only_tls(lab: &Lab, cap: &pcap::Capture, servers: &[(Ipv4Addr, u16)]) 
         cap.frames,
         cap.segments.len()
     );
+}
+
+// ---------------------------------------------------------------------------
+
+/// Dual-stack: every pod has an IPv6 address too and init installed
+/// ip6tables rules. An app dials a service's IPv6 virtual IP and a pod's
+/// IPv6 address; both go through the client's sidecar (`[::1]:4140`, the
+/// IPv6 original destination) and the server's (`[::]:4143`) over mTLS,
+/// and the bridge sees only TLS over IPv6 to the server pod; IPv4 keeps
+/// working on the same sidecars (IPv4-mapped peers of the dual-stack
+/// inbound). Catches: `IP6T_SO_ORIGINAL_DST` not asked for IPv6 (the
+/// client proxy closes the connection as "not redirected"), an IPv4-mapped
+/// peer asked with the IPv6 option (IPv4 inbound breaks), no IPv6 outbound
+/// listener (refused), no ip6tables rules (the capture sees plaintext).
+#[test]
+fn ipv6_through_both_sidecars_over_mtls() {
+    let Some(mut lab) = lab("ipv6") else { return };
+    lab.add_pod("client");
+    let web = lab.add_pod("web-0");
+    let web6 = lab.pod("web-0").ip6;
+    lab.set_services(vec![
+        web_service(&[web]),
+        Service::new("web6", WEB6_VIP, 80, WEB_PORT, "http").endpoints(&[web6]).service_account("web"),
+    ]);
+    lab.start_control();
+    lab.start_app("web-0", "http-server", &["http-server", "--listen", &format!("[::]:{WEB_PORT}"), "--name", "web-0"]);
+    lab.mesh_pod("client", "client");
+    lab.mesh_pod("web-0", "web");
+    let vip_url = format!("http://[{WEB6_VIP}]/echo?path-canary-v6");
+    let direct_url = format!("http://[{web6}]:{WEB_PORT}/");
+
+    let capture = lab.start_capture();
+    let o = lab.curl(
+        "client",
+        &[
+            "-g",
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            "x-e2e-marker: header-canary-v6",
+            "--data-binary",
+            "body-canary-v6",
+            &vip_url,
+        ],
+    );
+    assert!(o.success() && o.stdout == "body-canary-v6\n200", "HTTP to the IPv6 virtual IP: {o}");
+    let o = lab.curl("client", &["-g", &direct_url]);
+    assert!(o.success() && o.stdout == "web-0", "HTTP to the pod's IPv6 address: {o}");
+    assert_get(&lab, "http://10.96.0.10/", "web-0");
+    let cap = lab.stop_capture(capture);
+
+    let sa = |s: &str| format!("peer_id=\"spiffe://{}/ns/default/sa/{s}\"", netns::TRUST_DOMAIN);
+    let vip_target = format!("target=\"[{WEB6_VIP}]:80\"");
+    let out = lab
+        .proxy_metric("client", &["tcp_open_total", "direction=\"outbound\"", &vip_target, "tls=\"true\"", &sa("web")]);
+    assert!(
+        out >= 1.0,
+        "the client's proxy opened no mTLS connection to [{WEB6_VIP}]:80:\n{}",
+        lab.admin_get("client", "/metrics")
+    );
+    let app_target = format!("target=\"[{web6}]:{WEB_PORT}\"");
+    let inb = lab.proxy_metric(
+        "web-0",
+        &["tcp_open_total", "direction=\"inbound\"", &app_target, "tls=\"true\"", &sa("client")],
+    );
+    assert!(
+        inb >= 1.0,
+        "web-0's proxy took no IPv6 mTLS connection from the client:\n{}",
+        lab.admin_get("web-0", "/metrics")
+    );
+    assert_only_tls(&lab, &cap, &[(IpAddr::V6(web6), WEB_PORT)]);
+    lab.finish();
 }
 
 // ---------------------------------------------------------------------------
@@ -300,11 +374,11 @@ fn authorization_deny_across_pods() {
     let refused = lab.proxy_metric("web-0", &["tcp_refused_total", "reason=\"plaintext\""]) - refused_before;
     assert!(refused >= 2.0, "web-0's proxy refused {refused} plaintext connections, expected 2");
     let cap = lab.stop_capture(capture);
-    let outsider = SocketAddrV4::new(lab.pod("outsider").ip, 0);
-    let to_web0 = SocketAddrV4::new(web0, WEB_PORT);
-    let seen = pcap::streams(&cap).iter().any(|((src, dst), s)| {
-        src.ip() == outsider.ip() && *dst == to_web0 && pcap::contains(&s.data, b"GET / HTTP/1.1")
-    });
+    let outsider = IpAddr::V4(lab.pod("outsider").ip);
+    let to_web0 = SocketAddr::new(web0.into(), WEB_PORT);
+    let seen = pcap::streams(&cap)
+        .iter()
+        .any(|((src, dst), s)| src.ip() == outsider && *dst == to_web0 && pcap::contains(&s.data, b"GET / HTTP/1.1"));
     assert!(seen, "the capture did not show the outsider's plaintext request: the TLS-only check would be blind");
 
     // And the meshed client still is allowed.
@@ -346,13 +420,13 @@ fn load_spreads_across_replicas_and_survives_replica_churn() {
 
     let web3 = add_web_replica(&mut lab, "web-3");
     let now = [ips[0], ips[1], ips[2], web3];
-    lab.update_service("web", |s| s.endpoints = now.to_vec());
+    lab.update_service("web", |s| s.endpoints = now.map(IpAddr::V4).to_vec());
     lab.wait_proxy_endpoints("client", WEB_TARGET, &now, WEB_PORT, Duration::from_secs(10));
 
     // Take web-0 out of the registry first (as a terminating pod leaves its
     // service), let its in-flight requests finish, then delete the pod.
     let remaining = [ips[1], ips[2], web3];
-    lab.update_service("web", |s| s.endpoints = remaining.to_vec());
+    lab.update_service("web", |s| s.endpoints = remaining.map(IpAddr::V4).to_vec());
     lab.wait_proxy_endpoints("client", WEB_TARGET, &remaining, WEB_PORT, Duration::from_secs(10));
     wait_inbound_quiet(&lab, "web-0");
     lab.delete_pod("web-0");
@@ -417,7 +491,7 @@ fn control_plane_killed_under_load_then_restarted() {
     // control plane, and the registry change reaches the client's proxy.
     let web2 = add_web_replica(&mut lab, "web-2");
     let all = [ips[0], ips[1], web2];
-    lab.update_service("web", |s| s.endpoints = all.to_vec());
+    lab.update_service("web", |s| s.endpoints = all.map(IpAddr::V4).to_vec());
     lab.wait_proxy_endpoints("client", WEB_TARGET, &all, WEB_PORT, Duration::from_secs(15));
     let (ok_now, _) = lab.load_progress(load);
     lab.wait_load_ok(load, ok_now + 300, Duration::from_secs(20));

@@ -56,7 +56,7 @@ pub struct Options {
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
     /// No iptables binary.
-    #[error("no {0}: install the iptables package (apt-get install iptables)")]
+    #[error("{0}: install the iptables package (apt-get install iptables)")]
     NoIptables(String),
     /// The namespace has IPv6 addresses but no ip6tables to intercept them.
     #[error(
@@ -133,7 +133,10 @@ fn tool(backend: Backend, v6: bool) -> Result<Tool, String> {
             return Ok(Tool { save: format!("{c}-save"), restore: format!("{c}-restore") });
         }
     }
-    Err(format!("{} found", candidates.join(", nor ")))
+    Err(match candidates.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("no {}, or {last} found", rest.join(", ")),
+        _ => format!("no {} found", candidates.join("")),
+    })
 }
 
 fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> Result<String, InitError> {
@@ -254,7 +257,9 @@ pub fn execute(opts: &Options) -> Result<Vec<String>, InitError> {
         }
         // Replace whatever of ours differs, in one transaction.
         let script = match cleanup {
-            Some(c) => format!("{}{}", c.trim_end_matches("COMMIT\n"), rules.install_script().trim_start_matches("*nat\n")),
+            Some(c) => {
+                format!("{}{}", c.trim_end_matches("COMMIT\n"), rules.install_script().trim_start_matches("*nat\n"))
+            }
             None => rules.install_script(),
         };
         run(&t.restore, &["--noflush"], Some(&script))?;

@@ -4,7 +4,7 @@
 use super::procs::{ProcId, eventually};
 use super::{CONTROL_ADMIN_PORT, CONTROL_PORT, Lab};
 use std::fs;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -15,25 +15,25 @@ pub struct Service {
     pub name: String,
     /// Service account of its replicas (default: the name).
     pub service_account: Option<String>,
-    /// Virtual IP.
-    pub vip: Ipv4Addr,
+    /// Virtual IP (IPv4 or IPv6).
+    pub vip: IpAddr,
     /// Service port.
     pub port: u16,
     /// Port the replicas' apps listen on.
     pub target_port: u16,
     /// `http`, `http2`, `grpc`, `opaque`...
     pub protocol: String,
-    /// The replicas' pod IPs.
-    pub endpoints: Vec<Ipv4Addr>,
+    /// The replicas' pod IPs (either family).
+    pub endpoints: Vec<IpAddr>,
 }
 
 impl Service {
     /// A service with no endpoints yet.
-    pub fn new(name: &str, vip: Ipv4Addr, port: u16, target_port: u16, protocol: &str) -> Self {
+    pub fn new(name: &str, vip: impl Into<IpAddr>, port: u16, target_port: u16, protocol: &str) -> Self {
         Self {
             name: name.into(),
             service_account: None,
-            vip,
+            vip: vip.into(),
             port,
             target_port,
             protocol: protocol.into(),
@@ -42,8 +42,8 @@ impl Service {
     }
 
     /// With these endpoints.
-    pub fn endpoints(mut self, ips: &[Ipv4Addr]) -> Self {
-        self.endpoints = ips.to_vec();
+    pub fn endpoints<A: Into<IpAddr> + Copy>(mut self, ips: &[A]) -> Self {
+        self.endpoints = ips.iter().map(|&ip| ip.into()).collect();
         self
     }
 
@@ -53,9 +53,9 @@ impl Service {
         self
     }
 
-    /// The address apps dial: `vip:port`.
+    /// The address apps dial: `vip:port` (`[vip]:port` for IPv6).
     pub fn addr(&self) -> String {
-        format!("{}:{}", self.vip, self.port)
+        std::net::SocketAddr::new(self.vip, self.port).to_string()
     }
 }
 
@@ -65,13 +65,13 @@ pub fn registry(services: &[Service]) -> mesh_spec::RegistryFile {
         .iter()
         .map(|s| mesh_spec::Service {
             service_account: s.service_account.clone(),
-            addresses: vec![IpAddr::V4(s.vip)],
+            addresses: vec![s.vip],
             ports: vec![mesh_spec::Port {
                 target_port: Some(s.target_port),
                 protocol: Some(s.protocol.clone()),
                 ..mesh_spec::Port::new(s.port)
             }],
-            endpoints: s.endpoints.iter().map(|&ip| mesh_spec::Endpoint::ip(IpAddr::V4(ip))).collect(),
+            endpoints: s.endpoints.iter().map(|&ip| mesh_spec::Endpoint::ip(ip)).collect(),
             ..mesh_spec::Service::new(&s.name)
         })
         .collect();

@@ -39,7 +39,7 @@ use procs::{Proc, STOP_GRACE, stop};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -65,6 +65,9 @@ pub const PREFIX: &str = "me2e";
 const BRIDGE: &str = "br0";
 /// The pods' /24 (each lab is isolated, so every lab uses the same one).
 const SUBNET: [u8; 3] = [10, 77, 0];
+/// The pods' IPv6 /64 (a ULA): every pod is dual-stack, host N being
+/// `10.77.0.N` and `fd00:77::N`.
+const SUBNET6: [u16; 4] = [0xfd00, 0x77, 0, 0];
 
 static LIVE_LABS: AtomicUsize = AtomicUsize::new(0);
 static NEXT_LAB: AtomicUsize = AtomicUsize::new(0);
@@ -134,6 +137,9 @@ impl Lab {
         let gw = lab.gateway();
         lab.ip_in(&bridge_ns, &["link", "add", BRIDGE, "type", "bridge"]);
         lab.ip_in(&bridge_ns, &["addr", "add", &format!("{gw}/24"), "dev", BRIDGE]);
+        // nodad: the address is usable at once, not after duplicate detection.
+        let gw6 = lab.gateway6();
+        lab.ip_in(&bridge_ns, &["-6", "addr", "add", &format!("{gw6}/64"), "dev", BRIDGE, "nodad"]);
         lab.ip_in(&bridge_ns, &["link", "set", BRIDGE, "up"]);
         lab
     }
@@ -146,6 +152,11 @@ impl Lab {
     /// The bridge's address, every pod's default gateway.
     pub fn gateway(&self) -> Ipv4Addr {
         Ipv4Addr::new(SUBNET[0], SUBNET[1], SUBNET[2], 1)
+    }
+
+    /// The bridge's IPv6 address, every pod's IPv6 default gateway.
+    pub fn gateway6(&self) -> Ipv6Addr {
+        host6(1)
     }
 
     /// The lab's scratch directory.
@@ -161,6 +172,12 @@ impl Lab {
         drop(self);
         assert_clean(&id);
     }
+}
+
+/// Host `n`'s IPv6 address on the bridge.
+fn host6(n: u8) -> Ipv6Addr {
+    let [a, b, c, d] = SUBNET6;
+    Ipv6Addr::new(a, b, c, d, 0, 0, 0, u16::from(n))
 }
 
 impl Drop for Lab {

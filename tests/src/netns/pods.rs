@@ -3,11 +3,11 @@
 
 use super::checks::{destroy_netns, netns_list};
 use super::procs::{Output, ProcId, eventually, must, stop};
-use super::{ADMIN_PORT, BRIDGE, CONTROL_PORT, INBOUND_PORT, Lab, OUTBOUND_PORT, PROXY_UID, SUBNET};
+use super::{ADMIN_PORT, BRIDGE, CONTROL_PORT, INBOUND_PORT, Lab, PROXY_UID, SUBNET, host6};
 use mesh_identity::dir::ANCHORS;
 use std::collections::BTreeSet;
 use std::fs;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::time::Duration;
@@ -21,6 +21,8 @@ pub struct Pod {
     pub ns: String,
     /// Its address on the bridge.
     pub ip: Ipv4Addr,
+    /// Its IPv6 address on the bridge.
+    pub ip6: Ipv6Addr,
     /// With a sidecar: its service account.
     pub service_account: Option<String>,
     /// Its proxy, once started.
@@ -42,13 +44,15 @@ impl Lab {
         must(&argv);
     }
 
-    /// Makes a pod: a namespace with `eth0` on the bridge, an address and a
-    /// default route via the bridge (so that virtual IPs are routable before
-    /// the nat OUTPUT redirect). No sidecar yet: see [`Lab::mesh_pod`].
+    /// Makes a pod: a namespace with `eth0` on the bridge, an IPv4 and an
+    /// IPv6 address and default routes via the bridge (so that virtual IPs
+    /// are routable before the nat OUTPUT redirect). No sidecar yet: see
+    /// [`Lab::mesh_pod`].
     pub fn add_pod(&mut self, name: &str) -> Ipv4Addr {
         assert!(!self.pods.contains_key(name), "pod {name} exists");
         let ns = format!("{}-{name}", self.id);
         let ip = Ipv4Addr::new(SUBNET[0], SUBNET[1], SUBNET[2], self.next_host);
+        let ip6 = host6(self.next_host);
         self.next_host += 1;
         let veth = format!("veth{}", self.next_veth);
         self.next_veth += 1;
@@ -58,10 +62,12 @@ impl Lab {
         self.ip_in(&br, &["link", "set", &veth, "master", BRIDGE, "up"]);
         self.ip_in(&ns, &["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
         self.ip_in(&ns, &["link", "set", "eth0", "up"]);
+        self.ip_in(&ns, &["-6", "addr", "add", &format!("{ip6}/64"), "dev", "eth0", "nodad"]);
         self.ip_in(&ns, &["route", "add", "default", "via", &self.gateway().to_string()]);
+        self.ip_in(&ns, &["-6", "route", "add", "default", "via", &self.gateway6().to_string()]);
         self.pods.insert(
             name.to_string(),
-            Pod { name: name.into(), ns, ip, service_account: None, proxy: None, apps: Vec::new() },
+            Pod { name: name.into(), ns, ip, ip6, service_account: None, proxy: None, apps: Vec::new() },
         );
         ip
     }
@@ -78,7 +84,8 @@ impl Lab {
     /// 2102 and waits until the proxy is ready (holds a certificate).
     pub fn mesh_pod(&mut self, pod: &str, service_account: &str) -> ProcId {
         let init = self.init_pod(pod, &[]);
-        assert!(init.success() && init.stdout.contains("IPv4: inbound"), "mesh-proxy init in {pod} failed: {init}");
+        let both = init.stdout.contains("IPv4: inbound") && init.stdout.contains("IPv6: inbound");
+        assert!(init.success() && both, "mesh-proxy init in {pod} failed (IPv4 and IPv6 expected): {init}");
         self.start_proxy(pod, service_account)
     }
 
@@ -127,10 +134,11 @@ impl Lab {
             "--transparent",
             "--workload",
             pod,
+            // Dual-stack: IPv4 peers arrive as IPv4-mapped addresses. The
+            // transparent outbound listeners are the default pair,
+            // 127.0.0.1:4140 and [::1]:4140.
             "--inbound-addr",
-            &format!("0.0.0.0:{INBOUND_PORT}"),
-            "--outbound-addr",
-            &format!("127.0.0.1:{OUTBOUND_PORT}"),
+            &format!("[::]:{INBOUND_PORT}"),
             "--admin-addr",
             &format!("0.0.0.0:{ADMIN_PORT}"),
             "--control-plane",
@@ -163,7 +171,7 @@ impl Lab {
     /// The `mesh-proxy` binary as a path UID 2102 can execute: the build's
     /// own when every directory above it lets others in, else a copy in the
     /// lab directory (a checkout under a private home, say).
-    fn proxy_binary(&self) -> String {
+    pub fn proxy_binary(&self) -> String {
         let built = crate::bins::path("mesh-proxy");
         let others_can = |p: &Path, bits: u32| fs::metadata(p).is_ok_and(|m| m.permissions().mode() & bits == bits);
         if others_can(&built, 0o005) && built.ancestors().skip(1).all(|d| others_can(d, 0o001)) {
@@ -223,8 +231,16 @@ impl Lab {
     }
 
     /// Waits until the pod's proxy holds exactly `ips` (on `port`) for `target`.
-    pub fn wait_proxy_endpoints(&self, pod: &str, target: &str, ips: &[Ipv4Addr], port: u16, timeout: Duration) {
-        let want: BTreeSet<String> = ips.iter().map(|ip| format!("{ip}:{port}")).collect();
+    pub fn wait_proxy_endpoints<A: Into<IpAddr> + Copy>(
+        &self,
+        pod: &str,
+        target: &str,
+        ips: &[A],
+        port: u16,
+        timeout: Duration,
+    ) {
+        let want: BTreeSet<String> =
+            ips.iter().map(|&ip| std::net::SocketAddr::new(ip.into(), port).to_string()).collect();
         let ok = eventually(timeout, || self.proxy_endpoints(pod, target).is_some_and(|have| have == want));
         assert!(ok, "{pod}'s proxy never held {want:?} for {target}; it holds {:?}", self.proxy_endpoints(pod, target));
     }
