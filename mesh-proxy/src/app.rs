@@ -22,7 +22,7 @@ use crate::telemetry::trace::Exporter;
 use crate::tls::MeshTls;
 use crate::{inbound, outbound};
 use mesh_core::shutdown::{self, Shutdown, Trigger};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -127,7 +127,17 @@ impl Proxy {
 
         let mut inbound_addr = None;
         if let Some(inb) = config.inbound.clone() {
-            let l = bind("inbound", inb.listen).await?;
+            let l = match bind("inbound", inb.listen).await {
+                // The dual-stack default where the kernel has no IPv6: IPv4 only.
+                Err(StartError::Bind { source, .. })
+                    if inb.listen.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) && no_ipv6(&source) =>
+                {
+                    let v4 = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), inb.listen.port());
+                    tracing::info!(%v4, "no IPv6 in this network namespace; inbound is IPv4 only");
+                    bind("inbound", v4).await?
+                }
+                r => r?,
+            };
             inbound_addr = Some(l.local_addr().unwrap_or(inb.listen));
             // The app is local and plaintext; only peers get mTLS.
             let app_factory =

@@ -144,9 +144,9 @@ struct Args {
     /// (the IPv6 one is skipped where the namespace has no IPv6).
     #[arg(long, env = "MESH_OUTBOUND_ADDR", value_delimiter = ',', default_value = "127.0.0.1:4140,[::1]:4140")]
     outbound_addr: Vec<SocketAddr>,
-    /// Inbound listener address (with --app or --transparent); `[::]:4143`
-    /// takes IPv4 and IPv6.
-    #[arg(long, env = "MESH_INBOUND_ADDR", default_value = "0.0.0.0:4143")]
+    /// Inbound listener address (with --app or --transparent). The default,
+    /// `[::]:4143`, takes IPv4 and IPv6 (IPv4 only where the kernel has no IPv6).
+    #[arg(long, env = "MESH_INBOUND_ADDR", default_value = "[::]:4143")]
     inbound_addr: SocketAddr,
     /// An explicit upstream, LISTEN=TARGET (repeatable), e.g. 127.0.0.1:4150=books.default:7001.
     #[arg(long = "upstream", value_parser = parse_upstream)]

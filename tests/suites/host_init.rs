@@ -285,3 +285,33 @@ fn counters_are_stripped_and_nothing_else() {
     assert_eq!(strip_counters("[3:180] -A OUTPUT -j X"), "-A OUTPUT -j X");
     assert_eq!(strip_counters("-A X -m comment --comment \"[a:b]\""), "-A X -m comment --comment \"[a:b]\"");
 }
+
+/// A namespace with IPv6 switched off: init installs IPv4 rules only (no
+/// ip6tables table appears), and the proxy starts with its dual-stack
+/// defaults, skipping the `[::1]:4140` listener it cannot have while
+/// keeping `127.0.0.1:4140` and the inbound port. Catches a default that
+/// fails to start without IPv6 and an init that configures ip6tables
+/// regardless.
+#[test]
+fn ipv4_only_namespace_gets_ipv4_rules_and_a_proxy_that_starts() {
+    let Some(mut lab) = pod_lab("v4only") else { return };
+    for conf in ["all", "default", "lo", "eth0"] {
+        sh(&lab, &["sysctl", "-q", "-w", &format!("net.ipv6.conf.{conf}.disable_ipv6=1")]);
+    }
+    assert_eq!(sh(&lab, &["cat", "/proc/net/if_inet6"]).trim(), "", "IPv6 is still on");
+    let o = init(&lab, &[]);
+    assert!(o.success() && o.stdout.contains("IPv4: inbound") && !o.stdout.contains("IPv6"), "{o}");
+    let t = tables(&lab, false);
+    assert!(!table(&t, "ip6tables-save", "nat").iter().any(|l| l.contains("MESH_")), "{t}");
+
+    let proxy = lab.proxy_binary();
+    let id = lab.spawn("p", "proxy", &[&proxy, "--transparent", "--admin-addr", "127.0.0.1:4191"]);
+    lab.wait_output(id, "transparent outbound is IPv4 only", Duration::from_secs(10));
+    lab.wait_output(id, "proxy serving", Duration::from_secs(10));
+    let listening = sh(&lab, &["ss", "-Hltn"]);
+    for addr in ["127.0.0.1:4140", ":4143"] {
+        assert!(listening.contains(addr), "nothing listens on {addr}:\n{listening}");
+    }
+    assert!(lab.exited(id).is_none(), "{}", lab.logs(id));
+    lab.finish();
+}

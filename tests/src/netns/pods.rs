@@ -134,9 +134,9 @@ impl Lab {
             "--transparent",
             "--workload",
             pod,
-            // Dual-stack: IPv4 peers arrive as IPv4-mapped addresses. The
-            // transparent outbound listeners are the default pair,
-            // 127.0.0.1:4140 and [::1]:4140.
+            // Dual-stack (IPv4 peers arrive as IPv4-mapped addresses), as
+            // the defaults are; the transparent outbound listeners are the
+            // default pair, 127.0.0.1:4140 and [::1]:4140.
             "--inbound-addr",
             &format!("[::]:{INBOUND_PORT}"),
             "--admin-addr",
