@@ -7,6 +7,7 @@
 
 mod demo;
 mod identity;
+mod inject;
 mod observe;
 mod policy;
 mod prom;
@@ -35,6 +36,14 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Manage the mesh's identity directory: CA, join tokens, rotation.
     Identity(identity::IdentityArgs),
+    /// Add the proxy to Kubernetes manifests (file or stdin → stdout), offline.
+    ///
+    /// Every pod template (Deployments, StatefulSets, DaemonSets, ReplicaSets,
+    /// Jobs, CronJobs, Pods; several documents or a List) gets exactly what
+    /// the admission webhook would add; objects without one pass through.
+    Inject(inject::InjectArgs),
+    /// Remove what `meshctl inject` added (`inject | uninject` gives the input back).
+    Uninject(inject::UninjectArgs),
     /// Explain traffic policy: `policy explain` shows the route, backends,
     /// retries, timeouts and authorization verdict for one request.
     Policy(policy::PolicyArgs),
@@ -88,6 +97,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Identity(args) => identity::run(args),
+        Command::Inject(args) => inject::inject(args),
+        Command::Uninject(args) => inject::uninject(args),
         Command::Policy(args) => policy::run(args),
         Command::Stat(args) => observe::stat(args),
         Command::Top(args) => observe::top(args),
@@ -105,5 +116,18 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// Catches a command line clap would refuse at run time (two options
+    /// with one name, a bad default), which only shows when that subcommand runs.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
     }
 }

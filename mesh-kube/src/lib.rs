@@ -16,6 +16,7 @@ pub mod crd;
 pub mod crds;
 pub mod error;
 pub mod gateway;
+pub mod inject;
 pub mod registry;
 
 pub use error::KubeError;

@@ -12,16 +12,6 @@ use mesh_tests::kube_harness::{self, ApiServer};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
-/// The API server, or `None` (skipped) when the harness is not built.
-fn api_server() -> Option<ApiServer> {
-    if let Err(reason) = kube_harness::availability() {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true: the Kubernetes suites must run: {reason}");
-        eprintln!("SKIPPED: {reason}");
-        return None;
-    }
-    Some(ApiServer::start().expect("the API server starts"))
-}
-
 /// `curl` against the API server as the harness's admin (client certificate).
 fn kube(api: &ApiServer, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
     let url = format!("{}{path}", api.url);
@@ -65,7 +55,7 @@ fn review(api: &ApiServer, token: &str, audience: &str) -> Value {
 
 #[test]
 fn a_real_api_server_with_controllers_and_service_account_tokens() {
-    let Some(api) = api_server() else { return };
+    let Some(api) = kube_harness::start_or_skip() else { return };
     let _controllers = api.start_controller_manager().expect("the controller-manager starts");
 
     let (code, version) = kube(&api, "GET", "/version", None);
