@@ -15,6 +15,18 @@ pub struct Config {
     pub registry: RegistryConfig,
     /// The CA; without it the mesh runs without identity (plaintext).
     pub identity: Option<IdentityConfig>,
+    /// The sidecar injector (admission webhook); needs identity (its TLS
+    /// certificate) and the Kubernetes registry (namespaces).
+    pub webhook: Option<WebhookConfig>,
+}
+
+/// The injector's listener and what it injects.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// Where it listens (default `0.0.0.0:8443`).
+    pub addr: SocketAddr,
+    /// What it adds to pods.
+    pub settings: crate::webhook::WebhookSettings,
 }
 
 /// The identity service's configuration.
@@ -68,6 +80,7 @@ impl Config {
             admin_addr: SocketAddr::from(([0, 0, 0, 0], 9990)),
             registry: RegistryConfig::File { path: path.into(), poll_interval: Duration::from_millis(200) },
             identity: None,
+            webhook: None,
         }
     }
 }

@@ -18,7 +18,8 @@ mod router;
 mod server;
 mod store;
 pub mod tls;
+pub mod webhook;
 mod workloads;
 
-pub use config::{Config, IdentityConfig, RegistryConfig};
+pub use config::{Config, IdentityConfig, RegistryConfig, WebhookConfig};
 pub use server::{Control, StartError};

@@ -2,7 +2,8 @@
 
 use anyhow::Context;
 use clap::Parser;
-use mesh_control::{Config, Control, IdentityConfig, RegistryConfig};
+use mesh_control::webhook::WebhookSettings;
+use mesh_control::{Config, Control, IdentityConfig, RegistryConfig, WebhookConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -41,6 +42,23 @@ struct Args {
     /// Lifetime of workload certificates, e.g. 24h (down to seconds for tests).
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     cert_ttl: Duration,
+    /// Serve the sidecar injector (mutating admission webhook) on this
+    /// address, e.g. 0.0.0.0:8443 (needs --identity-dir and --registry kubernetes).
+    #[arg(long, env = "MESH_WEBHOOK_ADDR")]
+    webhook_addr: Option<SocketAddr>,
+    /// Where the injected proxy image comes from.
+    #[arg(long, default_value = mesh_kube::inject::DEFAULT_REGISTRY)]
+    proxy_registry: String,
+    /// The injected proxy image's tag.
+    #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
+    proxy_version: String,
+    /// The mesh's namespace (never injected).
+    #[arg(long, default_value = "mesh-system")]
+    mesh_namespace: String,
+    /// The control plane's address as injected proxies dial it (default: its
+    /// Service in --mesh-namespace, port 8086).
+    #[arg(long)]
+    injected_control_plane: Option<String>,
 }
 
 /// The registry sources.
@@ -88,6 +106,15 @@ async fn real_main() -> anyhow::Result<()> {
         admin_addr: args.admin_addr,
         registry,
         identity: args.identity_dir.map(|dir| IdentityConfig { leaf_ttl: args.cert_ttl, ..IdentityConfig::new(dir) }),
+        webhook: args.webhook_addr.map(|addr| WebhookConfig {
+            addr,
+            settings: WebhookSettings {
+                registry: args.proxy_registry,
+                proxy_version: args.proxy_version,
+                mesh_namespace: args.mesh_namespace,
+                control_plane: args.injected_control_plane,
+            },
+        }),
     };
     let control = Control::start(config).await.context("mesh-control could not start")?;
     let signal = mesh_core::shutdown::os_signal().await.context("cannot install signal handlers")?;

@@ -52,6 +52,9 @@ pub enum StartError {
     /// The control plane's own TLS could not be set up.
     #[error("cannot set up TLS for the gRPC API: {0}")]
     Tls(String),
+    /// A configuration that cannot work (what is missing, and how to add it).
+    #[error("{0}")]
+    Config(String),
 }
 
 /// A running control plane.
@@ -59,6 +62,7 @@ pub enum StartError {
 pub struct Control {
     grpc_addr: SocketAddr,
     admin_addr: SocketAddr,
+    webhook_addr: Option<SocketAddr>,
     store: Store,
     trigger: Trigger,
     tasks: JoinSet<()>,
@@ -86,6 +90,7 @@ impl Control {
         let mut tasks = JoinSet::new();
         let mut router = Router::default();
         let mut serving = None;
+        let mut anchors_source = None;
         if let Some(idc) = &config.identity {
             let authority_metrics = AuthorityMetrics::default();
             authority_metrics.register(&mut metrics);
@@ -99,9 +104,46 @@ impl Control {
             let svc = IdentityService::new(authority.clone(), proofs, idc.leaf_ttl, identity_metrics, shutdown.clone());
             router = router.add(IdentityServer::new(svc));
             tasks.spawn(identity::serving::run(authority.clone(), creds.clone(), shutdown.clone()));
+            anchors_source = Some(authority.clone());
             tasks.spawn(authority.run(idc.poll_interval, shutdown.clone()));
             serving = Some(creds);
         }
+        let webhook = match (&config.webhook, &serving, &anchors_source, &config.registry) {
+            (None, ..) => None,
+            (Some(wc), Some(creds), Some(authority), RegistryConfig::Kubernetes { kubeconfig, context }) => {
+                let listener = bind("injector webhook", wc.addr).await?;
+                let addr = local(&listener, wc.addr);
+                let client = mesh_kube::client::connect(kubeconfig.as_deref(), context.as_deref()).await?;
+                let webhook_metrics = crate::webhook::WebhookMetrics::default();
+                webhook_metrics.register(&mut metrics);
+                let authority = authority.clone();
+                let anchors: Arc<dyn Fn() -> String + Send + Sync> =
+                    Arc::new(move || mesh_identity::pem::encode_certs(&authority.current().anchors));
+                tasks.spawn(crate::webhook::serve(
+                    listener,
+                    creds.clone(),
+                    client,
+                    wc.settings.clone(),
+                    anchors,
+                    webhook_metrics,
+                    shutdown.clone(),
+                ));
+                Some(addr)
+            }
+            (Some(_), None, ..) | (Some(_), _, None, _) => {
+                return Err(StartError::Config(
+                    "the injector webhook needs identity (its TLS certificate comes from the mesh's issuer): \
+                     pass --identity-dir"
+                        .into(),
+                ));
+            }
+            (Some(_), ..) => {
+                return Err(StartError::Config(
+                    "the injector webhook needs the Kubernetes registry (it reads namespaces): pass --registry kubernetes"
+                        .into(),
+                ));
+            }
+        };
         match config.registry {
             RegistryConfig::File { path, poll_interval } => {
                 let mut reg = FileRegistry::new(path, poll_interval, store.clone(), registry_metrics);
@@ -144,12 +186,17 @@ impl Control {
         }
         ready.store(true, Ordering::Release);
         tracing::info!(%grpc_addr, %admin_addr, "control plane serving");
-        Ok(Self { grpc_addr, admin_addr, store, trigger, tasks })
+        Ok(Self { grpc_addr, admin_addr, webhook_addr: webhook, store, trigger, tasks })
     }
 
     /// The bound gRPC address (useful with port 0).
     pub fn grpc_addr(&self) -> SocketAddr {
         self.grpc_addr
+    }
+
+    /// The injector webhook's bound address, when it runs.
+    pub fn webhook_addr(&self) -> Option<SocketAddr> {
+        self.webhook_addr
     }
 
     /// The bound admin address.

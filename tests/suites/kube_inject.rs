@@ -2,7 +2,9 @@
 //! writes (the webhook's own injection function) is accepted by the API
 //! server's validation for every workload kind — native sidecar, probes,
 //! security contexts, projected token volume — and stored as written; and
-//! `meshctl uninject` gives the input back.
+//! `meshctl uninject` gives the input back. And the injector webhook: the
+//! control plane registered as a MutatingWebhookConfiguration is called by
+//! the API server for real, and the stored pods carry what it wrote.
 //!
 //! Without the harness binary the suite reports itself skipped; with
 //! `CI=true` a skip fails.
@@ -178,4 +180,153 @@ async fn create_namespace_and_service_account(client: &Client) {
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), NS);
     let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "default"}})).expect("sa");
     accounts.create(&PostParams::default(), &sa).await.expect("creates the default ServiceAccount");
+}
+
+/// The injector serving as a real admission webhook: the API server calls it
+/// over TLS (verified against the `caBundle`: the mesh's trust anchors) for
+/// every pod created outside the skipped namespaces.
+///
+/// Catches: a webhook the API server cannot reach or verify (no sidecar: the
+/// pod would be stored as created), a patch it refuses (creation fails), an
+/// opt-in that is ignored (pods outside opted-in namespaces injected) or an
+/// opt-out ignored, and a bad annotation let through instead of refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_server_calls_the_injector_and_stores_what_it_wrote() {
+    use mesh_control::{Config, Control, IdentityConfig, RegistryConfig, WebhookConfig};
+
+    let Some(api) = tokio::task::spawn_blocking(kube_harness::start_or_skip).await.expect("join") else { return };
+    let client = mesh_kube::client::connect(Some(&api.kubeconfig), None).await.expect("a client");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let identity = mesh_identity::dir::IdentityDir::new(dir.path().join("identity"));
+    identity.init("cluster.local", None).expect("identity directory");
+
+    let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let control = Control::start(Config {
+        grpc_addr: loopback,
+        admin_addr: loopback,
+        registry: RegistryConfig::Kubernetes { kubeconfig: Some(api.kubeconfig.clone()), context: None },
+        identity: Some(IdentityConfig::new(identity.path())),
+        webhook: Some(WebhookConfig {
+            addr: loopback,
+            settings: mesh_control::webhook::WebhookSettings {
+                registry: "registry.test/mesh".into(),
+                proxy_version: "9.9.9".into(),
+                mesh_namespace: "mesh-system".into(),
+                control_plane: None,
+            },
+        }),
+    })
+    .await
+    .expect("the control plane starts");
+    let port = control.webhook_addr().expect("the webhook listens").port();
+
+    let anchors = std::fs::read(identity.path().join(mesh_identity::dir::ANCHORS)).expect("anchors");
+    register_webhook(&client, port, anchors).await;
+    for (name, label) in [("meshed", Some("enabled")), ("plain", None)] {
+        create_namespace(&client, name, label).await;
+    }
+
+    // The API server picks webhook configurations up asynchronously: the
+    // first pods may be admitted before it calls the injector.
+    let started = std::time::Instant::now();
+    let injected = loop {
+        let name = format!("probe-{}", started.elapsed().as_millis());
+        let stored = create_pod(&client, "meshed", &name, json!({})).await.expect("a pod is admitted");
+        if has_proxy(&stored) {
+            break stored;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "the API server never called the injector");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let inits = injected.spec.as_ref().and_then(|s| s.init_containers.clone()).expect("init containers");
+    assert_eq!(inits[1].image.as_deref(), Some("registry.test/mesh/mesh-proxy:9.9.9"));
+    let anchors_env = inits[1].env.iter().flatten().find(|e| e.name == "MESH_TRUST_ANCHORS_PEM").expect("anchors env");
+    assert_eq!(
+        anchors_env.value.as_deref().map(str::trim),
+        Some(
+            String::from_utf8_lossy(
+                &std::fs::read(identity.path().join(mesh_identity::dir::ANCHORS)).expect("anchors")
+            )
+            .trim()
+        ),
+        "the injected anchors are the mesh's"
+    );
+
+    let plain = create_pod(&client, "plain", "app", json!({})).await.expect("admitted");
+    assert!(!has_proxy(&plain), "a namespace that did not opt in is left alone");
+    let opted_out =
+        create_pod(&client, "meshed", "opted-out", json!({"mesh.dev/inject": "disabled"})).await.expect("admitted");
+    assert!(!has_proxy(&opted_out), "a pod's opt-out wins over its namespace");
+    let refused = create_pod(&client, "meshed", "typo", json!({"config.mesh.dev/opaque-port": "3306"})).await;
+    match refused {
+        Err(mesh_kube::api::ClientError::Api(status)) => {
+            assert!(status.message.contains("config.mesh.dev/opaque-port"), "{}", status.message);
+        }
+        other => panic!("a pod with an unknown mesh annotation must be refused, got {other:?}"),
+    }
+
+    let metrics = mesh_tests::mesh::admin_get(control.admin_addr(), "/metrics").await;
+    for verdict in ["injected", "skipped", "denied"] {
+        assert!(
+            metrics.lines().any(|l| l.starts_with(&format!("injector_admissions_total{{verdict=\"{verdict}\"}}"))),
+            "no {verdict} admissions counted:\n{metrics}"
+        );
+    }
+    control.shutdown().await;
+}
+
+fn has_proxy(pod: &mesh_kube::api::k8s_openapi::api::core::v1::Pod) -> bool {
+    pod.spec.as_ref().and_then(|s| s.init_containers.as_ref()).is_some_and(|c| c.iter().any(|c| c.name == "mesh-proxy"))
+}
+
+async fn create_namespace(client: &Client, name: &str, inject: Option<&str>) {
+    use mesh_kube::api::k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+    let labels = inject.map(|v| json!({"mesh.dev/inject": v})).unwrap_or(json!({}));
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).expect("ns");
+    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("creates the namespace");
+    let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "default"}})).expect("sa");
+    Api::<ServiceAccount>::namespaced(client.clone(), name)
+        .create(&PostParams::default(), &sa)
+        .await
+        .expect("creates the default ServiceAccount");
+}
+
+async fn create_pod(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    annotations: Value,
+) -> Result<mesh_kube::api::k8s_openapi::api::core::v1::Pod, mesh_kube::api::ClientError> {
+    let pod = serde_json::from_value(json!({
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": {"containers": [{"name": "app", "image": "app:1"}]}
+    }))
+    .expect("a pod");
+    Api::namespaced(client.clone(), namespace).create(&PostParams::default(), &pod).await
+}
+
+async fn register_webhook(client: &Client, port: u16, ca_bundle: Vec<u8>) {
+    use mesh_kube::api::k8s_openapi::ByteString;
+    use mesh_kube::api::k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    let config: MutatingWebhookConfiguration = serde_json::from_value(json!({
+        "metadata": {"name": "mesh-injector"},
+        "webhooks": [{
+            "name": "inject.mesh.dev",
+            "clientConfig": {"url": format!("https://localhost:{port}/inject"), "caBundle": ByteString(ca_bundle)},
+            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
+            "namespaceSelector": {"matchExpressions": [
+                {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system", "mesh-system"]}
+            ]},
+            "admissionReviewVersions": ["v1"],
+            "sideEffects": "None",
+            "failurePolicy": "Fail",
+            "reinvocationPolicy": "IfNeeded",
+            "timeoutSeconds": 10
+        }]
+    }))
+    .expect("a webhook configuration");
+    Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .create(&PostParams::default(), &config)
+        .await
+        .expect("registers the webhook");
 }

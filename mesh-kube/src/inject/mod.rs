@@ -14,6 +14,7 @@
 //!   audience, the control plane's address and the trust anchors;
 //! - the annotations that mark it injected (injecting twice is a no-op).
 
+pub mod admission;
 mod containers;
 mod overrides;
 mod patch;
@@ -251,4 +252,18 @@ impl Injection {
 /// input back.
 pub fn uninject_patch(root: &str, meta: &ObjectMeta, spec: &PodSpec) -> Vec<PatchOp> {
     patch::remove_injection(root, meta, spec)
+}
+
+/// Reads what injection needs of namespace `name` (its labels and annotations).
+pub async fn namespace(client: &kube::Client, name: &str) -> Result<NamespaceInfo, crate::KubeError> {
+    let api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client.clone());
+    let ns = api
+        .get(name)
+        .await
+        .map_err(|source| crate::KubeError::Api { what: format!("reading namespace {name}"), source })?;
+    Ok(NamespaceInfo {
+        name: name.to_string(),
+        labels: ns.metadata.labels.unwrap_or_default(),
+        annotations: ns.metadata.annotations.unwrap_or_default(),
+    })
 }
