@@ -152,11 +152,15 @@ struct Args {
     #[arg(long = "upstream", value_parser = parse_upstream)]
     upstreams: Vec<Upstream>,
     /// Join token file: enables identity and mTLS (mint one with `meshctl identity token`).
-    #[arg(long, env = "MESH_IDENTITY_TOKEN_FILE", requires = "trust_anchors")]
+    #[arg(long, env = "MESH_IDENTITY_TOKEN_FILE", requires = "anchors")]
     identity_token_file: Option<PathBuf>,
-    /// Trust anchors (PEM) to verify the control plane with at start.
-    #[arg(long, env = "MESH_TRUST_ANCHORS")]
+    /// Trust anchors (PEM file) to verify the control plane with at start.
+    #[arg(long, env = "MESH_TRUST_ANCHORS", group = "anchors")]
     trust_anchors: Option<PathBuf>,
+    /// The trust anchors themselves (PEM text), instead of a file: how the
+    /// injector passes them to a pod.
+    #[arg(long, env = "MESH_TRUST_ANCHORS_PEM", group = "anchors", hide_env_values = true, allow_hyphen_values = true)]
+    trust_anchors_pem: Option<String>,
     /// The identity to request (default: the join token's subject).
     #[arg(long, env = "MESH_IDENTITY")]
     identity: Option<String>,
@@ -183,7 +187,7 @@ struct Args {
     #[arg(long, env = "MESH_ACCESS_LOG")]
     access_log: Option<mesh_proxy::telemetry::access_log::Sink>,
     /// App ports never sniffed for a protocol (server-first protocols), comma-separated.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, env = "MESH_OPAQUE_PORTS", value_delimiter = ',')]
     opaque_ports: Vec<u16>,
     /// How long protocol detection waits for a client's first bytes.
     #[arg(long, default_value = "1s", value_parser = duration)]
@@ -248,9 +252,13 @@ fn config(args: &Args) -> anyhow::Result<Config> {
     let mut c = Config::new(args.workload.clone());
     c.control_plane = args.control_plane.clone();
     c.admin_addr = args.admin_addr;
-    if let (Some(token), Some(anchors)) = (&args.identity_token_file, &args.trust_anchors) {
-        let pem = std::fs::read_to_string(anchors)
-            .with_context(|| format!("cannot read the trust anchors {}", anchors.display()))?;
+    if let Some(token) = &args.identity_token_file {
+        let pem = match (&args.trust_anchors, &args.trust_anchors_pem) {
+            (Some(file), _) => std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read the trust anchors {}", file.display()))?,
+            (None, Some(pem)) => pem.clone(),
+            (None, None) => anyhow::bail!("--identity-token-file needs --trust-anchors or --trust-anchors-pem"),
+        };
         c.identity = Some(IdentityConfig {
             token: TokenSource::File(token.clone()),
             trust_anchors_pem: pem,
@@ -332,4 +340,32 @@ async fn run(config: Config) -> anyhow::Result<()> {
         tracing::warn!("exited with connections still open after the grace period");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Cli, config};
+    use clap::{CommandFactory, Parser};
+
+    /// Catches a command line clap refuses at run time (duplicate names, a
+    /// group that does not exist), which would only show when the proxy starts.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    /// Catches the injector's way of passing trust anchors (PEM text, no
+    /// file) being ignored — the proxy would start without identity — and
+    /// both ways given at once being accepted.
+    #[test]
+    fn trust_anchors_come_from_a_file_or_from_pem_text() {
+        let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let cli = Cli::try_parse_from(["mesh-proxy", "--identity-token-file", "/t", "--trust-anchors-pem", pem])
+            .expect("parses");
+        let c = config(&cli.args).expect("a config");
+        assert_eq!(c.identity.expect("identity on").trust_anchors_pem, pem);
+        let both = ["mesh-proxy", "--identity-token-file", "/t", "--trust-anchors", "/a", "--trust-anchors-pem", pem];
+        assert!(Cli::try_parse_from(both).is_err(), "one source of anchors, not two");
+        assert!(Cli::try_parse_from(["mesh-proxy", "--identity-token-file", "/t"]).is_err(), "anchors are required");
+    }
 }
