@@ -8,6 +8,7 @@
 mod demo;
 mod identity;
 mod inject;
+mod install;
 mod observe;
 mod policy;
 mod prom;
@@ -36,6 +37,14 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Manage the mesh's identity directory: CA, join tokens, rotation.
     Identity(identity::IdentityArgs),
+    /// Install the mesh on a Kubernetes cluster (again: upgrade in place).
+    ///
+    /// Renders every object (CRDs, namespace, RBAC, the control plane, its
+    /// identity Secret, the injector webhook) and applies it with server-side
+    /// apply, then waits for the control plane. --dry-run prints the manifests.
+    Install(install::InstallArgs),
+    /// Remove exactly what `meshctl install` created (CRDs last).
+    Uninstall(install::UninstallArgs),
     /// Add the proxy to Kubernetes manifests (file or stdin → stdout), offline.
     ///
     /// Every pod template (Deployments, StatefulSets, DaemonSets, ReplicaSets,
@@ -97,6 +106,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Identity(args) => identity::run(args),
+        Command::Install(args) => install::install(args),
+        Command::Uninstall(args) => install::uninstall(args),
         Command::Inject(args) => inject::inject(args),
         Command::Uninject(args) => inject::uninject(args),
         Command::Policy(args) => policy::run(args),

@@ -46,9 +46,15 @@ pub async fn apply(client: &Client, crds: &[CustomResourceDefinition], timeout: 
             .await
             .map_err(|source| KubeError::Api { what: format!("applying CRD {name}"), source })?;
     }
-    for crd in crds {
-        let name = crd.name_any();
-        let established = await_condition(api.clone(), &name, conditions::is_crd_established());
+    let names: Vec<String> = crds.iter().map(|c| c.name_any()).collect();
+    wait_established(client, &names, timeout).await
+}
+
+/// Waits until the API server reports each CRD of `names` Established.
+pub async fn wait_established(client: &Client, names: &[String], timeout: Duration) -> Result<(), KubeError> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for name in names {
+        let established = await_condition(api.clone(), name, conditions::is_crd_established());
         match tokio::time::timeout(timeout, established).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {

@@ -17,6 +17,7 @@ pub mod crds;
 pub mod error;
 pub mod gateway;
 pub mod inject;
+pub mod install;
 pub mod registry;
 
 pub use error::KubeError;

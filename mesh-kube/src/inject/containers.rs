@@ -119,8 +119,8 @@ fn proxy_container(o: &Overrides, c: &InjectConfig) -> Container {
         env("MESH_WORKLOAD", "$(MESH_POD_NAME).$(MESH_POD_NAMESPACE)"),
         env("MESH_CONTROL_PLANE", c.control_plane.clone()),
         env("MESH_TRANSPARENT", "true"),
-        env("MESH_INBOUND_ADDR", format!("0.0.0.0:{}", c.ports.inbound)),
-        env("MESH_OUTBOUND_ADDR", format!("127.0.0.1:{}", c.ports.outbound)),
+        // Inbound and outbound listen on the proxy's defaults, which follow
+        // the pod's address families (IPv4, IPv6 or both).
         env("MESH_ADMIN_ADDR", format!("0.0.0.0:{}", c.ports.admin)),
         env("MESH_IDENTITY_TOKEN_FILE", format!("{TOKEN_DIR}/token")),
         env("MESH_TRUST_ANCHORS_PEM", c.trust_anchors_pem.clone()),
