@@ -5,6 +5,7 @@
 //! and `edges` ([`observe`]) read the proxies live. The metrics parser in
 //! [`prom`] is shared by `demo` and `stat`.
 
+mod check;
 mod demo;
 mod identity;
 mod inject;
@@ -43,6 +44,9 @@ enum Command {
     /// identity Secret, the injector webhook) and applies it with server-side
     /// apply, then waits for the control plane. --dry-run prints the manifests.
     Install(install::InstallArgs),
+    /// Check the cluster before install (--pre) or the installed mesh:
+    /// one ✔/✘ line each, exit status 0 only when all pass.
+    Check(check::CheckArgs),
     /// Remove exactly what `meshctl install` created (CRDs last).
     Uninstall(install::UninstallArgs),
     /// Add the proxy to Kubernetes manifests (file or stdin → stdout), offline.
@@ -107,6 +111,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Identity(args) => identity::run(args),
         Command::Install(args) => install::install(args),
+        Command::Check(args) => check::run(args),
         Command::Uninstall(args) => install::uninstall(args),
         Command::Inject(args) => inject::inject(args),
         Command::Uninject(args) => inject::uninject(args),

@@ -11,6 +11,7 @@
 //! - [`api`]: the kube and k8s-openapi items other crates (tests, meshctl)
 //!   need, re-exported so they never depend on those crates directly.
 
+pub mod check;
 pub mod client;
 pub mod crd;
 pub mod crds;

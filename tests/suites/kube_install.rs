@@ -175,3 +175,61 @@ async fn wait_for_default_service_account(client: &Client) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+fn checks(json: &str) -> Vec<(String, bool)> {
+    let v: Vec<serde_json::Value> = serde_json::from_str(json).unwrap_or_else(|e| panic!("check -o json: {e}: {json}"));
+    v.iter().map(|c| (c["name"].as_str().unwrap_or_default().to_string(), c["ok"].as_bool().unwrap_or(false))).collect()
+}
+
+/// `meshctl check --pre` and `meshctl check` on the real API server.
+///
+/// Catches: a check that passes without looking (another mesh's injector
+/// must fail --pre; a control plane with no ready replica and an injector
+/// the API server cannot reach must fail after install — here no node runs
+/// the control plane, so the dry-run pod is admitted without a sidecar), an
+/// exit status of 0 with a failed check, and checks that fail on a healthy
+/// part (the CRDs, the issuer and the API must pass).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_before_and_after_install() {
+    let Some(api) = tokio::task::spawn_blocking(kube_harness::start_or_skip).await.expect("join") else { return };
+    let _controllers = api.start_controller_manager().expect("the controller-manager starts");
+    let client = mesh_kube::client::connect(Some(&api.kubeconfig), None).await.expect("a client");
+    let kubeconfig = api.kubeconfig.clone();
+    wait_for_default_service_account(&client).await;
+
+    let (ok, out, err) = meshctl(&kubeconfig, &["check", "--pre", "-o", "json"]);
+    assert!(ok, "a fresh cluster passes --pre: {out}{err}");
+    assert_eq!(
+        checks(&out),
+        [("Kubernetes API".into(), true), ("permissions".into(), true), ("other meshes".into(), true)]
+    );
+
+    let other: MutatingWebhookConfiguration = serde_json::from_value(json!({
+        "metadata": {"name": "istio-sidecar-injector"},
+        "webhooks": [{"name": "sidecar-injector.istio.io", "admissionReviewVersions": ["v1"], "sideEffects": "None",
+                      "clientConfig": {"url": "https://127.0.0.1:1/inject"}, "failurePolicy": "Ignore",
+                      "objectSelector": {"matchLabels": {"never": "matches"}}}]
+    }))
+    .expect("webhook");
+    let hooks = Api::<MutatingWebhookConfiguration>::all(client.clone());
+    hooks.create(&PostParams::default(), &other).await.expect("registers another mesh's webhook");
+    let (ok, out, _) = meshctl(&kubeconfig, &["check", "--pre"]);
+    assert!(!ok, "another mesh's injector fails --pre");
+    assert!(out.contains("✘ other meshes: other meshes inject pods: Istio"), "{out}");
+    hooks.delete("istio-sidecar-injector", &Default::default()).await.expect("removes it");
+
+    let (ok, _, err) = meshctl(&kubeconfig, &["install", "--wait", "0s"]);
+    assert!(ok, "install: {err}");
+    let (ok, out, _) = meshctl(&kubeconfig, &["check", "-o", "json"]);
+    assert!(!ok, "no control plane runs here: check must fail");
+    let got = checks(&out);
+    let expect = [
+        ("Kubernetes API", true),
+        ("CRDs", true),
+        ("control plane", false),
+        ("issuer", true),
+        ("injector webhook", false),
+        ("meshed proxies", true),
+    ];
+    assert_eq!(got, expect.map(|(n, ok)| (n.to_string(), ok)), "{out}");
+}
