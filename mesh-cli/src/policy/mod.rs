@@ -7,13 +7,13 @@
 //! verdict at each destination and the policy that decides it.
 //!
 //! Nothing is reimplemented: policies come from the control plane's own
-//! translation (of a registry file, [`file`]) or from a running control
+//! translation (of a registry file or a cluster, [`registry`]) or from a running control
 //! plane's Policy API ([`live`]), and are evaluated by the proxy's own code
 //! ([`explain`]).
 
 mod explain;
-mod file;
 mod live;
+mod registry;
 mod render;
 #[cfg(test)]
 mod tests;
@@ -43,17 +43,27 @@ enum PolicyCommand {
     /// limits, then the authorization verdict at the destination and the
     /// policy that decides it. Computed by the proxy's own code, from a
     /// registry file (--registry) or a running control plane (--control-plane).
-    Explain(ExplainArgs),
+    Explain(Box<ExplainArgs>),
 }
 
 /// Flags of `meshctl policy explain`.
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("config").required(true).args(["registry", "control_plane"])))]
+#[command(group(ArgGroup::new("config").required(true).args(["registry", "control_plane", "kubernetes", "kubeconfig", "context"])))]
 #[command(group(ArgGroup::new("client").args(["from", "from_unauthenticated"])))]
 pub struct ExplainArgs {
     /// The registry file to explain from (what the control plane would serve).
     #[arg(long, value_name = "FILE")]
     registry: Option<PathBuf>,
+    /// Explain from the cluster (as its control plane would serve it): the
+    /// kubeconfig's current context, or --kubeconfig/--context.
+    #[arg(long)]
+    kubernetes: bool,
+    /// Kubeconfig for the cluster (implies --kubernetes; default $KUBECONFIG, ~/.kube/config).
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context (implies --kubernetes).
+    #[arg(long, value_name = "NAME")]
+    context: Option<String>,
     /// A running control plane's gRPC address, e.g. https://127.0.0.1:8086.
     #[arg(long, value_name = "URL")]
     control_plane: Option<String>,
@@ -207,8 +217,26 @@ pub fn explain_command(args: &ExplainArgs) -> anyhow::Result<Explanation> {
     let client = source(args)?;
     let td = trust_domain(args, client.as_ref())?;
     let mut notes = Vec::new();
-    let (from, outbound, authorization) = if let Some(path) = &args.registry {
-        let src = file::FileSource::load(path, td.as_deref())?;
+    let from_cluster = args.kubernetes || args.kubeconfig.is_some() || args.context.is_some();
+    let (from, outbound, authorization) = if args.registry.is_some() || from_cluster {
+        let (src, td, from) = match &args.registry {
+            Some(path) => {
+                (registry::RegistrySource::load(path, td.as_deref())?, td, format!("registry {}", path.display()))
+            }
+            None => {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .context("cannot start the async runtime")?;
+                let (src, td) = runtime.block_on(registry::RegistrySource::load_cluster(
+                    args.kubeconfig.as_deref(),
+                    args.context.as_deref(),
+                    td.as_deref(),
+                ))?;
+                let context = args.context.as_deref().unwrap_or("current context");
+                (src, td, format!("cluster ({context})"))
+            }
+        };
         if td.is_none() {
             notes.push(
                 "no trust domain (--trust-domain): serviceAccounts in authorization rules are left out, as a \
@@ -223,7 +251,7 @@ pub fn explain_command(args: &ExplainArgs) -> anyhow::Result<Explanation> {
             None => backends_to_judge(&routing).iter().map(|(b, r)| src.destination(b, r)).collect(),
         };
         let authz = explain::authorize(&destinations, client.as_ref(), routing.http.then_some(&parts))?;
-        (format!("registry {}", path.display()), routing, authz)
+        (from, routing, authz)
     } else if let Some(url) = &args.control_plane {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -233,7 +261,7 @@ pub fn explain_command(args: &ExplainArgs) -> anyhow::Result<Explanation> {
             runtime.block_on(explain_live(args, url, &target, td.as_deref(), &parts, client.as_ref()))?;
         (format!("control plane {url}"), routing, authz)
     } else {
-        bail!("give --registry FILE or --control-plane URL");
+        bail!("give --registry FILE, --control-plane URL or --kubernetes (--kubeconfig/--context)");
     };
     Ok(Explanation {
         from,

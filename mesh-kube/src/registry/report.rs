@@ -22,6 +22,8 @@ pub(super) type ObjectId = (String, String, String);
 /// Tells problems once per object (see the module docs).
 pub(super) struct ProblemReporter {
     recorder: Recorder,
+    /// Whether Events are published (not by read-only users such as `meshctl policy explain`).
+    publish: bool,
     counted: Arc<AtomicU64>,
     told: Mutex<BTreeMap<ObjectId, Vec<String>>>,
 }
@@ -29,7 +31,12 @@ pub(super) struct ProblemReporter {
 impl ProblemReporter {
     pub(super) fn new(client: Client, counted: Arc<AtomicU64>) -> Self {
         let reporter = Reporter { controller: CONTROLLER.into(), instance: None };
-        Self { recorder: Recorder::new(client, reporter), counted, told: Mutex::default() }
+        Self { recorder: Recorder::new(client, reporter), publish: true, counted, told: Mutex::default() }
+    }
+
+    /// Stops publishing Events (problems are still logged and counted).
+    pub(super) fn read_only(&mut self) {
+        self.publish = false;
     }
 
     /// Reports `problems`; objects `in_scope` selects (those just checked)
@@ -65,6 +72,9 @@ impl ProblemReporter {
 
     /// Publishes the Event in the background (the watch never waits on it).
     fn publish(&self, id: &ObjectId, messages: &[String], uid: Option<String>) {
+        if !self.publish {
+            return;
+        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
         let mut note = messages.join("; ");
         if note.len() > MAX_NOTE {

@@ -97,6 +97,13 @@ impl KubernetesRegistry {
         Self { client, sink, stats, problems, synced: tokio::sync::watch::Sender::new(false) }
     }
 
+    /// A registry that only reads: it writes no Events (for `meshctl`, which
+    /// runs with the user's credentials and must not change the cluster).
+    pub fn read_only(mut self) -> Self {
+        self.problems.read_only();
+        self
+    }
+
     /// Its counters (shared: they keep counting while [`Self::run`] runs).
     pub fn stats(&self) -> RegistryStats {
         self.stats.clone()
