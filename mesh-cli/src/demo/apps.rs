@@ -79,12 +79,21 @@ pub fn run(args: AppArgs) -> anyhow::Result<()> {
     runtime.block_on(serve(args))
 }
 
-/// Parses `http://host:port` (or a bare `host:port`) into an address.
+/// Parses `http://host:port` (or a bare `host:port`) into an address; a
+/// name (a Kubernetes Service's, whose ClusterIP does not change) is
+/// resolved once, at start.
 fn upstream(url: Option<&str>, what: &str) -> anyhow::Result<Option<Pool>> {
+    use std::net::ToSocketAddrs;
     let Some(url) = url else { return Ok(None) };
     let authority = url.strip_prefix("http://").unwrap_or(url).trim_end_matches('/');
-    let addr: SocketAddr =
-        authority.parse().with_context(|| format!("invalid --{what}-url {url:?}: expected http://IP:PORT"))?;
+    let addr: SocketAddr = match authority.parse() {
+        Ok(addr) => addr,
+        Err(_) => authority
+            .to_socket_addrs()
+            .with_context(|| format!("invalid --{what}-url {url:?}: expected http://HOST:PORT"))?
+            .next()
+            .with_context(|| format!("--{what}-url {url:?}: {authority} resolves to no address"))?,
+    };
     Ok(Some(Pool::new(addr, what, UPSTREAM_TIMEOUT)))
 }
 
