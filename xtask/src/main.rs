@@ -3,10 +3,12 @@
 //! - `cargo xtask test [ARGS...]`: build every binary, then run the whole test suite.
 //! - `cargo xtask demo [ARGS...]`: build release binaries and run `meshctl demo`.
 //! - `cargo xtask bench [OPTIONS]`: measure the mesh's cost per hop on loopback (mTLS, handshakes, tracing).
+//! - `cargo xtask fuzz [--time 10m] [TARGET...]`: run the fuzz targets (`fuzz/`) under libFuzzer.
 
 mod bench;
 mod cargo;
 mod deps;
+mod fuzz;
 
 use clap::{Parser, Subcommand};
 
@@ -39,6 +41,10 @@ enum Command {
     /// Benchmark the mesh's added latency, CPU and memory per hop against nginx: HTTP through the
     /// mTLS (or plaintext) mesh, new connections and handshakes, and the cost of tracing.
     Bench(bench::BenchArgs),
+    /// Fuzz what the mesh parses from peers and users (protocol detection, ClientHellos, HTTP/1
+    /// request heads, registry YAML, policies) with libFuzzer, each target for `--time`, from
+    /// the seeds in fuzz/seeds/; fails naming the input of any crash.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -46,6 +52,7 @@ fn main() -> anyhow::Result<()> {
         Command::Test { args } => test(&args),
         Command::Demo { args } => demo(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Fuzz(args) => fuzz::run(&args),
     }
 }
 
