@@ -10,8 +10,11 @@ pub mod http1_head;
 pub mod policy;
 pub mod registry_yaml;
 
+/// A target's body: one input, a panic on a finding.
+pub type Target = fn(&[u8]);
+
 /// Every target by name (the `fuzz_targets/` binaries and the seed folders).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("detect", detect::run),
     ("client_hello", client_hello::run),
     ("http1_head", http1_head::run),

@@ -84,6 +84,8 @@ fn run_structured(u: &mut Unstructured<'_>) -> Result<()> {
     // Compiling must never panic; a policy it refuses has a reason.
     let compiled_out = OutboundPolicy::compile(&outbound);
     let compiled_in = InboundPolicy::compile(&inbound);
+    let singles: Vec<(&RequestMatch, Option<Match>)> =
+        rules.iter().flatten().map(|m| (m, Match::compile(&request_match(m)).ok())).collect();
     for _ in 0..u.int_in_range(1..=4)? {
         let Some(req) = request(u)? else { continue };
         if let Ok(policy) = &compiled_out {
@@ -91,19 +93,17 @@ fn run_structured(u: &mut Unstructured<'_>) -> Result<()> {
             if let Some(s) = shadowed.iter().find(|s| Some(s.rule) == chosen) {
                 panic!("rule {} was reported shadowed by {:?} but took {:?} {}", s.rule, s.by, req.method, req.uri);
             }
-            if let Some(route) = chosen.map(|i| &policy.routes[i]) {
-                if let Some(bucket) = &route.rate_limit {
-                    let _ = bucket.try_take();
-                }
+            if let Some(bucket) = chosen.and_then(|i| policy.routes[i].rate_limit.as_ref()) {
+                let _ = bucket.try_take();
             }
             policy.budget.deposit();
             let _ = policy.budget.try_withdraw();
         }
         // Subsumption between single matches, on compiled matchers.
-        for a in rules.iter().flatten() {
-            for b in rules.iter().flatten() {
-                if a.subsumes(b)
-                    && let (Ok(ca), Ok(cb)) = (Match::compile(&request_match(a)), Match::compile(&request_match(b)))
+        for (a, ca) in &singles {
+            for (b, cb) in &singles {
+                if let (Some(ca), Some(cb)) = (ca, cb)
+                    && a.subsumes(b)
                 {
                     assert!(!cb.matches(&req) || ca.matches(&req), "{a:?} subsumes {b:?} but not on {req:?}");
                 }
