@@ -64,6 +64,18 @@ impl FromStr for Cidr {
     /// `10.0.0.0/8`, `fd00::/8`, or a bare address (a /32 or /128).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (addr, prefix_len) = parts(s)?;
+        // Clients are compared as IPv4 when they are IPv4-mapped (see
+        // `contains`), so a network inside ::ffff:0:0/96 would match no one.
+        if let IpAddr::V6(v6) = addr
+            && prefix_len >= 96
+            && let Some(v4) = v6.to_ipv4_mapped()
+        {
+            let suggestion = if s.contains('/') { format!("{v4}/{}", prefix_len - 96) } else { v4.to_string() };
+            return Err(InvalidCidr(format!(
+                "{s:?} is an IPv4-mapped IPv6 network, which matches no client (IPv4 clients are compared as \
+                 IPv4 addresses): write {suggestion}"
+            )));
+        }
         let network = mask_addr(addr, prefix_len);
         if network != addr {
             let network = Cidr { addr: network, prefix_len };
@@ -163,7 +175,31 @@ mod tests {
         let c: Cidr = "10.1.0.0/16".parse().expect("cidr");
         assert!(c.contains("::ffff:10.1.2.3".parse().expect("ip")));
         assert!(!c.contains("::ffff:10.2.0.1".parse().expect("ip")));
-        let v6: Cidr = "::ffff:0:0/96".parse().expect("cidr");
+        let v6: Cidr = "::/0".parse().expect("cidr");
         assert!(!v6.contains("10.1.2.3".parse().expect("ip")), "families do not mix");
+    }
+
+    /// Found by the `policy` fuzz target: `::ffff:10.0.0.0/104` was accepted
+    /// and then never contained any address, its own included (clients in it
+    /// are compared as IPv4), so an authorization rule naming it silently
+    /// allowed no one. Catches a parser that accepts IPv4-mapped networks again.
+    #[test]
+    fn ipv4_mapped_networks_are_refused_with_the_ipv4_network_to_write() {
+        for (text, suggestion) in [
+            ("::ffff:10.0.0.0/104", "write 10.0.0.0/8"),
+            ("::ffff:0:0/96", "write 0.0.0.0/0"),
+            ("::ffff:10.1.2.3", "write 10.1.2.3"),
+        ] {
+            let err = text.parse::<Cidr>().expect_err(text).to_string();
+            assert!(err.contains("IPv4-mapped") && err.contains(suggestion), "{text}: {err}");
+        }
+        // Wider IPv6 networks that merely include the mapped range stay IPv6 networks.
+        let c: Cidr = "::/64".parse().expect("cidr");
+        assert!(c.contains(c.addr()));
+        // Every network the parser accepts contains its own address.
+        for text in ["10.0.0.0/8", "10.1.2.3", "fd00::/8", "::/0", "::1", "0.0.0.0/0"] {
+            let c: Cidr = text.parse().expect(text);
+            assert!(c.contains(c.addr()), "{text}");
+        }
     }
 }

@@ -23,6 +23,9 @@ mod connect;
 mod detect;
 mod discovery;
 mod drain;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 mod identity;
 mod inbound;

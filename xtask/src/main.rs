@@ -4,10 +4,12 @@
 //! - `cargo xtask demo [ARGS...]`: build release binaries and run `meshctl demo`.
 //! - `cargo xtask bench [OPTIONS]`: measure the mesh's cost per hop on loopback (mTLS, handshakes, tracing).
 //! - `cargo xtask e2e-kind`: the mesh on a kind cluster (Docker and kind required; for users' CI).
+//! - `cargo xtask fuzz [--time 10m] [TARGET...]`: run the fuzz targets (`fuzz/`) under libFuzzer.
 
 mod bench;
 mod cargo;
 mod deps;
+mod fuzz;
 mod kind;
 
 use clap::{Parser, Subcommand};
@@ -45,6 +47,10 @@ enum Command {
     /// kubectl; says so and fails without them): install, check, the demo app injected, mTLS
     /// only, an unmeshed client refused, uninstall leaving nothing.
     E2eKind(kind::KindArgs),
+    /// Fuzz what the mesh parses from peers and users (protocol detection, ClientHellos, HTTP/1
+    /// request heads, registry YAML, policies) with libFuzzer, each target for `--time`, from
+    /// the seeds in fuzz/seeds/; fails naming the input of any crash.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,6 +59,7 @@ fn main() -> anyhow::Result<()> {
         Command::Demo { args } => demo(&args),
         Command::Bench(args) => bench::run(&args),
         Command::E2eKind(args) => kind::run(&args),
+        Command::Fuzz(args) => fuzz::run(&args),
     }
 }
 

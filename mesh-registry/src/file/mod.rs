@@ -143,9 +143,10 @@ pub fn parse_bytes(path: &Path, bytes: &[u8]) -> Result<RegistrySnapshot, FileEr
         Ok(text) => parse(path, text),
         Err(err) => {
             // Everything before the bad byte is valid text: point at it.
+            // Lines break where YAML breaks them: `\n`, `\r\n` or a bare `\r`.
             let valid = String::from_utf8_lossy(bytes.get(..err.valid_up_to()).unwrap_or_default());
-            let line = valid.matches('\n').count() + 1;
-            let column = valid.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            let line = valid.matches('\n').count() + valid.replace("\r\n", "\n").matches('\r').count() + 1;
+            let column = valid.rsplit(['\n', '\r']).next().map_or(0, |l| l.chars().count()) + 1;
             let problem = Problem {
                 at: Location::Text { line: to_u32(line as u64), column: to_u32(column as u64) },
                 message: format!(

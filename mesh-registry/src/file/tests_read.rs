@@ -27,3 +27,27 @@ fn load_reads_the_file() {
         other => panic!("expected invalid UTF-8, got {other:?}"),
     }
 }
+
+/// Found by the `registry_yaml` fuzz target: in a file whose lines end in a
+/// bare `\r` (old Mac line endings; YAML breaks lines there too), the bad
+/// byte was placed on line 1 at a column past the line's end, since only
+/// `\n` counted as a line break. Catches a UTF-8 location that counts lines
+/// differently from the YAML parser's own problems.
+#[test]
+fn bad_bytes_are_located_on_yaml_lines_whatever_the_line_endings() {
+    for (text, at) in [
+        (&b"services:\r  - name: x\r    \xff\r"[..], (3, 5)),
+        (b"services:\r\n  - name: x\r\n    \xff\r\n", (3, 5)),
+        (b"services:\n\xff", (2, 1)),
+    ] {
+        match parse_bytes(Path::new("r.yaml"), text) {
+            Err(FileError::Invalid { problems, .. }) => assert_eq!(pos(&problems[0]), at, "{text:?}"),
+            other => panic!("expected invalid UTF-8, got {other:?}"),
+        }
+    }
+    // The YAML parser numbers bare-`\r` lines the same way.
+    match parse(Path::new("r.yaml"), "services:\r  - name: x\r    bogus: 1\r") {
+        Err(FileError::Invalid { problems, .. }) => assert_eq!(pos(&problems[0]).0, 3, "{problems:?}"),
+        other => panic!("expected a problem, got {other:?}"),
+    }
+}
