@@ -8,6 +8,10 @@
 //! - [`crds`]: their CRDs rendered from the types (committed under
 //!   `deploy/crds/`, checked by a test), applied and awaited;
 //! - [`gateway`]: the Gateway API routes (HTTPRoute, GRPCRoute) the mesh reads;
+//! - [`identity`]: workload identity from projected ServiceAccount tokens
+//!   (TokenReview, bound to a live pod);
+//! - [`rbac`]: the one table of what the control plane calls, and the
+//!   ClusterRole rendered from it (`deploy/rbac/`);
 //! - [`api`]: the kube and k8s-openapi items other crates (tests, meshctl)
 //!   need, re-exported so they never depend on those crates directly.
 
@@ -17,8 +21,10 @@ pub mod crd;
 pub mod crds;
 pub mod error;
 pub mod gateway;
+pub mod identity;
 pub mod inject;
 pub mod install;
+pub mod rbac;
 pub mod registry;
 
 pub use error::KubeError;

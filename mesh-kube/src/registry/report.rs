@@ -30,6 +30,8 @@ pub(super) struct ProblemReporter {
 
 impl ProblemReporter {
     pub(super) fn new(client: Client, counted: Arc<AtomicU64>) -> Self {
+        // The recorder creates Events, and patches one that repeats.
+        crate::rbac::EVENTS.check::<k8s_openapi::api::events::v1::Event>();
         let reporter = Reporter { controller: CONTROLLER.into(), instance: None };
         Self { recorder: Recorder::new(client, reporter), publish: true, counted, told: Mutex::default() }
     }

@@ -16,12 +16,13 @@ use super::routes::routes_from;
 use super::service::{SERVICE_NAME_LABEL, service_with_accounts};
 use crate::crd::{AuthorizationPolicy, TrafficPolicy};
 use crate::gateway::{GRPCRoute, HTTPRoute};
+use crate::rbac::{self, Access};
 use futures_util::{StreamExt, stream};
 use k8s_openapi::api::core::v1::{Pod, PodSpec, Service as KubeService};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, ResourceExt};
+use kube::{Client, ResourceExt};
 use mesh_registry::model::ServiceKey;
 use mesh_registry::sink::RegistrySink;
 use std::collections::{BTreeMap, BTreeSet};
@@ -123,20 +124,20 @@ impl KubernetesRegistry {
         let (slices, slice_writer) = reflector::store::<EndpointSlice>();
         let service_events = reflector::reflector(
             service_writer,
-            watcher(Api::<KubeService>::all(self.client.clone()), watcher::Config::default()),
+            watcher(rbac::SERVICES.all::<KubeService>(&self.client), watcher::Config::default()),
         )
         .default_backoff()
         .map(|event| event.map(|e| change(e, Kind::Services, service_key)).map_err(|e| (Kind::Services, e)));
         let slice_events = reflector::reflector(
             slice_writer,
-            watcher(Api::<EndpointSlice>::all(self.client.clone()), watcher::Config::default()),
+            watcher(rbac::ENDPOINT_SLICES.all::<EndpointSlice>(&self.client), watcher::Config::default()),
         )
         .default_backoff()
         .map(|event| event.map(|e| change(e, Kind::Slices, slice_service_key)).map_err(|e| (Kind::Slices, e)));
         let (pods, pod_writer) = reflector::store::<Pod>();
         let pod_events = reflector::reflector(
             pod_writer,
-            watcher(Api::<Pod>::all(self.client.clone()), watcher::Config::default()).modify(keep_service_account),
+            watcher(rbac::PODS.all::<Pod>(&self.client), watcher::Config::default()).modify(keep_service_account),
         )
         .default_backoff()
         .map(|event| {
@@ -153,7 +154,7 @@ impl KubernetesRegistry {
         let (traffic, traffic_writer) = reflector::store::<TrafficPolicy>();
         let traffic_events = reflector::reflector(
             traffic_writer,
-            watcher(Api::<TrafficPolicy>::all(self.client.clone()), watcher::Config::default()),
+            watcher(rbac::TRAFFIC_POLICIES.all::<TrafficPolicy>(&self.client), watcher::Config::default()),
         )
         .default_backoff()
         .map(|event| {
@@ -171,9 +172,11 @@ impl KubernetesRegistry {
                 .map_err(|e| (Kind::Traffic, e))
         });
         let (authorizations, authorization_events) =
-            policy_reflector::<AuthorizationPolicy>(&self.client, Kind::Authorizations);
-        let (http_routes, http_route_events) = policy_reflector::<HTTPRoute>(&self.client, Kind::HttpRoutes);
-        let (grpc_routes, grpc_route_events) = policy_reflector::<GRPCRoute>(&self.client, Kind::GrpcRoutes);
+            policy_reflector::<AuthorizationPolicy>(&self.client, rbac::AUTHORIZATION_POLICIES, Kind::Authorizations);
+        let (http_routes, http_route_events) =
+            policy_reflector::<HTTPRoute>(&self.client, rbac::HTTP_ROUTES, Kind::HttpRoutes);
+        let (grpc_routes, grpc_route_events) =
+            policy_reflector::<GRPCRoute>(&self.client, rbac::GRPC_ROUTES, Kind::GrpcRoutes);
         let mut events = stream::select_all::<[stream::BoxStream<'static, Item>; KINDS]>([
             service_events.boxed(),
             slice_events.boxed(),
@@ -414,12 +417,12 @@ struct PolicyStores {
 }
 
 /// A reflector on every object of `K`, each event meaning "the policies changed".
-fn policy_reflector<K>(client: &Client, kind: Kind) -> (Store<K>, stream::BoxStream<'static, Item>)
+fn policy_reflector<K>(client: &Client, access: Access, kind: Kind) -> (Store<K>, stream::BoxStream<'static, Item>)
 where
     K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store::<K>();
-    let events = reflector::reflector(writer, watcher(Api::<K>::all(client.clone()), watcher::Config::default()))
+    let events = reflector::reflector(writer, watcher(access.all::<K>(client), watcher::Config::default()))
         .default_backoff()
         .map(move |event| {
             event
