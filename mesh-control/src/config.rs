@@ -38,12 +38,22 @@ pub struct IdentityConfig {
     pub leaf_ttl: Duration,
     /// How often to check the directory for rotations.
     pub poll_interval: Duration,
+    /// With the Kubernetes registry: the audience proxies' projected
+    /// ServiceAccount tokens must be minted for (their pod's projected volume
+    /// names it), checked by TokenReview.
+    pub token_audience: String,
 }
 
 impl IdentityConfig {
-    /// Defaults: 24 h leaves, directory checked every second.
+    /// Defaults: 24 h leaves, directory checked every second, tokens for
+    /// the audience `mesh-identity` (the join tokens' too).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into(), leaf_ttl: Duration::from_secs(24 * 3600), poll_interval: Duration::from_secs(1) }
+        Self {
+            dir: dir.into(),
+            leaf_ttl: Duration::from_secs(24 * 3600),
+            poll_interval: Duration::from_secs(1),
+            token_audience: mesh_identity::token::AUDIENCE.to_string(),
+        }
     }
 }
 

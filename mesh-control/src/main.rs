@@ -59,6 +59,11 @@ struct Args {
     /// Service in --mesh-namespace, port 8086).
     #[arg(long)]
     injected_control_plane: Option<String>,
+    /// With `--registry kubernetes`: the audience of the projected
+    /// ServiceAccount tokens proxies present (the `audience` of the pods'
+    /// projected token volume), checked with TokenReview.
+    #[arg(long, env = "MESH_TOKEN_AUDIENCE", default_value = mesh_identity::token::AUDIENCE)]
+    token_audience: String,
 }
 
 /// The registry sources.
@@ -105,7 +110,11 @@ async fn real_main() -> anyhow::Result<()> {
         grpc_addr: args.grpc_addr,
         admin_addr: args.admin_addr,
         registry,
-        identity: args.identity_dir.map(|dir| IdentityConfig { leaf_ttl: args.cert_ttl, ..IdentityConfig::new(dir) }),
+        identity: args.identity_dir.map(|dir| IdentityConfig {
+            leaf_ttl: args.cert_ttl,
+            token_audience: args.token_audience,
+            ..IdentityConfig::new(dir)
+        }),
         webhook: args.webhook_addr.map(|addr| WebhookConfig {
             addr,
             settings: WebhookSettings {

@@ -4,7 +4,8 @@ use crate::admin::Admin;
 use crate::config::{Config, RegistryConfig};
 use crate::destination::{DestinationMetrics, DestinationService};
 use crate::identity::authority::{Authority, AuthorityMetrics};
-use crate::identity::proof::JoinTokens;
+use crate::identity::proof::{JoinTokens, ProofVerifier};
+use crate::identity::token_review::{KubernetesProofs, ServiceAccountTokens};
 use crate::identity::{self, IdentityMetrics, IdentityService};
 use crate::metrics::RegistryMetrics;
 use crate::policy::{PolicyMetrics, PolicyService};
@@ -14,6 +15,7 @@ use crate::store::Store;
 use crate::workloads::{Proxies, WorkloadsService};
 use mesh_core::shutdown::{self, Shutdown, Trigger};
 use mesh_identity::dir::IdentityDir;
+use mesh_kube::identity::WorkloadReviewer;
 use mesh_proto::destination::destination_server::DestinationServer;
 use mesh_proto::identity::identity_server::IdentityServer;
 use mesh_proto::policy::policy_server::PolicyServer;
@@ -91,6 +93,13 @@ impl Control {
         let mut router = Router::default();
         let mut serving = None;
         let mut anchors_source = None;
+        // One client for everything the control plane does in the cluster.
+        let kube_client = match &config.registry {
+            RegistryConfig::Kubernetes { kubeconfig, context } => {
+                Some(mesh_kube::client::connect(kubeconfig.as_deref(), context.as_deref()).await?)
+            }
+            RegistryConfig::File { .. } => None,
+        };
         if let Some(idc) = &config.identity {
             let authority_metrics = AuthorityMetrics::default();
             authority_metrics.register(&mut metrics);
@@ -100,7 +109,14 @@ impl Control {
             let creds = identity::serving::credentials(&authority).map_err(|e| StartError::Tls(e.to_string()))?;
             let identity_metrics = IdentityMetrics::default();
             identity_metrics.register(&mut metrics);
-            let proofs = Arc::new(JoinTokens::new(authority.clone()));
+            let join = JoinTokens::new(authority.clone());
+            let proofs: Arc<dyn ProofVerifier> = match &kube_client {
+                Some(client) => {
+                    let reviewer = WorkloadReviewer::new(client.clone(), idc.token_audience.clone());
+                    Arc::new(KubernetesProofs { join, service_accounts: ServiceAccountTokens::new(reviewer) })
+                }
+                None => Arc::new(join),
+            };
             let svc = IdentityService::new(authority.clone(), proofs, idc.leaf_ttl, identity_metrics, shutdown.clone());
             router = router.add(IdentityServer::new(svc));
             tasks.spawn(identity::serving::run(authority.clone(), creds.clone(), shutdown.clone()));
@@ -108,12 +124,11 @@ impl Control {
             tasks.spawn(authority.run(idc.poll_interval, shutdown.clone()));
             serving = Some(creds);
         }
-        let webhook = match (&config.webhook, &serving, &anchors_source, &config.registry) {
+        let webhook = match (&config.webhook, &serving, &anchors_source, &kube_client) {
             (None, ..) => None,
-            (Some(wc), Some(creds), Some(authority), RegistryConfig::Kubernetes { kubeconfig, context }) => {
+            (Some(wc), Some(creds), Some(authority), Some(client)) => {
                 let listener = bind("injector webhook", wc.addr).await?;
                 let addr = local(&listener, wc.addr);
-                let client = mesh_kube::client::connect(kubeconfig.as_deref(), context.as_deref()).await?;
                 let webhook_metrics = crate::webhook::WebhookMetrics::default();
                 webhook_metrics.register(&mut metrics);
                 let authority = authority.clone();
@@ -122,7 +137,7 @@ impl Control {
                 tasks.spawn(crate::webhook::serve(
                     listener,
                     creds.clone(),
-                    client,
+                    client.clone(),
                     wc.settings.clone(),
                     anchors,
                     webhook_metrics,
@@ -144,24 +159,15 @@ impl Control {
                 ));
             }
         };
-        match config.registry {
-            RegistryConfig::File { path, poll_interval } => {
-                let mut reg = FileRegistry::new(path, poll_interval, store.clone(), registry_metrics);
-                reg.load_initial()?;
-                tasks.spawn(reg.run(shutdown.clone()));
-            }
-            RegistryConfig::Kubernetes { kubeconfig, context } => {
-                let sink = Arc::new(store.clone());
-                let collector = crate::registry::kubernetes::start(
-                    kubeconfig.as_deref(),
-                    context.as_deref(),
-                    sink,
-                    shutdown.clone(),
-                    &mut tasks,
-                )
-                .await?;
-                metrics.register_collector(Box::new(collector));
-            }
+        if let RegistryConfig::File { path, poll_interval } = config.registry {
+            let mut reg = FileRegistry::new(path, poll_interval, store.clone(), registry_metrics);
+            reg.load_initial()?;
+            tasks.spawn(reg.run(shutdown.clone()));
+        }
+        if let Some(client) = kube_client {
+            let sink = Arc::new(store.clone());
+            let collector = crate::registry::kubernetes::start(client, sink, shutdown.clone(), &mut tasks).await?;
+            metrics.register_collector(Box::new(collector));
         }
 
         let ready = Arc::new(AtomicBool::new(false));

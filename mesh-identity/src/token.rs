@@ -23,6 +23,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub const AUDIENCE: &str = "mesh-identity";
 const PREFIX: &str = "mesh1";
 
+/// Whether `token` has a join token's form (`mesh1.`...), as opposed to
+/// another proof (a Kubernetes ServiceAccount token); says nothing of its validity.
+pub fn is_join_token(token: &str) -> bool {
+    token.strip_prefix(PREFIX).is_some_and(|rest| rest.starts_with('.'))
+}
+
 /// What a token asserts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {

@@ -3,7 +3,9 @@
 //! join token, renewal at a fraction of its life authenticated by the
 //! current certificate (mTLS, no token), and the trust bundle kept live.
 //!
-//! The join token is single-use and short-lived: it is presented only when
+//! The token (a join token, or on Kubernetes the pod's projected
+//! ServiceAccount token, re-read from its file at each attempt as the
+//! kubelet rotates it) is presented only when
 //! the proxy holds no valid certificate (at start, or after its certificate
 //! expired while the control plane was away). Renewals go over a connection
 //! of their own, opened with the current certificate as the client
@@ -159,9 +161,11 @@ async fn renew(
                 match &e {
                     Failure::TokenRefused(why) => {
                         tracing::error!(identity = %identity.id, reason = %why, retry_in = ?delay,
-                        "the control plane refused the join token; a token gets only the first certificate and \
-                         is accepted once, for minutes: write a fresh one (`meshctl identity token ... --output FILE`) \
-                         to the token file, which is read again at the next attempt, or restart with a new token")
+                        "the control plane refused the identity token. A join token gets only the first \
+                         certificate and is accepted once, for minutes: write a fresh one (`meshctl identity token \
+                         ... --output FILE`) to the token file, read again at the next attempt. A Kubernetes \
+                         ServiceAccount token must be the pod's projected token for the mesh's audience, and \
+                         --identity must name the pod's namespace and ServiceAccount")
                     }
                     Failure::RenewalRefused(why) => {
                         tracing::error!(identity = %identity.id, reason = %why, retry_in = ?delay,

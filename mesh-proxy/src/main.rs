@@ -151,7 +151,9 @@ struct Args {
     /// An explicit upstream, LISTEN=TARGET (repeatable), e.g. 127.0.0.1:4150=books.default:7001.
     #[arg(long = "upstream", value_parser = parse_upstream)]
     upstreams: Vec<Upstream>,
-    /// Join token file: enables identity and mTLS (mint one with `meshctl identity token`).
+    /// Identity token file: enables identity and mTLS. A join token (`meshctl identity token`), or on
+    /// Kubernetes the pod's projected ServiceAccount token for the mesh's audience (then give --identity).
+    /// Read again at each bootstrap, as the kubelet rotates it.
     #[arg(long, env = "MESH_IDENTITY_TOKEN_FILE", requires = "anchors")]
     identity_token_file: Option<PathBuf>,
     /// Trust anchors (PEM file) to verify the control plane with at start.
@@ -161,7 +163,8 @@ struct Args {
     /// injector passes them to a pod.
     #[arg(long, env = "MESH_TRUST_ANCHORS_PEM", group = "anchors", hide_env_values = true, allow_hyphen_values = true)]
     trust_anchors_pem: Option<String>,
-    /// The identity to request (default: the join token's subject).
+    /// The identity to request (default: the join token's subject). On Kubernetes:
+    /// spiffe://<trust-domain>/ns/<pod namespace>/sa/<pod service account>.
     #[arg(long, env = "MESH_IDENTITY")]
     identity: Option<String>,
     /// The control plane's identity (default: spiffe://<trust-domain>/ns/mesh-system/sa/mesh-control).

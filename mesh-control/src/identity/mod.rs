@@ -27,7 +27,7 @@ use mesh_proto::identity::{
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
-use proof::{ProofError, ProofVerifier, UsedTokens};
+use proof::{ProofVerifier, UsedTokens};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -102,14 +102,19 @@ impl IdentityService {
         }
         let via = if !req.token.trim().is_empty() {
             let proof = self.proofs.verify(&req.token, &state.trust_domain).await.map_err(|e| {
-                let status = match &e {
-                    ProofError::Unavailable(_) => Status::unavailable(e.to_string()),
-                    _ => Status::unauthenticated(e.to_string()),
+                let status = if e.is_unavailable() {
+                    Status::unavailable(e.to_string())
+                } else {
+                    Status::unauthenticated(e.to_string())
                 };
                 self.refuse(e.reason(), status, &req.identity)
             })?;
             if proof.identity != requested {
-                let msg = format!("the proof allows {}, not {requested}", proof.identity);
+                let msg = format!(
+                    "the proof allows {}, not {requested}: ask for the identity the token proves (on Kubernetes: \
+                     the pod's namespace and ServiceAccount)",
+                    proof.identity
+                );
                 return Err(self.refuse("identity_not_allowed", Status::permission_denied(msg), &req.identity));
             }
             Via::Proof(proof.once)

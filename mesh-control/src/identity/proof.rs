@@ -28,24 +28,24 @@ pub enum ProofError {
     /// A token the verifier checked and refused.
     #[error("token refused: {0}")]
     Refused(String),
-    /// A token for another audience.
-    #[error("token audiences {got:?} do not include {want:?}")]
-    WrongAudience {
-        /// The token's audiences.
-        got: Vec<String>,
-        /// The mesh's audience.
-        want: String,
-    },
+    /// A Kubernetes ServiceAccount token that proves no workload identity.
+    #[error(transparent)]
+    Workload(#[from] mesh_kube::identity::Refusal),
 }
 
 impl ProofError {
+    /// Whether the proof could not be checked (retry later), rather than refused.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, ProofError::Unavailable(_) | ProofError::Workload(mesh_kube::identity::Refusal::Unavailable(_)))
+    }
+
     /// A short, stable reason for metrics labels.
     pub fn reason(&self) -> &'static str {
         match self {
             ProofError::Token(t) => t.reason(),
             ProofError::Unavailable(_) => "verifier_unavailable",
             ProofError::Refused(_) => "token_refused",
-            ProofError::WrongAudience { .. } => "wrong_audience",
+            ProofError::Workload(r) => r.reason(),
         }
     }
 }
@@ -53,7 +53,8 @@ impl ProofError {
 /// What a verified proof allows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Proof {
-    /// The identity the proof allows.
+    /// The identity the proof allows (all it allows: the identity asked
+    /// for must be exactly this one).
     pub identity: SpiffeId,
     /// For a single-use proof (a join token): its id and expiry (Unix
     /// seconds), until which it must not be honoured again.

@@ -8,7 +8,6 @@ use mesh_registry::sink::RegistrySink;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -22,13 +21,11 @@ pub const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 /// plane that served before would answer proxies with an empty registry, and
 /// a reconnecting proxy replaces what it kept with the answer.
 pub async fn start(
-    kubeconfig: Option<&Path>,
-    context: Option<&str>,
+    client: mesh_kube::api::Client,
     sink: Arc<dyn RegistrySink>,
     mut shutdown: Shutdown,
     tasks: &mut JoinSet<()>,
 ) -> Result<KubernetesCollector, KubeError> {
-    let client = mesh_kube::client::connect(kubeconfig, context).await?;
     let registry = KubernetesRegistry::new(client, sink);
     let collector = KubernetesCollector(registry.stats());
     let mut synced = registry.synced();
