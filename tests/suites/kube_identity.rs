@@ -20,7 +20,9 @@
 use mesh_control::{Config, Control, IdentityConfig};
 use mesh_identity::SpiffeId;
 use mesh_identity::tls::{CertificateDer, Credentials};
-use mesh_kube::api::k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
+use mesh_kube::api::k8s_openapi::api::authentication::v1::{
+    BoundObjectReference, TokenRequest, TokenRequestSpec, TokenReview, TokenReviewSpec,
+};
 use mesh_kube::api::k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service, ServiceAccount};
 use mesh_kube::api::k8s_openapi::api::discovery::v1::EndpointSlice;
 use mesh_kube::api::k8s_openapi::api::events::v1::Event;
@@ -172,6 +174,17 @@ async fn assert_refused_as(
     eprintln!("refused as {}: {}", counted[0], status.message());
 }
 
+/// Whether the API server (asked by the admin) authenticates `token` for the mesh's audience.
+async fn reviewed_by_api_server(admin: &Client, token: &str) -> bool {
+    let review = TokenReview {
+        spec: TokenReviewSpec { token: Some(token.to_string()), audiences: Some(vec![AUDIENCE.into()]) },
+        ..Default::default()
+    };
+    let reviewed =
+        Api::<TokenReview>::all(admin.clone()).create(&PostParams::default(), &review).await.expect("TokenReview");
+    reviewed.status.and_then(|s| s.authenticated) == Some(true)
+}
+
 /// This host's first non-loopback IPv4 address: EndpointSlices may not
 /// hold loopback addresses, so the proxies' endpoints are published on it.
 fn host_ip() -> IpAddr {
@@ -283,11 +296,21 @@ async fn projected_tokens_get_certificates_for_their_pods_identity_under_the_con
         assert!(started.elapsed() < Duration::from_secs(10), "pod still there after 10 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Refused by the mesh's own check (the pod is gone) or, once the API
-    // server's cache has seen the deletion, by TokenReview itself.
+    // The API server keeps authenticating the token for a while (its
+    // token cache: 10 s): the mesh's own check refuses it at once (were the
+    // machine so slow that the cache expired, TokenReview refuses it).
     let asked = (id("books"), doomed_token.as_str());
     let outcomes = [("pod_gone", "no longer exists"), ("token_invalidated", "deleted")];
     assert_refused_as(&control, &anchors, asked, tonic::Code::Unauthenticated, &outcomes).await;
+    // Once the API server itself invalidates it, that is the reason counted.
+    let started = Instant::now();
+    while reviewed_by_api_server(&admin, &doomed_token).await {
+        assert!(started.elapsed() < Duration::from_secs(60), "the API server still authenticates it after 60 s");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!("the API server authenticated the deleted pod's token for {:?} more", started.elapsed());
+    let asked = (id("books"), doomed_token.as_str());
+    assert_refused(&control, &anchors, asked, tonic::Code::Unauthenticated, "token_invalidated", "deleted").await;
 
     // Its pod terminating (held by a finalizer): the API server still
     // authenticates the token for a grace period; the mesh does not.
