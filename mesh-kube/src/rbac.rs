@@ -272,7 +272,7 @@ mod tests {
                 let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
                 if path.is_dir() {
                     dirs.push(path);
-                } else if name.ends_with(".rs") && !name.ends_with("_tests.rs") && !skip.contains(&name.as_str()) {
+                } else if name.ends_with(".rs") && !name.ends_with("tests.rs") && !skip.contains(&name.as_str()) {
                     let text = std::fs::read_to_string(&path).expect("read a source file");
                     // Unit tests sit at the end of a file, after `#[cfg(test)]`.
                     let code = text.split("#[cfg(test)]").next().unwrap_or_default().to_string();
