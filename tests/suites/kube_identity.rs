@@ -12,7 +12,8 @@
 //!   over a Service discovered from the API server;
 //! - a wrong audience, a token whose pod was deleted, a terminating pod, an
 //!   unbound token, and another ServiceAccount's identity are refused with a
-//!   gRPC status naming the problem, each counted by reason.
+//!   gRPC status naming the problem, each counted by reason; a real proxy
+//!   logs the refusal and succeeds once its token file holds a good token.
 //!
 //! Without the harness binary the suite reports itself skipped; with
 //! `CI=true` a skip fails.
@@ -28,9 +29,10 @@ use mesh_kube::api::k8s_openapi::api::discovery::v1::EndpointSlice;
 use mesh_kube::api::k8s_openapi::api::events::v1::Event;
 use mesh_kube::api::{Api, Client, ClientError, DeleteParams, ListParams, PostParams};
 use mesh_kube::gateway::HTTPRoute;
+use mesh_process::{Child, Spec};
 use mesh_proto::identity::{CertifyRequest, CertifyResponse, identity_client::IdentityClient};
 use mesh_tests::kube_harness::{self, ApiServer};
-use mesh_tests::{apps, mesh, real};
+use mesh_tests::{apps, bins, mesh, real};
 use serde_json::json;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -202,8 +204,10 @@ fn host_ip() -> IpAddr {
 /// published); the role granting more than the table (listing Secrets works);
 /// a certificate for the identity asked rather than the one the token proves;
 /// tokens for another audience, of a deleted or terminating pod, or bound to
-/// no pod being honoured; refusals not counted under their reason; and
-/// certificates from projected tokens not working for mTLS between proxies.
+/// no pod being honoured; refusals not counted under their reason; a proxy
+/// that does not say why it was refused, or reads its token file only once
+/// (a rotated token never used); and certificates from projected tokens not
+/// working for mTLS between proxies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn projected_tokens_get_certificates_for_their_pods_identity_under_the_control_planes_rbac() {
     let Some(api) = api_server().await else { return };
@@ -396,22 +400,43 @@ async fn end_to_end(
     )
     .await;
 
-    let client = real::Proxy::start("reviews-1", |upstream, _| {
-        let mut a = vec!["--upstream".into(), format!("{upstream}=books.{NS}:80")];
-        a.extend(identity_args(&reviews_token, "reviews"));
-        a
+    // The client starts with a token for another audience: refused, and the
+    // proxy says why. The kubelet then rotates the file's content: the next
+    // bootstrap attempt reads the new token and succeeds.
+    std::fs::write(&reviews_token, mint(admin, NS, "reviews", &["another"], Some(reviews)).await.expect("token"))
+        .expect("write the token");
+    let (upstream, admin_addr) = (real::free_addr(), real::free_addr());
+    let spec = Spec::new("reviews-1", bins::path("mesh-proxy"), dir.join("reviews-1.log"))
+        .args(["--workload", "reviews-1", "--admin-addr", &admin_addr.to_string()])
+        .args(["--upstream".to_string(), format!("{upstream}=books.{NS}:80")])
+        .args(identity_args(&reviews_token, "reviews"))
+        .env("MESH_LOG", "info");
+    let client = Child::spawn(spec).expect("mesh-proxy starts");
+    let logged = mesh::eventually(Duration::from_secs(15), || {
+        let log = client.log_tail(50);
+        async move { log.contains("refused the identity token") && log.contains("not for the mesh's audience") }
     })
     .await;
+    assert!(logged, "the proxy logs the refusal and its reason:\n{}", client.log_tail(50));
+    assert!(!mesh::admin_get(admin_addr, "/ready").await.starts_with("ready"), "not ready without a certificate");
+    let rotated = mint(admin, NS, "reviews", &[AUDIENCE], Some(reviews)).await.expect("token");
+    std::fs::write(&reviews_token, rotated).expect("rotate the token");
+    let ready = mesh::eventually(Duration::from_secs(40), || async move {
+        mesh::admin_get(admin_addr, "/ready").await.starts_with("ready")
+    })
+    .await;
+    assert!(ready, "the proxy reads the rotated token at its next attempt:\n{}", client.log_tail(50));
+
     let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Empty<bytes::Bytes>>();
-    let url: http::Uri = format!("http://{}/", client.listen).parse().expect("url");
+    let url: http::Uri = format!("http://{upstream}/").parse().expect("url");
     let served = mesh::eventually(Duration::from_secs(15), || {
         let (http, url) = (http.clone(), url.clone());
         async move { http.get(url).await.is_ok_and(|r| r.status().is_success()) }
     })
     .await;
-    assert!(served, "no answer through the proxies; client /metrics:\n{}", client.metrics().await);
-    let outbound = client.metrics().await;
+    let outbound = mesh::admin_get(admin_addr, "/metrics").await;
+    assert!(served, "no answer through the proxies; client /metrics:\n{outbound}");
     let to_books = [
         "response_total",
         "direction=\"outbound\"",
@@ -428,4 +453,5 @@ async fn end_to_end(
     ];
     assert!(mesh::metric_sum(&inbound, &from_reviews) >= 1.0, "the sidecar saw reviews' identity:\n{inbound}");
     assert!(app.requests() >= 1);
+    client.kill();
 }
