@@ -5,7 +5,8 @@
 //! under `deploy/rbac/` is rendered from it (a test fails when they differ:
 //! `UPDATE_RBAC=1 cargo test -p mesh-kube --lib rbac` rewrites it), and the
 //! `kube_identity` suite runs the control plane as that ServiceAccount, so
-//! the API server enforces it.
+//! the API server enforces it, and compares the API server's audit log of
+//! its calls with this table, verb by verb, both ways.
 
 use crate::error::KubeError;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};

@@ -110,12 +110,22 @@ impl ApiServer {
     /// Starts `kube-harness apiserver` in a fresh temporary directory and
     /// waits (up to 120 s) until it answers `/readyz`.
     pub fn start() -> anyhow::Result<ApiServer> {
+        Self::start_with_flags(&[])
+    }
+
+    /// [`Self::start`] with extra kube-apiserver flags (an audit policy, say).
+    pub fn start_with_flags(extra: &[String]) -> anyhow::Result<ApiServer> {
         let bin = availability().map_err(anyhow::Error::msg)?;
         let dir =
             tempfile::Builder::new().prefix("kube-harness-").tempdir().context("creating a temporary directory")?;
         let log = dir.path().join("apiserver.log");
-        let child = spawn_logged(Command::new(&bin).arg("apiserver").arg("--dir").arg(dir.path()), &log)
-            .with_context(|| format!("spawning {} apiserver", bin.display()))?;
+        let mut command = Command::new(&bin);
+        command.arg("apiserver").arg("--dir").arg(dir.path());
+        if !extra.is_empty() {
+            command.arg("--").args(extra);
+        }
+        let child =
+            spawn_logged(&mut command, &log).with_context(|| format!("spawning {} apiserver", bin.display()))?;
         let mut server = ApiServer { kubeconfig: dir.path().join("kubeconfig"), url: String::new(), dir, child, bin };
 
         let ready = server.dir.path().join("ready");

@@ -4,7 +4,9 @@
 //! enforces it:
 //!
 //! - the registry syncs (list/watch on every kind it reflects), publishes an
-//!   Event (create), and a call outside the role is forbidden;
+//!   Event (create) and updates it (patch), a call outside the role is
+//!   forbidden, and the API server's audit log of the control plane's calls
+//!   holds exactly the role's (group, resource, verb)s;
 //! - a pod's projected ServiceAccount token (minted by TokenRequest for the
 //!   mesh's audience, bound to a Pod object: pods need not run) gets a
 //!   certificate for `spiffe://cluster.local/ns/<ns>/sa/<account>`, and real
@@ -27,13 +29,14 @@ use mesh_kube::api::k8s_openapi::api::authentication::v1::{
 use mesh_kube::api::k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service, ServiceAccount};
 use mesh_kube::api::k8s_openapi::api::discovery::v1::EndpointSlice;
 use mesh_kube::api::k8s_openapi::api::events::v1::Event;
-use mesh_kube::api::{Api, Client, ClientError, DeleteParams, ListParams, PostParams};
+use mesh_kube::api::{Api, Client, ClientError, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use mesh_kube::gateway::HTTPRoute;
 use mesh_process::{Child, Spec};
 use mesh_proto::identity::{CertifyRequest, CertifyResponse, identity_client::IdentityClient};
 use mesh_tests::kube_harness::{self, ApiServer};
 use mesh_tests::{apps, bins, mesh, real};
 use serde_json::json;
+use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -44,14 +47,60 @@ const AUDIENCE: &str = "mesh-identity";
 const CONTROL_ID: &str = "spiffe://cluster.local/ns/mesh-system/sa/mesh-control";
 const NS: &str = "shop";
 
-/// The API server, or `None` (skipped) when the harness is not built.
-async fn api_server() -> Option<ApiServer> {
+/// The API server, or `None` (skipped) when the harness is not built. It
+/// writes an audit log of the control plane's ServiceAccount's requests to
+/// `audit_dir/audit.log`.
+async fn api_server(audit_dir: &Path) -> Option<ApiServer> {
     if let Err(reason) = kube_harness::availability() {
         assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true: the Kubernetes suites must run: {reason}");
         eprintln!("SKIPPED: {reason}");
         return None;
     }
-    Some(tokio::task::spawn_blocking(ApiServer::start).await.expect("join").expect("the API server starts"))
+    let policy = audit_dir.join("audit-policy.yaml");
+    let user = format!("system:serviceaccount:{}:{}", mesh_kube::rbac::NAMESPACE, mesh_kube::rbac::NAME);
+    let rules = json!({"apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
+        "rules": [{"level": "Metadata", "users": [user]}, {"level": "None"}]});
+    std::fs::write(&policy, rules.to_string()).expect("write the audit policy");
+    let flags = vec![
+        format!("--audit-policy-file={}", policy.display()),
+        format!("--audit-log-path={}", audit_dir.join("audit.log").display()),
+        "--audit-log-format=json".to_string(),
+        "--audit-log-mode=blocking".to_string(),
+    ];
+    let started = tokio::task::spawn_blocking(move || ApiServer::start_with_flags(&flags)).await.expect("join");
+    Some(started.expect("the API server starts"))
+}
+
+/// The requests of the control plane's ServiceAccount the API server
+/// audited: (API group, resource, verb) of those it authorized, and of those
+/// it forbade.
+type Calls = BTreeSet<(String, String, String)>;
+fn audited_calls(log: &Path) -> (Calls, Calls) {
+    let text = std::fs::read_to_string(log).expect("the audit log");
+    let (mut allowed, mut forbidden) = (Calls::new(), Calls::new());
+    for line in text.lines() {
+        let event: serde_json::Value = serde_json::from_str(line).expect("an audit event");
+        let Some(object) = event.get("objectRef") else { continue };
+        let field = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or_default().to_string();
+        let mut resource = field(object, "resource");
+        if let Some(sub) = object.get("subresource").and_then(|x| x.as_str()) {
+            resource = format!("{resource}/{sub}");
+        }
+        let call = (field(object, "apiGroup"), resource, field(&event, "verb"));
+        match event["responseStatus"]["code"].as_u64() {
+            Some(401 | 403) => forbidden.insert(call),
+            _ => allowed.insert(call),
+        };
+    }
+    (allowed, forbidden)
+}
+
+/// Every (group, resource, verb) the table grants.
+fn granted() -> Calls {
+    mesh_kube::rbac::CONTROL_PLANE
+        .iter()
+        .flat_map(|a| a.verbs.iter().map(|v| (a.group.to_string(), a.resource.to_string(), v.to_string())))
+        .collect()
 }
 
 /// A token for `namespace`/`account` from the TokenRequest API, for
@@ -201,7 +250,8 @@ fn host_ip() -> IpAddr {
 /// Catches: the control plane needing a permission the ClusterRole lacks
 /// (start-up times out waiting for a list; TokenReview or the pod GET is
 /// forbidden and Certify answers UNAVAILABLE; the Event is never
-/// published); the role granting more than the table (listing Secrets works);
+/// published); the role granting more than the table (listing Secrets works)
+/// or more than the code calls (a verb never in the audit log);
 /// a certificate for the identity asked rather than the one the token proves;
 /// tokens for another audience, of a deleted or terminating pod, or bound to
 /// no pod being honoured; refusals not counted under their reason; a proxy
@@ -210,9 +260,9 @@ fn host_ip() -> IpAddr {
 /// working for mTLS between proxies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn projected_tokens_get_certificates_for_their_pods_identity_under_the_control_planes_rbac() {
-    let Some(api) = api_server().await else { return };
-    mesh_tests::init_logs();
     let dir = tempfile::tempdir().expect("tempdir");
+    let Some(api) = api_server(dir.path()).await else { return };
+    mesh_tests::init_logs();
     let admin = mesh_kube::client::connect(Some(&api.kubeconfig), None).await.expect("an admin client");
     let crds = [mesh_kube::crds::mesh_crds(), mesh_kube::gateway::crds_for_tests()].concat();
     mesh_kube::crds::apply(&admin, &crds, Duration::from_secs(60)).await.expect("CRDs");
@@ -336,8 +386,39 @@ async fn projected_tokens_get_certificates_for_their_pods_identity_under_the_con
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // The same route with another problem: the recorder patches its Event.
+    let routes = Api::<HTTPRoute>::namespaced(admin.clone(), NS);
+    let patch = json!({"spec": {"rules": [{"filters": [{"type": "URLRewrite"}]}]}});
+    routes.patch("books-redirect", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("route changed");
+    let started = Instant::now();
+    loop {
+        let list = events.list(&ListParams::default()).await.expect("events");
+        let seen = list.items.iter().any(|e| {
+            e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("books-redirect") && e.series.is_some()
+        });
+        if seen {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the Event was not patched under the role after 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     end_to_end(&admin, &control, identity_dir.path(), dir.path(), (&books, &reviews)).await;
     control.shutdown().await;
+
+    // What the code called, as the API server saw it, is exactly what the
+    // role grants: nothing it needs is missing (it would be forbidden) and
+    // nothing granted goes unused. The only forbidden calls are this test's.
+    let (allowed, forbidden) = audited_calls(&dir.path().join("audit.log"));
+    let granted = granted();
+    let unused: Vec<_> = granted.difference(&allowed).collect();
+    let ungranted: Vec<_> = allowed.difference(&granted).collect();
+    assert!(unused.is_empty() && ungranted.is_empty(), "granted but never called: {unused:?}; called: {ungranted:?}");
+    let probes = Calls::from([
+        (String::new(), "secrets".into(), "list".into()),
+        (String::new(), "pods".into(), "delete".into()),
+    ]);
+    assert_eq!(forbidden, probes, "only the test's own probes outside the role are forbidden");
 }
 
 /// Real `mesh-proxy` processes with certificates from their pods' projected
