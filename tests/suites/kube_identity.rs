@@ -340,6 +340,11 @@ async fn projected_tokens_get_certificates_for_their_pods_identity_under_the_con
     assert_refused(&control, &anchors, asked, tonic::Code::Unauthenticated, "not_pod_bound", "not bound to a pod")
         .await;
 
+    // Not a token at all: refused without asking the API server.
+    let asked = (id("books"), "not-a-token");
+    assert_refused(&control, &anchors, asked, tonic::Code::Unauthenticated, "malformed_token", "not a Kubernetes")
+        .await;
+
     // Its pod deleted: the API server invalidates the token.
     let doomed = create(&pods, pod_json("books-doomed", "books", &[])).await;
     let doomed_token = mint(&admin, NS, "books", &[AUDIENCE], Some(&doomed)).await.expect("a bound token");

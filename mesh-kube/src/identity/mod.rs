@@ -83,6 +83,12 @@ pub enum Refusal {
         /// The token's.
         token: String,
     },
+    /// Not shaped like a ServiceAccount token: refused without asking the API server.
+    #[error(
+        "not a Kubernetes ServiceAccount token (a JSON Web Token of three base64url parts, at most {MAX_TOKEN} \
+         bytes): give the proxy the content of the pod's projected token file"
+    )]
+    Malformed,
     /// The API server could not be asked (unreachable, forbidden, timed out).
     #[error("cannot verify the token with the Kubernetes API: {0}")]
     Unavailable(String),
@@ -101,9 +107,23 @@ impl Refusal {
             Refusal::PodTerminating(_) => "pod_terminating",
             Refusal::PodFinished(..) => "pod_finished",
             Refusal::AccountMismatch { .. } => "pod_account_mismatch",
+            Refusal::Malformed => "malformed_token",
             Refusal::Unavailable(_) => "verifier_unavailable",
         }
     }
+}
+
+/// The largest token sent to the API server (projected tokens are about 1 KiB).
+pub const MAX_TOKEN: usize = 16 * 1024;
+
+/// Whether `token` is shaped like a ServiceAccount token (a compact JWS:
+/// three non-empty base64url parts, at most [`MAX_TOKEN`] bytes). Anything
+/// else is refused without a TokenReview, so garbage sent to the Identity
+/// API costs the API server nothing.
+pub fn is_token_shaped(token: &str) -> bool {
+    let base64url = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let parts: Vec<&str> = token.split('.').collect();
+    token.len() <= MAX_TOKEN && parts.len() == 3 && parts.iter().all(|p| base64url(p))
 }
 
 /// The workload a TokenReview's `status` proves for `audience`: an

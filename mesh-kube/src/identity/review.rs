@@ -1,7 +1,7 @@
 //! The two API calls of a workload identity check: TokenReview, then GET
 //! the pod the token is bound to.
 
-use super::{Refusal, Workload, check_pod, workload_from_review};
+use super::{Refusal, Workload, check_pod, is_token_shaped, workload_from_review};
 use crate::rbac;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use k8s_openapi::api::core::v1::Pod;
@@ -39,6 +39,9 @@ impl WorkloadReviewer {
 
     /// The workload `token` proves, or why it proves none.
     pub async fn review(&self, token: &str) -> Result<Workload, Refusal> {
+        if !is_token_shaped(token) {
+            return Err(Refusal::Malformed);
+        }
         let request = TokenReview {
             spec: TokenReviewSpec { token: Some(token.to_string()), audiences: Some(vec![self.audience.clone()]) },
             ..Default::default()

@@ -129,3 +129,15 @@ fn refusals_name_the_fix() {
     let e = Refusal::WrongAudience { want: AUD.into(), detail: "x".into() }.to_string();
     assert!(e.contains("--token-audience") && e.contains(AUD), "{e}");
 }
+
+/// Catches garbage (or a huge body) reaching the API server as a TokenReview.
+#[test]
+fn only_token_shaped_input_is_reviewed() {
+    assert!(is_token_shaped("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl-_"));
+    for bad in ["", "abc", "a.b", "a..c", "a.b.c.d", "a.b.c d", "a.b.c+/=", "mesh1.e30.AA\n"] {
+        assert!(!is_token_shaped(bad), "{bad:?}");
+    }
+    let huge = format!("a.{}.c", "b".repeat(MAX_TOKEN));
+    assert!(!is_token_shaped(&huge));
+    assert_eq!(Refusal::Malformed.reason(), "malformed_token");
+}
