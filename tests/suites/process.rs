@@ -310,7 +310,9 @@ async fn a_proxy_with_a_used_token_says_so_and_recovers_with_a_fresh_one() {
     let read_log = || std::fs::read_to_string(proxy.log_path()).unwrap_or_default();
     let said = mesh::eventually(Duration::from_secs(10), || async {
         let log = read_log();
-        log.contains("refused the identity token") && log.contains("already used") && log.contains("meshctl identity token")
+        log.contains("refused the identity token")
+            && log.contains("already used")
+            && log.contains("meshctl identity token")
     })
     .await;
     assert!(said, "no clear refusal in the proxy's log:\n{}", proxy.log_tail(20));
