@@ -261,4 +261,13 @@ mod tests {
         }
         assert_eq!(TokenKey::decode("short").err(), Some(InvalidKey));
     }
+
+    /// Catches a ServiceAccount token (or `mesh10.`...) taken for a join token.
+    #[test]
+    fn join_tokens_are_told_from_other_proofs_by_their_prefix() {
+        assert!(is_join_token("mesh1.e30.AA"));
+        for other in ["eyJhbGciOiJSUzI1NiJ9.e30.c2ln", "mesh10.e30.AA", "mesh1", ""] {
+            assert!(!is_join_token(other), "{other:?}");
+        }
+    }
 }

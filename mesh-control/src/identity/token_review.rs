@@ -55,3 +55,40 @@ impl ProofVerifier for KubernetesProofs {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::authority::{Authority, AuthorityMetrics};
+    use mesh_identity::dir::IdentityDir;
+    use std::time::Duration;
+
+    /// Catches the two kinds of proof sent to the wrong verifier: a join
+    /// token to the API server (refused there), or a ServiceAccount token to
+    /// join-token verification (refused as malformed, the API server never asked).
+    #[tokio::test]
+    async fn join_tokens_and_service_account_tokens_each_go_to_their_verifier() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let identity = IdentityDir::new(dir.path().join("identity"));
+        identity.init("cluster.local", None).expect("an identity directory");
+        let authority = Authority::load(identity.clone(), AuthorityMetrics::default()).expect("loads");
+        // An API server nobody listens on: a ServiceAccount token that
+        // reaches it fails as unavailable.
+        let config = mesh_kube::api::kube::Config::new("https://127.0.0.1:1".parse().expect("url"));
+        let client = mesh_kube::api::Client::try_from(config).expect("a client");
+        let proofs = KubernetesProofs {
+            join: JoinTokens::new(authority),
+            service_accounts: ServiceAccountTokens::new(WorkloadReviewer::new(client, "mesh-identity")),
+        };
+        let join = identity.mint_token("shop", "books", Duration::from_secs(600)).expect("a join token");
+        let proof = proofs.verify(&join, "cluster.local").await.expect("a join token verifies");
+        assert_eq!(proof.identity.to_string(), "spiffe://cluster.local/ns/shop/sa/books");
+        assert!(proof.once.is_some(), "join tokens stay single-use on Kubernetes");
+        let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln";
+        let e = proofs.verify(jwt, "cluster.local").await.expect_err("no API server");
+        assert_eq!(e.reason(), "verifier_unavailable", "{e}");
+        assert!(e.is_unavailable());
+        let e = proofs.verify("garbage", "cluster.local").await.expect_err("malformed");
+        assert_eq!(e.reason(), "malformed_token", "{e}");
+    }
+}
