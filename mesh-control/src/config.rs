@@ -45,14 +45,14 @@ pub struct IdentityConfig {
 }
 
 impl IdentityConfig {
-    /// Defaults: 24 h leaves, directory checked every second, tokens for
-    /// the audience `mesh-identity` (the join tokens' too).
+    /// Defaults: 24 h leaves, directory checked every second, projected
+    /// tokens for the audience `mesh` (what the injector mounts).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self {
             dir: dir.into(),
             leaf_ttl: Duration::from_secs(24 * 3600),
             poll_interval: Duration::from_secs(1),
-            token_audience: mesh_identity::token::AUDIENCE.to_string(),
+            token_audience: mesh_kube::identity::DEFAULT_AUDIENCE.to_string(),
         }
     }
 }

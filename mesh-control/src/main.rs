@@ -62,7 +62,7 @@ struct Args {
     /// With `--registry kubernetes`: the audience of the projected
     /// ServiceAccount tokens proxies present (the `audience` of the pods'
     /// projected token volume), checked with TokenReview.
-    #[arg(long, env = "MESH_TOKEN_AUDIENCE", default_value = mesh_identity::token::AUDIENCE)]
+    #[arg(long, env = "MESH_TOKEN_AUDIENCE", default_value = mesh_kube::identity::DEFAULT_AUDIENCE)]
     token_audience: String,
 }
 

@@ -51,6 +51,8 @@ pub const GRPC_ROUTES: Access =
 /// Events on rejected objects (kube-runtime's recorder creates an Event, then
 /// patches it when the same one repeats).
 pub const EVENTS: Access = Access { group: "events.k8s.io", resource: "events", verbs: &["create", "patch"] };
+/// Namespaces: the injector reads a pod's namespace (its opt-in labels).
+pub const NAMESPACES: Access = Access { group: "", resource: "namespaces", verbs: &["get"] };
 /// TokenReviews: checking the ServiceAccount tokens proxies present.
 pub const TOKEN_REVIEWS: Access =
     Access { group: "authentication.k8s.io", resource: "tokenreviews", verbs: &["create"] };
@@ -65,6 +67,7 @@ pub const CONTROL_PLANE: &[Access] = &[
     HTTP_ROUTES,
     GRPC_ROUTES,
     EVENTS,
+    NAMESPACES,
     TOKEN_REVIEWS,
 ];
 
@@ -240,6 +243,7 @@ mod tests {
         assert!(HTTP_ROUTES.is_for::<HTTPRoute>());
         assert!(GRPC_ROUTES.is_for::<GRPCRoute>());
         assert!(EVENTS.is_for::<Event>());
+        assert!(NAMESPACES.is_for::<k8s_openapi::api::core::v1::Namespace>());
         assert!(TOKEN_REVIEWS.is_for::<TokenReview>());
         assert!(!PODS.is_for::<Service>());
     }
@@ -263,20 +267,22 @@ mod tests {
         );
     }
 
-    /// The source of mesh-kube without tests, and without `skip` files.
+    /// The source of mesh-kube without tests, and without `skip` files
+    /// (paths relative to `src/`).
     fn sources(skip: &[&str]) -> Vec<(String, String)> {
+        let src = root().join("mesh-kube/src");
         let mut out = Vec::new();
-        let mut dirs = vec![root().join("mesh-kube/src")];
+        let mut dirs = vec![src.clone()];
         while let Some(dir) = dirs.pop() {
             for entry in std::fs::read_dir(&dir).expect("read src").flatten() {
                 let path = entry.path();
-                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+                let name = path.strip_prefix(&src).unwrap_or(&path).to_string_lossy().into_owned();
                 if path.is_dir() {
                     dirs.push(path);
                 } else if name.ends_with(".rs") && !name.ends_with("tests.rs") && !skip.contains(&name.as_str()) {
                     let text = std::fs::read_to_string(&path).expect("read a source file");
-                    // Unit tests sit at the end of a file, after `#[cfg(test)]`.
-                    let code = text.split("#[cfg(test)]").next().unwrap_or_default().to_string();
+                    // Inline unit tests sit at the end of a file.
+                    let code = text.split("#[cfg(test)]\nmod tests {").next().unwrap_or_default().to_string();
                     out.push((name, code));
                 }
             }
@@ -286,11 +292,11 @@ mod tests {
 
     /// Catches a call the table does not cover (an `Api` opened directly,
     /// bypassing it) and an entry no code uses (a permission granted for
-    /// nothing). `crds.rs` and this file's `apply` are installers' code,
-    /// run with admin rights, not the control plane's.
+    /// nothing). `crds.rs`, `install/apply.rs` and this file's `apply` are
+    /// installers' code, run with admin rights, not the control plane's.
     #[test]
     fn the_code_opens_apis_only_through_the_table_and_uses_every_entry() {
-        let code = sources(&["rbac.rs", "crds.rs"]);
+        let code = sources(&["rbac.rs", "crds.rs", "install/apply.rs"]);
         for (file, text) in &code {
             for direct in ["Api::all(", "Api::namespaced(", "Api::default_namespaced("] {
                 assert!(!text.contains(direct), "{file} opens {direct}...) directly: go through an rbac::Access entry");
@@ -305,6 +311,7 @@ mod tests {
             "HTTP_ROUTES",
             "GRPC_ROUTES",
             "EVENTS",
+            "NAMESPACES",
             "TOKEN_REVIEWS",
         ];
         assert_eq!(names.len(), CONTROL_PLANE.len(), "every entry of the table is named here");

@@ -43,7 +43,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const TRUST_DOMAIN: &str = "cluster.local";
-const AUDIENCE: &str = "mesh-identity";
+/// The audience the injector mounts and the control plane checks by default.
+const AUDIENCE: &str = mesh_kube::identity::DEFAULT_AUDIENCE;
 const CONTROL_ID: &str = "spiffe://cluster.local/ns/mesh-system/sa/mesh-control";
 const NS: &str = "shop";
 
@@ -289,8 +290,7 @@ async fn projected_tokens_get_certificates_for_their_pods_identity_under_the_con
     let mut config = Config::with_kubernetes(Some(kubeconfig.clone()), None);
     config.grpc_addr = "127.0.0.1:0".parse().expect("addr");
     config.admin_addr = "127.0.0.1:0".parse().expect("addr");
-    config.identity =
-        Some(IdentityConfig { token_audience: AUDIENCE.into(), ..IdentityConfig::new(identity_dir.path()) });
+    config.identity = Some(IdentityConfig::new(identity_dir.path()));
     let control = tokio::time::timeout(Duration::from_secs(90), Control::start(config))
         .await
         .expect("the control plane syncs within 90 s as its ServiceAccount")
@@ -304,6 +304,8 @@ async fn projected_tokens_get_certificates_for_their_pods_identity_under_the_con
     assert!(matches!(&secrets, Err(ClientError::Api(s)) if s.code == 403), "listing Secrets: {secrets:?}");
     let delete = Api::<Pod>::namespaced(as_control.clone(), NS).delete("books-1", &DeleteParams::default()).await;
     assert!(matches!(&delete, Err(ClientError::Api(s)) if s.code == 403), "deleting a pod: {delete:?}");
+    // The injector's namespace lookup (the webhook's only call) works under the role.
+    mesh_kube::inject::namespace(&as_control, NS).await.expect("the injector reads a namespace as the control plane");
     // Events (create) work under the role: a route the mesh cannot serve gets one.
     create(
         &Api::<HTTPRoute>::namespaced(admin.clone(), NS),

@@ -14,6 +14,10 @@ pub use review::WorkloadReviewer;
 use k8s_openapi::api::authentication::v1::TokenReviewStatus;
 use k8s_openapi::api::core::v1::Pod;
 
+/// The audience projected tokens are minted for unless configured otherwise
+/// (the injector's projected volume and the control plane's `--token-audience`).
+pub const DEFAULT_AUDIENCE: &str = "mesh";
+
 /// The `extra` key naming the pod a token is bound to.
 pub const POD_NAME: &str = "authentication.kubernetes.io/pod-name";
 /// The `extra` key with the UID of the pod a token is bound to.

@@ -123,7 +123,7 @@ impl InjectConfig {
             mesh_namespace: mesh_namespace.to_string(),
             control_plane: format!("https://mesh-control.{mesh_namespace}.svc:8086"),
             trust_anchors_pem,
-            token_audience: "mesh".into(),
+            token_audience: crate::identity::DEFAULT_AUDIENCE.into(),
             proxy_uid: 2102,
             ports: ProxyPorts::default(),
             defaults: Defaults::default(),
@@ -256,7 +256,7 @@ pub fn uninject_patch(root: &str, meta: &ObjectMeta, spec: &PodSpec) -> Vec<Patc
 
 /// Reads what injection needs of namespace `name` (its labels and annotations).
 pub async fn namespace(client: &kube::Client, name: &str) -> Result<NamespaceInfo, crate::KubeError> {
-    let api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(client.clone());
+    let api = crate::rbac::NAMESPACES.all::<k8s_openapi::api::core::v1::Namespace>(client);
     let ns = api
         .get(name)
         .await

@@ -115,18 +115,11 @@ pub fn render(v: &Values) -> Vec<Manifest> {
     out
 }
 
-/// What the control plane may do: read what the registry watches and the
-/// namespaces the injector reads, record Events, review tokens.
+/// What the control plane may do: exactly [`crate::rbac::CONTROL_PLANE`],
+/// the table its API calls go through.
 fn rules() -> Value {
-    let read = json!(["get", "list", "watch"]);
-    json!([
-        {"apiGroups": [""], "resources": ["services", "pods", "namespaces"], "verbs": read},
-        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": read},
-        {"apiGroups": ["policy.mesh.dev"], "resources": ["authorizationpolicies", "trafficpolicies"], "verbs": read},
-        {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["httproutes", "grpcroutes"], "verbs": read},
-        {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
-        {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}
-    ])
+    let role = crate::rbac::cluster_role(crate::rbac::CONTROL_PLANE);
+    serde_json::to_value(role.rules.unwrap_or_default()).unwrap_or(Value::Null)
 }
 
 fn control_deployment(v: &Values) -> Value {
