@@ -4,6 +4,7 @@
 //! libFuzzer; `tests/replay.rs` replays the committed seeds and regression
 //! inputs as a normal test.
 
+pub mod admission;
 pub mod client_hello;
 pub mod detect;
 pub mod http1_head;
@@ -20,4 +21,5 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("http1_head", http1_head::run),
     ("registry_yaml", registry_yaml::run),
     ("policy", policy::run),
+    ("admission", admission::run),
 ];

@@ -53,4 +53,11 @@ fn the_harnesses_reach_the_code_under_test() {
     assert_eq!(client_hello_alpns(&hello), Some(vec![b"mesh/h2".to_vec()]));
     let curl = read("client_hello/curl-h2-http11.bin");
     assert_eq!(client_hello_alpns(&curl), Some(vec![b"h2".to_vec(), b"http/1.1".to_vec()]));
+    // The admission seed reaches the injection (a patch that must apply).
+    let review = mesh_kube::inject::admission::parse(&read("admission/review-pod.json")).expect("a review");
+    let mut ns = mesh_kube::inject::NamespaceInfo { name: "shop".into(), ..Default::default() };
+    ns.labels.insert(mesh_kube::inject::INJECT_ANNOTATION.into(), "enabled".into());
+    let config = mesh_kube::inject::InjectConfig::new("r", "1", "mesh-system", String::new());
+    let (answer, _) = mesh_kube::inject::admission::review(&review, &ns, &config);
+    assert!(answer["response"].get("patch").is_some(), "the seed pod is injected");
 }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// The targets, in the order they run (the `[[bin]]`s of `fuzz/Cargo.toml`).
-const TARGETS: [&str; 5] = ["detect", "client_hello", "http1_head", "registry_yaml", "policy"];
+const TARGETS: [&str; 6] = ["detect", "client_hello", "http1_head", "registry_yaml", "policy", "admission"];
 
 /// The sanitizer-coverage instrumentation libFuzzer feeds on.
 const COVERAGE_FLAGS: &str = "-Cpasses=sancov-module \
