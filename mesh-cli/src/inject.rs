@@ -27,6 +27,9 @@ pub struct InjectArgs {
     /// The namespace the mesh is installed in.
     #[arg(long, default_value = "mesh-system")]
     mesh_namespace: String,
+    /// The mesh's trust domain (proxies ask for spiffe://<domain>/ns/<namespace>/sa/<account>).
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
     /// The control plane's address as proxies dial it (default: its Service in --mesh-namespace).
     #[arg(long)]
     control_plane: Option<String>,
@@ -60,6 +63,7 @@ pub fn inject(args: InjectArgs) -> anyhow::Result<()> {
         Err(e) => bail!("{}: {e}; pass the mesh's trust anchors (PEM)", args.trust_anchors.display()),
     }
     let mut config = InjectConfig::new(&args.registry, &args.proxy_version, &args.mesh_namespace, pem);
+    config.trust_domain = args.trust_domain;
     if let Some(cp) = args.control_plane {
         config.control_plane = cp;
     }

@@ -132,14 +132,19 @@ impl Control {
                 let webhook_metrics = crate::webhook::WebhookMetrics::default();
                 webhook_metrics.register(&mut metrics);
                 let authority = authority.clone();
-                let anchors: Arc<dyn Fn() -> String + Send + Sync> =
-                    Arc::new(move || mesh_identity::pem::encode_certs(&authority.current().anchors));
+                let identity: Arc<dyn Fn() -> crate::webhook::MeshIdentity + Send + Sync> = Arc::new(move || {
+                    let current = authority.current();
+                    crate::webhook::MeshIdentity {
+                        anchors_pem: mesh_identity::pem::encode_certs(&current.anchors),
+                        trust_domain: current.trust_domain.clone(),
+                    }
+                });
                 tasks.spawn(crate::webhook::serve(
                     listener,
                     creds.clone(),
                     client.clone(),
                     wc.settings.clone(),
-                    anchors,
+                    identity,
                     webhook_metrics,
                     shutdown.clone(),
                 ));

@@ -66,8 +66,17 @@ impl WebhookMetrics {
 struct State {
     client: mesh_kube::api::Client,
     settings: Arc<WebhookSettings>,
-    anchors: Arc<dyn Fn() -> String + Send + Sync>,
+    identity: Arc<dyn Fn() -> MeshIdentity + Send + Sync>,
     metrics: WebhookMetrics,
+}
+
+/// What the injector reads live from the identity authority at each request.
+#[derive(Debug, Clone)]
+pub struct MeshIdentity {
+    /// The trust anchors (PEM) injected proxies verify the control plane with.
+    pub anchors_pem: String,
+    /// The trust domain of the identities they ask for.
+    pub trust_domain: String,
 }
 
 /// Serves the webhook on `listener` until `shutdown`.
@@ -76,7 +85,7 @@ pub async fn serve(
     creds: Arc<Credentials>,
     client: mesh_kube::api::Client,
     settings: WebhookSettings,
-    anchors: Arc<dyn Fn() -> String + Send + Sync>,
+    identity: Arc<dyn Fn() -> MeshIdentity + Send + Sync>,
     metrics: WebhookMetrics,
     mut shutdown: Shutdown,
 ) {
@@ -87,7 +96,7 @@ pub async fn serve(
             return;
         }
     };
-    let state = State { client, settings: Arc::new(settings), anchors, metrics };
+    let state = State { client, settings: Arc::new(settings), identity, metrics };
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         let (tcp, remote) = tokio::select! {
@@ -173,7 +182,9 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> 
             }
         };
     let s = &state.settings;
-    let mut config = InjectConfig::new(&s.registry, &s.proxy_version, &s.mesh_namespace, (state.anchors)());
+    let identity = (state.identity)();
+    let mut config = InjectConfig::new(&s.registry, &s.proxy_version, &s.mesh_namespace, identity.anchors_pem);
+    config.trust_domain = identity.trust_domain;
     if let Some(cp) = &s.control_plane {
         config.control_plane = cp.clone();
     }

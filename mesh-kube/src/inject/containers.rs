@@ -123,6 +123,11 @@ fn proxy_container(o: &Overrides, c: &InjectConfig) -> Container {
         // the pod's address families (IPv4, IPv6 or both).
         env("MESH_ADMIN_ADDR", format!("0.0.0.0:{}", c.ports.admin)),
         env("MESH_IDENTITY_TOKEN_FILE", format!("{TOKEN_DIR}/token")),
+        // What the projected token proves; the control plane signs nothing else.
+        env(
+            "MESH_IDENTITY",
+            format!("spiffe://{}/ns/$(MESH_POD_NAMESPACE)/sa/$(MESH_SERVICE_ACCOUNT)", c.trust_domain),
+        ),
         env("MESH_TRUST_ANCHORS_PEM", c.trust_anchors_pem.clone()),
         env("MESH_LOG", o.resources.log_level.clone()),
     ];

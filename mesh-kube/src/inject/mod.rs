@@ -61,6 +61,9 @@ pub struct InjectConfig {
     pub trust_anchors_pem: String,
     /// The audience of the projected token the control plane accepts.
     pub token_audience: String,
+    /// The mesh's trust domain: the proxy asks for
+    /// `spiffe://<trust domain>/ns/<pod namespace>/sa/<pod service account>`.
+    pub trust_domain: String,
     /// The proxy's UID (init leaves this UID's traffic alone).
     pub proxy_uid: i64,
     /// The proxy's ports.
@@ -124,6 +127,7 @@ impl InjectConfig {
             control_plane: format!("https://mesh-control.{mesh_namespace}.svc:8086"),
             trust_anchors_pem,
             token_audience: crate::identity::DEFAULT_AUDIENCE.into(),
+            trust_domain: "cluster.local".into(),
             proxy_uid: 2102,
             ports: ProxyPorts::default(),
             defaults: Defaults::default(),

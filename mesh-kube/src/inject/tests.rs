@@ -84,6 +84,12 @@ fn an_opted_in_pod_gets_the_init_step_and_a_native_sidecar_with_least_privilege(
     assert!(env["MESH_TRUST_ANCHORS_PEM"].starts_with("-----BEGIN CERTIFICATE-----"));
     assert_eq!(env["MESH_IDENTITY_TOKEN_FILE"], "/var/run/mesh/identity/token");
     assert_eq!(env["MESH_TRANSPARENT"], "true");
+    assert_eq!(env["MESH_IDENTITY"], "spiffe://cluster.local/ns/$(MESH_POD_NAMESPACE)/sa/$(MESH_SERVICE_ACCOUNT)");
+    let position = |name: &str| proxy.env.iter().flatten().position(|e| e.name == name).expect(name);
+    assert!(
+        position("MESH_POD_NAMESPACE") < position("MESH_IDENTITY"),
+        "Kubernetes expands $(VAR) only from earlier variables"
+    );
 
     let volumes = spec.volumes.expect("volumes");
     let token = volumes.iter().find(|v| v.name == "mesh-identity-token").expect("token volume");
