@@ -7,6 +7,9 @@
 mod bench;
 mod cargo;
 mod deps;
+mod mesh;
+mod procs;
+mod prom;
 
 use clap::{Parser, Subcommand};
 
