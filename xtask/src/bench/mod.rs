@@ -117,7 +117,7 @@ enum ScenarioArg {
 }
 
 /// Parses `10s`, `2m` or `10` into whole seconds.
-fn whole_seconds(s: &str) -> Result<u64, String> {
+pub(crate) fn whole_seconds(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let (num, scale) = match t.strip_suffix('m') {
         Some(n) if !n.ends_with('m') => (n, 60),
