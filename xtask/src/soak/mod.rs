@@ -189,7 +189,7 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
     std::fs::write(&csv_path, report::csv(&names, &samples))
         .with_context(|| format!("cannot write {}", csv_path.display()))?;
 
-    let problems = verdicts(args, &names, &samples, &events, &stats, proxies);
+    let problems = verdicts(args, &names, &samples, &events, &stats);
     println!("\nplot: {}\nsamples: {}\nlogs: {}", svg_path.display(), csv_path.display(), run_dir.display());
     if problems.is_empty() {
         println!("soak: PASSED");
@@ -249,11 +249,14 @@ fn soak(args: &SoakArgs, mesh: &mut SoakMesh, load: &Load) -> anyhow::Result<(Ve
             }
         }
         let done = t >= duration;
-        if t >= next_sample as f64 || done {
+        let row_due = t >= next_row as f64 || done;
+        if t >= next_sample as f64 || row_due {
             samples.push(sample(mesh, load, events.restarts.len() as u64, endpoints, t)?);
-            next_sample += args.sample_interval;
+            while next_sample as f64 <= t {
+                next_sample += args.sample_interval;
+            }
         }
-        if t >= next_row as f64 || done {
+        if row_due {
             let (prev, cur) = (&samples[row_start], &samples[samples.len() - 1]);
             println!("{}", report::row(prev, cur, &samples[row_start + 1..], proxies));
             row_start = samples.len() - 1;
@@ -276,7 +279,11 @@ fn sample(mesh: &SoakMesh, load: &Load, restarts: u64, endpoints: usize, t: f64)
     let mut cert_ok = Vec::new();
     let mut cert_errors = 0;
     for admin in mesh.proxy_admins() {
-        let m = crate::mesh::metrics(admin)?;
+        // The soak's own reading, not the load: a busy machine may time out
+        // one admin request, so try again before giving up.
+        let m = crate::mesh::metrics(admin)
+            .or_else(|_| crate::mesh::metrics(admin))
+            .or_else(|_| crate::mesh::metrics(admin))?;
         cert_ok.push(crate::prom::metric_sum(&m, "identity_cert_refresh_total", &[("result", "ok")]) as u64);
         cert_errors += crate::prom::metric_sum(&m, "identity_cert_refresh_total", &[("result", "error")]) as u64;
     }
@@ -301,7 +308,6 @@ fn verdicts(
     samples: &[Sample],
     events: &Events,
     load: &load::LoadStats,
-    proxies: usize,
 ) -> Vec<String> {
     let mut problems = Vec::new();
     let last = samples.last();
@@ -349,7 +355,6 @@ fn verdicts(
                 problems.push(format!("{} renewed its certificate {r} times, expected at least {min}", names[i + 1]));
             }
         }
-        let _ = proxies;
     }
     match stats::windows(SoakArgs::secs(args.duration), SoakArgs::secs(args.warmup)) {
         None => problems.push("no time after warm-up to check RSS and descriptors".into()),
