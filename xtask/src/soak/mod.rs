@@ -72,9 +72,12 @@ pub struct SoakArgs {
     /// How often a table row is printed.
     #[arg(long, default_value = "1m", value_parser = whole_seconds)]
     report_interval: u64,
-    /// Open descriptors a process may gain or lose beyond the percentage
-    /// (a proxy holds a few dozen, where one connection more is several %).
-    #[arg(long, default_value_t = 2)]
+    /// Open descriptors a process may gain or lose beyond the percentage. A
+    /// proxy holds fewer than 25, and its connection pools follow the load's
+    /// momentary concurrency: one more proxied connection is two descriptors
+    /// (downstream and upstream), several percent. A leak per request, churn
+    /// step, renewal or restart exceeds this within the run.
+    #[arg(long, default_value_t = 4)]
     fd_slack: u64,
     /// Use the release binaries already built instead of building them first.
     #[arg(long)]
