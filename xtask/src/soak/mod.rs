@@ -29,6 +29,7 @@ use anyhow::{Context, bail};
 use load::Load;
 use mesh::{Setup, SoakMesh};
 use stats::{Sample, Usage};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -151,8 +152,16 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
     let bins = Bins::release()?;
     let out = cargo::target_dir()?.join("soak");
     let run_dir = out.join("run");
+    let owner = run_dir.join("xtask.pid");
+    if let Some(pid) = std::fs::read_to_string(&owner).ok().and_then(|p| p.trim().parse::<u32>().ok()) {
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            bail!("another soak (pid {pid}) is running in {}: wait for it to end, or stop it", run_dir.display());
+        }
+    }
     let _ = std::fs::remove_dir_all(&run_dir);
     std::fs::create_dir_all(&run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
+    std::fs::write(&owner, std::process::id().to_string())
+        .with_context(|| format!("cannot write {}", owner.display()))?;
     let rotation = SoakArgs::secs(args.rotation_interval);
     let setup = Setup { replicas: args.replicas as usize, cert_ttl: rotation * 2, renew_at: 0.5 };
     eprintln!("==> starting the mesh in {}", run_dir.display());
