@@ -359,7 +359,7 @@ fn verdicts(
         let min = stats::min_renewals(SoakArgs::secs(args.duration), SoakArgs::secs(args.rotation_interval));
         let per: Vec<u64> = s.cert_ok.iter().map(|ok| ok.saturating_sub(1)).collect();
         println!(
-            "certificate renewals per proxy (client, servers): {per:?} (at least {min} expected), failed requests: {}",
+            "certificate renewals per proxy (client, servers): {per:?} (at least {min} expected); certificate requests failed (and retried): {}",
             s.cert_errors
         );
         for (i, r) in per.iter().enumerate() {
