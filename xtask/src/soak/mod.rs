@@ -153,10 +153,9 @@ pub fn run(args: &SoakArgs) -> anyhow::Result<()> {
     let out = cargo::target_dir()?.join("soak");
     let run_dir = out.join("run");
     let owner = run_dir.join("xtask.pid");
-    if let Some(pid) = std::fs::read_to_string(&owner).ok().and_then(|p| p.trim().parse::<u32>().ok()) {
-        if Path::new(&format!("/proc/{pid}")).exists() {
-            bail!("another soak (pid {pid}) is running in {}: wait for it to end, or stop it", run_dir.display());
-        }
+    let running = std::fs::read_to_string(&owner).ok().and_then(|p| p.trim().parse::<u32>().ok());
+    if let Some(pid) = running.filter(|pid| Path::new(&format!("/proc/{pid}")).exists()) {
+        bail!("another soak (pid {pid}) is running in {}: wait for it to end, or stop it", run_dir.display());
     }
     let _ = std::fs::remove_dir_all(&run_dir);
     std::fs::create_dir_all(&run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
