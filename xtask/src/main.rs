@@ -5,12 +5,18 @@
 //! - `cargo xtask bench [OPTIONS]`: measure the mesh's cost per hop on loopback (mTLS, handshakes, tracing).
 //! - `cargo xtask e2e-kind`: the mesh on a kind cluster (Docker and kind required; for users' CI).
 //! - `cargo xtask fuzz [--time 10m] [TARGET...]`: run the fuzz targets (`fuzz/`) under libFuzzer.
+//! - `cargo xtask soak [OPTIONS]`: a fixed rate through the mesh for 30 minutes under endpoint churn,
+//!   certificate rotation and control-plane restarts; asserts no failure and flat resources.
 
 mod bench;
 mod cargo;
 mod deps;
 mod fuzz;
 mod kind;
+mod mesh;
+mod procs;
+mod prom;
+mod soak;
 
 use clap::{Parser, Subcommand};
 
@@ -51,6 +57,10 @@ enum Command {
     /// request heads, registry YAML, policies) with libFuzzer, each target for `--time`, from
     /// the seeds in fuzz/seeds/; fails naming the input of any crash.
     Fuzz(fuzz::FuzzArgs),
+    /// Soak the mesh: a fixed request rate for a long run (default 30m) under endpoint churn,
+    /// certificate rotation and control-plane restarts. Fails on any failed request, or when
+    /// RSS or open descriptors of the proxies or the control plane grow; writes target/soak/.
+    Soak(soak::SoakArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -60,6 +70,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(&args),
         Command::E2eKind(args) => kind::run(&args),
         Command::Fuzz(args) => fuzz::run(&args),
+        Command::Soak(args) => soak::run(&args),
     }
 }
 

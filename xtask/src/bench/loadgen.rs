@@ -2,7 +2,7 @@
 //! fallback), wrk (HTTP/1.1 at max rate) and h2load (HTTP/2 at max rate).
 
 use super::parse::{self, Sample};
-use super::procs;
+use crate::procs;
 use anyhow::{Context, bail};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

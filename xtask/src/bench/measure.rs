@@ -7,9 +7,9 @@ use super::conns::{self, ConnLoad};
 use super::loadgen::{Load, Mode, Proto, Tools};
 use super::otlp::Collector;
 use super::parse;
-use super::procs;
 use super::report::{Run, Scenario, Section, Unit, Variant};
 use super::topology::{Bins, Identity, Mesh, MeshSpec, Nginx};
+use crate::procs;
 use anyhow::{Context, bail};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -68,13 +68,14 @@ fn comparisons(variants: &[Variant]) -> Vec<(Variant, Variant)> {
 
 /// The server proxy's inbound connections accepted so far: (mTLS, plaintext).
 fn inbound_connections(metrics: &str) -> (u64, u64) {
-    let count = |tls| parse::metric_sum(metrics, "tcp_open_total", &[("direction", "inbound"), ("tls", tls)]) as u64;
+    let count =
+        |tls| crate::prom::metric_sum(metrics, "tcp_open_total", &[("direction", "inbound"), ("tls", tls)]) as u64;
     (count("true"), count("false"))
 }
 
 /// Spans both proxies dropped so far.
 fn spans_dropped(metrics: &[String; 2]) -> u64 {
-    metrics.iter().map(|m| parse::metric_sum(m, "trace_spans_dropped_total", &[]) as u64).sum()
+    metrics.iter().map(|m| crate::prom::metric_sum(m, "trace_spans_dropped_total", &[]) as u64).sum()
 }
 
 fn describe(mode: Mode, unit: Unit) -> String {

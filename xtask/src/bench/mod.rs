@@ -29,17 +29,16 @@ mod loadgen;
 mod measure;
 mod otlp;
 mod parse;
-mod procs;
 mod report;
 mod topology;
 mod tracing;
 
 use crate::cargo;
+use crate::procs::TempDir;
 use anyhow::{Context, bail};
 use loadgen::{Proto, Tools};
 use measure::Bench;
 use otlp::Collector;
-use procs::TempDir;
 use report::{Report, Variant};
 use topology::{Bins, Identity, Nginx};
 
@@ -206,12 +205,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         // The same build as `cargo xtask demo`: one set of release artifacts.
         cargo::run_step(&mut cargo::cargo(&["build", "--release", "--bins"]))?;
     }
-    let bins = Bins {
-        proxy: cargo::release_bin("mesh-proxy")?,
-        control: cargo::release_bin("mesh-control")?,
-        meshctl: cargo::release_bin("meshctl")?,
-        test_app: cargo::release_bin("mesh-test-app")?,
-    };
+    let bins = Bins::release()?;
     let scratch = TempDir::new("xtask-bench")?;
     let nginx = Nginx::start(&nginx_bin, scratch.path()).context("cannot start the nginx backend")?;
     let identity = if plan.needs_identity() {

@@ -3,7 +3,7 @@
 //! so the bench measures the proxies' cost of tracing and not a collector's.
 //! xtask reads the count over HTTP (`GET /spans`), so it needs no gRPC.
 
-use super::procs::{free_ports, http_get, spawn, wait_for};
+use crate::procs::{free_ports, http_get, spawn, wait_for};
 use anyhow::{Context, bail};
 use mesh_process::Child;
 use std::net::SocketAddr;

@@ -1,7 +1,6 @@
 //! Parsers for the load generators' own reports: wrk's `--latency` text,
-//! h2load's summary and per-request log, and oha's JSON; and for what the
-//! bench reads from the mesh itself: the proxies' Prometheus metrics and the
-//! status line of an HTTP response.
+//! h2load's summary and per-request log, and oha's JSON; and the status line
+//! of an HTTP response. (The proxies' Prometheus metrics: [`crate::prom`].)
 //!
 //! Each load-generator parser returns a [`Sample`]: what one run of one tool measured.
 
@@ -159,54 +158,6 @@ pub fn oha(out: &str) -> anyhow::Result<Sample> {
         .unwrap_or(0);
     let pct = |p: &str| num(&format!("/latencyPercentiles/{p}")).map(|s| s * 1e6).filter(|_| ok > 0);
     Ok(Sample { ok, errors: bad_status + socket_errors, rps, p50_us: pct("p50"), p99_us: pct("p99") })
-}
-
-/// The sum of every series of counter or gauge `name` (as written, e.g.
-/// `tcp_open_total`) whose labels include all of `labels`, in Prometheus'
-/// text format; 0 when none matches.
-pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|line| {
-            let rest = line.strip_prefix(name)?;
-            let (series, value) = match rest.strip_prefix('{') {
-                Some(inner) => split_labels(inner)?,
-                None if rest.starts_with(' ') => (Vec::new(), rest),
-                None => return None,
-            };
-            let wanted = labels.iter().all(|(k, v)| series.iter().any(|(sk, sv)| sk == k && sv == v));
-            let value: f64 = value.split_whitespace().next()?.parse().ok()?;
-            wanted.then_some(value)
-        })
-        .sum()
-}
-
-/// Splits `a="x",b="y"} 12` into its labels and what follows the `}`.
-/// Values may hold escaped quotes and backslashes.
-fn split_labels(inner: &str) -> Option<(Vec<(String, String)>, &str)> {
-    let mut pairs = Vec::new();
-    let mut rest = inner;
-    loop {
-        rest = rest.trim_start_matches([',', ' ']);
-        if let Some(after) = rest.strip_prefix('}') {
-            return Some((pairs, after));
-        }
-        let (key, after_key) = rest.split_once("=\"")?;
-        let mut value = String::new();
-        let mut chars = after_key.char_indices();
-        let end = loop {
-            match chars.next()? {
-                (_, '\\') => match chars.next()?.1 {
-                    'n' => value.push('\n'),
-                    c => value.push(c),
-                },
-                (i, '"') => break i,
-                (_, c) => value.push(c),
-            }
-        };
-        pairs.push((key.trim().to_string(), value));
-        rest = &after_key[end + 1..];
-    }
 }
 
 /// The status code of an HTTP/1.x response that starts `raw`.

@@ -4,7 +4,7 @@
 
 use super::loadgen::Mode;
 use super::parse::Sample;
-use super::procs::{CLK_TCK, Memory};
+use crate::procs::{CLK_TCK, Memory};
 use serde_json::{Value, json};
 
 /// Which path a run measured.

@@ -4,22 +4,15 @@
 //! tracing.
 
 use super::loadgen::Proto;
-use super::procs::{command, free_ports, http_get, output_with_timeout, spawn, wait_for};
+use crate::mesh::{self, ADMIN_TIMEOUT, IdentityDir, ProxyIdentity, STARTUP, args, loopback, ready, resolved};
+use crate::procs::{free_ports, http_get, spawn, wait_for};
 use anyhow::{Context, bail};
 use mesh_process::Child;
 use mesh_spec::{Endpoint, Port, RegistryFile, Service};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-/// How long a process may take to become ready.
-const STARTUP: Duration = Duration::from_secs(20);
-/// Timeout of one admin request.
-const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
-
-fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
+pub use crate::mesh::Bins;
 
 /// nginx answering `200 ok` on an HTTP/1.1 port and an h2c (prior knowledge) port.
 #[derive(Debug)]
@@ -88,19 +81,6 @@ impl Nginx {
     }
 }
 
-/// The release binaries the bench runs.
-#[derive(Debug, Clone)]
-pub struct Bins {
-    /// `mesh-proxy`.
-    pub proxy: PathBuf,
-    /// `mesh-control`.
-    pub control: PathBuf,
-    /// `meshctl`: the identity directory and join tokens.
-    pub meshctl: PathBuf,
-    /// `mesh-test-app`: the OTLP sink of the tracing scenario.
-    pub test_app: PathBuf,
-}
-
 /// The trust domain of the bench's identity directory.
 pub const TRUST_DOMAIN: &str = "bench.mesh";
 /// The server proxy's service account: the registry service's name, whose
@@ -108,15 +88,6 @@ pub const TRUST_DOMAIN: &str = "bench.mesh";
 pub const SERVER_ACCOUNT: &str = "bench";
 /// The client proxy's service account.
 pub const CLIENT_ACCOUNT: &str = "client";
-/// Lifetime of the join tokens, as `meshctl identity token --ttl`: each gets
-/// its proxy the first certificate only (once; renewals use the certificate),
-/// so it need only outlast the bench's start-up, which this covers with room.
-const TOKEN_TTL: &str = "24h";
-/// The trust bundle's file in an identity directory (`mesh_identity::dir::ANCHORS`).
-const ANCHORS: &str = "trust-anchors.pem";
-/// How long one `meshctl identity` command may take.
-const MESHCTL_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// Identity as users set it up: an identity directory for the control plane
 /// (its CA) and a join token per proxy, in files.
 #[derive(Debug)]
@@ -136,53 +107,15 @@ impl Identity {
     /// proxies' tokens into files with `meshctl identity token`, as a user
     /// would.
     pub fn create(meshctl: &Path, dir: &Path) -> anyhow::Result<Self> {
-        let path = dir.join("identity");
-        let d = path.display().to_string();
-        run_meshctl(meshctl, &["identity", "init", "--dir", &d, "--trust-domain", TRUST_DOMAIN])?;
-        let anchors = path.join(ANCHORS);
-        if !anchors.is_file() {
-            bail!("`meshctl identity init` wrote no {}", anchors.display());
-        }
-        let token = |account: &str| -> anyhow::Result<PathBuf> {
-            let file = dir.join(format!("{account}.token"));
-            let f = file.display().to_string();
-            run_meshctl(
-                meshctl,
-                &[
-                    "identity",
-                    "token",
-                    "--dir",
-                    &d,
-                    "--namespace",
-                    "default",
-                    "--service-account",
-                    account,
-                    "--ttl",
-                    TOKEN_TTL,
-                    "--output",
-                    &f,
-                ],
-            )?;
-            Ok(file)
-        };
-        Ok(Self { anchors, server_token: token(SERVER_ACCOUNT)?, client_token: token(CLIENT_ACCOUNT)?, dir: path })
+        let id = IdentityDir::init(meshctl, dir, TRUST_DOMAIN)?;
+        let token = |account: &str| id.token(account, &dir.join(format!("{account}.token")));
+        Ok(Self {
+            server_token: token(SERVER_ACCOUNT)?,
+            client_token: token(CLIENT_ACCOUNT)?,
+            dir: id.dir,
+            anchors: id.anchors,
+        })
     }
-}
-
-/// Runs `meshctl ARGS...` to completion; fails with its output unless it exits 0.
-fn run_meshctl(meshctl: &Path, args: &[&str]) -> anyhow::Result<()> {
-    let line = format!("meshctl {}", args.join(" "));
-    let out = output_with_timeout(command(meshctl).args(args), MESHCTL_TIMEOUT)
-        .with_context(|| format!("cannot run `{line}`"))?;
-    if !out.status.success() {
-        bail!(
-            "`{line}` failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
 }
 
 /// What a mesh under test is made of.
@@ -238,34 +171,16 @@ impl Mesh {
         std::fs::write(&registry, mesh_spec::to_yaml(&file))
             .with_context(|| format!("cannot write {}", registry.display()))?;
 
-        let mut control_args =
-            args(&[&"--registry-file", &registry.display(), &"--grpc-addr", &grpc, &"--admin-addr", &control_admin]);
-        if let Some(id) = spec.identity {
-            control_args.extend(args(&[&"--identity-dir", &id.dir.display()]));
-        }
-        let control = spawn(&format!("mesh-control-{name}"), &bins.control, &control_args, &[], dir)?;
-        wait_for("mesh-control /ready", STARTUP, &[&control], || ready(control_admin))?;
+        let identity_dir = spec.identity.map(|id| id.dir.as_path());
+        let control_args = mesh::control_args(&registry, grpc, control_admin, identity_dir);
+        let control = mesh::start_control(bins, &format!("mesh-control-{name}"), &control_args, control_admin, dir)?;
 
-        let cp = format!("http://{grpc}");
         let proxy_args = |workload: &str, admin: SocketAddr, token: Option<&Path>| {
-            let mut a = args(&[
-                &"--workload",
-                &workload,
-                &"--control-plane",
-                &cp,
-                &"--admin-addr",
-                &admin,
-                &"--threads",
-                &spec.threads,
-            ]);
-            if let (Some(id), Some(token)) = (spec.identity, token) {
-                a.extend(args(&[
-                    &"--identity-token-file",
-                    &token.display(),
-                    &"--trust-anchors",
-                    &id.anchors.display(),
-                ]));
-            }
+            let identity = match (spec.identity, token) {
+                (Some(id), Some(token)) => Some(ProxyIdentity { token, anchors: &id.anchors }),
+                _ => None,
+            };
+            let mut a = mesh::proxy_args(workload, grpc, admin, spec.threads, identity);
             if let Some(collector) = &spec.trace_collector {
                 a.extend(args(&[&"--trace-collector", collector, &"--trace-sample-ratio", &"1.0"]));
             }
@@ -297,12 +212,7 @@ impl Mesh {
 
     /// Both proxies' `/metrics`, client first.
     pub fn metrics(&self) -> anyhow::Result<[String; 2]> {
-        let get = |admin: SocketAddr| match http_get(admin, "/metrics", ADMIN_TIMEOUT) {
-            Ok((200, body)) => Ok(body),
-            Ok((status, _)) => bail!("GET {admin}/metrics answered {status}"),
-            Err(e) => Err(e.context(format!("GET {admin}/metrics"))),
-        };
-        Ok([get(self.client_admin)?, get(self.server_admin)?])
+        Ok([mesh::metrics(self.client_admin)?, mesh::metrics(self.server_admin)?])
     }
 
     /// Fails, naming it with its status and the end of its log, if any
@@ -320,41 +230,5 @@ impl Mesh {
             .map(|p| format!("--- {} log (end) ---\n{}", p.name(), p.log_tail(15)))
             .collect::<Vec<_>>()
             .join("\n")
-    }
-}
-
-/// Command-line arguments from anything printable.
-fn args(list: &[&dyn std::fmt::Display]) -> Vec<String> {
-    list.iter().map(|a| a.to_string()).collect()
-}
-
-/// `None` once `GET /ready` answers 200; otherwise why not.
-fn ready(admin: SocketAddr) -> Option<String> {
-    match http_get(admin, "/ready", ADMIN_TIMEOUT) {
-        Ok((200, _)) => None,
-        Ok((status, body)) => Some(format!("/ready answered {status} {}", body.trim())),
-        Err(e) => Some(format!("/ready: {e}")),
-    }
-}
-
-/// `None` once the proxy's `/config` shows its first target resolved to at
-/// least one endpoint; otherwise what it shows.
-fn resolved(admin: SocketAddr) -> Option<String> {
-    let body = match http_get(admin, "/config", ADMIN_TIMEOUT) {
-        Ok((200, body)) => body,
-        Ok((status, _)) => return Some(format!("/config answered {status}")),
-        Err(e) => return Some(format!("/config: {e}")),
-    };
-    let config: serde_json::Value = match serde_json::from_str(&body) {
-        Ok(v) => v,
-        Err(e) => return Some(format!("/config is not JSON: {e}")),
-    };
-    let target = config.pointer("/targets/0");
-    let status = target.and_then(|t| t.get("status")).and_then(|s| s.as_str()).unwrap_or("absent");
-    let endpoints = target.and_then(|t| t.get("endpoints")).and_then(|e| e.as_array()).map_or(0, Vec::len);
-    if status == "resolved" && endpoints > 0 {
-        None
-    } else {
-        Some(format!("targets[0].status is {status:?} with {endpoints} endpoint(s)"))
     }
 }

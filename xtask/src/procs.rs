@@ -1,6 +1,6 @@
 //! Child processes (supervised by `mesh_process`: they die with xtask and
 //! are stopped when dropped), loopback ports, a tiny HTTP/1.0 client for
-//! admin endpoints, and per-process CPU and memory from `/proc`.
+//! admin endpoints, and per-process CPU, memory and descriptors from `/proc`.
 
 use anyhow::{Context, bail};
 use mesh_process::{Child, Spec};
@@ -165,6 +165,13 @@ fn parse_memory(status: &str) -> Option<Memory> {
     Some(Memory { rss_kib: field("VmRSS:")?, hwm_kib: field("VmHWM:")? })
 }
 
+/// Open file descriptors of a process (entries of `/proc/PID/fd`).
+pub fn open_fds(pid: u32) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/fd");
+    let dir = std::fs::read_dir(&path).with_context(|| format!("cannot list {path}"))?;
+    Ok(dir.count() as u64)
+}
+
 /// Runs a command to completion, capturing its output; kills it if it runs
 /// longer than `timeout`.
 pub fn output_with_timeout(cmd: &mut Command, timeout: Duration) -> anyhow::Result<Output> {
@@ -225,5 +232,16 @@ mod tests {
     fn reads_own_process() {
         assert!(cpu_ticks(std::process::id()).is_ok());
         assert!(memory(std::process::id()).is_ok_and(|m| m.rss_kib > 0));
+        // Catches a count of the wrong directory: a file opened here is one
+        // more. Tests running beside this one open and close sockets in the
+        // same process, so one of a few tries must see exactly one more.
+        let exactly_one_more = (0..20).any(|_| {
+            let before = open_fds(std::process::id()).expect("fds");
+            let f = std::fs::File::open("/proc/self/status").expect("open");
+            let after = open_fds(std::process::id()).expect("fds");
+            drop(f);
+            after == before + 1
+        });
+        assert!(exactly_one_more, "opening a file never counted as one more descriptor");
     }
 }
