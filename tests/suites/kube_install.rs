@@ -141,7 +141,7 @@ async fn install_upgrade_and_uninstall_leave_nothing_behind() {
         if left.iter().all(|(_, n)| *n == 0) {
             break;
         }
-        if started.elapsed() > Duration::from_secs(60) {
+        if started.elapsed() > Duration::from_secs(90) {
             let crds = Api::<CustomResourceDefinition>::all(client.clone()).list(&ListParams::default()).await;
             let crds: Vec<_> = crds
                 .map(|l| {

@@ -138,6 +138,34 @@ pub async fn uninstall(client: &Client, manifests: &[Manifest], progress: Progre
                 }
             }
         }
+        if m.resource.kind == "CustomResourceDefinition" {
+            wait_gone(&api, &selector, CRD_REMOVAL).await?;
+        }
     }
     Ok(())
+}
+
+/// How long uninstall waits for the API server to finish removing the CRDs
+/// (it deletes every object of theirs first).
+const CRD_REMOVAL: Duration = Duration::from_secs(120);
+
+/// Waits until nothing `selector` selects is left; on timeout names what is
+/// left and what holds it (its finalizers).
+async fn wait_gone(api: &Api<DynamicObject>, selector: &ListParams, timeout: Duration) -> Result<(), KubeError> {
+    let started = Instant::now();
+    loop {
+        let left = api.list(selector).await.map_err(kube_err("listing what is left".into()))?;
+        if left.items.is_empty() {
+            return Ok(());
+        }
+        if started.elapsed() >= timeout {
+            let held: Vec<String> =
+                left.items.iter().map(|o| format!("{} (finalizers {:?})", o.name_any(), o.finalizers())).collect();
+            return Err(KubeError::Timeout {
+                what: format!("the API server to remove {}", held.join(", ")),
+                seconds: timeout.as_secs(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
