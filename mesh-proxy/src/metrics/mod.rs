@@ -169,6 +169,9 @@ pub struct Families {
     authz: Family<AuthzLabels, Counter>,
     /// Completed mTLS handshakes (`tls_handshakes_total`).
     pub handshakes: handshakes::Handshakes,
+    /// Every listener's connections from accept to close
+    /// (`listener_open_connections`), before detection or TLS.
+    pub listeners: mesh_core::listener::ListenerMetrics,
 }
 
 /// Labels of a refused connection.
@@ -200,6 +203,7 @@ impl Default for Families {
             route_events: Family::default(),
             authz: Family::default(),
             handshakes: handshakes::Handshakes::default(),
+            listeners: mesh_core::listener::ListenerMetrics::default(),
         }
     }
 }
@@ -241,6 +245,7 @@ impl Families {
         );
         reg.register("inbound_authorization", "Inbound authorization decisions by policy", self.authz.clone());
         self.handshakes.register(reg);
+        self.listeners.register(reg);
     }
 
     /// The counter of dropped spans.
