@@ -46,7 +46,10 @@ impl ListenerMetrics {
     /// The handles of one listener (resolved once, used per accept).
     pub fn listener(&self, name: &str) -> Accepts {
         let labels = ListenerLabels { listener: name.to_string() };
-        Accepts { open: self.open.get_or_create(&labels).clone(), accepted: self.accepted.get_or_create(&labels).clone() }
+        Accepts {
+            open: self.open.get_or_create(&labels).clone(),
+            accepted: self.accepted.get_or_create(&labels).clone(),
+        }
     }
 }
 

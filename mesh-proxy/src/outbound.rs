@@ -18,8 +18,10 @@ pub async fn serve_upstream(listener: TcpListener, balancer: Arc<Balancer>, env:
     let failfast = ctx.limits.failfast_timeout;
     let policy = env.policies.outbound(balancer.target());
     let name = format!("upstream:{}", balancer.target());
-    conn::accept_loop(listener, &name, ctx, move |_stream| route(balancer.clone(), policy.clone(), env.clone(), failfast))
-        .await;
+    conn::accept_loop(listener, &name, ctx, move |_stream| {
+        route(balancer.clone(), policy.clone(), env.clone(), failfast)
+    })
+    .await;
 }
 
 /// What outbound routing needs besides the target.
