@@ -268,8 +268,11 @@ const CLOSE_BOUND: Duration = Duration::from_secs(6);
 /// - resident memory (`VmRSS`) and open descriptors (`/proc/PID/fd`) of all
 ///   three processes return to their baseline, taken after the warm-up (so
 ///   allocator growth is not mistaken for a leak): descriptors within
-///   [`FD_SLACK`], memory within [`RSS_SLACK_KIB`] — a leak of sockets or
-///   per-connection state (a few hundred per round) exceeds both;
+///   [`FD_SLACK`], memory within [`RSS_SLACK_KIB`] (measured: at most
+///   +1.3 MiB, the control plane's, flat over eight rounds). Checked: a
+///   descriptor leaked per accepted connection in the proxy (`conn.rs`)
+///   fails it (174 → 643 descriptors), and so do 16 KiB leaked per gRPC
+///   connection in the control plane (+4.7 MiB);
 /// - afterwards the mesh still serves: requests through both proxies all
 ///   succeed and the control plane issues a certificate over gRPC.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -335,22 +338,18 @@ async fn garbage_on_every_listener_of_real_processes_leaks_nothing() {
     }
     serves(&url, 50).await;
     settle(&admins, Some(&open_before)).await;
+    let mut grown = Vec::new();
     for ((name, pid), base) in pids.iter().zip(&baseline) {
         let now = garbage::footprint(*pid);
-        assert!(
-            now.fds <= base.fds + FD_SLACK,
-            "{name}: {} descriptors open, {} before the garbage",
-            now.fds,
-            base.fds
-        );
-        assert!(
-            now.rss_kib <= base.rss_kib + RSS_SLACK_KIB,
-            "{name}: resident memory {} KiB, {} KiB before the garbage",
-            now.rss_kib,
-            base.rss_kib
-        );
         eprintln!("{name}: fds {} -> {}, VmRSS {} -> {} KiB", base.fds, now.fds, base.rss_kib, now.rss_kib);
+        if now.fds > base.fds + FD_SLACK {
+            grown.push(format!("{name}: {} descriptors open, {} before the garbage", now.fds, base.fds));
+        }
+        if now.rss_kib > base.rss_kib + RSS_SLACK_KIB {
+            grown.push(format!("{name}: resident memory {} KiB, {} KiB before the garbage", now.rss_kib, base.rss_kib));
+        }
     }
+    assert!(grown.is_empty(), "a process kept what the garbage cost it:\n{}", grown.join("\n"));
 
     // Still serving: the control plane's gRPC API issues a certificate.
     use mesh_proto::identity::{CertifyRequest, identity_client::IdentityClient};
