@@ -205,7 +205,11 @@ async fn serve<I>(
     match protocol {
         Protocol::Http1 | Protocol::Http2 => {
             let version = if protocol == Protocol::Http2 { Version::Http2 } else { Version::Http1 };
-            let forward = ForwardSettings { failfast: ctx.limits.failfast_timeout, connect_attempts: 3 };
+            let forward = ForwardSettings {
+                failfast: ctx.limits.failfast_timeout,
+                connect_attempts: 3,
+                resends: ctx.metrics.resends.clone(),
+            };
             let observe = Arc::new(ObserveCtx {
                 handles: ctx.metrics.http(labels.clone()),
                 telemetry: ctx.telemetry.clone(),

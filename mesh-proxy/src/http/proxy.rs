@@ -27,17 +27,19 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 /// How hard to try before answering with an error.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ForwardSettings {
     /// How long to wait for a live endpoint.
     pub failfast: Duration,
     /// Endpoints to try when connecting fails.
     pub connect_attempts: usize,
+    /// Counts requests sent again because the peer never processed them.
+    pub resends: crate::metrics::Resends,
 }
 
 impl Default for ForwardSettings {
     fn default() -> Self {
-        Self { failfast: Duration::from_secs(3), connect_attempts: 3 }
+        Self { failfast: Duration::from_secs(3), connect_attempts: 3, resends: Default::default() }
     }
 }
 
@@ -166,7 +168,8 @@ pub async fn forward_once(
                 strip_hop_by_hop(rsp.headers_mut(), switched);
                 return Ok(rsp);
             }
-            Err(SendError { error, unprocessed: true, request: Some(r) }) => {
+            Err(SendError { error, unprocessed: true, request: Some(r), reason }) => {
+                settings.resends.count(target, reason);
                 // Never processed: the connection was closing (the pool
                 // retired it), which says nothing about the endpoint. Sent
                 // again on a fresh connection, without using up an attempt
@@ -182,7 +185,7 @@ pub async fn forward_once(
                     ep.load.penalize(Instant::now());
                 }
             }
-            Err(SendError { error, unprocessed: true, request: None }) => {
+            Err(SendError { error, unprocessed: true, request: None, .. }) => {
                 // Never processed, but its body went with it: whoever still
                 // has the body (the retry layer) may send it again.
                 tracing::debug!(endpoint = %ep.meta.addr, %error, "request with a body refused unprocessed");

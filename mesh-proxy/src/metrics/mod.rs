@@ -169,6 +169,8 @@ pub struct Families {
     authz: Family<AuthzLabels, Counter>,
     /// Completed mTLS handshakes (`tls_handshakes_total`).
     pub handshakes: handshakes::Handshakes,
+    /// Requests sent again because the peer never processed them.
+    pub resends: Resends,
     /// Every listener's connections from accept to close
     /// (`listener_open_connections`), before detection or TLS.
     pub listeners: mesh_core::listener::ListenerMetrics,
@@ -204,6 +206,7 @@ impl Default for Families {
             authz: Family::default(),
             handshakes: handshakes::Handshakes::default(),
             listeners: mesh_core::listener::ListenerMetrics::default(),
+            resends: Resends::default(),
         }
     }
 }
@@ -246,6 +249,11 @@ impl Families {
         reg.register("inbound_authorization", "Inbound authorization decisions by policy", self.authz.clone());
         self.handshakes.register(reg);
         self.listeners.register(reg);
+        reg.register(
+            "http_requests_resent",
+            "Requests sent again on a new connection because the peer never processed them: unsent (the connection was closing), refused_stream (HTTP/2 REFUSED_STREAM), goaway (above a graceful GOAWAY's last stream)",
+            self.resends.0.clone(),
+        );
     }
 
     /// The counter of dropped spans.
@@ -310,6 +318,26 @@ impl Families {
                 write: self.tcp_write.get_or_create(labels).clone(),
             },
         }
+    }
+}
+
+/// Labels of a resent request.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResendLabels {
+    /// The target (a service authority, or the app port inbound).
+    pub target: String,
+    /// `unsent`, `refused_stream` or `goaway`.
+    pub reason: &'static str,
+}
+
+/// `http_requests_resent_total`: requests the peer never processed, sent again.
+#[derive(Debug, Clone, Default)]
+pub struct Resends(Family<ResendLabels, Counter>);
+
+impl Resends {
+    /// Counts one request sent again for `reason`.
+    pub fn count(&self, target: &str, reason: &'static str) {
+        self.0.get_or_create(&ResendLabels { target: target.to_string(), reason }).inc();
     }
 }
 
