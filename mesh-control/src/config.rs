@@ -34,7 +34,8 @@ pub struct WebhookConfig {
 /// Deadlines for clients that connect and then stall.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
-    /// A gRPC client's TLS handshake must finish within this time.
+    /// A gRPC client's TLS handshake, and its HTTP/2 preface after it, must
+    /// arrive within this time.
     pub tls_handshake: Duration,
     /// An admin client must send a request's headers within this time.
     pub header_read: Duration,

@@ -64,7 +64,7 @@ struct Args {
     /// projected token volume), checked with TokenReview.
     #[arg(long, env = "MESH_TOKEN_AUDIENCE", default_value = mesh_kube::identity::DEFAULT_AUDIENCE)]
     token_audience: String,
-    /// A gRPC client's TLS handshake must finish within this time.
+    /// A gRPC client's TLS handshake and HTTP/2 preface must arrive within this time.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     tls_handshake_timeout: Duration,
     /// Admin clients must send request headers within this time.

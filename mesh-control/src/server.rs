@@ -199,7 +199,8 @@ impl Control {
                 tasks.spawn(serve_grpc(incoming, router, shutdown));
             }
             None => {
-                let incoming = crate::tls::plain_incoming(grpc, accepts, shutdown.clone());
+                let incoming =
+                    crate::tls::plain_incoming(grpc, accepts, config.timeouts.tls_handshake, shutdown.clone());
                 tasks.spawn(serve_grpc(incoming, router, shutdown));
             }
         }

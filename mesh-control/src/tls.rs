@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -27,6 +27,26 @@ pub type TlsConn = Conn<ServerStream<Counted<TcpStream>>>;
 pub struct Conn<S> {
     inner: S,
     info: ConnInfo,
+    /// Bytes of the HTTP/2 preface (read and checked here) still to hand
+    /// to the gRPC server.
+    replay: usize,
+}
+
+/// What an HTTP/2 client sends first (RFC 9113 §3.4).
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+impl<S: AsyncRead + Unpin> Conn<S> {
+    /// Reads and checks the client's HTTP/2 preface: the gRPC server waits
+    /// for it with no deadline of its own, so a client that connects (and
+    /// completes TLS) and then says nothing would otherwise stay forever.
+    async fn open(mut inner: S, info: ConnInfo) -> io::Result<Self> {
+        let mut preface = [0u8; 24];
+        inner.read_exact(&mut preface).await?;
+        if &preface != PREFACE {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "not an HTTP/2 client (no preface)"));
+        }
+        Ok(Self { inner, info, replay: PREFACE.len() })
+    }
 }
 
 /// Who is on the other end.
@@ -53,6 +73,13 @@ impl<S> Connected for Conn<S> {
 
 impl<S: AsyncRead + Unpin> AsyncRead for Conn<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.replay > 0 {
+            let from = PREFACE.len() - self.replay;
+            let n = self.replay.min(buf.remaining());
+            buf.put_slice(&PREFACE[from..from + n]);
+            self.replay -= n;
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
@@ -83,8 +110,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Conn<S> {
     }
 }
 
-/// Accepts TLS connections on `listener` until shutdown; a handshake not
-/// finished within `handshake_timeout` is dropped (closing the socket).
+/// Accepts TLS connections on `listener` until shutdown; a client that has
+/// not finished its handshake and sent the HTTP/2 preface within
+/// `handshake_timeout` is dropped (closing the socket).
 pub fn incoming(
     listener: TcpListener,
     creds: Arc<Credentials>,
@@ -97,21 +125,23 @@ pub fn incoming(
     tokio::spawn(accept_loop(listener, accepts, shutdown, move |tcp, remote| {
         let (config, tx) = (config.clone(), tx.clone());
         tokio::spawn(async move {
-            match tokio::time::timeout(handshake_timeout, mesh_identity::tls::accept(config, tcp)).await {
-                Ok(Ok(accepted)) => {
-                    let (tls, identity) = accepted.into_parts();
-                    let not_after = tls
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .and_then(|leaf| mesh_identity::pem::CertInfo::parse(leaf).ok())
-                        .map(|i| i.not_after);
-                    let info = ConnInfo { remote, identity, not_after };
-                    let _ = tx.send(Ok(Conn { inner: tls, info })).await;
+            let open = async {
+                let (tls, identity) = mesh_identity::tls::accept(config, tcp).await?.into_parts();
+                let not_after = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|leaf| mesh_identity::pem::CertInfo::parse(leaf).ok())
+                    .map(|i| i.not_after);
+                Conn::open(tls, ConnInfo { remote, identity, not_after }).await
+            };
+            match tokio::time::timeout(handshake_timeout, open).await {
+                Ok(Ok(conn)) => {
+                    let _ = tx.send(Ok(conn)).await;
                 }
                 Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
+                Err(_) => tracing::debug!(%remote, "TLS handshake (or HTTP/2 preface) timed out"),
             }
         });
     }));
@@ -119,19 +149,26 @@ pub fn incoming(
 }
 
 /// Accepts plaintext connections on `listener` until shutdown (a control
-/// plane without identity).
+/// plane without identity); a client that has not sent the HTTP/2 preface
+/// within `preface_timeout` is dropped.
 pub fn plain_incoming(
     listener: TcpListener,
     accepts: Accepts,
+    preface_timeout: Duration,
     shutdown: Shutdown,
 ) -> ReceiverStream<Result<Conn<Counted<TcpStream>>, io::Error>> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(accept_loop(listener, accepts, shutdown, move |tcp, remote| {
         let info = ConnInfo { remote, identity: None, not_after: None };
-        // Full only while the gRPC server is not taking connections: wait there.
         let tx = tx.clone();
         tokio::spawn(async move {
-            let _ = tx.send(Ok(Conn { inner: tcp, info })).await;
+            match tokio::time::timeout(preface_timeout, Conn::open(tcp, info)).await {
+                Ok(Ok(conn)) => {
+                    let _ = tx.send(Ok(conn)).await;
+                }
+                Ok(Err(e)) => tracing::debug!(%remote, error = %e, "gRPC client refused"),
+                Err(_) => tracing::debug!(%remote, "no HTTP/2 preface in time"),
+            }
         });
     }));
     ReceiverStream::new(rx)

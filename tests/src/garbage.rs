@@ -175,3 +175,36 @@ pub async fn scrape(admin: SocketAddr) -> String {
     s.read_to_end(&mut out).await.unwrap();
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// Completes a real TLS handshake with `addr` (a server presenting
+/// `expected_server`, offering ALPN `h2`), then says nothing; waits up to
+/// `bound` from the connect for the server to close.
+pub async fn tls_then_silent(
+    addr: SocketAddr,
+    creds: &Arc<Credentials>,
+    expected_server: &str,
+    bound: Duration,
+) -> Outcome {
+    let start = Instant::now();
+    let tcp = match TcpStream::connect(addr).await {
+        Ok(s) => s,
+        Err(e) => return Outcome::ConnectFailed(e.to_string()),
+    };
+    let cfg = creds.client_config(expected_server, &[b"h2"]).unwrap();
+    let name = mesh_identity::tls::server_name(&addr.ip().to_string()).unwrap();
+    let mut tls = match mesh_identity::tls::connect(cfg, name, tcp).await {
+        Ok(s) => s,
+        Err(e) => return Outcome::ConnectFailed(format!("TLS handshake: {e}")),
+    };
+    let closed = tokio::time::timeout(bound.saturating_sub(start.elapsed()), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    if closed.is_ok() { Outcome::Closed(start.elapsed()) } else { Outcome::Open }
+}

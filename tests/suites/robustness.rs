@@ -251,7 +251,8 @@ const CLOSE_BOUND: Duration = Duration::from_secs(6);
 /// client in [`garbage::Kind`] (random bytes, a truncated ClientHello, a
 /// stalled handshake, HTTP/2 junk and silence, trickled headers and
 /// ClientHello, silence) connects many times to each of the six listeners,
-/// all at once, over three rounds after a warm-up round.
+/// all at once, over three rounds after a warm-up round; so do clients that
+/// complete TLS with the control plane and then say nothing.
 ///
 /// Asserted, and what each catches:
 /// - every bad connection is closed by the server within [`CLOSE_BOUND`]:
@@ -260,6 +261,11 @@ const CLOSE_BOUND: Duration = Duration::from_secs(6);
 ///   without the proxy's TLS handshake timeout (`conn.rs`) the stalled
 ///   handshakes on the inbound port stay open and this fails; so it does
 ///   without the control plane's (`mesh-control/src/tls.rs`) on the gRPC port;
+///   and without the control plane reading the HTTP/2 preface within that
+///   deadline, the clients silent after their TLS handshake stay open (they
+///   did, before it was added). Without another idle period closing HTTP/2
+///   clients silent after the GOAWAY (`http/server.rs`), `H2Silent` on the
+///   upstream port stays open (it did, before);
 /// - `listener_open_connections`, counted from accept, falls back to 0 on
 ///   every listener (1 on admin: the scrape itself; the control plane's gRPC
 ///   port to the proxies' own channels, as before the garbage) — a connection leaked
@@ -328,13 +334,13 @@ async fn garbage_on_every_listener_of_real_processes_leaks_nothing() {
 
     // Warm-up: real traffic and one round of garbage, then the baseline.
     serves(&url, 50).await;
-    throw_garbage(&listeners, &hello, 0).await;
+    throw_garbage(&listeners, &hello, &control, 0).await;
     serves(&url, 50).await;
     let open_before = settle(&admins, None).await;
     let baseline: Vec<garbage::Footprint> = pids.iter().map(|(_, pid)| garbage::footprint(*pid)).collect();
 
     for round in 1..=3 {
-        throw_garbage(&listeners, &hello, round).await;
+        throw_garbage(&listeners, &hello, &control, round).await;
     }
     serves(&url, 50).await;
     settle(&admins, Some(&open_before)).await;
@@ -371,23 +377,34 @@ const FD_SLACK: usize = 4;
 const RSS_SLACK_KIB: u64 = 4 * 1024;
 
 /// One round: [`PER_KIND`] connections of every kind on every listener,
-/// all at once; asserts each was closed by the server within [`CLOSE_BOUND`].
-async fn throw_garbage(listeners: &[(&'static str, SocketAddr)], hello: &[u8], round: u64) {
+/// and as many that complete a TLS handshake with the control plane's gRPC
+/// port and then say nothing, all at once; asserts each was closed by the
+/// server within [`CLOSE_BOUND`].
+async fn throw_garbage(listeners: &[(&'static str, SocketAddr)], hello: &[u8], control: &real::Control, round: u64) {
     let mut tasks = tokio::task::JoinSet::new();
     for &(name, addr) in listeners {
         for kind in garbage::Kind::ALL {
             for i in 0..PER_KIND {
                 let hello = hello.to_vec();
                 let seed = round * 1000 + i;
-                tasks.spawn(async move { (name, kind, garbage::play(addr, kind, seed, &hello, CLOSE_BOUND).await) });
+                tasks.spawn(async move {
+                    (name, format!("{kind:?}"), garbage::play(addr, kind, seed, &hello, CLOSE_BOUND).await)
+                });
             }
         }
+    }
+    for _ in 0..PER_KIND {
+        let (addr, creds, id) = (control.grpc, control.bundle_only(), control.identity_id());
+        tasks.spawn(async move {
+            let outcome = garbage::tls_then_silent(addr, &creds, &id, CLOSE_BOUND).await;
+            ("control plane gRPC (TLS)", "silent after the TLS handshake".to_string(), outcome)
+        });
     }
     let mut failures = Vec::new();
     while let Some(r) = tasks.join_next().await {
         let (name, kind, outcome) = r.unwrap();
         if !matches!(outcome, garbage::Outcome::Closed(_)) {
-            failures.push(format!("{name}: {kind:?}: {outcome:?}"));
+            failures.push(format!("{name}: {kind}: {outcome:?}"));
         }
     }
     failures.sort();
