@@ -41,9 +41,17 @@ impl<S: AsyncRead + Unpin> Conn<S> {
     /// completes TLS) and then says nothing would otherwise stay forever.
     async fn open(mut inner: S, info: ConnInfo) -> io::Result<Self> {
         let mut preface = [0u8; 24];
-        inner.read_exact(&mut preface).await?;
-        if &preface != PREFACE {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "not an HTTP/2 client (no preface)"));
+        let mut filled = 0;
+        while filled < preface.len() {
+            let n = inner.read(&mut preface[filled..]).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            filled += n;
+            // Refused at the first wrong byte, not after a deadline.
+            if preface[..filled] != PREFACE[..filled] {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "not an HTTP/2 client (no preface)"));
+            }
         }
         Ok(Self { inner, info, replay: PREFACE.len() })
     }
