@@ -208,7 +208,7 @@ async fn serve<I>(
             let forward = ForwardSettings {
                 failfast: ctx.limits.failfast_timeout,
                 connect_attempts: 3,
-                resends: ctx.metrics.resends.clone(),
+                metrics: ctx.metrics.forward.clone(),
             };
             let observe = Arc::new(ObserveCtx {
                 handles: ctx.metrics.http(labels.clone()),
