@@ -125,8 +125,8 @@ async fn timeouts_fire_at_the_configured_value() {
 /// again after the ejection (probation) and re-admitted. Catches: no
 /// ejection (it keeps getting traffic), ejected endpoints that never return,
 /// and failures of requests in flight at the ejection counted as failed
-/// probations (checked: before the fix in `balance::Health::failure` the
-/// count was 3 and the ejection 8 s).
+/// probations (checked: without the fix in `balance::Health::failure` the
+/// count is 2, each doubling the ejection).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_endpoint_is_ejected_and_readmitted_after_probation() {
     let (apps_, _p, eps) = replicas("web", 3).await;
