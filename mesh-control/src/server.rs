@@ -141,6 +141,7 @@ impl Control {
                         trust_domain: current.trust_domain.clone(),
                     }
                 });
+                let listener = mesh_core::listener::CountedListener::new(listener, listeners.listener("webhook"));
                 tasks.spawn(crate::webhook::serve(
                     listener,
                     creds.clone(),

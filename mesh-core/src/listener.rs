@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// The label of a listener's metrics.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabels {
-    /// Which listener: `inbound`, `outbound`, `upstream:<target>`, `admin`, `grpc`.
+    /// Which listener: `inbound`, `outbound`, `upstream:<target>`, `admin`, `grpc`, `webhook`.
     pub listener: String,
 }
 
@@ -71,6 +71,26 @@ impl Accepts {
     /// Connections of this listener open now.
     pub fn open(&self) -> i64 {
         self.open.get()
+    }
+}
+
+/// A listener whose accepted sockets come counted.
+#[derive(Debug)]
+pub struct CountedListener {
+    listener: tokio::net::TcpListener,
+    accepts: Accepts,
+}
+
+impl CountedListener {
+    /// `listener`, its connections counted by `accepts`.
+    pub fn new(listener: tokio::net::TcpListener, accepts: Accepts) -> Self {
+        Self { listener, accepts }
+    }
+
+    /// Accepts one connection, counted until the returned socket drops.
+    pub async fn accept(&self) -> io::Result<(Counted<tokio::net::TcpStream>, std::net::SocketAddr)> {
+        let (tcp, remote) = self.listener.accept().await?;
+        Ok((Counted::new(tcp, self.accepts.accepted()), remote))
     }
 }
 
