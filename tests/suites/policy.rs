@@ -177,9 +177,11 @@ async fn a_failing_endpoint_is_ejected_and_readmitted_after_probation() {
 /// load (4 workers), with `consecutiveFailures: 3, baseEjection: 2s`:
 /// - no request fails but those in flight on the replica as it crashed (a
 ///   refused connect goes to another replica);
-/// - it gets traffic again (20 requests) within 20 s of the crash: catches
+/// - it gets traffic again (20 requests) within 45 s of the crash (the 1 s
+///   penalty's own decay to the healthy replicas' cost takes ~43 s): catches
 ///   an endpoint kept out for good (ejected and never re-admitted, or a load
-///   penalty that never decays). Measured: 3.7–12 s, not the 2 s ejection:
+///   penalty that never decays). Measured alone: 3.7–12 s (over 20 s once,
+///   with the rest of the suite running), not the 2 s ejection:
 ///   each refused connect also penalizes the load estimate (1 s, decaying
 ///   with a 5 s time constant), and the replica must first win a pick
 ///   against that. Its first answer now replaces the penalty (before, the
@@ -217,7 +219,7 @@ async fn a_replica_refusing_connections_is_avoided_then_returns() {
     let crashed = Instant::now();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let back = apps::http_at(eps[2], "web-2").await;
-    let returned = mesh::eventually(Duration::from_millis(19500), || async { back.requests() > 20 }).await;
+    let returned = mesh::eventually(Duration::from_millis(44500), || async { back.requests() > 20 }).await;
     eprintln!(
         "measured: the restarted replica had {} requests {:?} after its crash",
         back.requests(),
@@ -226,7 +228,7 @@ async fn a_replica_refusing_connections_is_avoided_then_returns() {
     let out = load.stop().await;
     assert!(
         returned,
-        "the replica was not re-admitted within 20 s of its crash: {} requests; {out:?}",
+        "the replica was not re-admitted within 45 s of its crash: {} requests; {out:?}",
         back.requests()
     );
     // Only what was in flight on web-2 as it crashed may fail: one request per worker.
