@@ -18,6 +18,8 @@ pub struct Config {
     /// The sidecar injector (admission webhook); needs identity (its TLS
     /// certificate) and the Kubernetes registry (namespaces).
     pub webhook: Option<WebhookConfig>,
+    /// How long a client may take before it is cut off.
+    pub timeouts: Timeouts,
 }
 
 /// The injector's listener and what it injects.
@@ -27,6 +29,23 @@ pub struct WebhookConfig {
     pub addr: SocketAddr,
     /// What it adds to pods.
     pub settings: crate::webhook::WebhookSettings,
+}
+
+/// Deadlines for clients that connect and then stall.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// A gRPC client's TLS handshake, and its HTTP/2 preface after it, must
+    /// arrive within this time.
+    pub tls_handshake: Duration,
+    /// An admin client must send a request's headers within this time.
+    pub header_read: Duration,
+}
+
+impl Default for Timeouts {
+    /// 10 s for a handshake, 5 s for admin request headers.
+    fn default() -> Self {
+        Self { tls_handshake: Duration::from_secs(10), header_read: Duration::from_secs(5) }
+    }
 }
 
 /// The identity service's configuration.
@@ -91,6 +110,7 @@ impl Config {
             registry: RegistryConfig::File { path: path.into(), poll_interval: Duration::from_millis(200) },
             identity: None,
             webhook: None,
+            timeouts: Timeouts::default(),
         }
     }
 }

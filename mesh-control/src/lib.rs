@@ -21,5 +21,5 @@ pub mod tls;
 pub mod webhook;
 mod workloads;
 
-pub use config::{Config, IdentityConfig, RegistryConfig, WebhookConfig};
+pub use config::{Config, IdentityConfig, RegistryConfig, Timeouts, WebhookConfig};
 pub use server::{Control, StartError};

@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::Parser;
 use mesh_control::webhook::WebhookSettings;
-use mesh_control::{Config, Control, IdentityConfig, RegistryConfig, WebhookConfig};
+use mesh_control::{Config, Control, IdentityConfig, RegistryConfig, Timeouts, WebhookConfig};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -64,6 +64,12 @@ struct Args {
     /// projected token volume), checked with TokenReview.
     #[arg(long, env = "MESH_TOKEN_AUDIENCE", default_value = mesh_kube::identity::DEFAULT_AUDIENCE)]
     token_audience: String,
+    /// A gRPC client's TLS handshake and HTTP/2 preface must arrive within this time.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    tls_handshake_timeout: Duration,
+    /// Admin clients must send request headers within this time.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    header_read_timeout: Duration,
 }
 
 /// The registry sources.
@@ -124,6 +130,7 @@ async fn real_main() -> anyhow::Result<()> {
                 control_plane: args.injected_control_plane,
             },
         }),
+        timeouts: Timeouts { tls_handshake: args.tls_handshake_timeout, header_read: args.header_read_timeout },
     };
     let control = Control::start(config).await.context("mesh-control could not start")?;
     let signal = mesh_core::shutdown::os_signal().await.context("cannot install signal handlers")?;

@@ -83,6 +83,8 @@ impl Control {
         let policy_metrics = PolicyMetrics::default();
         policy_metrics.register(&mut metrics);
         metrics.register_collector(Box::new(mesh_core::process::ProcessCollector));
+        let listeners = mesh_core::listener::ListenerMetrics::default();
+        listeners.register(&mut metrics);
 
         let grpc = bind("gRPC API", config.grpc_addr).await?;
         let admin = bind("admin", config.admin_addr).await?;
@@ -139,6 +141,7 @@ impl Control {
                         trust_domain: current.trust_domain.clone(),
                     }
                 });
+                let listener = mesh_core::listener::CountedListener::new(listener, listeners.listener("webhook"));
                 tasks.spawn(crate::webhook::serve(
                     listener,
                     creds.clone(),
@@ -178,20 +181,27 @@ impl Control {
         let ready = Arc::new(AtomicBool::new(false));
         let proxies = Proxies::default();
         let admin_state = Admin::new(metrics, ready.clone()).with_proxies(proxies.clone());
-        tasks.spawn(mesh_core::admin::serve(admin, admin_state, shutdown.clone()));
+        let admin_settings = mesh_core::admin::Settings {
+            header_read_timeout: config.timeouts.header_read,
+            connections: listeners.listener("admin"),
+        };
+        tasks.spawn(mesh_core::admin::serve(admin, admin_state, shutdown.clone(), admin_settings));
         let destination = DestinationService::new(store.clone(), destination_metrics, shutdown.clone());
         router = router.add(DestinationServer::new(destination));
         let policy = PolicyService::new(store.clone(), policy_metrics, shutdown.clone());
         router = router.add(PolicyServer::new(policy));
         router = router.add(WorkloadsServer::new(WorkloadsService::new(proxies, shutdown.clone())));
+        let accepts = listeners.listener("grpc");
         match serving {
             Some(creds) => {
                 let incoming =
-                    crate::tls::incoming(grpc, creds, shutdown.clone()).map_err(|e| StartError::Tls(e.to_string()))?;
+                    crate::tls::incoming(grpc, creds, accepts, config.timeouts.tls_handshake, shutdown.clone())
+                        .map_err(|e| StartError::Tls(e.to_string()))?;
                 tasks.spawn(serve_grpc(incoming, router, shutdown));
             }
             None => {
-                let incoming = tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
+                let incoming =
+                    crate::tls::plain_incoming(grpc, accepts, config.timeouts.tls_handshake, shutdown.clone());
                 tasks.spawn(serve_grpc(incoming, router, shutdown));
             }
         }

@@ -1,7 +1,9 @@
-//! TLS for the control plane's gRPC API: connections are accepted, their
-//! handshakes run concurrently (with a deadline), and finished TLS streams
-//! are handed to the gRPC server.
+//! Connections of the control plane's gRPC API: accepted (and counted in
+//! `listener_open_connections{listener="grpc"}` until closed), their TLS
+//! handshakes run concurrently with a deadline, and finished streams are
+//! handed to the gRPC server.
 
+use mesh_core::listener::{Accepts, Counted};
 use mesh_core::shutdown::Shutdown;
 use mesh_identity::tls::{Credentials, ServerStream};
 use std::io;
@@ -10,17 +12,49 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
 /// A TLS connection from a proxy.
+pub type TlsConn = Conn<ServerStream<Counted<TcpStream>>>;
+
+/// A connection from a proxy (TLS, or plaintext without identity) and who
+/// is on the other end.
 #[derive(Debug)]
-pub struct TlsConn {
-    inner: ServerStream<TcpStream>,
+pub struct Conn<S> {
+    inner: S,
     info: ConnInfo,
+    /// Bytes of the HTTP/2 preface (read and checked here) still to hand
+    /// to the gRPC server.
+    replay: usize,
+}
+
+/// What an HTTP/2 client sends first (RFC 9113 §3.4).
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+impl<S: AsyncRead + Unpin> Conn<S> {
+    /// Reads and checks the client's HTTP/2 preface: the gRPC server waits
+    /// for it with no deadline of its own, so a client that connects (and
+    /// completes TLS) and then says nothing would otherwise stay forever.
+    async fn open(mut inner: S, info: ConnInfo) -> io::Result<Self> {
+        let mut preface = [0u8; 24];
+        let mut filled = 0;
+        while filled < preface.len() {
+            let n = inner.read(&mut preface[filled..]).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            filled += n;
+            // Refused at the first wrong byte, not after a deadline.
+            if preface[..filled] != PREFACE[..filled] {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "not an HTTP/2 client (no preface)"));
+            }
+        }
+        Ok(Self { inner, info, replay: PREFACE.len() })
+    }
 }
 
 /// Who is on the other end.
@@ -37,7 +71,7 @@ pub struct ConnInfo {
     pub not_after: Option<std::time::SystemTime>,
 }
 
-impl Connected for TlsConn {
+impl<S> Connected for Conn<S> {
     type ConnectInfo = ConnInfo;
 
     fn connect_info(&self) -> ConnInfo {
@@ -45,13 +79,20 @@ impl Connected for TlsConn {
     }
 }
 
-impl AsyncRead for TlsConn {
+impl<S: AsyncRead + Unpin> AsyncRead for Conn<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if self.replay > 0 {
+            let from = PREFACE.len() - self.replay;
+            let n = self.replay.min(buf.remaining());
+            buf.put_slice(&PREFACE[from..from + n]);
+            self.replay -= n;
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
-impl AsyncWrite for TlsConn {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Conn<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
@@ -77,49 +118,90 @@ impl AsyncWrite for TlsConn {
     }
 }
 
-/// Accepts TLS connections on `listener` until shutdown.
+/// Accepts TLS connections on `listener` until shutdown; a client that has
+/// not finished its handshake and sent the HTTP/2 preface within
+/// `handshake_timeout` is dropped (closing the socket).
 pub fn incoming(
     listener: TcpListener,
     creds: Arc<Credentials>,
-    mut shutdown: Shutdown,
+    accepts: Accepts,
+    handshake_timeout: Duration,
+    shutdown: Shutdown,
 ) -> Result<ReceiverStream<Result<TlsConn, io::Error>>, mesh_identity::tls::TlsError> {
     let config = creds.server_config(false, &[b"h2"])?;
     let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(async move {
-        loop {
-            let (tcp, remote) = tokio::select! {
-                a = listener.accept() => match a {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "gRPC accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                _ = shutdown.triggered() => return,
+    tokio::spawn(accept_loop(listener, accepts, shutdown, move |tcp, remote| {
+        let (config, tx) = (config.clone(), tx.clone());
+        tokio::spawn(async move {
+            let open = async {
+                let (tls, identity) = mesh_identity::tls::accept(config, tcp).await?.into_parts();
+                let not_after = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|leaf| mesh_identity::pem::CertInfo::parse(leaf).ok())
+                    .map(|i| i.not_after);
+                Conn::open(tls, ConnInfo { remote, identity, not_after }).await
             };
-            let _ = tcp.set_nodelay(true);
-            let config = config.clone();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(Duration::from_secs(10), mesh_identity::tls::accept(config, tcp)).await {
-                    Ok(Ok(accepted)) => {
-                        let (tls, identity) = accepted.into_parts();
-                        let not_after = tls
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|c| c.first())
-                            .and_then(|leaf| mesh_identity::pem::CertInfo::parse(leaf).ok())
-                            .map(|i| i.not_after);
-                        let info = ConnInfo { remote, identity, not_after };
-                        let _ = tx.send(Ok(TlsConn { inner: tls, info })).await;
-                    }
-                    Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
+            match tokio::time::timeout(handshake_timeout, open).await {
+                Ok(Ok(conn)) => {
+                    let _ = tx.send(Ok(conn)).await;
                 }
-            });
-        }
-    });
+                Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%remote, "TLS handshake (or HTTP/2 preface) timed out"),
+            }
+        });
+    }));
     Ok(ReceiverStream::new(rx))
+}
+
+/// Accepts plaintext connections on `listener` until shutdown (a control
+/// plane without identity); a client that has not sent the HTTP/2 preface
+/// within `preface_timeout` is dropped.
+pub fn plain_incoming(
+    listener: TcpListener,
+    accepts: Accepts,
+    preface_timeout: Duration,
+    shutdown: Shutdown,
+) -> ReceiverStream<Result<Conn<Counted<TcpStream>>, io::Error>> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(accept_loop(listener, accepts, shutdown, move |tcp, remote| {
+        let info = ConnInfo { remote, identity: None, not_after: None };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(preface_timeout, Conn::open(tcp, info)).await {
+                Ok(Ok(conn)) => {
+                    let _ = tx.send(Ok(conn)).await;
+                }
+                Ok(Err(e)) => tracing::debug!(%remote, error = %e, "gRPC client refused"),
+                Err(_) => tracing::debug!(%remote, "no HTTP/2 preface in time"),
+            }
+        });
+    }));
+    ReceiverStream::new(rx)
+}
+
+/// Accepts until shutdown; each socket is counted from here until closed.
+async fn accept_loop(
+    listener: TcpListener,
+    accepts: Accepts,
+    mut shutdown: Shutdown,
+    on_accept: impl Fn(Counted<TcpStream>, SocketAddr),
+) {
+    loop {
+        let (tcp, remote) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "gRPC accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.triggered() => return,
+        };
+        let _ = tcp.set_nodelay(true);
+        on_accept(Counted::new(tcp, accepts.accepted()), remote);
+    }
 }

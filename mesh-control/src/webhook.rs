@@ -10,6 +10,7 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use mesh_core::listener::CountedListener;
 use mesh_core::shutdown::Shutdown;
 use mesh_identity::tls::Credentials;
 use mesh_kube::inject::InjectConfig;
@@ -19,7 +20,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
 
 /// The largest AdmissionReview accepted (the API server's own object limit is 3 MiB).
 const MAX_BODY: usize = 4 << 20;
@@ -81,7 +81,7 @@ pub struct MeshIdentity {
 
 /// Serves the webhook on `listener` until `shutdown`.
 pub async fn serve(
-    listener: TcpListener,
+    listener: CountedListener,
     creds: Arc<Credentials>,
     client: mesh_kube::api::Client,
     settings: WebhookSettings,

@@ -4,6 +4,7 @@
 //! accept loop, per-connection limits and graceful shutdown, so admin traffic
 //! can never pile up connections or block the process from exiting.
 
+use crate::listener::{Accepts, Counted};
 use crate::shutdown::Shutdown;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
@@ -47,10 +48,28 @@ impl Peer {
     }
 }
 
+/// How an admin port treats its connections.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// A client must send a request's headers within this time; it also
+    /// bounds a connection that never sends anything, or idles between
+    /// requests.
+    pub header_read_timeout: Duration,
+    /// Counts every accepted connection until it closes.
+    pub connections: Accepts,
+}
+
+impl Settings {
+    /// Defaults (5 s header timeout), counted by `connections`.
+    pub fn new(connections: Accepts) -> Self {
+        Self { header_read_timeout: Duration::from_secs(5), connections }
+    }
+}
+
 /// Serves `handler` on `listener` until `shutdown` fires, then lets in-flight
 /// admin requests finish (at most a couple of seconds). Each request carries
 /// its client's address as a [`Peer`] extension.
-pub async fn serve<H: Handler>(listener: TcpListener, handler: H, mut shutdown: Shutdown) {
+pub async fn serve<H: Handler>(listener: TcpListener, handler: H, mut shutdown: Shutdown, settings: Settings) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         let accepted = tokio::select! {
@@ -66,6 +85,7 @@ pub async fn serve<H: Handler>(listener: TcpListener, handler: H, mut shutdown: 
                 continue;
             }
         };
+        let stream = Counted::new(stream, settings.connections.accepted());
         let h = handler.clone();
         let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             req.extensions_mut().insert(Peer(peer));
@@ -74,7 +94,7 @@ pub async fn serve<H: Handler>(listener: TcpListener, handler: H, mut shutdown: 
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(5))
+            .header_read_timeout(settings.header_read_timeout)
             .max_buf_size(64 * 1024)
             .serve_connection(TokioIo::new(stream), svc);
         let conn = graceful.watch(conn);

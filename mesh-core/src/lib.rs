@@ -8,6 +8,7 @@ pub mod admin;
 pub mod backoff;
 pub mod duration;
 pub mod gauge;
+pub mod listener;
 pub mod process;
 pub mod shutdown;
 pub mod trace;

@@ -192,7 +192,12 @@ impl Proxy {
 
         let grace = config.shutdown_grace;
         let admin = Admin::new(registry, trigger.clone(), config, resolver, balancers, creds, tap);
-        tasks.spawn(mesh_core::admin::serve(admin_listener, admin.clone(), shutdown.clone()));
+        // The admin port's header timeout: the proxy's, capped at the admin default.
+        let admin_settings = mesh_core::admin::Settings {
+            header_read_timeout: limits.server.header_read_timeout.min(Duration::from_secs(5)),
+            connections: ctx.metrics.listeners.listener("admin"),
+        };
+        tasks.spawn(mesh_core::admin::serve(admin_listener, admin.clone(), shutdown.clone(), admin_settings));
         admin.set_ready(true);
         tracing::info!(%admin_addr, ?inbound_addr, ?outbound_addr, ?upstream_addrs, "proxy serving");
         Ok(Self { admin_addr, inbound_addr, outbound_addr, upstream_addrs, trigger, shutdown, drain, tasks, grace })

@@ -20,6 +20,7 @@ use crate::tcp::{self, TcpSettings};
 use crate::telemetry::Telemetry;
 use crate::telemetry::access_log::{Entry, now_rfc3339};
 use crate::tls::{MeshProtocol, MeshTls, is_mesh_hello};
+use mesh_core::listener::Counted;
 use mesh_core::shutdown::Shutdown;
 use mesh_policy::inbound::{Client, InboundPolicy};
 use mesh_policy::outbound::OutboundPolicy;
@@ -63,14 +64,19 @@ pub struct Route {
     pub authorization: Option<Live<InboundPolicy>>,
 }
 
+/// An accepted socket, counted in `listener_open_connections` until closed.
+type Accepted = Counted<TcpStream>;
+
 /// Accepts on `listener` until shutdown; `route` decides where each accepted
-/// connection goes.
-pub async fn accept_loop<F, Fut>(listener: TcpListener, ctx: Context, route: F)
+/// connection goes. Every accepted socket is counted under `name` from
+/// accept until it closes, whatever happens to it in between.
+pub async fn accept_loop<F, Fut>(listener: TcpListener, name: &str, ctx: Context, route: F)
 where
     F: Fn(&TcpStream) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Option<Route>> + Send + 'static,
 {
     let route = Arc::new(route);
+    let accepts = ctx.metrics.listeners.listener(name);
     let mut shutdown = ctx.shutdown.clone();
     loop {
         let accepted = tokio::select! {
@@ -86,6 +92,7 @@ where
                 continue;
             }
         };
+        let open = accepts.accepted();
         let _ = stream.set_nodelay(true);
         let ctx = ctx.clone();
         let route = route.clone();
@@ -96,18 +103,18 @@ where
                 tracing::debug!(%peer, "no route for connection; closing");
                 return;
             };
-            handle(stream, ctx, r).await;
+            handle(Counted::new(stream, open), ctx, r).await;
         });
     }
 }
 
-async fn handle(mut stream: TcpStream, ctx: Context, route: Route) {
+async fn handle(mut stream: Accepted, ctx: Context, route: Route) {
     // The port's policy, once known: the first connections wait for the
     // control plane's first answer (without one, inbound fails closed).
     if let Some(p) = &route.authorization {
         p.ready(ctx.limits.failfast_timeout).await;
     }
-    let peer = stream.peer_addr().ok();
+    let peer = stream.get_ref().peer_addr().ok();
     let peer_ip = peer.map(|a| a.ip()).unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
     let (protocol, prefix) = if route.opaque && route.accept_tls.is_none() {
         (Protocol::Opaque, bytes::Bytes::new())
@@ -198,7 +205,11 @@ async fn serve<I>(
     match protocol {
         Protocol::Http1 | Protocol::Http2 => {
             let version = if protocol == Protocol::Http2 { Version::Http2 } else { Version::Http1 };
-            let forward = ForwardSettings { failfast: ctx.limits.failfast_timeout, connect_attempts: 3 };
+            let forward = ForwardSettings {
+                failfast: ctx.limits.failfast_timeout,
+                connect_attempts: 3,
+                metrics: ctx.metrics.forward.clone(),
+            };
             let observe = Arc::new(ObserveCtx {
                 handles: ctx.metrics.http(labels.clone()),
                 telemetry: ctx.telemetry.clone(),

@@ -29,7 +29,7 @@ pub async fn serve(listener: TcpListener, config: InboundConfig, env: Inbound, c
         routes.lock().unwrap_or_else(|p| p.into_inner()).insert(app, route);
     }
     let config = Arc::new(config);
-    conn::accept_loop(listener, ctx, move |stream| {
+    conn::accept_loop(listener, "inbound", ctx, move |stream| {
         let dst = original_dst(stream);
         let target = dst.or(config.app);
         // Policies are selected by the port the peer dialled: the app's port

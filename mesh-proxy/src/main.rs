@@ -215,9 +215,13 @@ struct Args {
     /// changed without a certificate change).
     #[arg(long, default_value = "1h", value_parser = duration)]
     max_connection_age: Duration,
-    /// Clients must send request headers within this time.
+    /// Clients must send request headers within this time (the admin port:
+    /// this, at most 5s).
     #[arg(long, default_value = "10s", value_parser = duration)]
     header_read_timeout: Duration,
+    /// A peer's mTLS handshake (inbound) must finish within this time.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    tls_handshake_timeout: Duration,
     /// Largest accepted request/response header block, in bytes.
     #[arg(long, default_value_t = 64 * 1024)]
     max_header_bytes: usize,
@@ -286,6 +290,7 @@ fn config(args: &Args) -> anyhow::Result<Config> {
     c.limits.connect_timeout = args.connect_timeout;
     c.limits.failfast_timeout = args.failfast_timeout;
     c.limits.tcp_idle_timeout = args.tcp_idle_timeout;
+    c.limits.tls_handshake_timeout = args.tls_handshake_timeout;
     c.limits.server.idle_timeout = args.idle_timeout;
     c.limits.server.header_read_timeout = args.header_read_timeout;
     c.limits.server.max_header_bytes = args.max_header_bytes;

@@ -17,8 +17,11 @@ use tokio::net::TcpListener;
 pub async fn serve_upstream(listener: TcpListener, balancer: Arc<Balancer>, env: Outbound, ctx: Context) {
     let failfast = ctx.limits.failfast_timeout;
     let policy = env.policies.outbound(balancer.target());
-    conn::accept_loop(listener, ctx, move |_stream| route(balancer.clone(), policy.clone(), env.clone(), failfast))
-        .await;
+    let name = format!("upstream:{}", balancer.target());
+    conn::accept_loop(listener, &name, ctx, move |_stream| {
+        route(balancer.clone(), policy.clone(), env.clone(), failfast)
+    })
+    .await;
 }
 
 /// What outbound routing needs besides the target.
@@ -38,7 +41,7 @@ pub struct Outbound {
 /// discovery does not know pass through untouched.
 pub async fn serve_transparent(listener: TcpListener, env: Outbound, ctx: Context) {
     let failfast = ctx.limits.failfast_timeout;
-    conn::accept_loop(listener, ctx, move |stream| {
+    conn::accept_loop(listener, "outbound", ctx, move |stream| {
         let dst = original_dst(stream);
         let env = env.clone();
         async move {

@@ -112,6 +112,9 @@ pub struct SendError {
     /// The request again, when it can be resent: the untouched request when
     /// it was not written, or a copy of one without a body that was refused.
     pub request: Option<Request<Body>>,
+    /// Why it was not processed (`unsent`, `refused_stream`, `goaway`), for
+    /// `http_requests_resent_total`; empty when it may have been.
+    pub reason: &'static str,
 }
 
 /// Connections to one endpoint.
@@ -408,7 +411,8 @@ impl Conn {
                     if request.is_some() {
                         state.retire();
                     }
-                    SendError { unprocessed: request.is_some(), request, error: e.into_error() }
+                    let reason = if request.is_some() { "unsent" } else { "" };
+                    SendError { unprocessed: request.is_some(), request, error: e.into_error(), reason }
                 })?;
                 let upgraded = rsp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
                 Ok(match pool.filter(|_| !upgraded) {
@@ -425,12 +429,13 @@ impl Conn {
                 let rsp = tx.try_send_request(req).await.map_err(|mut e| {
                     let request = e.take_message();
                     let error = e.into_error();
-                    let unprocessed = request.is_some() || h2_unprocessed(&error);
+                    let reason = if request.is_some() { "unsent" } else { h2_unprocessed(&error).unwrap_or("") };
+                    let unprocessed = !reason.is_empty();
                     if unprocessed {
                         state.retire();
                     }
                     let request = request.or_else(|| head.filter(|_| unprocessed));
-                    SendError { unprocessed, request, error }
+                    SendError { unprocessed, request, error, reason }
                 })?;
                 Ok(rsp.map(body::boxed))
             }
@@ -453,21 +458,29 @@ fn head_of(req: &Request<Body>) -> Request<Body> {
 /// cancelled before it went out, its stream refused (`REFUSED_STREAM`,
 /// RFC 9113 §8.7), or above the last stream ID of a graceful GOAWAY
 /// (`NO_ERROR`; a GOAWAY with an error code resets every stream, processed
-/// or not, so those are not safe).
-fn h2_unprocessed(error: &hyper::Error) -> bool {
+/// or not, so those are not safe). Says which: `unsent`, `refused_stream`
+/// or `goaway`.
+fn h2_unprocessed(error: &hyper::Error) -> Option<&'static str> {
     if error.is_canceled() {
-        return true;
+        return Some("unsent");
     }
     let mut source = std::error::Error::source(error);
     while let Some(e) = source {
         if let Some(e) = e.downcast_ref::<h2::Error>() {
-            return e.is_remote()
-                && ((e.is_reset() && e.reason() == Some(h2::Reason::REFUSED_STREAM))
-                    || (e.is_go_away() && e.reason() == Some(h2::Reason::NO_ERROR)));
+            if !e.is_remote() {
+                return None;
+            }
+            if e.is_reset() && e.reason() == Some(h2::Reason::REFUSED_STREAM) {
+                return Some("refused_stream");
+            }
+            if e.is_go_away() && e.reason() == Some(h2::Reason::NO_ERROR) {
+                return Some("goaway");
+            }
+            return None;
         }
         source = e.source();
     }
-    false
+    None
 }
 
 /// The HTTP/2 frame type of GOAWAY (RFC 9113 §6.8).

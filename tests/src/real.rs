@@ -70,6 +70,11 @@ pub struct Control {
 impl Control {
     /// A fresh CA and an empty registry, served by `mesh-control`.
     pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// As [`Control::start`], with `extra` flags (short timeouts, say).
+    pub async fn start_with(extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let identity = IdentityDir::new(dir.path().join("identity"));
         identity.init(TRUST_DOMAIN, None).unwrap();
@@ -81,6 +86,7 @@ impl Control {
                 .args(["--registry-file", reg.to_str().unwrap(), "--registry-poll", "50ms"])
                 .args(["--identity-dir", id_dir.to_str().unwrap()])
                 .args(["--grpc-addr", &grpc.to_string(), "--admin-addr", &admin.to_string()])
+                .args(extra)
                 .env("MESH_LOG", "info");
             (spec, admin)
         })

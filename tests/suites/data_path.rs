@@ -275,15 +275,19 @@ async fn control_plane_restart_under_load() {
 }
 
 /// Multiplexed HTTP/2 load through client sidecar → server sidecar → `app`
-/// for `secs`: every failed attempt counted.
-async fn h2_load_through_sidecars(app: &apps::App, secs: u64) -> mesh_tests::load::Outcome {
+/// for `secs`: every failed attempt counted; and the server sidecar's
+/// `http_requests_resent_total` by reason.
+async fn h2_load_through_sidecars(app: &apps::App, secs: u64) -> (mesh_tests::load::Outcome, String) {
     let side = mesh::sidecar("web", app.addr).await;
     let mesh = Mesh::start(&[Svc::new("web", 80, "http2", &[side.inbound_addr().unwrap()])]).await;
     let client = mesh::client("client", &mesh.control_url(), &["web.default:80"]).await;
     mesh::wait_resolved(&client, 1).await;
     let load = Load::start(&url(&client, "/"), 16, true);
     tokio::time::sleep(Duration::from_secs(secs)).await;
-    load.stop().await
+    let out = load.stop().await;
+    let metrics = mesh::admin_get(side.admin_addr(), "/metrics").await;
+    let resent = metrics.lines().filter(|l| l.starts_with("http_requests_resent_total")).collect::<Vec<_>>().join("\n");
+    (out, resent)
 }
 
 /// An app that closes each HTTP/2 connection with GOAWAY after 20 requests
@@ -291,25 +295,33 @@ async fn h2_load_through_sidecars(app: &apps::App, secs: u64) -> mesh_tests::loa
 /// request fails. Catches a pool that keeps handing out a connection that
 /// received GOAWAY (requests then come back unsent and, with one endpoint,
 /// have nowhere else to go: 502), and streams above GOAWAY's last stream ID
-/// treated as failed instead of sent again.
+/// treated as failed instead of sent again. The sidecar counts what it
+/// resent in `http_requests_resent_total` (checked: without the count in
+/// `http/proxy.rs`, the last assertion fails).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_closing_http2_connections_with_goaway_fails_no_request() {
     let app = apps::h2_goaway("web", 20, Duration::from_millis(2)).await;
-    let out = h2_load_through_sidecars(&app, 4).await;
+    let (out, resent) = h2_load_through_sidecars(&app, 4).await;
     assert_eq!(out.failed, 0, "{:?}", out.errors);
     assert!(out.ok > 500, "too little traffic: {out:?}");
     assert!(app.connections() >= 20, "the app closed too few connections: {}", app.connections());
+    assert!(mesh::metric_sum(&resent, &["http_requests_resent_total{"]) >= 1.0, "nothing counted as resent:\n{resent}");
+    eprintln!("{resent}");
 }
 
 /// An app that refuses every 7th HTTP/2 stream with REFUSED_STREAM (it
 /// promises it did not process them): no request fails. Catches refused
-/// streams answered as upstream failures instead of sent again.
+/// streams answered as upstream failures instead of sent again; and that
+/// they are counted as `http_requests_resent_total{reason="refused_stream"}`
+/// (about one request in seven).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_http2_streams_are_sent_again() {
     let app = apps::h2_refusing("web", 7).await;
-    let out = h2_load_through_sidecars(&app, 3).await;
+    let (out, resent) = h2_load_through_sidecars(&app, 3).await;
     assert_eq!(out.failed, 0, "{:?}", out.errors);
     assert!(out.ok > 300, "too little traffic: {out:?}");
+    let refused = mesh::metric_sum(&resent, &["http_requests_resent_total{", "reason=\"refused_stream\""]);
+    assert!(refused >= out.ok as f64 / 14.0, "{refused} resends counted for {} requests:\n{resent}", out.ok);
 }
 
 /// A server sidecar shutting down gracefully sends GOAWAY on its HTTP/2

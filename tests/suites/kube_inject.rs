@@ -215,6 +215,7 @@ async fn the_api_server_calls_the_injector_and_stores_what_it_wrote() {
                 control_plane: None,
             },
         }),
+        timeouts: Default::default(),
     })
     .await
     .expect("the control plane starts");

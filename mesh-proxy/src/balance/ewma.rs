@@ -47,6 +47,9 @@ struct Estimate {
     /// Whether any latency has been observed; the first observation replaces
     /// the default outright.
     observed: bool,
+    /// Whether the cost is a failure's penalty rather than a latency: the
+    /// next answer replaces it outright.
+    penalized: bool,
 }
 
 impl PeakEwma {
@@ -55,7 +58,7 @@ impl PeakEwma {
         let cost_ns = config.default_rtt.as_nanos() as f64;
         Self {
             config,
-            state: Mutex::new(Estimate { cost_ns, stamp: Instant::now(), observed: false }),
+            state: Mutex::new(Estimate { cost_ns, stamp: Instant::now(), observed: false, penalized: false }),
             pending: AtomicUsize::new(0),
         }
     }
@@ -85,12 +88,27 @@ impl PeakEwma {
 
     /// Feeds an observed latency into the estimate.
     pub fn observe(&self, rtt: Duration, now: Instant) {
+        self.record(rtt, now, false);
+    }
+
+    /// Records a failure as a very slow observation, until the endpoint
+    /// answers again: an answer is what the penalty was guessing at, so it
+    /// replaces the penalty outright. (Left to decay, a 1 s penalty keeps
+    /// an endpoint that refused connections for a moment out of a
+    /// sub-millisecond pool for tens of seconds, long after it recovered
+    /// and its ejection ended.)
+    pub fn penalize(&self, now: Instant) {
+        self.record(self.config.failure_penalty, now, true);
+    }
+
+    fn record(&self, rtt: Duration, now: Instant, penalty: bool) {
         let rtt = rtt.as_nanos() as f64;
         let decay = self.config.decay;
         self.with_state(|s| {
             let cost = decayed(s, now, decay);
-            // A slower observation wins outright; a faster one is averaged in.
-            s.cost_ns = if rtt > cost || !s.observed {
+            // A slower observation wins outright; a faster one is averaged in
+            // (one that answers a penalty replaces it).
+            s.cost_ns = if rtt > cost || !s.observed || (s.penalized && !penalty) {
                 rtt
             } else {
                 let elapsed = now.saturating_duration_since(s.stamp).as_nanos() as f64;
@@ -99,12 +117,8 @@ impl PeakEwma {
             };
             s.stamp = now;
             s.observed = true;
+            s.penalized = penalty;
         });
-    }
-
-    /// Records a failure as a very slow observation.
-    pub fn penalize(&self, now: Instant) {
-        self.observe(self.config.failure_penalty, now);
     }
 
     /// The current cost (latency estimate) without the pending factor.
@@ -170,5 +184,20 @@ mod tests {
         e.penalize(t0);
         assert!(e.cost(t0) >= Duration::from_millis(999));
         assert!(e.cost(t0 + Duration::from_secs(30)) < Duration::from_millis(10));
+    }
+
+    #[test]
+    fn an_answer_replaces_a_penalty() {
+        let e = PeakEwma::new(EwmaConfig::default());
+        let t0 = Instant::now();
+        e.observe(Duration::from_micros(200), t0);
+        e.penalize(t0);
+        let t1 = t0 + Duration::from_millis(100);
+        e.observe(Duration::from_micros(300), t1);
+        assert_eq!(e.cost(t1), Duration::from_micros(300), "the penalty outlived an answer");
+        // A real slow answer is still a peak that fades slowly.
+        e.observe(Duration::from_millis(50), t1);
+        e.observe(Duration::from_micros(300), t1 + Duration::from_millis(10));
+        assert!(e.cost(t1 + Duration::from_millis(10)) > Duration::from_millis(40));
     }
 }

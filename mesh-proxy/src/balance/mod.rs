@@ -62,9 +62,13 @@ impl Health {
         }
     }
 
-    /// Records a failure; returns the ejection it caused, if any.
+    /// Records a failure; returns the ejection it caused, if any. A failure
+    /// reported while the endpoint is ejected belongs to a request sent
+    /// before the ejection: it is no failed probation and changes nothing
+    /// (counted, the requests in flight at an ejection would double it at
+    /// once, several times over).
     pub fn failure(&self, breaker: &Breaker, now: Instant) -> Option<Duration> {
-        if breaker.consecutive_failures == 0 {
+        if breaker.consecutive_failures == 0 || self.is_ejected(now) {
             return None;
         }
         let on_probation = self.ejections.load(Ordering::Relaxed) > 0;
@@ -400,6 +404,9 @@ mod tests {
         assert_eq!(h.failure(&b, t), None);
         assert_eq!(h.failure(&b, t), Some(Duration::from_secs(1)));
         assert!(h.is_ejected(t) && !h.is_ejected(t + Duration::from_secs(2)));
+        // Failures of requests already in flight at the ejection change nothing.
+        assert_eq!(h.failure(&b, t + Duration::from_millis(10)), None);
+        assert!(!h.is_ejected(t + Duration::from_millis(1500)), "the ejection was extended");
         // On probation: one failure re-ejects, for longer.
         let t2 = t + Duration::from_secs(2);
         assert_eq!(h.failure(&b, t2), Some(Duration::from_secs(2)));

@@ -27,17 +27,20 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 /// How hard to try before answering with an error.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ForwardSettings {
     /// How long to wait for a live endpoint.
     pub failfast: Duration,
     /// Endpoints to try when connecting fails.
     pub connect_attempts: usize,
+    /// Counts requests sent again (the peer never processed them) and
+    /// endpoints ejected.
+    pub metrics: crate::metrics::ForwardMetrics,
 }
 
 impl Default for ForwardSettings {
     fn default() -> Self {
-        Self { failfast: Duration::from_secs(3), connect_attempts: 3 }
+        Self { failfast: Duration::from_secs(3), connect_attempts: 3, metrics: Default::default() }
     }
 }
 
@@ -142,7 +145,7 @@ pub async fn forward_once(
                 tried.push(ep.meta.addr);
                 tracing::debug!(endpoint = %ep.meta.addr, error = %e, "connect failed; trying another endpoint");
                 ep.load.penalize(Instant::now());
-                eject_on_failure(ep, breaker, target);
+                eject_on_failure(ep, breaker, target, &settings.metrics);
                 last = ProxyError::Connect { target: target.to_string(), reason: e.to_string() };
                 continue;
             }
@@ -155,7 +158,7 @@ pub async fn forward_once(
                 ep.load.observe(start.elapsed(), Instant::now());
                 if rsp.status().is_server_error() {
                     tried.push(ep.meta.addr);
-                    eject_on_failure(ep, breaker, target);
+                    eject_on_failure(ep, breaker, target, &settings.metrics);
                 } else {
                     ep.health.success();
                 }
@@ -166,7 +169,8 @@ pub async fn forward_once(
                 strip_hop_by_hop(rsp.headers_mut(), switched);
                 return Ok(rsp);
             }
-            Err(SendError { error, unprocessed: true, request: Some(r) }) => {
+            Err(SendError { error, unprocessed: true, request: Some(r), reason }) => {
+                settings.metrics.resent(target, reason);
                 // Never processed: the connection was closing (the pool
                 // retired it), which says nothing about the endpoint. Sent
                 // again on a fresh connection, without using up an attempt
@@ -182,7 +186,7 @@ pub async fn forward_once(
                     ep.load.penalize(Instant::now());
                 }
             }
-            Err(SendError { error, unprocessed: true, request: None }) => {
+            Err(SendError { error, unprocessed: true, request: None, .. }) => {
                 // Never processed, but its body went with it: whoever still
                 // has the body (the retry layer) may send it again.
                 tracing::debug!(endpoint = %ep.meta.addr, %error, "request with a body refused unprocessed");
@@ -198,7 +202,7 @@ pub async fn forward_once(
             Err(SendError { error, request: None, .. }) => {
                 tried.push(ep.meta.addr);
                 ep.load.penalize(Instant::now());
-                eject_on_failure(ep, breaker, target);
+                eject_on_failure(ep, breaker, target, &settings.metrics);
                 tracing::debug!(endpoint = %ep.meta.addr, %error, "upstream failed mid-request");
                 return Err(ProxyError::Upstream { target: target.to_string(), reason: error.to_string() });
             }
@@ -212,8 +216,14 @@ pub async fn forward_once(
 /// means the endpoint closes every connection.
 const MAX_RESENDS: usize = 4;
 
-fn eject_on_failure(ep: &crate::balance::Endpoint, breaker: &Breaker, target: &str) {
+fn eject_on_failure(
+    ep: &crate::balance::Endpoint,
+    breaker: &Breaker,
+    target: &str,
+    m: &crate::metrics::ForwardMetrics,
+) {
     if let Some(d) = ep.health.failure(breaker, Instant::now()) {
+        m.ejected(target);
         tracing::info!(target, endpoint = %ep.meta.addr, ejected_for = ?d, "endpoint ejected after consecutive failures");
     }
 }

@@ -72,7 +72,17 @@ pub async fn serve<I, S>(
                 Some(res) => res,
                 None => {
                     conn.as_mut().graceful_shutdown();
-                    conn.await
+                    // A peer that goes on saying nothing (an HTTP/2 client that
+                    // never acknowledges the GOAWAY's PING, never sends its
+                    // SETTINGS) must not hold the connection open: another idle
+                    // period without a byte moving closes it.
+                    tokio::select! {
+                        res = conn.as_mut() => res,
+                        _ = activity.idle(settings.idle_timeout) => {
+                            tracing::debug!("peer silent after a graceful close; closing");
+                            return;
+                        }
+                    }
                 }
             };
             if let Err(e) = res {

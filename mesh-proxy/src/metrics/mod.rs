@@ -169,6 +169,11 @@ pub struct Families {
     authz: Family<AuthzLabels, Counter>,
     /// Completed mTLS handshakes (`tls_handshakes_total`).
     pub handshakes: handshakes::Handshakes,
+    /// Requests sent again because the peer never processed them; ejections.
+    pub forward: ForwardMetrics,
+    /// Every listener's connections from accept to close
+    /// (`listener_open_connections`), before detection or TLS.
+    pub listeners: mesh_core::listener::ListenerMetrics,
 }
 
 /// Labels of a refused connection.
@@ -200,6 +205,8 @@ impl Default for Families {
             route_events: Family::default(),
             authz: Family::default(),
             handshakes: handshakes::Handshakes::default(),
+            listeners: mesh_core::listener::ListenerMetrics::default(),
+            forward: ForwardMetrics::default(),
         }
     }
 }
@@ -241,6 +248,8 @@ impl Families {
         );
         reg.register("inbound_authorization", "Inbound authorization decisions by policy", self.authz.clone());
         self.handshakes.register(reg);
+        self.listeners.register(reg);
+        self.forward.register(reg);
     }
 
     /// The counter of dropped spans.
@@ -305,6 +314,55 @@ impl Families {
                 write: self.tcp_write.get_or_create(labels).clone(),
             },
         }
+    }
+}
+
+/// Labels of a resent request.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResendLabels {
+    /// The target (a service authority, or the app port inbound).
+    pub target: String,
+    /// `unsent`, `refused_stream` or `goaway`.
+    pub reason: &'static str,
+}
+
+/// Labels of a per-target count.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    /// The target (a service authority, or the app port inbound).
+    pub target: String,
+}
+
+/// What the forwarding path counts: `http_requests_resent_total` (requests
+/// the peer never processed, sent again) and `endpoint_ejections_total`.
+#[derive(Debug, Clone, Default)]
+pub struct ForwardMetrics {
+    resends: Family<ResendLabels, Counter>,
+    ejections: Family<TargetLabels, Counter>,
+}
+
+impl ForwardMetrics {
+    fn register(&self, reg: &mut Registry) {
+        reg.register(
+            "http_requests_resent",
+            "Requests sent again on a new connection because the peer never processed them: unsent (the connection was closing), refused_stream (HTTP/2 REFUSED_STREAM), goaway (above a graceful GOAWAY's last stream)",
+            self.resends.clone(),
+        );
+        reg.register(
+            "endpoint_ejections",
+            "Endpoints ejected by failure accrual (consecutive failures, or a failed probation)",
+            self.ejections.clone(),
+        );
+    }
+
+    /// Counts one request sent again for `reason`.
+    pub fn resent(&self, target: &str, reason: &'static str) {
+        self.resends.get_or_create(&ResendLabels { target: target.to_string(), reason }).inc();
+    }
+
+    /// Counts one ejection of an endpoint of `target`.
+    pub fn ejected(&self, target: &str) {
+        self.ejections.get_or_create(&TargetLabels { target: target.to_string() }).inc();
     }
 }
 
