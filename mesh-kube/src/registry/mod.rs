@@ -7,6 +7,7 @@ pub mod policy;
 mod report;
 pub mod routes;
 pub mod service;
+pub mod status;
 pub mod watch;
 
 pub use service::service_from;
