@@ -72,7 +72,9 @@ pub struct RouteParentStatus {
     /// The controller that wrote the entry, `DOMAIN/PATH`.
     #[schemars(
         length(min = 1, max = 253),
-        pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\/[A-Za-z0-9\/\-._~%!$&'()*+,;=:]+$")
+        pattern(
+            r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\/[A-Za-z0-9\/\-._~%!$&'()*+,;=:]+$"
+        )
     )]
     pub controller_name: String,
     /// `Accepted`, `ResolvedRefs` (and what other controllers add), one per type.
@@ -307,8 +309,14 @@ status: {parents: []}
             "filters are seen, so they are never silently dropped"
         );
 
-        let gateway =
-            ParentReference { group: None, kind: None, namespace: None, name: "gw".into(), section_name: None, port: None };
+        let gateway = ParentReference {
+            group: None,
+            kind: None,
+            namespace: None,
+            name: "gw".into(),
+            section_name: None,
+            port: None,
+        };
         assert!(!gateway.is_service(), "omitted group and kind mean a Gateway");
     }
 

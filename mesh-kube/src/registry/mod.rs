@@ -8,6 +8,7 @@ mod report;
 pub mod routes;
 pub mod service;
 pub mod status;
+mod status_writer;
 pub mod watch;
 
 pub use service::service_from;

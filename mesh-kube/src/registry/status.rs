@@ -47,7 +47,9 @@ pub fn problems_of(problems: &[Problem], kind: &str, namespace: &str, name: &str
     problems
         .iter()
         .filter_map(|p| match &p.at {
-            Location::Object { kind: k, namespace: ns, name: n, field } if k == kind && ns == namespace && n == name => {
+            Location::Object { kind: k, namespace: ns, name: n, field }
+                if k == kind && ns == namespace && n == name =>
+            {
                 Some((field.clone(), p.message.clone()))
             }
             _ => None,
@@ -76,7 +78,9 @@ pub fn http_backends(route: &HTTPRoute) -> Vec<(String, &BackendRef)> {
     let rules = route.spec.rules.iter().map(|r| &r.backend_refs);
     rules
         .enumerate()
-        .flat_map(|(i, refs)| refs.iter().enumerate().map(move |(j, b)| (format!("spec.rules[{i}].backendRefs[{j}]"), b)))
+        .flat_map(|(i, refs)| {
+            refs.iter().enumerate().map(move |(j, b)| (format!("spec.rules[{i}].backendRefs[{j}]"), b))
+        })
         .collect()
 }
 
@@ -85,7 +89,9 @@ pub fn grpc_backends(route: &GRPCRoute) -> Vec<(String, &BackendRef)> {
     let rules = route.spec.rules.iter().map(|r| &r.backend_refs);
     rules
         .enumerate()
-        .flat_map(|(i, refs)| refs.iter().enumerate().map(move |(j, b)| (format!("spec.rules[{i}].backendRefs[{j}]"), b)))
+        .flat_map(|(i, refs)| {
+            refs.iter().enumerate().map(move |(j, b)| (format!("spec.rules[{i}].backendRefs[{j}]"), b))
+        })
         .collect()
 }
 
@@ -103,7 +109,8 @@ pub fn route_conditions(
     let resolved = backends_resolved(namespace, backends, problems, services);
     let mut out = Vec::new();
     for (i, parent) in parents.iter().enumerate().filter(|(_, p)| p.is_service()) {
-        let key = ServiceKey::new(parent.namespace.clone().unwrap_or_else(|| namespace.to_string()), parent.name.clone());
+        let key =
+            ServiceKey::new(parent.namespace.clone().unwrap_or_else(|| namespace.to_string()), parent.name.clone());
         let k = named(&key);
         let accepted = if !problems.is_empty() {
             Wanted::new(ACCEPTED, false, "UnsupportedValue", format!("not served: {}", join(problems)))
@@ -314,7 +321,9 @@ pub fn route_status(
     let ours = &ours[..ours.len().min(MAX_PARENTS.saturating_sub(others.len()))];
     let same = mine.len() == ours.len()
         && mine.iter().zip(ours).all(|(m, (parent, wanted))| {
-            m.parent_ref == *parent && m.conditions.len() == wanted.len() && up_to_date(&m.conditions, wanted, generation)
+            m.parent_ref == *parent
+                && m.conditions.len() == wanted.len()
+                && up_to_date(&m.conditions, wanted, generation)
         });
     if same {
         return None;
