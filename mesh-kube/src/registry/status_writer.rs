@@ -92,6 +92,8 @@ impl StatusWriter {
             tokio::time::sleep(SETTLE).await;
             let mut failed = false;
             let now = Time(Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_else(|_| Timestamp::now()));
+            // Entries whose object has moved on (or gone) are no longer needed.
+            written.retain(|id, version| current_version(&stores, id).as_ref() == Some(version));
             for update in updates(&stores, &now) {
                 if !*self.leading.borrow() {
                     break;
@@ -154,6 +156,24 @@ impl StatusWriter {
             }
         }
     }
+}
+
+/// The `resourceVersion` of the object `id` in the stores.
+fn current_version(stores: &StatusStores, id: &ObjectId) -> Option<String> {
+    let (kind, namespace, name) = id;
+    match kind.as_str() {
+        "HTTPRoute" => version_in(&stores.http_routes, namespace, name),
+        "GRPCRoute" => version_in(&stores.grpc_routes, namespace, name),
+        "AuthorizationPolicy" => version_in(&stores.authorizations, namespace, name),
+        _ => version_in(&stores.traffic, namespace, name),
+    }
+}
+
+fn version_in<K>(store: &Store<K>, namespace: &str, name: &str) -> Option<String>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    store.get(&ObjectRef::new(name).within(namespace))?.meta().resource_version.clone()
 }
 
 /// Every status that differs from what its object says.
