@@ -332,7 +332,8 @@ async fn reporters(client: &Client, object: &str) -> Vec<String> {
 /// follower that ignores it); a follower that takes the Lease while its
 /// holder still renews, or before the holder has been silent for the whole
 /// duration; a follower that never takes over a crashed holder's Lease, or
-/// takes it and does not write the statuses the old leader left.
+/// takes it and does not write the statuses the old leader left; a
+/// follower that does not serve proxies (election must gate writes only).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_of_two_control_planes_writes_and_the_other_takes_over_after_a_crash() {
     let Some(api) = api_server().await else { return };
@@ -349,6 +350,11 @@ async fn one_of_two_control_planes_writes_and_the_other_takes_over_after_a_crash
     .await;
     let leader = holder(&leases).await.expect("a holder");
     let second = control(&api).await;
+    // Both serve proxies: election gates writes, never reads.
+    for c in [&first, &second] {
+        let answer = c.store().resolve(&"books.default:80".parse().expect("a target"));
+        assert!(answer.service.is_some(), "every replica serves the Service: {answer:?}");
+    }
 
     // A rejected route: its status and Event come from the leader only.
     create!(client, HTTPRoute, route("redirect", "books", json!([{"type": "RequestRedirect"}])));
