@@ -18,6 +18,7 @@
 //! loop around them is [`Elector::run`].
 
 use crate::crds::FIELD_MANAGER;
+use crate::rbac;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
@@ -150,10 +151,8 @@ pub struct Elector {
 impl Elector {
     /// An elector for the Lease `config` names.
     pub fn new(client: Client, config: LeaseConfig) -> Self {
-        let api = match &config.namespace {
-            Some(ns) => Api::namespaced(client, ns),
-            None => Api::default_namespaced(client),
-        };
+        let namespace = config.namespace.clone().unwrap_or_else(|| client.default_namespace().to_string());
+        let api = rbac::LEASES.namespaced::<Lease>(&client, &namespace);
         Self { api, config, leading: watch::Sender::new(false) }
     }
 

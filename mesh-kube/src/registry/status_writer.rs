@@ -22,10 +22,11 @@ use super::status::{
 use crate::crd::{AuthorizationPolicy, TrafficPolicy};
 use crate::crds::FIELD_MANAGER;
 use crate::gateway::{GRPCRoute, HTTPRoute};
+use crate::rbac;
 use k8s_openapi::api::core::v1::Service as KubeService;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use mesh_policy::model::ServiceKey;
@@ -123,19 +124,23 @@ impl StatusWriter {
         let params = PatchParams::apply(FIELD_MANAGER).force();
         let patch = Patch::Apply(&update.body);
         let result = match kind.as_str() {
-            "HTTPRoute" => Api::<HTTPRoute>::namespaced(self.client.clone(), namespace)
+            "HTTPRoute" => rbac::HTTP_ROUTES_STATUS
+                .status_namespaced::<HTTPRoute>(&self.client, namespace)
                 .patch_status(name, &params, &patch)
                 .await
                 .map(drop),
-            "GRPCRoute" => Api::<GRPCRoute>::namespaced(self.client.clone(), namespace)
+            "GRPCRoute" => rbac::GRPC_ROUTES_STATUS
+                .status_namespaced::<GRPCRoute>(&self.client, namespace)
                 .patch_status(name, &params, &patch)
                 .await
                 .map(drop),
-            "AuthorizationPolicy" => Api::<AuthorizationPolicy>::namespaced(self.client.clone(), namespace)
+            "AuthorizationPolicy" => rbac::AUTHORIZATION_POLICIES_STATUS
+                .status_namespaced::<AuthorizationPolicy>(&self.client, namespace)
                 .patch_status(name, &params, &patch)
                 .await
                 .map(drop),
-            _ => Api::<TrafficPolicy>::namespaced(self.client.clone(), namespace)
+            _ => rbac::TRAFFIC_POLICIES_STATUS
+                .status_namespaced::<TrafficPolicy>(&self.client, namespace)
                 .patch_status(name, &params, &patch)
                 .await
                 .map(drop),
