@@ -10,6 +10,7 @@
 //! create routes on an API server without upstream's files.
 
 use crate::crd::common::{DNS_LABEL, DURATION, HttpRouteMatch};
+use crate::crd::status::Condition;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
@@ -31,6 +32,11 @@ pub struct ParentReference {
     /// The parent's name.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
+    /// For a Service, the name of one of its ports (read so status can
+    /// echo the reference exactly; the mesh does not route by it yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub section_name: Option<String>,
     /// One port of the Service; all when omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
@@ -42,6 +48,39 @@ impl ParentReference {
     pub fn is_service(&self) -> bool {
         self.group.as_deref() == Some("") && self.kind.as_deref() == Some("Service")
     }
+}
+
+/// A route's `status` (Gateway API `RouteStatus`): one entry per parent
+/// and controller. The list is atomic, so a controller rewriting it keeps
+/// the entries of other controllers.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteStatus {
+    /// The parents' statuses.
+    #[serde(default)]
+    #[schemars(length(max = 32))]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
+    pub parents: Vec<RouteParentStatus>,
+}
+
+/// The route's status with respect to one parent, as written by one controller.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteParentStatus {
+    /// The `parentRef` of the spec this entry is about, exactly as written there.
+    pub parent_ref: ParentReference,
+    /// The controller that wrote the entry, `DOMAIN/PATH`.
+    #[schemars(
+        length(min = 1, max = 253),
+        pattern(
+            r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\/[A-Za-z0-9\/\-._~%!$&'()*+,;=:]+$"
+        )
+    )]
+    pub controller_name: String,
+    /// `Accepted`, `ResolvedRefs` (and what other controllers add), one per type.
+    #[schemars(length(min = 1, max = 8))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
 }
 
 /// A weighted backend Service (Gateway API `HTTPBackendRef`/`GRPCBackendRef`, core Services only).
@@ -96,7 +135,7 @@ pub struct HttpRouteTimeouts {
 
 /// Routes for a Service's HTTP traffic.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-#[kube(group = "gateway.networking.k8s.io", version = "v1", kind = "HTTPRoute", namespaced)]
+#[kube(group = "gateway.networking.k8s.io", version = "v1", kind = "HTTPRoute", namespaced, status = "RouteStatus")]
 #[serde(rename_all = "camelCase")]
 pub struct HttpRouteSpec {
     /// The Services (GAMMA) or Gateways the route attaches to.
@@ -167,7 +206,7 @@ pub struct GrpcRouteMatch {
 
 /// Routes for a Service's gRPC traffic.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-#[kube(group = "gateway.networking.k8s.io", version = "v1", kind = "GRPCRoute", namespaced)]
+#[kube(group = "gateway.networking.k8s.io", version = "v1", kind = "GRPCRoute", namespaced, status = "RouteStatus")]
 #[serde(rename_all = "camelCase")]
 pub struct GrpcRouteSpec {
     /// The Services (GAMMA) or Gateways the route attaches to.
@@ -270,7 +309,14 @@ status: {parents: []}
             "filters are seen, so they are never silently dropped"
         );
 
-        let gateway = ParentReference { group: None, kind: None, namespace: None, name: "gw".into(), port: None };
+        let gateway = ParentReference {
+            group: None,
+            kind: None,
+            namespace: None,
+            name: "gw".into(),
+            section_name: None,
+            port: None,
+        };
         assert!(!gateway.is_service(), "omitted group and kind mean a Gateway");
     }
 

@@ -12,6 +12,8 @@
 //!   (TokenReview, bound to a live pod);
 //! - [`rbac`]: the one table of what the control plane calls, and the
 //!   ClusterRole rendered from it (`deploy/rbac/`);
+//! - [`lease`]: leader election on a Lease, so one control-plane replica
+//!   writes status and Events;
 //! - [`api`]: the kube and k8s-openapi items other crates (tests, meshctl)
 //!   need, re-exported so they never depend on those crates directly.
 
@@ -24,6 +26,7 @@ pub mod gateway;
 pub mod identity;
 pub mod inject;
 pub mod install;
+pub mod lease;
 pub mod rbac;
 pub mod registry;
 

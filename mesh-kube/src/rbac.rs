@@ -51,6 +51,22 @@ pub const GRPC_ROUTES: Access =
 /// Events on rejected objects (kube-runtime's recorder creates an Event, then
 /// patches it when the same one repeats).
 pub const EVENTS: Access = Access { group: "events.k8s.io", resource: "events", verbs: &["create", "patch"] };
+/// HTTPRoutes' status: the leader's conditions (server-side apply is a `patch`).
+pub const HTTP_ROUTES_STATUS: Access =
+    Access { group: "gateway.networking.k8s.io", resource: "httproutes/status", verbs: &["patch"] };
+/// GRPCRoutes' status: the leader's conditions.
+pub const GRPC_ROUTES_STATUS: Access =
+    Access { group: "gateway.networking.k8s.io", resource: "grpcroutes/status", verbs: &["patch"] };
+/// AuthorizationPolicies' status: the leader's conditions.
+pub const AUTHORIZATION_POLICIES_STATUS: Access =
+    Access { group: "policy.mesh.dev", resource: "authorizationpolicies/status", verbs: &["patch"] };
+/// TrafficPolicies' status: the leader's conditions.
+pub const TRAFFIC_POLICIES_STATUS: Access =
+    Access { group: "policy.mesh.dev", resource: "trafficpolicies/status", verbs: &["patch"] };
+/// The leader Lease (`crate::lease`): read, created once, renewed and
+/// released with resourceVersion-checked updates.
+pub const LEASES: Access =
+    Access { group: "coordination.k8s.io", resource: "leases", verbs: &["get", "create", "update"] };
 /// Namespaces: the injector reads a pod's namespace (its opt-in labels).
 pub const NAMESPACES: Access = Access { group: "", resource: "namespaces", verbs: &["get"] };
 /// TokenReviews: checking the ServiceAccount tokens proxies present.
@@ -69,6 +85,11 @@ pub const CONTROL_PLANE: &[Access] = &[
     EVENTS,
     NAMESPACES,
     TOKEN_REVIEWS,
+    HTTP_ROUTES_STATUS,
+    GRPC_ROUTES_STATUS,
+    AUTHORIZATION_POLICIES_STATUS,
+    TRAFFIC_POLICIES_STATUS,
+    LEASES,
 ];
 
 /// The control plane's name: its ServiceAccount, ClusterRole and binding.
@@ -82,6 +103,27 @@ impl Access {
     /// Whether this entry is `K`'s resource.
     pub fn is_for<K: Resource<DynamicType = ()>>(&self) -> bool {
         K::group(&()) == self.group && K::plural(&()) == self.resource
+    }
+
+    /// Whether this entry is `K`'s status subresource (`<plural>/status`).
+    pub fn is_status_of<K: Resource<DynamicType = ()>>(&self) -> bool {
+        K::group(&()) == self.group && self.resource == format!("{}/status", K::plural(&()))
+    }
+
+    /// `K`'s API in `namespace` for writing its status subresource, through this entry.
+    pub fn status_namespaced<K>(&self, client: &Client, namespace: &str) -> Api<K>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+    {
+        assert!(
+            self.is_status_of::<K>(),
+            "rbac table entry {}/{} used for the status of {}/{}",
+            self.group,
+            self.resource,
+            K::group(&()),
+            K::plural(&())
+        );
+        Api::namespaced(client.clone(), namespace)
     }
 
     /// Panics (a programming error, caught by every test that runs the call)
@@ -246,6 +288,12 @@ mod tests {
         assert!(NAMESPACES.is_for::<k8s_openapi::api::core::v1::Namespace>());
         assert!(TOKEN_REVIEWS.is_for::<TokenReview>());
         assert!(!PODS.is_for::<Service>());
+        assert!(HTTP_ROUTES_STATUS.is_status_of::<HTTPRoute>());
+        assert!(GRPC_ROUTES_STATUS.is_status_of::<GRPCRoute>());
+        assert!(AUTHORIZATION_POLICIES_STATUS.is_status_of::<AuthorizationPolicy>());
+        assert!(TRAFFIC_POLICIES_STATUS.is_status_of::<TrafficPolicy>());
+        assert!(!HTTP_ROUTES.is_status_of::<HTTPRoute>() && !HTTP_ROUTES_STATUS.is_for::<HTTPRoute>());
+        assert!(LEASES.is_for::<k8s_openapi::api::coordination::v1::Lease>());
     }
 
     /// Catches the committed manifest drifting from the table (a permission
@@ -316,6 +364,11 @@ mod tests {
             "EVENTS",
             "NAMESPACES",
             "TOKEN_REVIEWS",
+            "HTTP_ROUTES_STATUS",
+            "GRPC_ROUTES_STATUS",
+            "AUTHORIZATION_POLICIES_STATUS",
+            "TRAFFIC_POLICIES_STATUS",
+            "LEASES",
         ];
         assert_eq!(names.len(), CONTROL_PLANE.len(), "every entry of the table is named here");
         for name in names {

@@ -30,7 +30,8 @@ use mesh_kube::api::k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service
 use mesh_kube::api::k8s_openapi::api::discovery::v1::EndpointSlice;
 use mesh_kube::api::k8s_openapi::api::events::v1::Event;
 use mesh_kube::api::{Api, Client, ClientError, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use mesh_kube::gateway::HTTPRoute;
+use mesh_kube::crd::{AuthorizationPolicy, TrafficPolicy};
+use mesh_kube::gateway::{GRPCRoute, HTTPRoute};
 use mesh_process::{Child, Spec};
 use mesh_proto::identity::{CertifyRequest, CertifyResponse, identity_client::IdentityClient};
 use mesh_tests::kube_harness::{self, ApiServer};
@@ -251,7 +252,7 @@ fn host_ip() -> IpAddr {
 /// Catches: the control plane needing a permission the ClusterRole lacks
 /// (start-up times out waiting for a list; TokenReview or the pod GET is
 /// forbidden and Certify answers UNAVAILABLE; the Event is never
-/// published); the role granting more than the table (listing Secrets works)
+/// published; the leader Lease or a status patch is forbidden, so no status); the role granting more than the table (listing Secrets works)
 /// or more than the code calls (a verb never in the audit log);
 /// a certificate for the identity asked rather than the one the token proves;
 /// tokens for another audience, of a deleted or terminating pod, or bound to
@@ -314,6 +315,38 @@ async fn projected_tokens_get_certificates_for_their_pods_identity_under_the_con
                         "rules": [{"filters": [{"type": "RequestRedirect"}]}]}}),
     )
     .await;
+    // Status (patch on each kind's /status) works under the role: objects for
+    // a Service that does not exist (nothing here routes or protects books).
+    let ledger = json!({"kind": "Service", "name": "ledger"});
+    create(
+        &Api::<GRPCRoute>::namespaced(admin.clone(), NS),
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GRPCRoute", "metadata": {"name": "ledger"},
+               "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "ledger"}]}}),
+    )
+    .await;
+    create(
+        &Api::<AuthorizationPolicy>::namespaced(admin.clone(), NS),
+        json!({"apiVersion": "policy.mesh.dev/v1alpha1", "kind": "AuthorizationPolicy", "metadata": {"name": "ledger"},
+               "spec": {"targetRef": ledger}}),
+    )
+    .await;
+    create(
+        &Api::<TrafficPolicy>::namespaced(admin.clone(), NS),
+        json!({"apiVersion": "policy.mesh.dev/v1alpha1", "kind": "TrafficPolicy", "metadata": {"name": "ledger"},
+               "spec": {"targetRef": ledger}}),
+    )
+    .await;
+    let started = Instant::now();
+    loop {
+        let grpc = Api::<GRPCRoute>::namespaced(admin.clone(), NS).get("ledger").await.expect("GRPCRoute");
+        let authz = Api::<AuthorizationPolicy>::namespaced(admin.clone(), NS).get("ledger").await.expect("policy");
+        let traffic = Api::<TrafficPolicy>::namespaced(admin.clone(), NS).get("ledger").await.expect("policy");
+        if grpc.status.is_some_and(|s| !s.parents.is_empty()) && authz.status.is_some() && traffic.status.is_some() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "no status written under the role after 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // The right audience, bound to a live pod: its pod's identity.
     let books_token = mint(&admin, NS, "books", &[AUDIENCE], Some(&books)).await.expect("a bound token");

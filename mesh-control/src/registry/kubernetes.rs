@@ -8,6 +8,7 @@ use mesh_registry::sink::RegistrySink;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -29,12 +30,8 @@ pub async fn start(
     let registry = KubernetesRegistry::new(client, sink);
     let collector = KubernetesCollector(registry.stats());
     let mut synced = registry.synced();
-    tasks.spawn(async move {
-        tokio::select! {
-            () = registry.run() => {}
-            () = shutdown.triggered() => {}
-        }
-    });
+    // On shutdown the registry releases the leader Lease, if it holds it.
+    tasks.spawn(async move { registry.run_until(shutdown.triggered()).await });
     match tokio::time::timeout(SYNC_TIMEOUT, synced.wait_for(|done| *done)).await {
         Ok(Ok(_)) => Ok(collector),
         _ => Err(KubeError::Timeout {
@@ -64,11 +61,23 @@ impl Collector for KubernetesCollector {
                 "Kubernetes watch errors (retried with backoff)",
                 &self.0.watch_errors,
             ),
+            (
+                "registry_kubernetes_status_writes",
+                "Status conditions written on routes and policies (only by the replica that leads)",
+                &self.0.status_writes,
+            ),
         ];
         for (name, help, value) in counters {
             let counter = ConstCounter::new(value.load(Ordering::Relaxed));
             counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)?;
         }
+        let leading = ConstGauge::new(i64::from(self.0.leading.load(Ordering::Relaxed)));
+        leading.encode(encoder.encode_descriptor(
+            "registry_kubernetes_leader",
+            "1 while this replica holds the leader Lease (writes status and Events), else 0",
+            None,
+            leading.metric_type(),
+        )?)?;
         Ok(())
     }
 }
@@ -84,6 +93,8 @@ mod tests {
         let stats = RegistryStats::default();
         stats.problems.store(3, Ordering::Relaxed);
         stats.watch_errors.store(1, Ordering::Relaxed);
+        stats.status_writes.store(2, Ordering::Relaxed);
+        stats.leading.store(true, Ordering::Relaxed);
         let mut registry = prometheus_client::registry::Registry::default();
         registry.register_collector(Box::new(KubernetesCollector(stats)));
         let mut text = String::new();
@@ -91,5 +102,7 @@ mod tests {
         assert!(text.contains("registry_kubernetes_problems_total 3"), "{text}");
         assert!(text.contains("registry_kubernetes_watch_errors_total 1"), "{text}");
         assert!(text.contains("registry_kubernetes_changes_total 0"), "{text}");
+        assert!(text.contains("registry_kubernetes_status_writes_total 2"), "{text}");
+        assert!(text.contains("registry_kubernetes_leader 1"), "{text}");
     }
 }

@@ -8,6 +8,7 @@
 //! and, for HTTP, one of the rule's `http` matches.
 
 use super::common::{CIDR, DNS_LABEL, HttpRouteMatch, SPIFFE_ID, ServicePortTargetRef};
+use super::status::PolicyStatus;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -19,10 +20,13 @@ use serde::{Deserialize, Serialize};
     version = "v1alpha1",
     kind = "AuthorizationPolicy",
     namespaced,
+    status = "PolicyStatus",
     shortname = "authz",
     category = "mesh",
     printcolumn = r#"{"name": "Target", "type": "string", "jsonPath": ".spec.targetRef.name"}"#,
     printcolumn = r#"{"name": "Default", "type": "string", "jsonPath": ".spec.default"}"#,
+    printcolumn = r#"{"name": "Accepted", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Accepted\")].status"}"#,
+    printcolumn = r#"{"name": "Resolved", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"ResolvedRefs\")].status"}"#,
     printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]

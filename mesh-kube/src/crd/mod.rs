@@ -5,9 +5,11 @@
 
 pub mod authorization;
 pub mod common;
+pub mod status;
 pub mod traffic;
 
 pub use authorization::{AuthorizationPolicy, AuthorizationPolicySpec};
+pub use status::{Condition, ConditionStatus, PolicyStatus};
 pub use traffic::{TrafficPolicy, TrafficPolicySpec};
 
 /// The API group of the mesh's resources.

@@ -3,6 +3,7 @@
 //! DestinationRule `trafficPolicy`.
 
 use super::common::{DURATION, ServiceTargetRef};
+use super::status::PolicyStatus;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -14,9 +15,12 @@ use serde::{Deserialize, Serialize};
     version = "v1alpha1",
     kind = "TrafficPolicy",
     namespaced,
+    status = "PolicyStatus",
     shortname = "tp",
     category = "mesh",
     printcolumn = r#"{"name": "Target", "type": "string", "jsonPath": ".spec.targetRef.name"}"#,
+    printcolumn = r#"{"name": "Accepted", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Accepted\")].status"}"#,
+    printcolumn = r#"{"name": "Resolved", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"ResolvedRefs\")].status"}"#,
     printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]

@@ -7,6 +7,8 @@ pub mod policy;
 mod report;
 pub mod routes;
 pub mod service;
+pub mod status;
+mod status_writer;
 pub mod watch;
 
 pub use service::service_from;

@@ -2,6 +2,8 @@
 //! are new (or changed) is logged, counted, and gets a `Warning` Event
 //! (reason `Rejected`, shown by `kubectl describe` and `kubectl events`);
 //! an object found valid again is forgotten, so a later problem is told again.
+//! Only the replica that leads publishes Events (every replica logs and
+//! counts); each Event names the replica (`reportingInstance`).
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
@@ -11,7 +13,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-/// The name Events are reported under (`reportingController`).
+/// The name Events are reported under (`reportingController`), and the
+/// `controllerName` of the mesh's entries in route status.
 pub const CONTROLLER: &str = "mesh.dev/control";
 /// An Event's note is at most 1 kB.
 const MAX_NOTE: usize = 1000;
@@ -25,15 +28,22 @@ pub(super) struct ProblemReporter {
     /// Whether Events are published (not by read-only users such as `meshctl policy explain`).
     publish: bool,
     counted: Arc<AtomicU64>,
+    leading: tokio::sync::watch::Receiver<bool>,
     told: Mutex<BTreeMap<ObjectId, Vec<String>>>,
 }
 
 impl ProblemReporter {
-    pub(super) fn new(client: Client, counted: Arc<AtomicU64>) -> Self {
+    /// Publishes as `instance` (`reportingInstance`) while `leading` says so.
+    pub(super) fn new(
+        client: Client,
+        counted: Arc<AtomicU64>,
+        instance: &str,
+        leading: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
         // The recorder creates Events, and patches one that repeats.
         crate::rbac::EVENTS.check::<k8s_openapi::api::events::v1::Event>();
-        let reporter = Reporter { controller: CONTROLLER.into(), instance: None };
-        Self { recorder: Recorder::new(client, reporter), publish: true, counted, told: Mutex::default() }
+        let reporter = Reporter { controller: CONTROLLER.into(), instance: Some(instance.into()) };
+        Self { recorder: Recorder::new(client, reporter), publish: true, counted, leading, told: Mutex::default() }
     }
 
     /// Stops publishing Events (problems are still logged and counted).
@@ -74,7 +84,7 @@ impl ProblemReporter {
 
     /// Publishes the Event in the background (the watch never waits on it).
     fn publish(&self, id: &ObjectId, messages: &[String], uid: Option<String>) {
-        if !self.publish {
+        if !self.publish || !*self.leading.borrow() {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };

@@ -9,13 +9,19 @@
 //! located by object and field, are logged, counted in [`RegistryStats`]
 //! and published as a Warning Event on the object, once per change
 //! ([`super::report`]).
+//!
+//! Status conditions ([`super::status_writer`]) and Events are written only
+//! by the replica holding the leader Lease ([`crate::lease`]); every replica
+//! watches and serves.
 
 use super::policy::{authorizations_from, traffic_from};
 use super::report::{ObjectId, ProblemReporter};
 use super::routes::routes_from;
 use super::service::{SERVICE_NAME_LABEL, service_with_accounts};
+use super::status_writer::{StatusStores, StatusWriter};
 use crate::crd::{AuthorizationPolicy, TrafficPolicy};
 use crate::gateway::{GRPCRoute, HTTPRoute};
+use crate::lease::{Elector, LeaseConfig, default_identity};
 use crate::rbac::{self, Access};
 use futures_util::{StreamExt, stream};
 use k8s_openapi::api::core::v1::{Pod, PodSpec, Service as KubeService};
@@ -27,7 +33,9 @@ use mesh_registry::model::ServiceKey;
 use mesh_registry::sink::RegistrySink;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::Notify;
 
 /// Counters of the registry's work, for metrics and tests.
 #[derive(Debug, Clone, Default)]
@@ -38,6 +46,10 @@ pub struct RegistryStats {
     pub problems: Arc<AtomicU64>,
     /// Watch errors (the watch retries with backoff).
     pub watch_errors: Arc<AtomicU64>,
+    /// Statuses written (only by the replica that leads).
+    pub status_writes: Arc<AtomicU64>,
+    /// Whether this replica holds the leader Lease (writes status and Events).
+    pub leading: Arc<AtomicBool>,
 }
 
 /// What a watch event means for the registry.
@@ -82,6 +94,11 @@ pub struct KubernetesRegistry {
     stats: RegistryStats,
     problems: ProblemReporter,
     synced: tokio::sync::watch::Sender<bool>,
+    elector: Elector,
+    /// Wakes the status writer.
+    changed: Arc<Notify>,
+    /// Whether it campaigns for the Lease and writes status (not when read-only).
+    writes: bool,
 }
 
 impl std::fmt::Debug for KubernetesRegistry {
@@ -91,17 +108,28 @@ impl std::fmt::Debug for KubernetesRegistry {
 }
 
 impl KubernetesRegistry {
-    /// A registry writing what `client` sees into `sink`.
+    /// A registry writing what `client` sees into `sink`, electing its
+    /// writer of status and Events on the default Lease ([`LeaseConfig::new`]).
     pub fn new(client: Client, sink: Arc<dyn RegistrySink>) -> Self {
-        let stats = RegistryStats::default();
-        let problems = ProblemReporter::new(client.clone(), stats.problems.clone());
-        Self { client, sink, stats, problems, synced: tokio::sync::watch::Sender::new(false) }
+        Self::with_lease(client, sink, LeaseConfig::new(default_identity()))
     }
 
-    /// A registry that only reads: it writes no Events (for `meshctl`, which
-    /// runs with the user's credentials and must not change the cluster).
+    /// As [`Self::new`], with this Lease.
+    pub fn with_lease(client: Client, sink: Arc<dyn RegistrySink>, lease: LeaseConfig) -> Self {
+        let stats = RegistryStats::default();
+        let elector = Elector::new(client.clone(), lease);
+        let problems =
+            ProblemReporter::new(client.clone(), stats.problems.clone(), elector.identity(), elector.leading());
+        let synced = tokio::sync::watch::Sender::new(false);
+        Self { client, sink, stats, problems, synced, elector, changed: Arc::default(), writes: true }
+    }
+
+    /// A registry that only reads: it writes no Events, no status and no
+    /// Lease (for `meshctl`, which runs with the user's credentials and must
+    /// not change the cluster).
     pub fn read_only(mut self) -> Self {
         self.problems.read_only();
+        self.writes = false;
         self
     }
 
@@ -118,8 +146,23 @@ impl KubernetesRegistry {
         self.synced.subscribe()
     }
 
-    /// Watches until the future is dropped (watch errors are retried with backoff).
+    /// Watches until the future is dropped (watch errors are retried with
+    /// backoff). Dropping it leaves the Lease to expire (as a crash would).
     pub async fn run(self) {
+        self.run_until(std::future::pending()).await;
+    }
+
+    /// Watches until `stop` completes, then releases the Lease if it holds
+    /// it, so another replica takes over at once.
+    pub async fn run_until(self, stop: impl Future<Output = ()>) {
+        tokio::select! {
+            () = self.watch() => {}
+            () = stop => {}
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.elector.release()).await;
+    }
+
+    async fn watch(&self) {
         let (services, service_writer) = reflector::store::<KubeService>();
         let (slices, slice_writer) = reflector::store::<EndpointSlice>();
         let service_events = reflector::reflector(
@@ -186,6 +229,20 @@ impl KubernetesRegistry {
             http_route_events,
             grpc_route_events,
         ]);
+        let writer = StatusWriter {
+            client: self.client.clone(),
+            changed: self.changed.clone(),
+            leading: self.elector.leading(),
+            synced: self.synced.subscribe(),
+            writes: self.stats.status_writes.clone(),
+        };
+        let status_stores = StatusStores {
+            services: services.clone(),
+            http_routes: http_routes.clone(),
+            grpc_routes: grpc_routes.clone(),
+            authorizations: authorizations.clone(),
+            traffic: traffic.clone(),
+        };
         let policies = PolicyStores { authorizations, http_routes, grpc_routes };
 
         let stores = Stores { services, slices, pods, traffic };
@@ -195,69 +252,94 @@ impl KubernetesRegistry {
             traffic_targets: BTreeMap::new(),
             settled: BTreeSet::new(),
         };
-        while let Some(event) = events.next().await {
-            match event {
-                Err((kind, e)) => {
-                    self.stats.watch_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(?kind, error = %e, "Kubernetes watch failed; retrying");
-                    // A policy kind whose CRD is not installed (404) must not hold
-                    // up serving; any other error must (serving without the
-                    // policies could let through what they deny).
-                    if !matches!(kind, Kind::Services | Kind::Slices) && not_installed(&e) {
-                        state.settled.insert(kind);
-                    }
+        let watch = async {
+            while let Some(event) = events.next().await {
+                if matches!(event, Ok(Change::Pod(..)) | Err(_)) {
+                    // Pods do not change any status (only which ServiceAccount serves).
+                } else {
+                    self.changed.notify_one();
                 }
-                Ok(Change::None) => {}
-                Ok(Change::Service(key)) => {
-                    let own = slices_of(&stores.slices, &key);
-                    self.apply(&key, own, &stores, &mut state);
-                }
-                Ok(Change::Pod(namespace, name)) => {
-                    for key in services_backed_by(&stores.slices, &namespace, &name) {
-                        let own = slices_of(&stores.slices, &key);
-                        self.apply(&key, own, &stores, &mut state);
-                    }
-                }
-                Ok(Change::Traffic(policy, target)) => {
-                    let before = match &target {
-                        Some(t) => state.traffic_targets.insert(policy, t.clone()),
-                        None => state.traffic_targets.remove(&policy),
-                    };
-                    for key in BTreeSet::from_iter(before.into_iter().chain(target)) {
-                        let own = slices_of(&stores.slices, &key);
-                        self.apply(&key, own, &stores, &mut state);
-                    }
-                }
-                Ok(Change::Policies) => self.apply_policies(&policies),
-                Ok(Change::Listed(kind @ (Kind::Authorizations | Kind::HttpRoutes | Kind::GrpcRoutes))) => {
-                    state.settled.insert(kind);
-                    self.apply_policies(&policies);
-                }
-                Ok(Change::Listed(kind)) => {
-                    state.settled.insert(kind);
-                    if kind == Kind::Services {
-                        state.listed_services = true;
-                    }
-                    // Every Service, with the slices grouped once (not searched per Service).
-                    let mut slices: BTreeMap<ServiceKey, Vec<EndpointSlice>> = BTreeMap::new();
-                    for slice in stores.slices.state() {
-                        if let Some(key) = slice_service_key(&slice) {
-                            slices.entry(key).or_default().push(EndpointSlice::clone(&slice));
+                match event {
+                    Err((kind, e)) => {
+                        self.stats.watch_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(?kind, error = %e, "Kubernetes watch failed; retrying");
+                        // A policy kind whose CRD is not installed (404) must not hold
+                        // up serving; any other error must (serving without the
+                        // policies could let through what they deny).
+                        if !matches!(kind, Kind::Services | Kind::Slices) && not_installed(&e) {
+                            state.settled.insert(kind);
                         }
                     }
-                    let mut keys: BTreeSet<ServiceKey> =
-                        stores.services.state().iter().filter_map(|s| service_key(s)).collect();
-                    keys.extend(state.served.iter().cloned());
-                    for key in keys {
-                        let own = slices.remove(&key).unwrap_or_default();
+                    Ok(Change::None) => {}
+                    Ok(Change::Service(key)) => {
+                        let own = slices_of(&stores.slices, &key);
                         self.apply(&key, own, &stores, &mut state);
                     }
+                    Ok(Change::Pod(namespace, name)) => {
+                        for key in services_backed_by(&stores.slices, &namespace, &name) {
+                            let own = slices_of(&stores.slices, &key);
+                            self.apply(&key, own, &stores, &mut state);
+                        }
+                    }
+                    Ok(Change::Traffic(policy, target)) => {
+                        let before = match &target {
+                            Some(t) => state.traffic_targets.insert(policy, t.clone()),
+                            None => state.traffic_targets.remove(&policy),
+                        };
+                        for key in BTreeSet::from_iter(before.into_iter().chain(target)) {
+                            let own = slices_of(&stores.slices, &key);
+                            self.apply(&key, own, &stores, &mut state);
+                        }
+                    }
+                    Ok(Change::Policies) => self.apply_policies(&policies),
+                    Ok(Change::Listed(kind @ (Kind::Authorizations | Kind::HttpRoutes | Kind::GrpcRoutes))) => {
+                        state.settled.insert(kind);
+                        self.apply_policies(&policies);
+                    }
+                    Ok(Change::Listed(kind)) => {
+                        state.settled.insert(kind);
+                        if kind == Kind::Services {
+                            state.listed_services = true;
+                        }
+                        // Every Service, with the slices grouped once (not searched per Service).
+                        let mut slices: BTreeMap<ServiceKey, Vec<EndpointSlice>> = BTreeMap::new();
+                        for slice in stores.slices.state() {
+                            if let Some(key) = slice_service_key(&slice) {
+                                slices.entry(key).or_default().push(EndpointSlice::clone(&slice));
+                            }
+                        }
+                        let mut keys: BTreeSet<ServiceKey> =
+                            stores.services.state().iter().filter_map(|s| service_key(s)).collect();
+                        keys.extend(state.served.iter().cloned());
+                        for key in keys {
+                            let own = slices.remove(&key).unwrap_or_default();
+                            self.apply(&key, own, &stores, &mut state);
+                        }
+                    }
+                }
+                if state.settled.len() == KINDS && !*self.synced.borrow() {
+                    tracing::info!("Kubernetes registry synced");
+                    self.synced.send_replace(true);
                 }
             }
-            if state.settled.len() == KINDS && !*self.synced.borrow() {
-                tracing::info!("Kubernetes registry synced");
-                self.synced.send_replace(true);
+        };
+        let mut leading = self.elector.leading();
+        let mirror = async {
+            while leading.changed().await.is_ok() {
+                self.stats.leading.store(*leading.borrow(), Ordering::Relaxed);
             }
+        };
+        let elect = async {
+            if self.writes {
+                tokio::join!(writer.run(status_stores), self.elector.run());
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            () = watch => {}
+            () = elect => {}
+            () = mirror => {}
         }
     }
 
