@@ -121,19 +121,33 @@ fn check_contents(spec: &ImageSpec, img: &Image) {
         for e in std::fs::read_dir(&dir).unwrap() {
             let p = e.unwrap().path();
             let meta = std::fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(&img.rootfs).unwrap().to_string_lossy().into_owned();
             if meta.is_dir() {
                 stack.push(p);
+            } else if meta.file_type().is_symlink() {
+                // Only iptables' names for its multi-call binaries.
+                let target = std::fs::read_link(&p).unwrap().to_string_lossy().into_owned();
+                assert!(
+                    spec.iptables && rel.starts_with("usr/sbin/ip") && target.starts_with("xtables-"),
+                    "{}: unexpected symlink {rel} -> {target}",
+                    spec.name
+                );
             } else {
-                assert!(meta.is_file(), "{}: {} is neither file nor directory", spec.name, p.display());
-                files.push(p.strip_prefix(&img.rootfs).unwrap().to_string_lossy().into_owned());
+                assert!(meta.is_file(), "{}: {rel} is neither file, directory nor symlink", spec.name);
+                files.push(rel);
             }
         }
     }
     let binary = format!("usr/local/bin/{}", spec.binary);
     for f in &files {
         let name = f.rsplit('/').next().unwrap();
-        let allowed =
-            f == "etc/passwd" || f == "etc/group" || *f == binary || name.starts_with("ld-linux") || name.contains(".so");
+        let iptables = spec.iptables && f.starts_with("usr/sbin/xtables-") && f.ends_with("-multi");
+        let allowed = f == "etc/passwd"
+            || f == "etc/group"
+            || *f == binary
+            || iptables
+            || name.starts_with("ld-linux")
+            || name.contains(".so");
         assert!(allowed, "{}: unexpected file {f} (images hold the binary and what it loads only)", spec.name);
     }
     assert!(files.contains(&binary));
@@ -186,6 +200,61 @@ fn images_hold_only_the_binary_and_what_it_loads() {
     for built in &debug_images().1 {
         let (_dir, img) = unpack(&built.path);
         check_contents(&built.spec, &img);
+    }
+}
+
+/// Catches a proxy image that cannot run `mesh-proxy init` as the pod's init
+/// container: iptables, its extension modules or their libraries missing.
+/// In a fresh network namespace, from the unpacked image (as root, with /proc
+/// and /dev mounted, as a runtime gives an init container with NET_ADMIN): init
+/// installs the rules (seen by the host's iptables-save in that namespace),
+/// then `--cleanup` removes them.
+#[test]
+fn the_proxy_image_runs_mesh_proxy_init() {
+    if !can_chroot() {
+        return;
+    }
+    let built = debug_images().1.iter().find(|b| b.spec.iptables).expect("the proxy image");
+    let (_dir, img) = unpack(&built.path);
+    for dir in ["proc", "dev"] {
+        std::fs::create_dir_all(img.rootfs.join(dir)).unwrap();
+    }
+    let ns = format!("mimg{}", std::process::id());
+    let ip = |args: &[&str]| std::process::Command::new("ip").args(args).output().unwrap();
+    assert!(ip(&["netns", "add", &ns]).status.success(), "ip netns add");
+    let result = std::panic::catch_unwind(|| {
+        let in_image = |args: &str| {
+            // `ip netns exec` runs in its own mount namespace: the proc mount ends with it.
+            let script = format!(
+                "mount -t proc proc {root}/proc && mount --bind /dev {root}/dev && \
+                 exec chroot {root} /usr/local/bin/mesh-proxy {args}",
+                root = img.rootfs.display()
+            );
+            let mut cmd = std::process::Command::new("ip");
+            cmd.args(["netns", "exec", &ns, "sh", "-c", &script]).env_clear();
+            for kv in img.env() {
+                let (k, v) = kv.split_once('=').unwrap();
+                cmd.env(k, v);
+            }
+            let out = cmd.output().unwrap();
+            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            assert!(out.status.success(), "mesh-proxy {args} from the image: {}\n{text}", out.status);
+            text
+        };
+        let nat = || {
+            let out = ip(&["netns", "exec", &ns, "iptables-save", "-t", "nat"]);
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        in_image("init --proxy-uid 2102");
+        let rules = nat();
+        assert!(rules.contains("-A MESH_OUTPUT -m owner --uid-owner 2102 -j RETURN"), "{rules}");
+        assert!(rules.contains("-j REDIRECT --to-ports 4143"), "{rules}");
+        in_image("init --proxy-uid 2102 --cleanup");
+        assert!(!nat().contains("MESH_"), "cleanup left rules:\n{}", nat());
+    });
+    assert!(ip(&["netns", "delete", &ns]).status.success(), "ip netns delete");
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
     }
 }
 

@@ -142,7 +142,8 @@ fn demo(args: &[String]) -> anyhow::Result<()> {
 /// Builds the release binaries, then one image archive per binary.
 fn images(args: &ImagesArgs) -> anyhow::Result<()> {
     use xtask::images;
-    deps::ensure(&[("strip", "binutils"), ("ldd", "libc-bin")])?;
+    // The proxy image carries iptables for `mesh-proxy init`.
+    deps::ensure(&[("strip", "binutils"), ("ldd", "libc-bin"), ("xtables-nft-multi", "iptables")])?;
     if !args.no_build {
         let mut build = vec!["build", "--release"];
         for package in images::CARGO_PACKAGES {

@@ -9,15 +9,26 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io::Write;
 
-/// One file or directory of a layer.
+/// What a layer entry is.
+#[derive(Debug, Clone)]
+pub enum Data {
+    /// A directory.
+    Dir,
+    /// A regular file's bytes.
+    File(Vec<u8>),
+    /// A symbolic link's target.
+    Symlink(String),
+}
+
+/// One file, directory or symlink of a layer.
 #[derive(Debug, Clone)]
 pub struct Entry {
     /// Permission bits.
     pub mode: u32,
     /// Owner and group.
     pub owner: (u32, u32),
-    /// `None` for a directory.
-    pub data: Option<Vec<u8>>,
+    /// What it is.
+    pub data: Data,
 }
 
 /// A layer's contents by path (relative, no leading `/`).
@@ -29,19 +40,29 @@ pub struct Contents {
 impl Contents {
     /// Adds a root-owned file; its parent directories are added as root-owned 0755.
     pub fn file(&mut self, path: &str, mode: u32, data: Vec<u8>) {
-        self.insert(path, Entry { mode, owner: (0, 0), data: Some(data) });
+        self.insert(path, Entry { mode, owner: (0, 0), data: Data::File(data) });
+    }
+
+    /// Adds a root-owned symlink `path` → `target`.
+    pub fn symlink(&mut self, path: &str, target: &str) {
+        self.insert(path, Entry { mode: 0o777, owner: (0, 0), data: Data::Symlink(target.to_string()) });
+    }
+
+    /// Whether `path` is in the layer.
+    pub fn contains(&self, path: &str) -> bool {
+        self.entries.contains_key(path.trim_matches('/'))
     }
 
     /// Adds a directory with its own mode and owner.
     pub fn dir(&mut self, path: &str, mode: u32, owner: (u32, u32)) {
-        self.insert(path, Entry { mode, owner, data: None });
+        self.insert(path, Entry { mode, owner, data: Data::Dir });
     }
 
     fn insert(&mut self, path: &str, entry: Entry) {
         let path = path.trim_matches('/').to_string();
         let mut parent = path.as_str();
         while let Some((up, _)) = parent.rsplit_once('/') {
-            self.entries.entry(up.to_string()).or_insert(Entry { mode: 0o755, owner: (0, 0), data: None });
+            self.entries.entry(up.to_string()).or_insert(Entry { mode: 0o755, owner: (0, 0), data: Data::Dir });
             parent = up;
         }
         self.entries.insert(path, entry);
@@ -75,9 +96,13 @@ pub fn sha256(bytes: &[u8]) -> String {
 pub fn build(contents: &Contents) -> anyhow::Result<Layer> {
     let mut w = tar::Writer::new(Vec::new());
     for (path, e) in &contents.entries {
-        let kind = if e.data.is_some() { Kind::File } else { Kind::Dir };
-        let header = Header { path, kind, mode: e.mode, uid: e.owner.0, gid: e.owner.1, mtime: 0 };
-        w.append(&header, e.data.as_deref().unwrap_or_default())?;
+        let (kind, link, data): (Kind, &str, &[u8]) = match &e.data {
+            Data::Dir => (Kind::Dir, "", b""),
+            Data::File(bytes) => (Kind::File, "", bytes),
+            Data::Symlink(target) => (Kind::Symlink, target, b""),
+        };
+        let header = Header { path, kind, mode: e.mode, uid: e.owner.0, gid: e.owner.1, mtime: 0, link };
+        w.append(&header, data)?;
     }
     let tar = w.finish()?;
     let diff_id = sha256(&tar);

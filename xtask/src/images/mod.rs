@@ -1,13 +1,15 @@
 //! `cargo xtask images`: OCI image archives for the mesh's binaries, built
-//! without a container daemon. Each image has two layers: a base (users and
+//! without a container daemon. Each image has a base layer (users and
 //! groups, `/tmp`, the dynamic loader and the shared libraries the binary
-//! loads, taken from this machine) and the binary itself. Everything is
-//! deterministic: the same binaries give the same digests.
+//! loads, taken from this machine), the proxy's an iptables layer (for
+//! `mesh-proxy init` as the init container), and the binary's own layer.
+//! Everything is deterministic: the same binaries give the same digests.
 //!
 //! `deploy/images/Dockerfile` builds the same images with Docker; a test
 //! checks that its users, entrypoints and ports are these.
 
 mod closure;
+mod iptables;
 mod layer;
 mod oci;
 mod tar;
@@ -45,6 +47,8 @@ pub struct ImageSpec {
     pub ports: &'static [u16],
     /// `org.opencontainers.image.description`.
     pub description: &'static str,
+    /// Whether the image carries iptables (the proxy's, for `mesh-proxy init`).
+    pub iptables: bool,
 }
 
 /// The mesh's images.
@@ -56,6 +60,7 @@ pub const IMAGES: &[ImageSpec] = &[
         // outbound, inbound, admin
         ports: &[4140, 4143, 4191],
         description: "The mesh's sidecar proxy (also `mesh-proxy init` for the iptables rules)",
+        iptables: true,
     },
     ImageSpec {
         name: "mesh-control",
@@ -64,6 +69,7 @@ pub const IMAGES: &[ImageSpec] = &[
         // gRPC API, admin, admission webhook
         ports: &[8086, 8443, 9990],
         description: "The mesh's control plane: discovery, policy, identity (CA)",
+        iptables: false,
     },
     ImageSpec {
         name: "meshctl",
@@ -71,6 +77,7 @@ pub const IMAGES: &[ImageSpec] = &[
         uid: MESHCTL_UID,
         ports: &[],
         description: "The mesh's command line",
+        iptables: false,
     },
 ];
 
@@ -150,13 +157,28 @@ fn build_one(spec: &ImageSpec, arch: &str, opts: &Options) -> anyhow::Result<Bui
         let data = std::fs::read(&lib).with_context(|| format!("reading {}", lib.display()))?;
         base.file(&lib.to_string_lossy(), 0o755, data);
     }
+    let mut env = vec![format!("PATH={BIN_DIR}:/usr/sbin:/usr/bin:/bin")];
+    let mut layers = vec![layer::build(&base)?];
+    let mut history = vec!["users, /tmp, loader and libraries".to_string()];
+    if spec.iptables {
+        let mut tools = layer::Contents::default();
+        let xtables = iptables::add(&mut tools, &base)?;
+        env.push(format!("XTABLES_LIBDIR={xtables}"));
+        layers.push(layer::build(&tools)?);
+        history.push("iptables (nft and legacy) for `mesh-proxy init`".into());
+    }
     let mut app = layer::Contents::default();
     app.file(&format!("{BIN_DIR}/{}", spec.binary), 0o755, binary);
-    let layers = [layer::build(&base)?, layer::build(&app)?];
+    layers.push(layer::build(&app)?);
+    history.push(format!("{BIN_DIR}/{}", spec.binary));
 
     let reference = reference(spec, &opts.version, opts.registry.as_deref());
     let ports: serde_json::Map<String, serde_json::Value> =
         spec.ports.iter().map(|p| (format!("{p}/tcp"), json!({}))).collect();
+    let history: Vec<serde_json::Value> = history
+        .iter()
+        .map(|h| json!({"created": "1970-01-01T00:00:00Z", "created_by": format!("cargo xtask images: {h}")}))
+        .collect();
     let config = json!({
         "architecture": arch,
         "os": "linux",
@@ -164,7 +186,7 @@ fn build_one(spec: &ImageSpec, arch: &str, opts: &Options) -> anyhow::Result<Bui
         "config": {
             "User": format!("{0}:{0}", spec.uid),
             "Entrypoint": [format!("{BIN_DIR}/{}", spec.binary)],
-            "Env": [format!("PATH={BIN_DIR}:/usr/bin:/bin")],
+            "Env": env,
             "WorkingDir": "/",
             "ExposedPorts": ports,
             "Labels": {
@@ -174,10 +196,7 @@ fn build_one(spec: &ImageSpec, arch: &str, opts: &Options) -> anyhow::Result<Bui
                 "org.opencontainers.image.licenses": "Apache-2.0",
             },
         },
-        "history": [
-            {"created": "1970-01-01T00:00:00Z", "created_by": "cargo xtask images: users, /tmp, loader and libraries"},
-            {"created": "1970-01-01T00:00:00Z", "created_by": format!("cargo xtask images: {BIN_DIR}/{}", spec.binary)},
-        ],
+        "history": history,
     });
     let archive = oci::archive(config, &layers, &reference)?;
     let path = opts.out_dir.join(format!("{}.tar", spec.name));

@@ -115,11 +115,11 @@ pub fn archive(mut config: Value, layers: &[Layer], reference: &str) -> anyhow::
 }
 
 fn dir(path: &str) -> Header<'_> {
-    Header { path, kind: Kind::Dir, mode: 0o755, uid: 0, gid: 0, mtime: 0 }
+    Header { path, kind: Kind::Dir, mode: 0o755, uid: 0, gid: 0, mtime: 0, link: "" }
 }
 
 fn file(path: &str) -> Header<'_> {
-    Header { path, kind: Kind::File, mode: 0o644, uid: 0, gid: 0, mtime: 0 }
+    Header { path, kind: Kind::File, mode: 0o644, uid: 0, gid: 0, mtime: 0, link: "" }
 }
 
 #[cfg(test)]

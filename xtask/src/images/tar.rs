@@ -16,6 +16,8 @@ pub enum Kind {
     File,
     /// A directory (its path gets a trailing `/`).
     Dir,
+    /// A symbolic link to [`Header::link`].
+    Symlink,
 }
 
 /// One entry's metadata; the data is passed alongside.
@@ -33,6 +35,8 @@ pub struct Header<'a> {
     pub gid: u32,
     /// Modification time, seconds since the epoch.
     pub mtime: u64,
+    /// A symlink's target (empty otherwise).
+    pub link: &'a str,
 }
 
 /// Writes tar entries to `W`; [`Writer::finish`] writes the end-of-archive blocks.
@@ -49,8 +53,8 @@ impl<W: Write> Writer<W> {
 
     /// Appends one entry (`data` must be empty for a directory).
     pub fn append(&mut self, header: &Header<'_>, data: &[u8]) -> anyhow::Result<()> {
-        if header.kind == Kind::Dir && !data.is_empty() {
-            bail!("tar: directory {} cannot have data", header.path);
+        if header.kind != Kind::File && !data.is_empty() {
+            bail!("tar: only a regular file has data ({})", header.path);
         }
         let block = encode_header(header, data.len() as u64)?;
         self.out.write_all(&block)?;
@@ -100,8 +104,13 @@ fn encode_header(h: &Header<'_>, size: u64) -> anyhow::Result<[u8; BLOCK]> {
     octal(&mut b[136..148], h.mtime, "mtime", &path)?;
     b[156] = match h.kind {
         Kind::File => b'0',
+        Kind::Symlink => b'2',
         Kind::Dir => b'5',
     };
+    if h.link.len() > 100 || (h.kind == Kind::Symlink) == h.link.is_empty() {
+        bail!("tar: link target {:?} of {path} is missing, misplaced or too long", h.link);
+    }
+    b[157..157 + h.link.len()].copy_from_slice(h.link.as_bytes());
     b[257..263].copy_from_slice(b"ustar\0");
     b[263..265].copy_from_slice(b"00");
     b[345..345 + prefix.len()].copy_from_slice(prefix.as_bytes());
@@ -143,7 +152,7 @@ mod tests {
     }
 
     fn file(path: &str) -> Header<'_> {
-        Header { path, kind: Kind::File, mode: 0o644, uid: 0, gid: 0, mtime: 0 }
+        Header { path, kind: Kind::File, mode: 0o644, uid: 0, gid: 0, mtime: 0, link: "" }
     }
 
     /// Catches a wrong checksum or misplaced fields: the system's `tar`
@@ -152,11 +161,12 @@ mod tests {
     fn the_system_tar_reads_what_we_write() {
         let long = format!("{}/{}", "d".repeat(120), "f".repeat(90));
         let bytes = archive(&[
-            (Header { path: "etc", kind: Kind::Dir, mode: 0o755, uid: 0, gid: 0, mtime: 0 }, b""),
+            (Header { path: "etc", kind: Kind::Dir, mode: 0o755, uid: 0, gid: 0, mtime: 0, link: "" }, b""),
             (file("etc/passwd"), b"root:x:0:0::/:/sbin/nologin\n"),
-            (Header { path: "tmp", kind: Kind::Dir, mode: 0o1777, uid: 0, gid: 0, mtime: 0 }, b""),
+            (Header { path: "tmp", kind: Kind::Dir, mode: 0o1777, uid: 0, gid: 0, mtime: 0, link: "" }, b""),
             (Header { uid: 2102, gid: 2103, ..file("data") }, &[7u8; 1000]),
             (file(&long), b"x"),
+            (Header { kind: Kind::Symlink, link: "xtables-nft-multi", mode: 0o777, ..file("iptables-nft") }, b""),
         ]);
         assert_eq!(bytes.len() % BLOCK, 0);
         let dir = std::env::temp_dir().join(format!("xtask-tar-{}", std::process::id()));
@@ -175,6 +185,7 @@ mod tests {
         let data: Vec<&str> = listing.lines().find(|l| l.ends_with(" data")).expect("data listed").split_whitespace().collect();
         assert_eq!(data[..3], ["-rw-r--r--", "2102/2103", "1000"], "{listing}");
         assert!(listing.contains(&long), "{listing}");
+        assert!(listing.contains("iptables-nft -> xtables-nft-multi"), "{listing}");
     }
 
     /// Catches host metadata leaking in: the same entries give the same bytes.

@@ -62,6 +62,8 @@ fn the_dockerfile_builds_the_same_images() {
         assert_eq!(stage.entrypoint.as_deref(), Some(entry.as_str()), "{}: ENTRYPOINT", spec.name);
         let dest = format!("{BIN_DIR}/{}", spec.binary);
         assert!(stage.copies.iter().any(|c| c.ends_with(&dest)), "{}: no COPY to {dest}", spec.name);
+        let has_iptables = stage.copies.iter().any(|c| c.contains("--from=iptables"));
+        assert_eq!(has_iptables, spec.iptables, "{}: iptables (for `mesh-proxy init`) in one build only", spec.name);
     }
 }
 
