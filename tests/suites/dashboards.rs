@@ -20,12 +20,13 @@ use std::time::Duration;
 
 /// Keywords followed by a label list in parentheses (`by (a, b)`).
 const GROUPING: &[&str] = &["by", "without", "on", "ignoring", "group_left", "group_right"];
-/// Other PromQL keywords, operators spelled as words, and aggregation operators (reserved: `sum by (x) (…)` puts `by` before the
-/// parenthesis).
-const KEYWORDS: &[&str] = &[
-    "and", "or", "unless", "bool", "offset", "inf", "nan", "sum", "min", "max", "avg", "group", "stddev", "stdvar",
-    "count", "count_values", "bottomk", "topk", "quantile", "limitk", "limit_ratio",
-];
+/// Other PromQL keywords and operators spelled as words.
+const KEYWORDS: &[&str] = &["and", "or", "unless", "bool", "offset", "inf", "nan"];
+/// Aggregation operators: reserved words, and `sum by (x) (…)` puts `by`
+/// between the operator and its parenthesis.
+const AGGREGATIONS: &[&str] = &["sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values"];
+/// Aggregation operators that take a parameter.
+const PARAMETRIC: &[&str] = &["bottomk", "topk", "quantile", "limitk", "limit_ratio"];
 
 /// Removes string literals and the contents of `{…}` label matchers and
 /// `[…]` ranges (label names, values and durations are not metric names).
@@ -95,7 +96,9 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
             let next = text[i..].trim_start().chars().next();
             if GROUPING.contains(&word) {
                 skip_group = true;
-            } else if next == Some('(') || KEYWORDS.contains(&word.to_ascii_lowercase().as_str()) {
+            } else if next == Some('(')
+                || [KEYWORDS, AGGREGATIONS, PARAMETRIC].iter().any(|l| l.contains(&word.to_ascii_lowercase().as_str()))
+            {
                 // A function or aggregation (`rate(`, `sum(`), or a keyword.
             } else {
                 names.insert(word.to_string());
@@ -231,10 +234,8 @@ async fn dashboards_query_only_metrics_the_mesh_exports() {
     // Traffic, so the request, response and connection families have samples
     // (families without any are not served).
     let upstream = client.upstream_addrs()[0];
-    let ok = mesh::eventually(Duration::from_secs(10), || async {
-        mesh::admin_get(upstream, "/").await == "books-0"
-    })
-    .await;
+    let ok =
+        mesh::eventually(Duration::from_secs(10), || async { mesh::admin_get(upstream, "/").await == "books-0" }).await;
     assert!(ok, "no answer from books through the mesh");
     // Plaintext to the strict inbound is refused (tcp_refused_total).
     plaintext_attempt(server.inbound_addr().unwrap()).await;
@@ -305,10 +306,15 @@ fn promql_names_are_extracted_exactly() {
 / on (target) group_left sum without (le) (rate(request_total{tls="true"}[5m] offset 1h)) > bool 0.5 or vector(1)"#;
     let names: Vec<String> = metric_names(expr).into_iter().collect();
     assert_eq!(names, ["request_total", "response_latency_seconds_bucket"]);
-    assert_eq!(variable_expr(r#"label_values(request_total{direction="outbound"}, target)"#), r#"request_total{direction="outbound"}"#);
+    assert_eq!(
+        variable_expr(r#"label_values(request_total{direction="outbound"}, target)"#),
+        r#"request_total{direction="outbound"}"#
+    );
     let text = "# HELP request HTTP requests\n# TYPE request counter\nrequest_total{a=\"b\"} 1\n# TYPE response_latency_seconds histogram\n# TYPE tcp_open_connections gauge\n";
     let exported = exported_names(text);
-    for n in ["request_total", "response_latency_seconds_bucket", "response_latency_seconds_count", "tcp_open_connections"] {
+    for n in
+        ["request_total", "response_latency_seconds_bucket", "response_latency_seconds_count", "tcp_open_connections"]
+    {
         assert!(exported.contains(n), "{n}: {exported:?}");
     }
 }

@@ -124,7 +124,10 @@ mod tests {
         c.dir("tmp", 0o1777, (0, 0));
         c.file("/etc/passwd", 0o644, b"root".to_vec());
         let paths: Vec<&str> = c.paths().collect();
-        assert_eq!(paths, ["etc", "etc/passwd", "tmp", "usr", "usr/local", "usr/local/bin", "usr/local/bin/mesh-proxy"]);
+        assert_eq!(
+            paths,
+            ["etc", "etc/passwd", "tmp", "usr", "usr/local", "usr/local/bin", "usr/local/bin/mesh-proxy"]
+        );
     }
 
     /// Catches a timestamp or insertion order reaching the bytes: the same

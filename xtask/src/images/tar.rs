@@ -173,16 +173,14 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("t.tar");
         std::fs::write(&path, &bytes).expect("write");
-        let out = std::process::Command::new("tar")
-            .args(["--numeric-owner", "-tvf"])
-            .arg(&path)
-            .output()
-            .expect("tar runs");
+        let out =
+            std::process::Command::new("tar").args(["--numeric-owner", "-tvf"]).arg(&path).output().expect("tar runs");
         let _ = std::fs::remove_dir_all(&dir);
         let listing = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "tar refused it: {}", String::from_utf8_lossy(&out.stderr));
         assert!(listing.contains("drwxrwxrwt 0/0"), "{listing}");
-        let data: Vec<&str> = listing.lines().find(|l| l.ends_with(" data")).expect("data listed").split_whitespace().collect();
+        let data: Vec<&str> =
+            listing.lines().find(|l| l.ends_with(" data")).expect("data listed").split_whitespace().collect();
         assert_eq!(data[..3], ["-rw-r--r--", "2102/2103", "1000"], "{listing}");
         assert!(listing.contains(&long), "{listing}");
         assert!(listing.contains("iptables-nft -> xtables-nft-multi"), "{listing}");
