@@ -271,6 +271,18 @@ fn builds_are_reproducible() {
     }
 }
 
+/// Catches the images and what Kubernetes runs drifting apart: the
+/// injector's and install's default registry, and the proxy's UID that
+/// init exempts and the sidecar runs as.
+#[test]
+fn images_match_what_the_injector_runs() {
+    assert_eq!(builder::DEFAULT_REGISTRY, mesh_kube::inject::DEFAULT_REGISTRY);
+    let inject = mesh_kube::inject::InjectConfig::new(builder::DEFAULT_REGISTRY, VERSION, "mesh-system", String::new());
+    let proxy = IMAGES.iter().find(|s| s.name == "mesh-proxy").unwrap();
+    assert_eq!(inject.proxy_uid, i64::from(proxy.uid));
+    assert_eq!(inject.proxy_image, builder::reference(proxy, VERSION, Some(builder::DEFAULT_REGISTRY)));
+}
+
 /// Catches an unpacker (this suite's) that would not notice a corrupted blob.
 #[test]
 fn a_corrupted_layer_is_refused() {
@@ -315,7 +327,7 @@ fn release_images_from_cargo_xtask_images() {
         let archive = dir.join(format!("{}.tar", spec.name));
         assert!(archive.is_file(), "{} missing: run `cargo xtask images` first", archive.display());
         let (_d, img) = unpack(&archive);
-        check_layout(spec, &builder::reference(spec, VERSION, None), &img);
+        check_layout(spec, &builder::reference(spec, VERSION, Some(builder::DEFAULT_REGISTRY)), &img);
         if run {
             check_runs(spec, &img);
             check_contents(spec, &img);

@@ -73,9 +73,10 @@ struct ImagesArgs {
     /// Where the archives go (default: `<target dir>/images`).
     #[arg(long)]
     out: Option<std::path::PathBuf>,
-    /// Repository prefix for the image names, e.g. `ghcr.io/me` (default: none, `mesh-proxy:VERSION`).
-    #[arg(long)]
-    registry: Option<String>,
+    /// Repository prefix for the image names (`""`: bare `mesh-proxy:VERSION`). The default is
+    /// what `meshctl install` and the injector use.
+    #[arg(long, default_value = xtask::images::DEFAULT_REGISTRY)]
+    registry: String,
     /// Use the release binaries already built (skip `cargo build --release`).
     #[arg(long)]
     no_build: bool,
@@ -156,13 +157,13 @@ fn images(args: &ImagesArgs) -> anyhow::Result<()> {
         bin_dir: target.join("release"),
         out_dir: args.out.clone().unwrap_or_else(|| target.join("images")),
         version: env!("CARGO_PKG_VERSION").to_string(),
-        registry: args.registry.clone(),
+        registry: Some(args.registry.clone()),
     };
     eprintln!("==> building images in {}", opts.out_dir.display());
     for built in images::build_all(&opts)? {
         let archive = std::fs::metadata(&built.path).map(|m| m.len()).unwrap_or(0);
         println!(
-            "{:<24} {}  compressed {:>5.1} MB  archive {:>5.1} MB  {}",
+            "{:<36} {}  compressed {:>5.1} MB  archive {:>5.1} MB  {}",
             built.reference,
             built.manifest_digest,
             built.compressed_size as f64 / 1e6,

@@ -29,6 +29,10 @@ pub const PROXY_UID: u32 = 2102;
 pub const CONTROL_UID: u32 = 2103;
 /// meshctl's UID (and GID): distroless' conventional `nonroot`.
 pub const MESHCTL_UID: u32 = 65532;
+/// The repository prefix images get by default: what `meshctl install` and
+/// the injector name (`mesh_kube::inject::DEFAULT_REGISTRY`; the images suite
+/// checks they agree).
+pub const DEFAULT_REGISTRY: &str = "ghcr.io/mesh-dev";
 /// The packages whose release binaries the images hold (`cargo build -p …`).
 pub const CARGO_PACKAGES: &[&str] = &["mesh-proxy", "mesh-control", "mesh-cli"];
 /// Where the binary lives in every image.
