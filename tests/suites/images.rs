@@ -206,7 +206,8 @@ fn images_hold_only_the_binary_and_what_it_loads() {
 /// Catches a proxy image that cannot run `mesh-proxy init` as the pod's init
 /// container: iptables, its extension modules or their libraries missing.
 /// In a fresh network namespace, from the unpacked image (as root, with /proc
-/// and /dev mounted, as a runtime gives an init container with NET_ADMIN): init
+/// and /dev mounted and the root filesystem read-only, as the injector asks
+/// of the init container): init
 /// installs the rules (seen by the host's iptables-save in that namespace),
 /// then `--cleanup` removes them.
 #[test]
@@ -226,8 +227,8 @@ fn the_proxy_image_runs_mesh_proxy_init() {
         let in_image = |args: &str| {
             // `ip netns exec` runs in its own mount namespace: the proc mount ends with it.
             let script = format!(
-                "mount -t proc proc {root}/proc && mount --bind /dev {root}/dev && \
-                 exec chroot {root} /usr/local/bin/mesh-proxy {args}",
+                "mount --bind {root} {root} && mount -t proc proc {root}/proc && mount --bind /dev {root}/dev && \
+                 mount -o remount,bind,ro {root} && exec chroot {root} /usr/local/bin/mesh-proxy {args}",
                 root = img.rootfs.display()
             );
             let mut cmd = std::process::Command::new("ip");
