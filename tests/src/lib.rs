@@ -11,6 +11,7 @@ pub mod apps;
 pub mod bins;
 pub mod garbage;
 pub mod grpc;
+pub mod image;
 pub mod kube_harness;
 pub mod load;
 pub mod mesh;

@@ -1,4 +1,4 @@
-//! System tools the test suite needs, installed from Debian's packages when
+//! System tools xtask's commands need, installed from Debian's packages when
 //! missing and running as root (CI, a fresh machine); otherwise a clear
 //! message with the command to run.
 
@@ -26,7 +26,7 @@ pub fn ensure(tools: &[(&str, &str)]) -> anyhow::Result<()> {
     }
     let line = format!("apt-get install -y {}", missing.join(" "));
     if !is_root() || !have("apt-get") {
-        bail!("missing tools for the test suite; install them with: sudo {line}");
+        bail!("missing tools; install them with: sudo {line}");
     }
     eprintln!("==> apt-get update && {line}");
     for args in

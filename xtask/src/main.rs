@@ -7,6 +7,7 @@
 //! - `cargo xtask fuzz [--time 10m] [TARGET...]`: run the fuzz targets (`fuzz/`) under libFuzzer.
 //! - `cargo xtask soak [OPTIONS]`: a fixed rate through the mesh for 30 minutes under endpoint churn,
 //!   certificate rotation and control-plane restarts; asserts no failure and flat resources.
+//! - `cargo xtask images [--out DIR]`: OCI image archives of the release binaries, without Docker.
 
 mod bench;
 mod cargo;
@@ -61,6 +62,24 @@ enum Command {
     /// certificate rotation and control-plane restarts. Fails on any failed request, or when
     /// RSS or open descriptors of the proxies or the control plane grow; writes target/soak/.
     Soak(soak::SoakArgs),
+    /// Build OCI image archives (mesh-proxy, mesh-control, meshctl) from the release binaries,
+    /// without Docker; load them with `docker load -i` or `kind load image-archive`.
+    Images(ImagesArgs),
+}
+
+/// `cargo xtask images` options.
+#[derive(Debug, clap::Args)]
+struct ImagesArgs {
+    /// Where the archives go (default: `<target dir>/images`).
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+    /// Repository prefix for the image names (`""`: bare `mesh-proxy:VERSION`). The default is
+    /// what `meshctl install` and the injector use.
+    #[arg(long, default_value = xtask::images::DEFAULT_REGISTRY)]
+    registry: String,
+    /// Use the release binaries already built (skip `cargo build --release`).
+    #[arg(long)]
+    no_build: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -71,6 +90,7 @@ fn main() -> anyhow::Result<()> {
         Command::E2eKind(args) => kind::run(&args),
         Command::Fuzz(args) => fuzz::run(&args),
         Command::Soak(args) => soak::run(&args),
+        Command::Images(args) => images(&args),
     }
 }
 
@@ -118,4 +138,38 @@ fn demo(args: &[String]) -> anyhow::Result<()> {
     eprintln!("==> {}", cargo::display(&cmd));
     let err = std::os::unix::process::CommandExt::exec(&mut cmd);
     Err(anyhow::anyhow!("cannot run {}: {err}", meshctl.display()))
+}
+
+/// Builds the release binaries, then one image archive per binary.
+fn images(args: &ImagesArgs) -> anyhow::Result<()> {
+    use xtask::images;
+    // The proxy image carries iptables for `mesh-proxy init`.
+    deps::ensure(&[("strip", "binutils"), ("ldd", "libc-bin"), ("xtables-nft-multi", "iptables")])?;
+    if !args.no_build {
+        let mut build = vec!["build", "--release"];
+        for package in images::CARGO_PACKAGES {
+            build.extend(["-p", package]);
+        }
+        cargo::run_step(&mut cargo::cargo(&build))?;
+    }
+    let target = cargo::target_dir()?;
+    let opts = images::Options {
+        bin_dir: target.join("release"),
+        out_dir: args.out.clone().unwrap_or_else(|| target.join("images")),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        registry: Some(args.registry.clone()),
+    };
+    eprintln!("==> building images in {}", opts.out_dir.display());
+    for built in images::build_all(&opts)? {
+        let archive = std::fs::metadata(&built.path).map(|m| m.len()).unwrap_or(0);
+        println!(
+            "{:<36} {}  compressed {:>5.1} MB  archive {:>5.1} MB  {}",
+            built.reference,
+            built.manifest_digest,
+            built.compressed_size as f64 / 1e6,
+            archive as f64 / 1e6,
+            built.path.display()
+        );
+    }
+    Ok(())
 }
