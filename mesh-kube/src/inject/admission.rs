@@ -134,7 +134,16 @@ fn decide(request: &AdmissionRequest, namespace: &NamespaceInfo, config: &Inject
         .map_err(|e| format!("mesh injector: the pod cannot be read: {e}"))?;
     let Some(spec) = &pod.spec else { return Err("mesh injector: the pod has no spec".into()) };
     match plan(&pod.metadata, spec, namespace, config, OptIn::Marked) {
-        Ok(Ok(injection)) => Ok((Verdict::Injected, Some(injection.patch("", &pod.metadata, spec)))),
+        Ok(Ok(injection)) => {
+            // A pod without `metadata` decodes to empty metadata; the patch
+            // must then create it before adding annotations under it.
+            let mut ops = Vec::new();
+            if request.object.get("metadata").is_none() {
+                ops.push(super::PatchOp::Add { path: "/metadata".into(), value: json!({}) });
+            }
+            ops.extend(injection.patch("", &pod.metadata, spec));
+            Ok((Verdict::Injected, Some(ops)))
+        }
         Ok(Err(skip)) => Ok((Verdict::Skipped(skip), None)),
         Err(e @ InjectError { .. }) => Err(format!("mesh injector: {e}; fix the annotation or remove it")),
     }
@@ -214,6 +223,22 @@ mod tests {
         let unreadable = json!({"metadata": {}, "spec": {"containers": "web"}});
         let (_, verdict) = review(&parse(&body("CREATE", "Pod", unreadable)).expect("parses"), &enabled(), &config());
         assert!(matches!(verdict, Verdict::Denied(m) if m.contains("cannot be read")));
+    }
+
+    /// Catches a patch that cannot apply to a pod sent without `metadata`
+    /// (found by the admission fuzz target): annotations were added under a
+    /// `/metadata` that did not exist.
+    #[test]
+    fn a_pod_without_metadata_gets_a_patch_that_applies() {
+        let bare = json!({"spec": {"containers": [{"name": "web", "image": "web:1"}]}});
+        let request = parse(&body("CREATE", "Pod", bare.clone())).expect("parses");
+        let (answer, verdict) = review(&request, &enabled(), &config());
+        assert_eq!(verdict, Verdict::Injected);
+        let bytes: ByteString = serde_json::from_value(answer["response"]["patch"].clone()).expect("base64");
+        let ops: Vec<super::super::PatchOp> = serde_json::from_slice(&bytes.0).expect("a JSON Patch");
+        let mut object = bare;
+        apply_patch(&mut object, &ops).expect("applies");
+        assert!(object.pointer("/metadata/annotations").is_some());
     }
 
     /// Catches a parser that accepts anything (garbage, v1beta1 reviews it
