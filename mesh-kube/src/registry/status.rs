@@ -75,18 +75,16 @@ fn ports_text(ports: &[u16]) -> String {
 
 /// An HTTPRoute's backends, each with its field path.
 pub fn http_backends(route: &HTTPRoute) -> Vec<(String, &BackendRef)> {
-    let rules = route.spec.rules.iter().map(|r| &r.backend_refs);
-    rules
-        .enumerate()
-        .flat_map(|(i, refs)| {
-            refs.iter().enumerate().map(move |(j, b)| (format!("spec.rules[{i}].backendRefs[{j}]"), b))
-        })
-        .collect()
+    with_paths(route.spec.rules.iter().map(|r| &r.backend_refs))
 }
 
 /// A GRPCRoute's backends, each with its field path.
 pub fn grpc_backends(route: &GRPCRoute) -> Vec<(String, &BackendRef)> {
-    let rules = route.spec.rules.iter().map(|r| &r.backend_refs);
+    with_paths(route.spec.rules.iter().map(|r| &r.backend_refs))
+}
+
+/// Each rule's backend references with their field path (`spec.rules[i].backendRefs[j]`).
+fn with_paths<'a>(rules: impl Iterator<Item = &'a Vec<BackendRef>>) -> Vec<(String, &'a BackendRef)> {
     rules
         .enumerate()
         .flat_map(|(i, refs)| {
