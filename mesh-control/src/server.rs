@@ -59,15 +59,19 @@ pub enum StartError {
     Config(String),
 }
 
-/// A running control plane.
+/// A running control plane. [`Control::shutdown`] stops it gracefully
+/// (streams end, the leader Lease is released); dropping it aborts every
+/// task first, as a crash would.
 #[derive(Debug)]
 pub struct Control {
     grpc_addr: SocketAddr,
     admin_addr: SocketAddr,
     webhook_addr: Option<SocketAddr>,
     store: Store,
-    trigger: Trigger,
+    // Dropped before `trigger` (fields drop in order): the tasks are aborted
+    // before the shutdown signal could start their graceful paths.
     tasks: JoinSet<()>,
+    trigger: Trigger,
 }
 
 impl Control {
@@ -207,7 +211,7 @@ impl Control {
         }
         ready.store(true, Ordering::Release);
         tracing::info!(%grpc_addr, %admin_addr, "control plane serving");
-        Ok(Self { grpc_addr, admin_addr, webhook_addr: webhook, store, trigger, tasks })
+        Ok(Self { grpc_addr, admin_addr, webhook_addr: webhook, store, tasks, trigger })
     }
 
     /// The bound gRPC address (useful with port 0).
