@@ -133,7 +133,8 @@ fn control_deployment(v: &Values) -> Value {
                 "metadata": {"labels": labels(CONTROL)},
                 "spec": {
                     "serviceAccountName": CONTROL,
-                    "securityContext": {"runAsNonRoot": true, "runAsUser": 2103, "runAsGroup": 2103,
+                    // fsGroup: the Secret's files are root's; the group lets UID 2103 read them.
+                    "securityContext": {"runAsNonRoot": true, "runAsUser": 2103, "runAsGroup": 2103, "fsGroup": 2103,
                                         "seccompProfile": {"type": "RuntimeDefault"}},
                     "containers": [{
                         "name": CONTROL,
@@ -159,7 +160,7 @@ fn control_deployment(v: &Values) -> Value {
                                             "capabilities": {"drop": ["ALL"]}},
                         "volumeMounts": [{"name": "identity", "mountPath": "/var/run/mesh/identity", "readOnly": true}]
                     }],
-                    "volumes": [{"name": "identity", "secret": {"secretName": IDENTITY_SECRET, "defaultMode": 0o400}}]
+                    "volumes": [{"name": "identity", "secret": {"secretName": IDENTITY_SECRET, "defaultMode": 0o440}}]
                 }
             }
         }

@@ -61,3 +61,19 @@ fn the_yaml_reads_back_as_the_objects() {
     let back: Vec<_> = back.into_iter().filter(|d| !d.is_null()).collect();
     assert_eq!(back, manifests.iter().map(|m| m.object.clone()).collect::<Vec<_>>());
 }
+
+/// Catches a control plane that cannot read its own identity: Secret files
+/// are owned by root, so the non-root UID needs them group-readable through
+/// fsGroup (a 0400 mode, or no fsGroup, leaves it unable to start).
+#[test]
+fn the_control_plane_can_read_its_identity_secret() {
+    let manifests = render(&values());
+    let deployment = manifests.iter().find(|m| m.resource.kind == "Deployment").expect("deployment");
+    let pod = &deployment.object["spec"]["template"]["spec"];
+    let (uid, fs_group) = (&pod["securityContext"]["runAsUser"], &pod["securityContext"]["fsGroup"]);
+    assert_ne!(uid.as_i64(), Some(0), "the control plane runs as non-root");
+    assert_eq!(fs_group, &pod["securityContext"]["runAsGroup"], "the Secret's group is the process's");
+    let mode = pod["volumes"][0]["secret"]["defaultMode"].as_i64().expect("a mode");
+    assert_eq!(mode & 0o040, 0o040, "group-readable");
+    assert_eq!(mode & 0o007, 0, "not world-readable");
+}
