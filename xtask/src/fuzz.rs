@@ -37,6 +37,13 @@ pub struct FuzzArgs {
     targets: Vec<String>,
 }
 
+impl FuzzArgs {
+    /// Every target for `seconds` (CI's smoke run).
+    pub fn smoke(seconds: u64) -> Self {
+        Self { time: seconds, max_len: 4096, targets: Vec::new() }
+    }
+}
+
 /// What one target's run reported.
 #[derive(Debug)]
 struct Outcome {

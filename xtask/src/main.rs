@@ -96,6 +96,9 @@ fn main() -> anyhow::Result<()> {
 
 /// The whole test suite, as a list of steps run in order; the first failure
 /// stops it. Suites that need more (root, env) are added here as further steps.
+/// How long CI fuzzes each target.
+const CI_FUZZ_SECONDS: u64 = 5;
+
 fn test(args: &[String]) -> anyhow::Result<()> {
     deps::ensure(deps::TEST_TOOLS)?;
     kube_harness()?;
@@ -105,6 +108,11 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     test.args(args);
     for step in [&mut build, &mut test] {
         cargo::run_step(step)?;
+    }
+    // CI also fuzzes every target for a few seconds (the instrumented build
+    // costs minutes the first time, so local runs leave it to `cargo xtask fuzz`).
+    if std::env::var("CI").as_deref() == Ok("true") {
+        fuzz::run(&fuzz::FuzzArgs::smoke(CI_FUZZ_SECONDS))?;
     }
     eprintln!("xtask test: all steps passed");
     Ok(())
