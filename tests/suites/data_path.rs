@@ -51,8 +51,11 @@ async fn spreads_requests_across_replicas() {
         for i in 0..3 {
             let share = *out.by_replica.get(&format!("web-{i}")).unwrap_or(&0) as f64 / out.ok as f64;
             // Peak-EWMA favours whichever replica is fastest at the moment, so
-            // shares are not equal on a busy machine; each must still get work.
-            assert!(share > 0.10, "h2={h2}: replica web-{i} got {:.1} % of {out:?}", share * 100.0);
+            // shares are not equal on a busy machine (CI saw 3.9 % for one
+            // replica whose sidecar's tasks were starved); each must still get
+            // work. Catches: discovery handing the balancer one endpoint, or a
+            // balancer that always picks the same one (0 % for the others).
+            assert!(share > 0.01, "h2={h2}: replica web-{i} got {:.1} % of {out:?}", share * 100.0);
         }
     }
 }
