@@ -18,13 +18,23 @@ const HOP_BY_HOP: [HeaderName; 5] = [
 /// proxy forwards the upgrade handshake itself. `TE: trailers` survives, as
 /// gRPC needs it end to end.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
+    // Most messages carry none of these: one pass over the names (cheap
+    // comparisons) spares the eight hashed lookups below on every message.
+    if !upgrading && !headers.keys().any(|n| n == header::UPGRADE || HOP_BY_HOP.contains(n)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .filter(|n| !(upgrading && n == header::UPGRADE))
+        .map(str::trim)
+        // Names handled below anyway (`Connection: keep-alive` on most
+        // HTTP/1 responses) are not collected: no allocation for them.
+        .filter(|n| {
+            !n.eq_ignore_ascii_case("upgrade") && !HOP_BY_HOP.iter().any(|h| h.as_str().eq_ignore_ascii_case(n))
+        })
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
         .collect();
     let te_trailers = headers
         .get(header::TE)
@@ -90,6 +100,22 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["x-app"]);
+    }
+
+    /// Catches a fast path (nothing hop-by-hop here: leave the map alone)
+    /// that overlooks one of the names: each alone must still be stripped.
+    #[test]
+    fn each_hop_by_hop_name_alone_is_stripped() {
+        for name in ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "upgrade"] {
+            let mut h = map(&[(name, "x"), ("x-app", "kept")]);
+            strip_hop_by_hop(&mut h, false);
+            let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+            assert_eq!(names, ["x-app"], "{name} alone");
+        }
+        let mut plain = map(&[("host", "a"), ("x-app", "kept"), ("x-app", "twice")]);
+        let before = plain.clone();
+        strip_hop_by_hop(&mut plain, false);
+        assert_eq!(plain, before, "nothing hop-by-hop: untouched");
     }
 
     #[test]
