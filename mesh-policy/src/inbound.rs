@@ -150,15 +150,16 @@ impl Default for InboundPolicy {
     }
 }
 
-/// An authorization decision.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verdict {
+/// An authorization decision, borrowing its names from the policy (the
+/// proxy decides every request: no allocation for the common answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict<'a> {
     /// Allowed or not.
     pub allowed: bool,
     /// The policy that decided.
-    pub policy: String,
+    pub policy: &'a str,
     /// The authorization that allowed, or `default:<action>`.
-    pub rule: String,
+    pub rule: &'a str,
 }
 
 impl InboundPolicy {
@@ -196,13 +197,13 @@ impl InboundPolicy {
 
     /// Decides for a client, and for HTTP its request. A connection-level
     /// check (`req` = `None`) only counts authorizations without HTTP matches.
-    pub fn authorize(&self, client: &Client, req: Option<&Parts>) -> Verdict {
-        let verdict = |allowed: bool, rule: String| Verdict { allowed, policy: self.name.clone(), rule };
+    pub fn authorize(&self, client: &Client, req: Option<&Parts>) -> Verdict<'_> {
+        let verdict = |allowed: bool, rule| Verdict { allowed, policy: &self.name, rule };
         if self.pending {
-            return verdict(false, "control-plane-unavailable".into());
+            return verdict(false, "control-plane-unavailable");
         }
         if self.require_mtls && client.identity.is_none() {
-            return verdict(false, "require-mtls".into());
+            return verdict(false, "require-mtls");
         }
         for a in &self.authorizations {
             let request_ok = match req {
@@ -210,14 +211,14 @@ impl InboundPolicy {
                 None => a.http.is_empty(),
             };
             if request_ok && a.client_allowed(client) {
-                return verdict(true, a.name.clone());
+                return verdict(true, &a.name);
             }
         }
         match self.default {
-            DefaultAction::Allow => verdict(true, "default:allow".into()),
-            DefaultAction::Deny => verdict(false, "default:deny".into()),
-            DefaultAction::Authenticated => verdict(client.identity.is_some(), "default:authenticated".into()),
-            DefaultAction::Unrecognized(_) => verdict(false, "default:unrecognized".into()),
+            DefaultAction::Allow => verdict(true, "default:allow"),
+            DefaultAction::Deny => verdict(false, "default:deny"),
+            DefaultAction::Authenticated => verdict(client.identity.is_some(), "default:authenticated"),
+            DefaultAction::Unrecognized(_) => verdict(false, "default:unrecognized"),
         }
     }
 
@@ -271,10 +272,7 @@ mod tests {
         assert!(ok(&client(None, "10.1.2.3")).allowed);
         assert!(ok(&client(None, "::ffff:10.1.2.3")).allowed, "mapped IPv4");
         let denied = ok(&client(Some("spiffe://m/ns/default/sa/evil"), "10.2.0.1"));
-        assert_eq!(
-            (denied.allowed, denied.rule.as_str(), denied.policy.as_str()),
-            (false, "default:deny", "books-authz")
-        );
+        assert_eq!((denied.allowed, denied.rule, denied.policy), (false, "default:deny", "books-authz"));
         let authn = policy(pb::DefaultAction::Authenticated, vec![]);
         assert!(authn.authorize(&client(Some("spiffe://m/ns/x/sa/y"), "1.1.1.1"), None).allowed);
         assert!(!authn.authorize(&client(None, "1.1.1.1"), None).allowed);
@@ -282,8 +280,9 @@ mod tests {
 
     #[test]
     fn fails_closed_until_the_control_plane_answers() {
-        let v = InboundPolicy::pending().authorize(&client(Some("spiffe://m/ns/a/sa/b"), "1.1.1.1"), None);
-        assert_eq!((v.allowed, v.rule.as_str()), (false, "control-plane-unavailable"));
+        let pending = InboundPolicy::pending();
+        let v = pending.authorize(&client(Some("spiffe://m/ns/a/sa/b"), "1.1.1.1"), None);
+        assert_eq!((v.allowed, v.rule), (false, "control-plane-unavailable"));
         assert!(InboundPolicy::default().authorize(&client(None, "1.1.1.1"), None).allowed, "no control plane: allow");
     }
 
@@ -326,7 +325,7 @@ mod tests {
         );
         assert!(p.authorize(&client(Some(web), "10.1.2.3"), None).allowed, "both hold");
         let elsewhere = p.authorize(&client(Some(web), "10.2.0.1"), None);
-        assert_eq!((elsewhere.allowed, elsewhere.rule.as_str()), (false, "default:deny"), "identity alone");
+        assert_eq!((elsewhere.allowed, elsewhere.rule), (false, "default:deny"), "identity alone");
         assert!(!p.authorize(&client(None, "10.1.2.3"), None).allowed, "network alone");
         assert!(!p.authorize(&client(Some("spiffe://m/ns/default/sa/evil"), "10.1.2.3"), None).allowed);
         let rule = &p.authorizations()[0];
@@ -368,7 +367,7 @@ mod tests {
             .expect("compiles");
             assert_eq!(p.default, DefaultAction::Unrecognized(value));
             let v = p.authorize(&client(Some("spiffe://m/ns/a/sa/b"), "10.1.2.3"), None);
-            assert_eq!((v.allowed, v.rule.as_str()), (false, "default:unrecognized"), "value {value}");
+            assert_eq!((v.allowed, v.rule), (false, "default:unrecognized"), "value {value}");
         }
     }
 }

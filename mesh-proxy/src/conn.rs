@@ -191,8 +191,9 @@ async fn serve<I>(
     // Opaque TCP is authorized once, for the whole connection.
     let is_http = matches!(protocol, Protocol::Http1 | Protocol::Http2);
     if let (false, Some(policy)) = (is_http, &route.authorization) {
-        let verdict = policy.current().authorize(&client, None);
-        ctx.metrics.authorization(&labels.target, &verdict);
+        let current = policy.current();
+        let verdict = current.authorize(&client, None);
+        ctx.metrics.authorization(&labels.target, &verdict).inc();
         if !verdict.allowed {
             tracing::info!(?client, policy = %verdict.policy, rule = %verdict.rule, "connection denied");
             ctx.metrics.refused(&labels, "unauthorized");

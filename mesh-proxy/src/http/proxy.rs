@@ -230,8 +230,12 @@ fn eject_on_failure(
 
 /// Forwards requests to a balancer's endpoints, speaking `version`, with no
 /// policy (inbound to the app, and outbound without a control plane).
+/// Cloned per request: one `Arc`.
 #[derive(Debug, Clone)]
-pub struct Forward {
+pub struct Forward(Arc<ForwardTo>);
+
+#[derive(Debug)]
+struct ForwardTo {
     balancer: Arc<Balancer>,
     version: Version,
     settings: ForwardSettings,
@@ -240,7 +244,7 @@ pub struct Forward {
 impl Forward {
     /// A forwarder over `balancer`.
     pub fn new(balancer: Arc<Balancer>, version: Version, settings: ForwardSettings) -> Self {
-        Self { balancer, version, settings }
+        Self(Arc::new(ForwardTo { balancer, version, settings }))
     }
 }
 
@@ -254,7 +258,7 @@ impl tower::Service<Request<Incoming>> for Forward {
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        let this = self.clone();
+        let this = self.0.clone();
         Box::pin(async move {
             let p = prepare(req);
             let (limits, breaker) = (Limits::default(), Breaker::default());

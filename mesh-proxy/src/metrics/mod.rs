@@ -272,15 +272,16 @@ impl Families {
         self.route_events.get_or_create(&RouteEventLabels { route: route.clone(), kind }).inc();
     }
 
-    /// Counts an authorization decision.
-    pub fn authorization(&self, target: &str, verdict: &mesh_policy::inbound::Verdict) {
+    /// The counter of an authorization decision (the caller counts it; HTTP
+    /// keeps it for the connection's next requests).
+    pub fn authorization(&self, target: &str, verdict: &mesh_policy::inbound::Verdict<'_>) -> Counter {
         let labels = AuthzLabels {
             target: target.to_string(),
-            policy: verdict.policy.clone(),
-            rule: verdict.rule.clone(),
+            policy: verdict.policy.to_string(),
+            rule: verdict.rule.to_string(),
             decision: if verdict.allowed { "allow" } else { "deny" },
         };
-        self.authz.get_or_create(&labels).inc();
+        self.authz.get_or_create(&labels).clone()
     }
 
     /// Counts a refused connection.
