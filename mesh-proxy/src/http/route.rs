@@ -68,8 +68,10 @@ impl Router {
             }
             Some(route) => {
                 let name = route.name.clone();
-                let mut rsp = self
-                    .routed(&policy, route, parts, body, p.upgrade, grpc)
+                // Boxed: retries, timeouts and faults make this future
+                // several times larger than a plain forward, and every
+                // request's future is moved into a box of its size.
+                let mut rsp = Box::pin(self.routed(&policy, route, parts, body, p.upgrade, grpc))
                     .await
                     .unwrap_or_else(|e| errors::response(&e, grpc));
                 rsp.extensions_mut().insert(RouteName(name));
