@@ -16,6 +16,7 @@ pub mod kube_harness;
 pub mod load;
 pub mod mesh;
 pub mod netns;
+pub mod node;
 pub mod otlp;
 pub mod pcap;
 pub mod real;

@@ -1,0 +1,324 @@
+//! The suite plays the node (`mesh_tests::node`) for a real kube-apiserver
+//! and kube-controller-manager: a Deployment and a Service become processes
+//! in network namespaces on the node's bridge, Ready through their probes,
+//! in the Service's EndpointSlice, answering HTTP from the node; scaling
+//! down stops a pod's processes and removes its namespace.
+//!
+//! Needs root (network namespaces) and the kube harness: skipped without
+//! them, a failure when `CI=true`. Everything lives in a network namespace
+//! of the node's own (`knode-PID-…`), so the machine's root namespace is
+//! untouched (the host e2e suite may run at the same time).
+
+use mesh_kube::api::k8s_openapi::api::apps::v1::Deployment;
+use mesh_kube::api::k8s_openapi::api::authentication::v1::TokenReview;
+use mesh_kube::api::k8s_openapi::api::core::v1::{Node as KubeNode, Pod, Service};
+use mesh_kube::api::k8s_openapi::api::discovery::v1::EndpointSlice;
+use mesh_kube::api::{Api, Client, ListParams, Patch, PatchParams, PostParams};
+use mesh_tests::kube_harness;
+use mesh_tests::node::plan::{ImageEntry, Images};
+use mesh_tests::node::{Node, NodeNet, netns::netns_list};
+use serde_json::json;
+use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const NS: &str = "default";
+/// The UID the app runs as (its pod's securityContext).
+const APP_UID: u32 = 1000;
+/// The audience of the app's projected token.
+const AUDIENCE: &str = "mesh-test";
+
+/// Polls `f` every 200 ms until it returns `Some` or `timeout` passes.
+async fn until<T, F: std::future::Future<Output = Option<T>>>(
+    timeout: Duration,
+    mut f: impl FnMut() -> F,
+) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `path`, or a copy in `dir` when some directory above it keeps other
+/// users out (the app runs as UID 1000).
+fn runnable_by_others(path: &Path, dir: &Path) -> PathBuf {
+    let open = |p: &Path, bits: u32| std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & bits == bits);
+    if open(path, 0o005) && path.ancestors().skip(1).all(|d| open(d, 0o001)) {
+        return path.to_path_buf();
+    }
+    let copy = dir.join(path.file_name().expect("a file name"));
+    std::fs::copy(path, &copy).expect("copying the binary");
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    copy
+}
+
+fn ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn ip(p: &Pod) -> String {
+    p.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap_or_default()
+}
+
+/// Ready addresses of the Service's EndpointSlices.
+async fn slice_ips(client: &Client, service: &str) -> BTreeSet<String> {
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), NS);
+    let lp = ListParams::default().labels(&format!("kubernetes.io/service-name={service}"));
+    let list = slices.list(&lp).await.map(|l| l.items).unwrap_or_default();
+    list.iter()
+        .flat_map(|s| s.endpoints.iter())
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+        .flat_map(|e| e.addresses.iter().cloned())
+        .collect()
+}
+
+/// `Uid:` (real, effective) and `CapEff:` of a process.
+fn uid_and_caps(pid: u32) -> (String, String) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status.lines().find(|l| l.starts_with(name)).map(|l| l[name.len()..].trim().to_string()).unwrap_or_default()
+    };
+    (field("Uid:"), field("CapEff:"))
+}
+
+/// A file as a process sees it (in its mount namespace: `nsenter -m`,
+/// since `/var/run` is an absolute symlink that `/proc/PID/root` would not
+/// follow inside).
+fn in_mount_ns(pid: u32, path: &str) -> String {
+    let out = std::process::Command::new("nsenter")
+        .args(["--target", &pid.to_string(), "--mount", "cat", path])
+        .output()
+        .expect("nsenter runs");
+    assert!(out.status.success(), "{path} in process {pid}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn web_deployment(replicas: i32) -> serde_json::Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": NS},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {
+                    "automountServiceAccountToken": false,
+                    "terminationGracePeriodSeconds": 5,
+                    "securityContext": {"runAsUser": APP_UID, "runAsGroup": APP_UID},
+                    "initContainers": [{"name": "check", "image": "mesh.test/mesh-test-app:dev", "args": ["--help"]}],
+                    "containers": [{
+                        "name": "web",
+                        "image": "mesh.test/mesh-test-app:dev",
+                        "args": ["http-server", "--listen", "0.0.0.0:8080", "--name", "$(POD_NAME)"],
+                        "env": [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+                        "ports": [{"name": "http", "containerPort": 8080}],
+                        "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
+                        "livenessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 2},
+                        "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
+                        "volumeMounts": [{"name": "token", "mountPath": "/var/run/mesh-test/identity", "readOnly": true}],
+                    }],
+                    "volumes": [{"name": "token", "projected": {"sources": [{"serviceAccountToken": {
+                        "audience": AUDIENCE, "expirationSeconds": 600, "path": "token"}}]}}],
+                },
+            },
+        },
+    })
+}
+
+/// GET / on `ip:8080` from the node; the app answers its name.
+async fn get(ip: &str) -> String {
+    let ip = ip.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl").args(["-sS", "--max-time", "5", &format!("http://{ip}:8080/")]).output()
+    })
+    .await
+    .expect("join")
+    .expect("curl runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Catches, in the node agent: pods never bound or never run (no Ready
+/// pods), two pods given one IP, a status without podIP or Ready (the
+/// EndpointSlice stays empty), `$(POD_NAME)` not expanded (the app answers
+/// a literal), the security context ignored (the process runs as root or
+/// keeps capabilities), the projected token not minted for the audience
+/// and the pod or not mounted where the container looks, and on scale-down
+/// a pod whose process survives, whose namespace is left, or whose
+/// endpoint stays in the slice.
+#[test]
+fn a_deployment_runs_on_the_node_and_scales_down_cleanly() {
+    if let Some(reason) = mesh_tests::netns::unavailable() {
+        mesh_tests::netns::skipped(&reason);
+        return;
+    }
+    if kube_harness::availability().is_err() {
+        let _ = kube_harness::start_or_skip();
+        return;
+    }
+    mesh_tests::init_logs();
+    let net = Arc::new(NodeNet::create("kube_node").expect("the node's namespace"));
+    // From here on this thread, the API server, the controller-manager and
+    // the runtime below live in the node's namespace.
+    net.enter().expect("entering the node's namespace");
+    let api = kube_harness::ApiServer::start().expect("the API server starts");
+    let kcm = api.start_controller_manager().expect("the controller-manager starts");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
+    let node_ns = net.name().to_string();
+    rt.block_on(async {
+        let client = mesh_kube::client::connect(Some(&api.kubeconfig), None).await.expect("a client");
+        let scratch = tempfile::tempdir().expect("a directory");
+        std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let app = runnable_by_others(Path::new(env!("CARGO_BIN_EXE_mesh-test-app")), scratch.path());
+        let mut images = Images::new();
+        images.insert("mesh-test-app".into(), ImageEntry { binary: app, user: (0, 0) });
+        let node = Node::start(client.clone(), "node-1", net.clone(), images).await.expect("the node starts");
+
+        let nodes: Api<KubeNode> = Api::all(client.clone());
+        let n = nodes.get("node-1").await.expect("the Node");
+        let conds = n.status.and_then(|s| s.conditions).unwrap_or_default();
+        assert!(conds.iter().any(|c| c.type_ == "Ready" && c.status == "True"), "{conds:?}");
+
+        let services: Api<Service> = Api::namespaced(client.clone(), NS);
+        let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}});
+        services.create(&PostParams::default(), &serde_json::from_value(svc).unwrap()).await.expect("the Service");
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), NS);
+        deployments
+            .create(&PostParams::default(), &serde_json::from_value(web_deployment(2)).unwrap())
+            .await
+            .expect("the Deployment");
+
+        let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+        let lp = ListParams::default().labels("app=web");
+        let running = until(Duration::from_secs(90), || async {
+            let list = pods.list(&lp).await.ok()?.items;
+            (list.len() == 2 && list.iter().all(ready)).then_some(list)
+        })
+        .await;
+        let Some(running) = running else {
+            let statuses: Vec<_> = pods
+                .list(&lp)
+                .await
+                .map(|l| l.items)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| (p.metadata.name, p.spec.and_then(|s| s.node_name), p.status))
+                .collect();
+            panic!(
+                "two Ready pods expected; pods: {statuses:#?}\nnode: {:#?}\ncontroller-manager:\n{}",
+                node.pods(),
+                kcm.log_tail(30)
+            );
+        };
+        let ips: BTreeSet<String> = running.iter().map(ip).collect();
+        assert_eq!(ips.len(), 2, "distinct IPs: {ips:?}");
+        assert!(ips.iter().all(|ip| ip.starts_with("10.244.0.")), "{ips:?}");
+        for p in &running {
+            let s = p.status.as_ref().unwrap();
+            assert_eq!(s.phase.as_deref(), Some("Running"));
+            assert_eq!(s.host_ip.as_deref(), Some("10.244.0.1"));
+            let init = &s.init_container_statuses.as_ref().unwrap()[0];
+            assert_eq!(init.state.as_ref().and_then(|s| s.terminated.as_ref()).map(|t| t.exit_code), Some(0));
+        }
+
+        // The processes: in their pod's namespace, as UID 1000, no capabilities.
+        let views = node.pods();
+        for p in &running {
+            let uid = p.metadata.uid.clone().unwrap();
+            let view = &views[&uid];
+            let pid = view.pids["web"];
+            assert_eq!(
+                uid_and_caps(pid),
+                (format!("{APP_UID}\t{APP_UID}\t{APP_UID}\t{APP_UID}"), "0000000000000000".into())
+            );
+            let netns = std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
+            let want = std::fs::metadata(format!("/run/netns/{}", view.netns)).unwrap();
+            use std::os::unix::fs::MetadataExt as _;
+            assert_eq!(
+                netns.display().to_string(),
+                format!("net:[{}]", want.ino()),
+                "{} in its pod's namespace",
+                p.metadata.name.as_deref().unwrap()
+            );
+            // The token as the container sees it (its own mount namespace):
+            // minted for the audience, bound to this pod.
+            let token = in_mount_ns(pid, "/var/run/mesh-test/identity/token");
+            assert!(!Path::new("/var/run/mesh-test/identity/token").exists(), "mounted in the container only");
+            let review: TokenReview =
+                serde_json::from_value(json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                "spec": {"token": token.trim(), "audiences": [AUDIENCE]}}))
+                .unwrap();
+            let review = Api::<TokenReview>::all(client.clone())
+                .create(&PostParams::default(), &review)
+                .await
+                .expect("TokenReview");
+            let status = review.status.unwrap();
+            assert_eq!(status.authenticated, Some(true), "{status:?}");
+            let extra = status.user.and_then(|u| u.extra).unwrap_or_default();
+            assert_eq!(
+                extra.get("authentication.kubernetes.io/pod-name"),
+                Some(&vec![p.metadata.name.clone().unwrap()])
+            );
+        }
+
+        // The Service's EndpointSlice lists both, and both answer from the node.
+        let got = until(Duration::from_secs(30), || async {
+            let have = slice_ips(&client, "web").await;
+            (have == ips).then_some(())
+        })
+        .await;
+        assert!(got.is_some(), "EndpointSlice {:?}, pods {ips:?}", slice_ips(&client, "web").await);
+        let mut names = BTreeSet::new();
+        for ip in &ips {
+            names.insert(get(ip).await);
+        }
+        let pod_names: BTreeSet<String> = running.iter().map(|p| p.metadata.name.clone().unwrap()).collect();
+        assert_eq!(names, pod_names, "each pod answers with its own name");
+
+        // Scale to 1: one pod stops, its namespace goes, the slice follows.
+        deployments
+            .patch("web", &PatchParams::default(), &Patch::Merge(&json!({"spec": {"replicas": 1}})))
+            .await
+            .expect("scaling");
+        let gone = until(Duration::from_secs(60), || async { node.pods().into_values().find(|v| v.finished) })
+            .await
+            .unwrap_or_else(|| panic!("no pod stopped: {:#?}", node.pods()));
+        for (c, pid) in &gone.pids {
+            assert!(!Path::new(&format!("/proc/{pid}")).exists(), "container {c} of {} still runs", gone.name);
+        }
+        assert!(!netns_list().contains(&gone.netns), "the namespace {} is left", gone.netns);
+        let left = until(Duration::from_secs(30), || async {
+            let list = pods.list(&lp).await.ok()?.items;
+            (list.len() == 1 && !list.iter().any(|p| p.metadata.name.as_deref() == Some(gone.name.as_str())))
+                .then_some(list)
+        })
+        .await
+        .expect("the deleted Pod is removed from the API server");
+        let want: BTreeSet<String> = left.iter().map(ip).collect();
+        let got =
+            until(Duration::from_secs(30), || async { (slice_ips(&client, "web").await == want).then_some(()) }).await;
+        assert!(got.is_some(), "EndpointSlice {:?}, want {want:?}", slice_ips(&client, "web").await);
+        assert_eq!(get(&ip(&left[0])).await, left[0].metadata.name.clone().unwrap());
+
+        node.shutdown().await;
+    });
+    drop(rt);
+    drop(kcm);
+    drop(api);
+    drop(net);
+    let left: Vec<String> = netns_list().into_iter().filter(|n| n.starts_with(&node_ns)).collect();
+    assert!(left.is_empty(), "namespaces left: {left:?}");
+    assert!(!Path::new("/var/run/mesh-test").exists(), "the mount point made on the node is left");
+}
