@@ -322,3 +322,190 @@ fn a_deployment_runs_on_the_node_and_scales_down_cleanly() {
     assert!(left.is_empty(), "namespaces left: {left:?}");
     assert!(!Path::new("/var/run/mesh-test").exists(), "the mount point made on the node is left");
 }
+
+/// Registers the control plane's injector as the API server's mutating
+/// webhook (as `kube_inject` does), for pods outside kube-system.
+async fn register_webhook(client: &Client, port: u16, ca_bundle: Vec<u8>) {
+    use mesh_kube::api::k8s_openapi::ByteString;
+    use mesh_kube::api::k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    let config: MutatingWebhookConfiguration = serde_json::from_value(json!({
+        "metadata": {"name": "mesh-injector"},
+        "webhooks": [{
+            "name": "inject.mesh.dev",
+            "clientConfig": {"url": format!("https://localhost:{port}/inject"), "caBundle": ByteString(ca_bundle)},
+            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
+            "namespaceSelector": {"matchExpressions": [
+                {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system", "mesh-system"]}
+            ]},
+            "admissionReviewVersions": ["v1"],
+            "sideEffects": "None",
+            "failurePolicy": "Fail",
+            "reinvocationPolicy": "IfNeeded",
+            "timeoutSeconds": 10
+        }]
+    }))
+    .expect("a webhook configuration");
+    Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .create(&PostParams::default(), &config)
+        .await
+        .expect("registers the webhook");
+}
+
+/// `ip netns exec NS ARGV...`'s stdout.
+fn in_netns(ns: &str, argv: &[&str]) -> String {
+    let out = std::process::Command::new("ip").args(["netns", "exec", ns]).args(argv).output().expect("ip netns exec");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A pod in a namespace opted into the mesh, run by the node exactly as the
+/// API server stored it after the real webhook call.
+///
+/// Catches, in the node: the init container not run, run without its
+/// capabilities or its /run emptyDir (no iptables rules in the pod's
+/// namespace), the native sidecar treated as an init container (it would
+/// block forever) or the app started before the proxy's startup probe
+/// passed; the proxy's projected token not minted with the mesh's audience
+/// or not bound to the pod (the control plane refuses it: never ready);
+/// the proxy's fixed UID or dropped capabilities not applied; and on
+/// deletion a sidecar stopped before the app.
+#[test]
+fn a_meshed_pod_runs_what_the_injector_wrote() {
+    use mesh_control::{Config, Control, IdentityConfig, RegistryConfig, WebhookConfig};
+    if let Some(reason) = mesh_tests::netns::unavailable() {
+        mesh_tests::netns::skipped(&reason);
+        return;
+    }
+    if kube_harness::availability().is_err() {
+        let _ = kube_harness::start_or_skip();
+        return;
+    }
+    mesh_tests::init_logs();
+    let net = Arc::new(NodeNet::create("kube_node_mesh").expect("the node's namespace"));
+    net.enter().expect("entering the node's namespace");
+    let api = kube_harness::ApiServer::start().expect("the API server starts");
+    let kcm = api.start_controller_manager().expect("the controller-manager starts");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
+    let node_ns = net.name().to_string();
+    rt.block_on(async {
+        let client = mesh_kube::client::connect(Some(&api.kubeconfig), None).await.expect("a client");
+        let scratch = tempfile::tempdir().expect("a directory");
+        std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let identity = mesh_identity::dir::IdentityDir::new(scratch.path().join("identity"));
+        identity.init("cluster.local", None).expect("identity directory");
+
+        // The control plane on the node, reachable from pods at the node's IP.
+        let grpc_port = std::net::TcpListener::bind("0.0.0.0:0").unwrap().local_addr().unwrap().port();
+        let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        let control = Control::start(Config {
+            grpc_addr: std::net::SocketAddr::from(([0, 0, 0, 0], grpc_port)),
+            admin_addr: loopback,
+            registry: RegistryConfig::Kubernetes { kubeconfig: Some(api.kubeconfig.clone()), context: None },
+            identity: Some(IdentityConfig::new(identity.path())),
+            webhook: Some(WebhookConfig {
+                addr: loopback,
+                settings: mesh_control::webhook::WebhookSettings {
+                    registry: "mesh.test".into(),
+                    proxy_version: "dev".into(),
+                    mesh_namespace: "mesh-system".into(),
+                    control_plane: Some(format!("https://{}:{grpc_port}", net.node_ip())),
+                },
+            }),
+            timeouts: Default::default(),
+        })
+        .await
+        .expect("the control plane starts");
+        let anchors = std::fs::read(identity.path().join(mesh_identity::dir::ANCHORS)).expect("anchors");
+        register_webhook(&client, control.webhook_addr().expect("the webhook").port(), anchors).await;
+
+        use mesh_kube::api::k8s_openapi::api::core::v1::Namespace;
+        let ns: Namespace =
+            serde_json::from_value(json!({"metadata": {"name": "shop", "labels": {"mesh.dev/inject": "enabled"}}})).unwrap();
+        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("the namespace");
+        // The API server picks the webhook up asynchronously: wait until a
+        // dry-run pod comes back injected.
+        let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
+        let probe: Pod = serde_json::from_value(json!({"metadata": {"name": "probe"},
+            "spec": {"containers": [{"name": "a", "image": "mesh-test-app"}]}})).unwrap();
+        let injected = until(Duration::from_secs(30), || async {
+            let stored = pods.create(&PostParams { dry_run: true, ..Default::default() }, &probe).await.ok()?;
+            stored.spec?.init_containers?.iter().any(|c| c.name == "mesh-proxy").then_some(())
+        })
+        .await;
+        assert!(injected.is_some(), "the API server never called the injector");
+
+        let mut images = Images::new();
+        let proxy = runnable_by_others(&mesh_tests::bins::path("mesh-proxy"), scratch.path());
+        images.insert("mesh-proxy".into(), ImageEntry { binary: proxy, user: (2102, 2102) });
+        let app = runnable_by_others(Path::new(env!("CARGO_BIN_EXE_mesh-test-app")), scratch.path());
+        images.insert("mesh-test-app".into(), ImageEntry { binary: app, user: (0, 0) });
+        let node = Node::start(client.clone(), "node-1", net.clone(), images).await.expect("the node starts");
+
+        let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "books", "labels": {"app": "books"}},
+            "spec": {"automountServiceAccountToken": false, "terminationGracePeriodSeconds": 5, "containers": [{
+                "name": "books", "image": "mesh.test/mesh-test-app:dev",
+                "args": ["http-server", "--listen", "0.0.0.0:8080", "--name", "books"],
+                "ports": [{"containerPort": 8080}]}]}}))
+        .unwrap();
+        pods.create(&PostParams::default(), &pod).await.expect("the pod");
+        let running = until(Duration::from_secs(90), || async { pods.get("books").await.ok().filter(ready) }).await;
+        let Some(running) = running else {
+            let p = pods.get("books").await.ok().and_then(|p| p.status);
+            panic!("books never Ready: {p:#?}\nnode: {:#?}\nproxy log:\n{}", node.pods(), node.container_log("books", "mesh-proxy"));
+        };
+
+        // What ran is what the webhook wrote: the init step, the native sidecar.
+        let status = running.status.clone().unwrap();
+        let inits = status.init_container_statuses.clone().unwrap_or_default();
+        let names: Vec<&str> = inits.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["mesh-init", "mesh-proxy"], "{inits:#?}");
+        let init_exit = inits[0].state.as_ref().and_then(|s| s.terminated.as_ref()).map(|t| t.exit_code);
+        assert_eq!(init_exit, Some(0), "{}", node.container_log("books", "mesh-init"));
+        assert!(inits[1].started == Some(true) && inits[1].ready, "{:?}", inits[1]);
+
+        let view = node.pods().into_values().find(|v| v.name == "books").expect("the node ran books");
+        let rules = in_netns(&view.netns, &["iptables-save", "-t", "nat"]);
+        assert!(rules.contains("MESH_INBOUND") && rules.contains("MESH_OUTPUT"), "the pod's nat table:\n{rules}");
+        assert!(!in_netns(&node_ns, &["iptables-save", "-t", "nat"]).contains("MESH_"), "only in the pod's namespace");
+        let proxy_pid = view.pids["mesh-proxy"];
+        assert_eq!(uid_and_caps(proxy_pid), ("2102\t2102\t2102\t2102".into(), "0000000000000000".into()));
+        let ready_body = {
+            let ip = ip(&running);
+            tokio::task::spawn_blocking(move || {
+                std::process::Command::new("curl").args(["-sS", "--max-time", "5", &format!("http://{ip}:4191/ready")]).output()
+            })
+            .await
+            .unwrap()
+            .unwrap()
+        };
+        assert!(String::from_utf8_lossy(&ready_body.stdout).starts_with("ready"), "{ready_body:?}");
+
+        // Deleting: the app stops before its sidecar.
+        pods.delete("books", &Default::default()).await.expect("deleting");
+        let done = until(Duration::from_secs(60), || async {
+            node.pods().into_values().find(|v| v.name == "books" && v.finished)
+        })
+        .await;
+        let events = done.expect("books never stopped").events;
+        let want = [
+            "start mesh-init",
+            "exit mesh-init 0",
+            "start mesh-proxy",
+            "started mesh-proxy",
+            "start books",
+            "term books",
+            "stopped books",
+            "term mesh-proxy",
+            "stopped mesh-proxy",
+        ];
+        assert_eq!(events, want, "the order of starts and stops");
+        assert!(!netns_list().contains(&view.netns), "the pod's namespace is left");
+        node.shutdown().await;
+        control.shutdown().await;
+    });
+    drop(rt);
+    drop(kcm);
+    drop(api);
+    drop(net);
+    let left: Vec<String> = netns_list().into_iter().filter(|n| n.starts_with(&node_ns)).collect();
+    assert!(left.is_empty(), "namespaces left: {left:?}");
+}

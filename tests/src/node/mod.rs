@@ -60,6 +60,9 @@ pub struct PodView {
     pub ip: String,
     /// The PID of each container's latest process.
     pub pids: BTreeMap<String, u32>,
+    /// What the node did, in order: `start C`, `started C` (startup
+    /// probe passed), `exit C CODE`, `term C` (SIGTERM), `stopped C`.
+    pub events: Vec<String>,
     /// The node has stopped everything of it.
     pub finished: bool,
 }
@@ -94,6 +97,12 @@ impl Ctx {
     fn record_pid(&self, uid: &str, container: &str, pid: u32) {
         if let Some(v) = self.views.lock().unwrap_or_else(PoisonError::into_inner).get_mut(uid) {
             v.pids.insert(container.into(), pid);
+        }
+    }
+
+    fn event(&self, uid: &str, event: String) {
+        if let Some(v) = self.views.lock().unwrap_or_else(PoisonError::into_inner).get_mut(uid) {
+            v.events.push(event);
         }
     }
 

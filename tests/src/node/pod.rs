@@ -185,6 +185,7 @@ pub(super) async fn run(ctx: Arc<Ctx>, mut rx: watch::Receiver<Pod>) {
                     .code()
                     .unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0));
                 s.state = RunState::Terminated { exit_code, started_at, finished_at: Time(Timestamp::now()) };
+                ctx.event(&uid, format!("exit {} {exit_code}", s.plan.name));
                 s.child = None;
                 s.ready = false;
                 let restart = match s.plan.role {
@@ -230,7 +231,11 @@ pub(super) async fn run(ctx: Arc<Ctx>, mut rx: watch::Receiver<Pod>) {
             // Probes.
             if let Some(ip) = ip {
                 for s in &mut slots {
+                    let was = s.started;
                     probe(s, ip, now).await;
+                    if s.started && !was && s.plan.startup.is_some() {
+                        ctx.event(&uid, format!("started {}", s.plan.name));
+                    }
                 }
             }
         }
@@ -259,12 +264,15 @@ pub(super) async fn run(ctx: Arc<Ctx>, mut rx: watch::Receiver<Pod>) {
         .and_then(|s| u64::try_from(s).ok())
         .unwrap_or(30);
     let deadline = Instant::now() + Duration::from_secs(grace);
-    let apps: Vec<&mesh_process::Child> =
-        slots.iter().filter(|s| s.plan.role == Role::App).filter_map(|s| s.child.as_ref()).collect();
-    stop(&apps, deadline).await;
+    let apps: Vec<(&str, &mesh_process::Child)> = slots
+        .iter()
+        .filter(|s| s.plan.role == Role::App)
+        .filter_map(|s| Some((s.plan.name.as_str(), s.child.as_ref()?)))
+        .collect();
+    stop(&ctx, &uid, &apps, deadline).await;
     for s in slots.iter().rev().filter(|s| s.plan.role != Role::App) {
         if let Some(c) = &s.child {
-            stop(&[c], deadline.max(Instant::now() + Duration::from_secs(1))).await;
+            stop(&ctx, &uid, &[(&s.plan.name, c)], deadline.max(Instant::now() + Duration::from_secs(1))).await;
         }
     }
     drop(slots);
@@ -310,6 +318,7 @@ fn start(
     match spawn(&s.plan, pod_ns, hostname, &mounts, &log) {
         Ok(child) => {
             let now = Instant::now();
+            ctx.event(uid, format!("start {}", s.plan.name));
             ctx.record_pid(uid, &s.plan.name, child.pid());
             s.state = RunState::Running { started_at: Time(Timestamp::now()) };
             s.started = s.plan.startup.is_none();
@@ -372,15 +381,18 @@ fn kill(s: &Slot) {
 }
 
 /// SIGTERM to each, then SIGKILL to those still running at `deadline`.
-async fn stop(children: &[&mesh_process::Child], deadline: Instant) {
-    for c in children {
-        let _ = c.signal(mesh_process::signal::SIGTERM);
+async fn stop(ctx: &Ctx, uid: &str, children: &[(&str, &mesh_process::Child)], deadline: Instant) {
+    for (name, c) in children {
+        if c.signal(mesh_process::signal::SIGTERM).unwrap_or(false) {
+            ctx.event(uid, format!("term {name}"));
+        }
     }
-    for c in children {
+    for (name, c) in children {
         let left = deadline.saturating_duration_since(Instant::now());
         if tokio::time::timeout(left, c.exited()).await.is_err() {
             let _ = c.signal(mesh_process::signal::SIGKILL);
             let _ = tokio::time::timeout(Duration::from_secs(5), c.exited()).await;
         }
+        ctx.event(uid, format!("stopped {name}"));
     }
 }
