@@ -168,7 +168,7 @@ fn a_deployment_runs_on_the_node_and_scales_down_cleanly() {
         return;
     }
     mesh_tests::init_logs();
-    let net = Arc::new(NodeNet::create("kube_node").expect("the node's namespace"));
+    let net = Arc::new(NodeNet::create("deploy").expect("the node's namespace"));
     // From here on this thread, the API server, the controller-manager and
     // the runtime below live in the node's namespace.
     net.enter().expect("entering the node's namespace");
@@ -318,7 +318,8 @@ fn a_deployment_runs_on_the_node_and_scales_down_cleanly() {
     drop(kcm);
     drop(api);
     drop(net);
-    let left: Vec<String> = netns_list().into_iter().filter(|n| n.starts_with(&node_ns)).collect();
+    let left: Vec<String> =
+        netns_list().into_iter().filter(|n| *n == node_ns || n.starts_with(&format!("{node_ns}-"))).collect();
     assert!(left.is_empty(), "namespaces left: {left:?}");
     assert!(!Path::new("/var/run/mesh-test").exists(), "the mount point made on the node is left");
 }
@@ -380,7 +381,7 @@ fn a_meshed_pod_runs_what_the_injector_wrote() {
         return;
     }
     mesh_tests::init_logs();
-    let net = Arc::new(NodeNet::create("kube_node_mesh").expect("the node's namespace"));
+    let net = Arc::new(NodeNet::create("meshed").expect("the node's namespace"));
     net.enter().expect("entering the node's namespace");
     let api = kube_harness::ApiServer::start().expect("the API server starts");
     let kcm = api.start_controller_manager().expect("the controller-manager starts");
@@ -392,6 +393,10 @@ fn a_meshed_pod_runs_what_the_injector_wrote() {
         std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
         let identity = mesh_identity::dir::IdentityDir::new(scratch.path().join("identity"));
         identity.init("cluster.local", None).expect("identity directory");
+
+        // The mesh's CRDs and the Gateway API routes it reads, as installed.
+        let crds = [mesh_kube::crds::mesh_crds(), mesh_kube::gateway::crds_for_tests()].concat();
+        mesh_kube::crds::apply(&client, &crds, Duration::from_secs(60)).await.expect("CRDs");
 
         // The control plane on the node, reachable from pods at the node's IP.
         let grpc_port = std::net::TcpListener::bind("0.0.0.0:0").unwrap().local_addr().unwrap().port();
@@ -419,13 +424,15 @@ fn a_meshed_pod_runs_what_the_injector_wrote() {
 
         use mesh_kube::api::k8s_openapi::api::core::v1::Namespace;
         let ns: Namespace =
-            serde_json::from_value(json!({"metadata": {"name": "shop", "labels": {"mesh.dev/inject": "enabled"}}})).unwrap();
+            serde_json::from_value(json!({"metadata": {"name": "shop", "labels": {"mesh.dev/inject": "enabled"}}}))
+                .unwrap();
         Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("the namespace");
         // The API server picks the webhook up asynchronously: wait until a
         // dry-run pod comes back injected.
         let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
         let probe: Pod = serde_json::from_value(json!({"metadata": {"name": "probe"},
-            "spec": {"containers": [{"name": "a", "image": "mesh-test-app"}]}})).unwrap();
+            "spec": {"containers": [{"name": "a", "image": "mesh-test-app"}]}}))
+        .unwrap();
         let injected = until(Duration::from_secs(30), || async {
             let stored = pods.create(&PostParams { dry_run: true, ..Default::default() }, &probe).await.ok()?;
             stored.spec?.init_containers?.iter().any(|c| c.name == "mesh-proxy").then_some(())
@@ -447,10 +454,25 @@ fn a_meshed_pod_runs_what_the_injector_wrote() {
                 "ports": [{"containerPort": 8080}]}]}}))
         .unwrap();
         pods.create(&PostParams::default(), &pod).await.expect("the pod");
-        let running = until(Duration::from_secs(90), || async { pods.get("books").await.ok().filter(ready) }).await;
-        let Some(running) = running else {
+        let init_failed = |p: &Pod| {
+            let inits = p.status.as_ref().and_then(|s| s.init_container_statuses.as_ref());
+            inits
+                .into_iter()
+                .flatten()
+                .any(|s| s.state.as_ref().and_then(|s| s.terminated.as_ref()).is_some_and(|t| t.exit_code != 0))
+        };
+        let running = until(Duration::from_secs(90), || async {
+            pods.get("books").await.ok().filter(|p| ready(p) || init_failed(p))
+        })
+        .await;
+        let Some(running) = running.filter(ready) else {
             let p = pods.get("books").await.ok().and_then(|p| p.status);
-            panic!("books never Ready: {p:#?}\nnode: {:#?}\nproxy log:\n{}", node.pods(), node.container_log("books", "mesh-proxy"));
+            panic!(
+                "books never Ready: {p:#?}\nnode: {:#?}\ninit log:\n{}\nproxy log:\n{}",
+                node.pods(),
+                node.container_log("books", "mesh-init"),
+                node.container_log("books", "mesh-proxy")
+            );
         };
 
         // What ran is what the webhook wrote: the init step, the native sidecar.
@@ -471,7 +493,9 @@ fn a_meshed_pod_runs_what_the_injector_wrote() {
         let ready_body = {
             let ip = ip(&running);
             tokio::task::spawn_blocking(move || {
-                std::process::Command::new("curl").args(["-sS", "--max-time", "5", &format!("http://{ip}:4191/ready")]).output()
+                std::process::Command::new("curl")
+                    .args(["-sS", "--max-time", "5", &format!("http://{ip}:4191/ready")])
+                    .output()
             })
             .await
             .unwrap()
@@ -506,6 +530,7 @@ fn a_meshed_pod_runs_what_the_injector_wrote() {
     drop(kcm);
     drop(api);
     drop(net);
-    let left: Vec<String> = netns_list().into_iter().filter(|n| n.starts_with(&node_ns)).collect();
+    let left: Vec<String> =
+        netns_list().into_iter().filter(|n| *n == node_ns || n.starts_with(&format!("{node_ns}-"))).collect();
     assert!(left.is_empty(), "namespaces left: {left:?}");
 }
