@@ -139,9 +139,14 @@ fn web_deployment(replicas: i32) -> serde_json::Value {
 
 /// GET / on `ip:8080` from the node; the app answers its name.
 async fn get(ip: &str) -> String {
-    let ip = ip.to_string();
+    http_get(&format!("http://{ip}:8080/")).await
+}
+
+/// The body of a GET from the node (`curl`).
+async fn http_get(url: &str) -> String {
+    let url = url.to_string();
     let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("curl").args(["-sS", "--max-time", "5", &format!("http://{ip}:8080/")]).output()
+        std::process::Command::new("curl").args(["-sS", "--max-time", "5", &url]).output()
     })
     .await
     .expect("join")
@@ -447,13 +452,21 @@ fn a_meshed_pod_runs_what_the_injector_wrote() {
         images.insert("mesh-test-app".into(), ImageEntry { binary: app, user: (0, 0) });
         let node = Node::start(client.clone(), "node-1", net.clone(), images).await.expect("the node starts");
 
-        let pod: Pod = serde_json::from_value(json!({"metadata": {"name": "books", "labels": {"app": "books"}},
-            "spec": {"automountServiceAccountToken": false, "terminationGracePeriodSeconds": 5, "containers": [{
-                "name": "books", "image": "mesh.test/mesh-test-app:dev",
-                "args": ["http-server", "--listen", "0.0.0.0:8080", "--name", "books"],
-                "ports": [{"containerPort": 8080}]}]}}))
-        .unwrap();
-        pods.create(&PostParams::default(), &pod).await.expect("the pod");
+        let services: Api<Service> = Api::namespaced(client.clone(), "shop");
+        let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "books"},
+            "spec": {"selector": {"app": "books"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}});
+        let svc =
+            services.create(&PostParams::default(), &serde_json::from_value(svc).unwrap()).await.expect("the Service");
+        let vip = svc.spec.and_then(|s| s.cluster_ip).expect("a ClusterIP");
+        for name in ["books", "client"] {
+            let pod: Pod = serde_json::from_value(json!({"metadata": {"name": name, "labels": {"app": name}},
+                "spec": {"automountServiceAccountToken": false, "terminationGracePeriodSeconds": 5, "containers": [{
+                    "name": name, "image": "mesh.test/mesh-test-app:dev",
+                    "args": ["http-server", "--listen", "0.0.0.0:8080", "--name", name],
+                    "ports": [{"containerPort": 8080}]}]}}))
+            .unwrap();
+            pods.create(&PostParams::default(), &pod).await.expect("the pod");
+        }
         let init_failed = |p: &Pod| {
             let inits = p.status.as_ref().and_then(|s| s.init_container_statuses.as_ref());
             inits
@@ -490,18 +503,35 @@ fn a_meshed_pod_runs_what_the_injector_wrote() {
         assert!(!in_netns(&node_ns, &["iptables-save", "-t", "nat"]).contains("MESH_"), "only in the pod's namespace");
         let proxy_pid = view.pids["mesh-proxy"];
         assert_eq!(uid_and_caps(proxy_pid), ("2102\t2102\t2102\t2102".into(), "0000000000000000".into()));
-        let ready_body = {
-            let ip = ip(&running);
-            tokio::task::spawn_blocking(move || {
-                std::process::Command::new("curl")
-                    .args(["-sS", "--max-time", "5", &format!("http://{ip}:4191/ready")])
-                    .output()
-            })
+        let ready_body = http_get(&format!("http://{}:4191/ready", ip(&running))).await;
+        assert!(ready_body.starts_with("ready"), "{ready_body:?}");
+
+        // Through the mesh: the client pod's request to the Service's
+        // ClusterIP (no kube-proxy here: only the client's proxy knows it)
+        // reaches books over mTLS with the client's Kubernetes identity.
+        let client_pod = until(Duration::from_secs(60), || async { pods.get("client").await.ok().filter(ready) })
             .await
-            .unwrap()
-            .unwrap()
-        };
-        assert!(String::from_utf8_lossy(&ready_body.stdout).starts_with("ready"), "{ready_body:?}");
+            .expect("the client pod Ready");
+        let client_view = node.pods().into_values().find(|v| v.name == "client").expect("the node ran client");
+        let url = format!("http://{vip}/");
+        let answer = until(Duration::from_secs(30), || async {
+            let out = in_netns(&client_view.netns, &["curl", "-sS", "--max-time", "3", &url]);
+            (out == "books").then_some(out)
+        })
+        .await;
+        assert!(answer.is_some(), "client → {url} never reached books");
+        let metrics = http_get(&format!("http://{}:4191/metrics", ip(&running))).await;
+        let mtls = mesh_tests::mesh::metric_sum(
+            &metrics,
+            &[
+                "response_total",
+                "direction=\"inbound\"",
+                "tls=\"true\"",
+                "peer_id=\"spiffe://cluster.local/ns/shop/sa/default\"",
+            ],
+        );
+        assert!(mtls >= 1.0, "books' proxy saw no mTLS request from the client's identity:\n{metrics}");
+        let _ = client_pod;
 
         // Deleting: the app stops before its sidecar.
         pods.delete("books", &Default::default()).await.expect("deleting");
