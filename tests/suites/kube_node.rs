@@ -11,7 +11,7 @@
 
 use mesh_kube::api::k8s_openapi::api::apps::v1::Deployment;
 use mesh_kube::api::k8s_openapi::api::authentication::v1::TokenReview;
-use mesh_kube::api::k8s_openapi::api::core::v1::{Node as KubeNode, Pod, Service};
+use mesh_kube::api::k8s_openapi::api::core::v1::{ContainerStatus, Node as KubeNode, Pod, PodStatus, Service};
 use mesh_kube::api::k8s_openapi::api::discovery::v1::EndpointSlice;
 use mesh_kube::api::{Api, Client, ListParams, Patch, PatchParams, PostParams};
 use mesh_tests::kube_harness;
@@ -161,7 +161,8 @@ async fn http_get(url: &str) -> String {
 /// keeps capabilities), the projected token not minted for the audience
 /// and the pod or not mounted where the container looks, and on scale-down
 /// a pod whose process survives, whose namespace is left, or whose
-/// endpoint stays in the slice.
+/// endpoint stays in the slice; a failing init container not reported as
+/// Error (or the app started anyway), an unknown image not reported.
 #[test]
 fn a_deployment_runs_on_the_node_and_scales_down_cleanly() {
     if let Some(reason) = mesh_tests::netns::unavailable() {
@@ -316,6 +317,40 @@ fn a_deployment_runs_on_the_node_and_scales_down_cleanly() {
             until(Duration::from_secs(30), || async { (slice_ips(&client, "web").await == want).then_some(()) }).await;
         assert!(got.is_some(), "EndpointSlice {:?}, want {want:?}", slice_ips(&client, "web").await);
         assert_eq!(get(&ip(&left[0])).await, left[0].metadata.name.clone().unwrap());
+
+        // What cannot run says why: an init container exiting 2 (Init:Error,
+        // the app never started), an image the node does not know.
+        for (name, init_args, image) in
+            [("init-fails", "--no-such-flag", "mesh-test-app"), ("no-image", "--help", "nginx:1")]
+        {
+            let pod = json!({"metadata": {"name": name}, "spec": {"automountServiceAccountToken": false,
+                "initContainers": [{"name": "init", "image": "mesh-test-app", "args": [init_args]}],
+                "containers": [{"name": "app", "image": image, "args": ["http-server", "--listen", "0.0.0.0:8080"]}]}});
+            pods.create(&PostParams::default(), &serde_json::from_value(pod).unwrap()).await.expect("the pod");
+        }
+        let waiting = |p: &Pod, list: fn(&PodStatus) -> Option<&Vec<ContainerStatus>>| {
+            let c = p.status.as_ref().and_then(list).and_then(|l| l.first().cloned())?;
+            c.state?.waiting.map(|w| (w.reason.unwrap_or_default(), w.message.unwrap_or_default()))
+        };
+        let failed = until(Duration::from_secs(30), || async {
+            let p = pods.get("init-fails").await.ok()?;
+            let init = p.status.as_ref()?.init_container_statuses.as_ref()?.first()?.state.clone()?.terminated?;
+            Some((p, init))
+        })
+        .await
+        .expect("the failed init container reported");
+        assert_eq!((failed.1.exit_code, failed.1.reason.as_deref()), (2, Some("Error")));
+        assert_eq!(failed.0.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Pending"));
+        assert_eq!(waiting(&failed.0, |s| s.container_statuses.as_ref()).map(|w| w.0), Some("PodInitializing".into()));
+        let view = node.pods().into_values().find(|v| v.name == "init-fails").expect("the node took init-fails");
+        assert!(!view.events.iter().any(|e| e == "start app"), "{:?}", view.events);
+        let refused = until(Duration::from_secs(30), || async {
+            waiting(&pods.get("no-image").await.ok()?, |s| s.container_statuses.as_ref())
+                .filter(|w| w.0 == "CreateContainerConfigError")
+        })
+        .await
+        .expect("the unknown image reported");
+        assert!(refused.1.contains("\"nginx:1\" is not known to this node"), "{}", refused.1);
 
         node.shutdown().await;
     });
