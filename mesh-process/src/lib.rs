@@ -19,12 +19,14 @@
 //! (xtask) can use it.
 
 mod child;
+mod limits;
 mod spec;
 mod supervisor;
 mod sys;
 mod wait;
 
 pub use child::{Child, Exited, Stopped};
+pub use limits::{OpenFiles, raise_open_files};
 pub use spec::Spec;
 pub use supervisor::Supervisor;
 pub use wait::block_on;

@@ -61,3 +61,25 @@ pub(crate) fn wait_exited_unreaped(pid: u32) -> io::Result<()> {
         }
     }
 }
+
+/// The open-file limits: (soft, hard).
+#[allow(unsafe_code)]
+pub(crate) fn open_files_limit() -> io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit(2) writes into the struct we own and nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((lim.rlim_cur, lim.rlim_max))
+}
+
+/// Sets the soft open-file limit, keeping the hard one.
+#[allow(unsafe_code)]
+pub(crate) fn set_open_files_soft(soft: u64, hard: u64) -> io::Result<()> {
+    let lim = libc::rlimit { rlim_cur: soft, rlim_max: hard };
+    // SAFETY: setrlimit(2) only reads the struct we own.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

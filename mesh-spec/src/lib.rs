@@ -29,6 +29,7 @@
 
 mod policy;
 mod services;
+pub mod synthetic;
 
 pub use policy::{
     Abort, Authorization, AuthorizationRule, Backend, Backoff, Delay, Faults, GrpcMatch, HeaderMatch, Match, PathMatch,

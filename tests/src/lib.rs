@@ -20,6 +20,7 @@ pub mod node;
 pub mod otlp;
 pub mod pcap;
 pub mod real;
+pub mod swarm;
 
 /// Generated test gRPC service.
 pub mod pb {

@@ -383,3 +383,57 @@ async fn a_replica_20ms_slower_gets_a_clearly_smaller_share() {
     assert!(slow < 0.10, "the slow replica got {:.1} % of {out:?}", slow * 100.0);
     assert!(fast0 > 0.30 && fast1 > 0.30, "both fast replicas must share the rest: {out:?}");
 }
+
+/// Fifty simulated proxies (`mesh_tests::swarm`: each its own TLS
+/// connection to the control plane with a certificate from a join token,
+/// three Destination watches each over a 100-service registry, all of them
+/// on `svc-0`) every one see an endpoint of `svc-0` move, and the clients
+/// the one client watching another moved service sees that too. Catches: a control plane
+/// that notifies only the first watcher of a target (later subscribers
+/// handed a receiver nothing sends to), or that drops updates for some
+/// streams when many change at once. Not timed: the figures are `cargo
+/// xtask bench --scenario control-plane`'s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_watching_client_sees_an_endpoint_move() {
+    use mesh_spec::synthetic::Synthetic;
+    use mesh_tests::swarm::{self, Swarm, SwarmConfig};
+    const CLIENTS: usize = 50;
+    let mut syn = Synthetic::new(100, 1000).unwrap();
+    let mesh = Mesh::start_secure(&[], Duration::from_secs(3600)).await;
+    mesh.write_registry_text(&mesh_spec::to_yaml(&syn.file));
+    let admin = mesh.admin_addr();
+    let loaded =
+        || async move { mesh::metric_sum(&mesh::admin_get(admin, "/metrics").await, &["registry_services"]) == 100.0 };
+    assert!(mesh::eventually(Duration::from_secs(30), loaded).await, "the 100-service registry was never loaded");
+    let dir = mesh.identity_dir().unwrap();
+    let token = dir.mint_token("default", "swarm", Duration::from_secs(600)).unwrap();
+    let anchors = std::fs::read_to_string(dir.path().join(mesh_identity::dir::ANCHORS)).unwrap();
+    let tls = swarm::certify(&mesh.control_url(), &token, &anchors).await.unwrap();
+    let targets = (0..CLIENTS).map(|c| swarm::targets_for(c, 3, syn.services())).collect();
+    let config = SwarmConfig { control_plane: mesh.control_url(), tls: Some(tls), targets, connect_concurrency: 8 };
+    let swarm = Swarm::start(config).unwrap();
+    let everyone = |addr: SocketAddr| {
+        let swarm = &swarm;
+        move || {
+            let seen = swarm.seen(addr);
+            async move { seen.iter().all(Option::is_some) }
+        }
+    };
+    let initial = syn.file.services[0].endpoints[0].address.unwrap();
+    assert!(mesh::eventually(Duration::from_secs(30), everyone(initial)).await, "{:?}", swarm.status());
+    assert_eq!(swarm.status().synced, CLIENTS);
+
+    // svc-2 is watched by client 0 only (targets_for spreads the others).
+    let (fresh, other) = (syn.move_endpoint(0).unwrap(), syn.move_endpoint(2).unwrap());
+    for i in (3..100).step_by(3) {
+        syn.move_endpoint(i).unwrap();
+    }
+    mesh.write_registry_text(&mesh_spec::to_yaml(&syn.file));
+    let all = mesh::eventually(Duration::from_secs(30), everyone(fresh)).await;
+    let missed: Vec<usize> =
+        swarm.seen(fresh).iter().enumerate().filter(|(_, s)| s.is_none()).map(|(i, _)| i).collect();
+    assert!(all, "clients that never saw {fresh}: {missed:?}");
+    let watchers: Vec<bool> = swarm.seen(other).iter().map(Option::is_some).collect();
+    assert!(watchers[0], "client 0 watches svc-2 and must see its moved endpoint {other}");
+    assert!(watchers[1..].iter().all(|w| !w), "only client 0 watches svc-2: {watchers:?}");
+}

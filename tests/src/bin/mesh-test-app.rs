@@ -1,6 +1,7 @@
 //! `mesh-test-app`: the plain apps and clients of the host end-to-end suite,
 //! as one binary that runs inside a network namespace like any workload;
-//! also the OTLP span sink `cargo xtask bench` runs as a child process.
+//! also the OTLP span sink and the swarm of simulated proxies (`watch-swarm`)
+//! `cargo xtask bench` runs as child processes.
 //!
 //! It knows nothing of the mesh: servers listen on plain addresses, clients
 //! dial plain addresses (a service's virtual IP or a pod's IP), and iptables
@@ -14,7 +15,7 @@ use clap::{Parser, Subcommand};
 use futures_util::StreamExt;
 use mesh_tests::pb::Msg;
 use mesh_tests::pb::echo_client::EchoClient;
-use mesh_tests::{apps, grpc, load, otlp};
+use mesh_tests::{apps, grpc, load, otlp, swarm};
 use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -117,6 +118,38 @@ enum Cmd {
         #[arg(long)]
         counts: SocketAddr,
     },
+    /// Simulated proxies watching the control plane (for `cargo xtask
+    /// bench --scenario control-plane`): each client its own connection
+    /// (TLS with a certificate from `--token-file` when given) holding
+    /// `--watches` Destination watches over the synthetic registry
+    /// (`mesh_spec::synthetic`; every client watches service 0). Prints
+    /// `status on ADDR`, where `GET /status` and `GET /seen?addr=IP:PORT`
+    /// answer JSON. Raises its open-file limit to the hard limit.
+    WatchSwarm {
+        /// e.g. http://127.0.0.1:8086
+        #[arg(long)]
+        control_plane: String,
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        /// Destination watches per client (service 0 and others).
+        #[arg(long, default_value_t = 1)]
+        watches: usize,
+        /// Services in the synthetic registry (to spread the other watches).
+        #[arg(long)]
+        services: usize,
+        /// A join token (file) to get the clients' certificate with.
+        #[arg(long, requires = "trust_anchors")]
+        token_file: Option<std::path::PathBuf>,
+        /// The mesh's trust anchors (PEM), to verify the control plane.
+        #[arg(long, requires = "token_file")]
+        trust_anchors: Option<std::path::PathBuf>,
+        /// Clients connecting at once.
+        #[arg(long, default_value_t = 32)]
+        connect_concurrency: usize,
+        /// The HTTP listener for `/status` and `/seen`.
+        #[arg(long)]
+        status: SocketAddr,
+    },
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -213,6 +246,37 @@ async fn run(cmd: Cmd) -> anyhow::Result<u8> {
             listening(sink.addr);
             println!("counts on {}", sink.counts_addr);
             std::future::pending::<()>().await;
+            Ok(0)
+        }
+        Cmd::WatchSwarm {
+            control_plane,
+            clients,
+            watches,
+            services,
+            token_file,
+            trust_anchors,
+            connect_concurrency,
+            status,
+        } => {
+            let fds = mesh_process::raise_open_files().context("cannot raise the open-file limit")?;
+            eprintln!("open-file limit {} (was {})", fds.after, fds.before);
+            let tls = match (token_file, trust_anchors) {
+                (Some(token), Some(anchors)) => {
+                    let token = std::fs::read_to_string(&token)
+                        .with_context(|| format!("cannot read the token file {}", token.display()))?;
+                    let anchors = std::fs::read_to_string(&anchors)
+                        .with_context(|| format!("cannot read the trust anchors {}", anchors.display()))?;
+                    Some(swarm::certify(&control_plane, &token, &anchors).await?)
+                }
+                _ => None,
+            };
+            let targets = (0..clients).map(|c| swarm::targets_for(c, watches, services)).collect();
+            let config = swarm::SwarmConfig { control_plane, tls, targets, connect_concurrency };
+            let swarm = std::sync::Arc::new(swarm::Swarm::start(config).context("bad control-plane address")?);
+            let listener =
+                tokio::net::TcpListener::bind(status).await.with_context(|| format!("cannot bind {status}"))?;
+            println!("status on {}", listener.local_addr()?);
+            swarm::serve_status(listener, swarm).await;
             Ok(0)
         }
     }

@@ -14,7 +14,8 @@
 //! - `handshake`: new connections through an opaque TCP service, where each
 //!   client connection is a new proxy-to-proxy connection (and handshake);
 //! - `tracing`: the mesh with and without span export to an OTLP receiver
-//!   that counts spans (`mesh-test-app otlp-sink`, a child process).
+//!   that counts spans (`mesh-test-app otlp-sink`, a child process);
+//! - `control-plane` (run alone): see `control_plane.rs`.
 //!
 //! xtask itself links no TLS or gRPC: the identity directory and join
 //! tokens come from `meshctl identity`, the OTLP receiver is the test app,
@@ -23,6 +24,7 @@
 //! Nothing is asserted: this is a measurement tool.
 
 mod conns;
+mod control_plane;
 mod handshake;
 mod http;
 mod loadgen;
@@ -87,6 +89,8 @@ pub struct BenchArgs {
     /// Print the results as a JSON document (progress still goes to stderr).
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    control_plane: control_plane::Options,
 }
 
 /// A protocol on the command line.
@@ -114,6 +118,9 @@ enum ScenarioArg {
     Tracing,
     /// All of the above.
     All,
+    /// The control plane alone: an endpoint change reaching many watching
+    /// proxies (simulated, over gRPC and TLS), memory and CPU at scale (--cp-*).
+    ControlPlane,
 }
 
 /// Parses `10s`, `2m` or `10` into whole seconds.
@@ -191,6 +198,12 @@ fn load_average() -> String {
 
 /// Runs the benchmark and prints its report.
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    if args.scenarios.contains(&ScenarioArg::ControlPlane) {
+        if args.scenarios.iter().any(|s| *s != ScenarioArg::ControlPlane) {
+            bail!("--scenario control-plane runs on its own: give it alone");
+        }
+        return control_plane::run(&args.control_plane, args.rounds, args.no_build, args.json);
+    }
     if args.duration == 0 {
         bail!("--duration must be at least 1s");
     }
