@@ -264,3 +264,15 @@ fn unset_fields_take_the_parsers_defaults() {
     assert_eq!(parsed.routes[0].rules[0].name, "rule-0");
     assert_eq!(parsed.authorizations[0].default, DefaultAction::Deny);
 }
+
+/// A registry of 100,000 endpoints (the scale the control plane is
+/// benchmarked at) parses. Catches: the YAML parser's default node budget
+/// (250,000 nodes; each endpoint takes three), which refused such a file
+/// as "too large or too complex" and kept the control plane from starting.
+#[test]
+fn a_hundred_thousand_endpoints_parse() {
+    let syn = mesh_spec::synthetic::Synthetic::new(1_000, 100_000).expect("fits");
+    let text = to_yaml(&syn.file);
+    let snapshot = file::parse(Path::new("big.yaml"), &text).expect("a large registry is accepted");
+    assert_eq!((snapshot.services.len(), snapshot.endpoint_count()), (1_000, 100_000));
+}

@@ -115,10 +115,28 @@ fn render_problems(path: &Path, problems: &[Problem]) -> String {
     lines.join("\n")
 }
 
+/// YAML nodes (maps, lists, scalars) a registry file may hold. The parser's
+/// default (250,000) refuses a registry of 100,000 endpoints (three nodes
+/// each); this admits about a million endpoints, while the parser's other
+/// limits (aliases, anchors, depth, bytes) still stop YAML bombs.
+pub const MAX_YAML_NODES: usize = 4_000_000;
+/// Parser events a registry file may produce (about two per node).
+pub const MAX_YAML_EVENTS: usize = 2 * MAX_YAML_NODES;
+
+/// The parser's options: its defaults, with room for large registries.
+fn yaml_options() -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_nodes = MAX_YAML_NODES;
+    budget.max_events = MAX_YAML_EVENTS;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options
+}
+
 /// Parses and validates a registry file's text; `path` only names it in errors.
 pub fn parse(path: &Path, text: &str) -> Result<RegistrySnapshot, FileError> {
     let invalid = |problems| FileError::Invalid { path: path.to_path_buf(), problems };
-    let raw: Option<RawFile> = match serde_saphyr::from_str(text) {
+    let raw: Option<RawFile> = match serde_saphyr::from_str_with_options(text, yaml_options()) {
         Ok(raw) => raw,
         Err(err) => return Err(invalid(vec![parser_problem(&err, text)])),
     };
