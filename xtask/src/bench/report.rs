@@ -4,6 +4,7 @@
 
 use super::loadgen::Mode;
 use super::parse::Sample;
+use super::peers::Peer;
 use crate::procs::{CLK_TCK, Memory};
 use serde_json::{Value, json};
 
@@ -19,6 +20,8 @@ pub enum Variant {
         /// Both proxies export a span per request to an OTLP receiver.
         tracing: bool,
     },
+    /// Load generator → a reference proxy (or pair) → nginx.
+    Peer(Peer),
 }
 
 impl Variant {
@@ -30,7 +33,7 @@ impl Variant {
     /// The same mesh with tracing on.
     pub fn traced(self) -> Variant {
         match self {
-            Variant::Baseline => Variant::Baseline,
+            Variant::Baseline | Variant::Peer(_) => self,
             Variant::Mesh { tls, .. } => Variant::Mesh { tls, tracing: true },
         }
     }
@@ -43,6 +46,7 @@ impl Variant {
             Variant::Mesh { tls: true, tracing: false } => "mTLS mesh",
             Variant::Mesh { tls: false, tracing: true } => "plaintext + tracing",
             Variant::Mesh { tls: true, tracing: true } => "mTLS + tracing",
+            Variant::Peer(p) => p.label(),
         }
     }
 
@@ -54,6 +58,7 @@ impl Variant {
             Variant::Mesh { tls: true, tracing: false } => "mTLS",
             Variant::Mesh { tls: false, tracing: true } => "plaintext+tracing",
             Variant::Mesh { tls: true, tracing: true } => "mTLS+tracing",
+            Variant::Peer(p) => p.short(),
         }
     }
 
@@ -65,11 +70,18 @@ impl Variant {
             Variant::Mesh { tls: true, tracing: false } => "mtls",
             Variant::Mesh { tls: false, tracing: true } => "plaintext_tracing",
             Variant::Mesh { tls: true, tracing: true } => "mtls_tracing",
+            Variant::Peer(p) => p.key(),
         }
     }
 
-    fn is_mesh(self) -> bool {
-        matches!(self, Variant::Mesh { .. })
+    /// Proxies on the path (their CPU is read in the first slots of
+    /// [`Run::cpu_ticks`]): 0 for the baseline, 1 for a one-hop peer, 2 for a pair.
+    pub fn proxies(self) -> usize {
+        match self {
+            Variant::Baseline => 0,
+            Variant::Mesh { .. } => 2,
+            Variant::Peer(p) => p.proxies(),
+        }
     }
 
     fn is_traced(self) -> bool {
@@ -112,7 +124,8 @@ pub struct Run {
     /// What the load generator reported.
     pub sample: Sample,
     /// CPU ticks used during the run by the client proxy, the server proxy
-    /// and nginx (proxies: 0 for the baseline, whose path has none).
+    /// and nginx (proxies: 0 where the path has none; a one-hop peer's
+    /// proxy counts as the client proxy).
     pub cpu_ticks: [u64; 3],
     /// Connections the server proxy accepted from the client proxy during the run.
     pub peer_connections: Option<u64>,
@@ -150,8 +163,9 @@ pub struct Section {
     pub comparisons: Vec<(Variant, Variant)>,
     /// Fixed-rate and max-rate scenarios.
     pub scenarios: Vec<Scenario>,
-    /// Each mesh's client and server proxy memory after all runs.
-    pub memory: Vec<(Variant, [Memory; 2])>,
+    /// Each path's client and server proxy memory after all runs (a
+    /// one-hop peer has no server proxy).
+    pub memory: Vec<(Variant, [Option<Memory>; 2])>,
     /// Caveats printed under the table.
     pub notes: Vec<String>,
 }
@@ -258,9 +272,10 @@ impl Scenario {
     /// `v`'s figures over its rounds.
     pub fn stats(&self, v: Variant) -> Stats {
         let med = |f: fn(&Sample) -> Option<f64>| median(self.runs_of(v).filter_map(|r| f(&r.sample)).collect());
-        let proxies = |i| if v.is_mesh() { self.cpu(v, i) } else { None };
-        let both = match (proxies(0), proxies(1)) {
-            (Some(c), Some(s)) => Some(c + s),
+        let proxies = |i| if i < v.proxies() { self.cpu(v, i) } else { None };
+        let both = match (proxies(0), proxies(1), v.proxies()) {
+            (Some(c), Some(s), _) => Some(c + s),
+            (Some(c), None, 1) => Some(c),
             _ => None,
         };
         Stats {
@@ -287,7 +302,7 @@ impl Scenario {
         };
         let (s, r) = (self.stats(subject), self.stats(reference));
         let added = |i: usize| {
-            let base = if reference.is_mesh() { r.cpu_us[i] } else { Some(0.0) };
+            let base = if reference.proxies() > 0 { r.cpu_us[i] } else { Some(0.0) };
             Some(s.cpu_us[i]? - base?)
         };
         let cpu_ratio = match (s.cpu_us[2], r.cpu_us[2]) {
@@ -461,7 +476,7 @@ impl Section {
                 let mut r = vec![if i == 0 { "after all runs".to_string() } else { String::new() }];
                 r.push(format!("RSS (peak), {proxy}"));
                 for v in &self.variants {
-                    let m = self.memory.iter().find(|(mv, _)| mv == v).map(|(_, m)| m[i]);
+                    let m = self.memory.iter().find(|(mv, _)| mv == v).and_then(|(_, m)| m[i]);
                     r.push(m.map_or("-".into(), |m| format!("{} ({})", mib(m.rss_kib), mib(m.hwm_kib))));
                 }
                 rows.push(Some(r));
@@ -476,7 +491,7 @@ impl Section {
     }
 
     fn json(&self) -> Value {
-        let mem = |m: Memory| json!({ "rss_kib": m.rss_kib, "hwm_kib": m.hwm_kib });
+        let mem = |m: Option<Memory>| m.map(|m| json!({ "rss_kib": m.rss_kib, "hwm_kib": m.hwm_kib }));
         let scenarios: Vec<Value> = self
             .scenarios
             .iter()

@@ -4,9 +4,9 @@
 //! tracing.
 
 use super::loadgen::Proto;
-use crate::mesh::{self, ADMIN_TIMEOUT, IdentityDir, ProxyIdentity, STARTUP, args, loopback, ready, resolved};
-use crate::procs::{free_ports, http_get, spawn, wait_for};
-use anyhow::{Context, bail};
+use crate::mesh::{self, IdentityDir, ProxyIdentity, STARTUP, args, loopback, ready, resolved};
+use crate::procs::{free_ports, spawn, wait_for};
+use anyhow::Context;
 use mesh_process::Child;
 use mesh_spec::{Endpoint, Port, RegistryFile, Service};
 use std::net::SocketAddr;
@@ -30,40 +30,16 @@ impl Nginx {
     pub fn start(nginx: &Path, dir: &Path) -> anyhow::Result<Self> {
         let ports = free_ports(2)?;
         let (http1, http2) = (loopback(ports[0]), loopback(ports[1]));
-        let d = dir.display();
-        let conf = dir.join("nginx.conf");
-        let text = format!(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
-             error_log {d}/nginx-error.log warn;\nevents {{ worker_connections 4096; }}\n\
-             http {{\n  access_log off;\n  default_type text/plain;\n  keepalive_requests 100000000;\n\
-             \x20 keepalive_timeout 300s;\n  client_body_temp_path {d}/tmp-body;\n  proxy_temp_path {d}/tmp-proxy;\n\
-             \x20 fastcgi_temp_path {d}/tmp-fastcgi;\n  uwsgi_temp_path {d}/tmp-uwsgi;\n  scgi_temp_path {d}/tmp-scgi;\n\
-             \x20 server {{\n    listen {http1};\n    listen {http2} http2;\n    location / {{ return 200 \"ok\"; }}\n  }}\n}}\n"
+        let servers = format!(
+            "  server {{\n    listen {http1};\n    listen {http2} http2;\n    location / {{ return 200 \"ok\"; }}\n  }}\n"
         );
-        std::fs::write(&conf, text).with_context(|| format!("cannot write {}", conf.display()))?;
-        let args = |test: bool| {
-            let mut a: Vec<String> = Vec::new();
-            if test {
-                a.push("-t".into());
-            }
-            let err_log = format!("{d}/nginx-error.log");
-            a.extend(["-p".into(), format!("{d}/"), "-e".into(), err_log, "-c".into(), conf.display().to_string()]);
-            a
-        };
-        let check = std::process::Command::new(nginx).args(args(true)).output().context("cannot run nginx -t")?;
-        if !check.status.success() {
-            bail!(
-                "nginx rejected the generated config {}:\n{}",
-                conf.display(),
-                String::from_utf8_lossy(&check.stderr)
-            );
-        }
-        let proc = spawn("nginx", nginx, &args(false), &[], dir)?;
-        wait_for("nginx", STARTUP, &[&proc], || match http_get(http1, "/", ADMIN_TIMEOUT) {
-            Ok((200, body)) if body == "ok" => None,
-            Ok((status, body)) => Some(format!("GET / answered {status} {body:?}")),
-            Err(e) => Some(e.to_string()),
-        })?;
+        let proc = super::peers::nginx::launch(
+            nginx,
+            dir,
+            "nginx",
+            &super::peers::nginx::config(dir, "nginx", &servers),
+            http1,
+        )?;
         Ok(Self { proc, http1, http2 })
     }
 

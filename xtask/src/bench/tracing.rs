@@ -1,7 +1,7 @@
 //! The `tracing` scenario: the mesh with and without span export to an
 //! OTLP receiver (`mesh-test-app otlp-sink`, a child process), per protocol.
 
-use super::loadgen::{Mode, Proto, Tools};
+use super::loadgen::{Proto, Tools};
 use super::measure::{Bench, Driver, Table};
 use super::otlp::Collector;
 use super::report::{Section, Unit, Variant};
@@ -35,9 +35,10 @@ impl Bench<'_> {
             ),
             unit: Unit::Request,
             driver: Driver::Http(tools, proto),
-            modes: [Mode::Fixed(self.args.rate), Mode::Max],
+            modes: self.args.modes(),
             targets: Self::targets(app, &started),
             meshes: started.into_iter().map(|(_, m)| m).collect(),
+            peers: Vec::new(),
             collector: Some(collector),
             notes: vec![
                 "spans go to an OTLP/gRPC receiver (mesh-test-app otlp-sink) that counts and discards them; each request should \

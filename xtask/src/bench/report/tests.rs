@@ -43,7 +43,7 @@ fn max_scenario() -> Scenario {
 }
 
 fn section() -> Section {
-    let memory = [Memory { rss_kib: 8192, hwm_kib: 10240 }, Memory { rss_kib: 4096, hwm_kib: 5120 }];
+    let memory = [Some(Memory { rss_kib: 8192, hwm_kib: 10240 }), Some(Memory { rss_kib: 4096, hwm_kib: 5120 })];
     Section {
         key: "http1".into(),
         title: "HTTP/1.1: baseline vs plaintext mesh vs mTLS mesh".into(),

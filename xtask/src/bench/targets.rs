@@ -1,0 +1,201 @@
+//! The performance issue's targets, as ratios to Envoy's mTLS pair measured
+//! in the same rounds: CPU per request (both proxies) ours ÷ Envoy at each
+//! fixed rate, added p99 ours − direct, max rate ours ÷ Envoy, RSS per
+//! proxy. A markdown table per protocol, read from the report's sections.
+
+use super::loadgen::Mode;
+use super::peers::Peer;
+use super::report::{Section, Variant};
+
+const OURS: Variant = Variant::MTLS;
+const ENVOY: Variant = Variant::Peer(Peer::Envoy);
+
+/// One row: what, ours, Envoy's, the ratio or difference, the target.
+type Row = [String; 5];
+
+fn us(v: Option<f64>) -> String {
+    match v {
+        None => "-".into(),
+        Some(v) if v.abs() < 1e3 => format!("{v:.0} µs"),
+        Some(v) if v.abs() < 1e6 => format!("{:.2} ms", v / 1e3),
+        Some(v) => format!("{:.2} s", v / 1e6),
+    }
+}
+
+fn plus(v: Option<f64>) -> String {
+    match v {
+        Some(v) if v >= 0.0 => format!("+{}", us(Some(v))),
+        v => us(v),
+    }
+}
+
+fn times(v: Option<f64>) -> String {
+    v.map_or("-".into(), |r| format!("×{r:.2}"))
+}
+
+fn cpu(v: Option<f64>) -> String {
+    v.map_or("-".into(), |c| format!("{c:.0} µs"))
+}
+
+fn rate(v: Option<f64>) -> String {
+    v.map_or("-".into(), |r| format!("{:.1}k req/s", r / 1e3))
+}
+
+/// `a / b`, when both are known and `b` is not 0.
+pub fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b != 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+/// The largest RSS (MiB) of a path's proxies after all runs.
+fn rss_mib(section: &Section, v: Variant) -> Option<f64> {
+    let (_, m) = section.memory.iter().find(|(mv, _)| *mv == v)?;
+    m.iter().flatten().map(|m| m.rss_kib as f64 / 1024.0).reduce(f64::max)
+}
+
+/// The rows for one section, or none if it lacks our mTLS mesh or Envoy's pair.
+pub fn rows(section: &Section) -> Vec<Row> {
+    if !(section.variants.contains(&OURS) && section.variants.contains(&ENVOY)) {
+        return Vec::new();
+    }
+    let mut rows = Vec::new();
+    for sc in &section.scenarios {
+        let (ours, envoy) = (sc.stats(OURS), sc.stats(ENVOY));
+        match sc.mode {
+            Mode::Fixed(r) => {
+                rows.push([
+                    format!("{r} req/s: CPU per request, both proxies"),
+                    cpu(ours.cpu_us[2]),
+                    cpu(envoy.cpu_us[2]),
+                    times(ratio(ours.cpu_us[2], envoy.cpu_us[2])),
+                    "≤ ×0.30".into(),
+                ]);
+                let added = |v| sc.delta(v, Variant::Baseline).p99_us;
+                let target = if r == 5000 { "≤ +1.3 ms" } else { "" };
+                rows.push([
+                    format!("{r} req/s: added p99 vs direct"),
+                    plus(added(OURS)),
+                    plus(added(ENVOY)),
+                    String::new(),
+                    target.into(),
+                ]);
+            }
+            Mode::Max => {
+                let paired = sc.delta(OURS, ENVOY).rate_ratio;
+                rows.push([
+                    "max rate".into(),
+                    rate(ours.rate),
+                    rate(envoy.rate),
+                    times(paired.or_else(|| ratio(ours.rate, envoy.rate))),
+                    "≥ ×4".into(),
+                ]);
+            }
+        }
+    }
+    let mib = |v: Option<f64>| v.map_or("-".into(), |m| format!("{m:.1} MiB"));
+    rows.push([
+        "RSS per proxy after all runs (largest)".into(),
+        mib(rss_mib(section, OURS)),
+        mib(rss_mib(section, ENVOY)),
+        times(ratio(rss_mib(section, OURS), rss_mib(section, ENVOY))),
+        "≤ 20 MB at 5,000 req/s".into(),
+    ]);
+    rows
+}
+
+/// The markdown tables of every section that has both our mTLS mesh and
+/// Envoy's pair; empty if none has.
+pub fn markdown(sections: &[Section]) -> String {
+    let mut out = String::new();
+    for s in sections {
+        let rows = rows(s);
+        if rows.is_empty() {
+            continue;
+        }
+        let proto = s.title.split(':').next().unwrap_or(&s.key);
+        out += &format!(
+            "\n### Targets, {proto}: our mTLS pair against Envoy's (same rounds)\n\n\
+             | {proto} | ours (mTLS pair) | Envoy (mTLS pair) | ours ÷ Envoy | target |\n|---|---|---|---|---|\n"
+        );
+        for r in rows {
+            out += &format!("| {} |\n", r.join(" | "));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::parse::Sample;
+    use crate::bench::report::{Run, Scenario, Unit};
+    use crate::procs::Memory;
+
+    fn run(round: u32, variant: Variant, ok: u64, rps: f64, p99: f64, cpu: [u64; 3]) -> Run {
+        let sample = Sample { ok, errors: 0, rps, p50_us: Some(p99 / 2.0), p99_us: Some(p99) };
+        Run { round, variant, sample, cpu_ticks: cpu, peer_connections: None, spans: None, spans_dropped: None }
+    }
+
+    fn section() -> Section {
+        let b = Variant::Baseline;
+        // 3000 requests a run; ticks are 10 ms: ours 9+9 ticks = 180 ms / 3000 = 60 µs; Envoy 18+18 → 120 µs.
+        let fixed = Scenario {
+            mode: Mode::Fixed(5000),
+            tool: "oha",
+            connections: 16,
+            runs: vec![
+                run(1, b, 3000, 5000.0, 2000.0, [0, 0, 3]),
+                run(1, OURS, 3000, 5000.0, 3000.0, [9, 9, 3]),
+                run(1, ENVOY, 3000, 5000.0, 9000.0, [18, 18, 3]),
+            ],
+        };
+        let max = Scenario {
+            mode: Mode::Max,
+            tool: "wrk",
+            connections: 16,
+            runs: vec![
+                run(1, b, 1, 70_000.0, 1.0, [0, 0, 1]),
+                run(1, OURS, 1, 12_000.0, 1.0, [1, 1, 1]),
+                run(1, ENVOY, 1, 4_000.0, 1.0, [1, 1, 1]),
+            ],
+        };
+        let mem = |kib| Some(Memory { rss_kib: kib, hwm_kib: kib });
+        Section {
+            key: "http1".into(),
+            title: "HTTP/1.1: baseline vs mTLS mesh vs Envoy mTLS pair".into(),
+            unit: Unit::Request,
+            variants: vec![b, OURS, ENVOY],
+            comparisons: vec![],
+            scenarios: vec![fixed, max],
+            memory: vec![(OURS, [mem(16 * 1024), mem(12 * 1024)]), (ENVOY, [mem(64 * 1024), mem(68 * 1024)])],
+            notes: vec![],
+        }
+    }
+
+    /// Catches an inverted ratio (Envoy ÷ ours), the wrong reference for
+    /// added p99 (Envoy instead of direct), or a sum instead of the largest RSS.
+    #[test]
+    fn ratios_to_envoy_and_added_p99() {
+        let rows = rows(&section());
+        let find = |what: &str| rows.iter().find(|r| r[0].contains(what)).cloned().expect(what);
+        assert_eq!(find("CPU per request")[1..4], ["60 µs", "120 µs", "×0.50"]);
+        assert_eq!(find("added p99")[1..3], ["+1.00 ms", "+7.00 ms"]);
+        assert_eq!(find("added p99")[4], "≤ +1.3 ms");
+        assert_eq!(find("max rate")[1..4], ["12.0k req/s", "4.0k req/s", "×3.00"]);
+        assert_eq!(find("RSS")[1..4], ["16.0 MiB", "68.0 MiB", "×0.24"]);
+        let md = markdown(&[section()]);
+        assert!(md.contains("### Targets, HTTP/1.1") && md.contains("| max rate | 12.0k req/s |"), "{md}");
+    }
+
+    /// Catches a targets table for a section without Envoy's pair (nothing to compare).
+    #[test]
+    fn no_table_without_envoy() {
+        let mut s = section();
+        s.variants.retain(|v| *v != ENVOY);
+        assert!(rows(&s).is_empty() && markdown(&[s]).is_empty());
+        assert_eq!(ratio(Some(1.0), Some(0.0)), None);
+        assert_eq!(ratio(Some(1.0), Some(4.0)), Some(0.25));
+    }
+}
