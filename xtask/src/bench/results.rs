@@ -149,13 +149,17 @@ pub fn write(
 mod tests {
     use super::*;
 
-    /// Catches an off-by-one month or day, or a local-time stamp.
+    /// Catches an off-by-one month or day (January–February and March–December
+    /// take different branches), or a local-time stamp.
     #[test]
     fn utc_timestamps() {
         assert_eq!(timestamp(0), "19700101T000000Z");
         assert_eq!(timestamp(951_782_400), "20000229T000000Z");
         assert_eq!(timestamp(1_709_251_199), "20240229T235959Z");
         assert_eq!(timestamp(1_735_689_600 + 3661), "20250101T010101Z");
+        assert_eq!(timestamp(1_795_977_489), "20261129T183809Z");
+        assert_eq!(timestamp(946_684_799), "19991231T235959Z");
+        assert_eq!(timestamp(1_625_400_000), "20210704T120000Z");
     }
 
     /// Catches reading the wrong field of /proc/cpuinfo or /proc/meminfo.
