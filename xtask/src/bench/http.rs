@@ -23,7 +23,7 @@ impl Bench<'_> {
             .peers
             .peers()
             .into_iter()
-            .map(|p| Ok((p, self.peers.start(p, proto, app, self.dir)?)))
+            .map(|p| Ok((p, self.peers.start(p, proto, &self.nginx, self.dir)?)))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let variants: Vec<&str> = std::iter::once("baseline")
             .chain(meshes.iter().map(|v| v.label()))

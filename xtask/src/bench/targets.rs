@@ -5,6 +5,7 @@
 
 use super::loadgen::Mode;
 use super::peers::Peer;
+use super::report::format::delta_us as plus;
 use super::report::{Section, Variant};
 
 const OURS: Variant = Variant::MTLS;
@@ -12,22 +13,6 @@ const ENVOY: Variant = Variant::Peer(Peer::Envoy);
 
 /// One row: what, ours, Envoy's, the ratio or difference, the target.
 type Row = [String; 5];
-
-fn us(v: Option<f64>) -> String {
-    match v {
-        None => "-".into(),
-        Some(v) if v.abs() < 1e3 => format!("{v:.0} µs"),
-        Some(v) if v.abs() < 1e6 => format!("{:.2} ms", v / 1e3),
-        Some(v) => format!("{:.2} s", v / 1e6),
-    }
-}
-
-fn plus(v: Option<f64>) -> String {
-    match v {
-        Some(v) if v >= 0.0 => format!("+{}", us(Some(v))),
-        v => us(v),
-    }
-}
 
 fn times(v: Option<f64>) -> String {
     v.map_or("-".into(), |r| format!("×{r:.2}"))

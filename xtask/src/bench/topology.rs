@@ -4,9 +4,9 @@
 //! tracing.
 
 use super::loadgen::Proto;
-use crate::mesh::{self, IdentityDir, ProxyIdentity, STARTUP, args, loopback, ready, resolved};
-use crate::procs::{free_ports, spawn, wait_for};
-use anyhow::Context;
+use crate::mesh::{self, ADMIN_TIMEOUT, IdentityDir, ProxyIdentity, STARTUP, args, loopback, ready, resolved};
+use crate::procs::{free_ports, http_get, spawn, wait_for};
+use anyhow::{Context, bail};
 use mesh_process::Child;
 use mesh_spec::{Endpoint, Port, RegistryFile, Service};
 use std::net::SocketAddr;
@@ -33,13 +33,7 @@ impl Nginx {
         let servers = format!(
             "  server {{\n    listen {http1};\n    listen {http2} http2;\n    location / {{ return 200 \"ok\"; }}\n  }}\n"
         );
-        let proc = super::peers::nginx::launch(
-            nginx,
-            dir,
-            "nginx",
-            &super::peers::nginx::config(dir, "nginx", &servers),
-            http1,
-        )?;
+        let proc = launch(nginx, dir, "nginx", &config(dir, "nginx", &servers), http1)?;
         Ok(Self { proc, http1, http2 })
     }
 
@@ -54,6 +48,54 @@ impl Nginx {
             Proto::Http1 => self.http1,
             Proto::Http2 => self.http2,
         }
+    }
+}
+
+/// A full nginx config for `name`: one process, in the foreground, its
+/// files under `dir`, with `servers` (server blocks and upstreams) inside
+/// the `http` block.
+pub fn config(dir: &Path, name: &str, servers: &str) -> String {
+    let d = dir.display();
+    format!(
+        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/{name}.pid;\n\
+         error_log {d}/{name}-error.log warn;\nevents {{ worker_connections 4096; }}\n\
+         http {{\n  access_log off;\n  default_type text/plain;\n  keepalive_requests 100000000;\n\
+         \x20 keepalive_timeout 300s;\n  client_body_temp_path {d}/{name}-tmp-body;\n  proxy_temp_path {d}/{name}-tmp-proxy;\n\
+         \x20 fastcgi_temp_path {d}/{name}-tmp-fastcgi;\n  uwsgi_temp_path {d}/{name}-tmp-uwsgi;\n  scgi_temp_path {d}/{name}-tmp-scgi;\n\
+         {servers}}}\n"
+    )
+}
+
+/// Writes `text` to `<dir>/<name>.conf`, checks it with `nginx -t` and
+/// starts nginx with it, waiting until `GET /` on `probe` answers 200 `ok`.
+pub fn launch(nginx: &Path, dir: &Path, name: &str, text: &str, probe: SocketAddr) -> anyhow::Result<Child> {
+    let d = dir.display();
+    let conf = dir.join(format!("{name}.conf"));
+    std::fs::write(&conf, text).with_context(|| format!("cannot write {}", conf.display()))?;
+    let args = |test: bool| {
+        let mut a: Vec<String> = Vec::new();
+        if test {
+            a.push("-t".into());
+        }
+        let err_log = format!("{d}/{name}-error.log");
+        a.extend(["-p".into(), format!("{d}/"), "-e".into(), err_log, "-c".into(), conf.display().to_string()]);
+        a
+    };
+    let check = std::process::Command::new(nginx).args(args(true)).output().context("cannot run nginx -t")?;
+    if !check.status.success() {
+        bail!("nginx rejected the generated config {}:\n{}", conf.display(), String::from_utf8_lossy(&check.stderr));
+    }
+    let proc = spawn(name, nginx, &args(false), &[], dir)?;
+    wait_for(name, STARTUP, &[&proc], || ok_at(probe))?;
+    Ok(proc)
+}
+
+/// `None` once `GET /` at `addr` answers 200 `ok` (the backend's answer).
+pub fn ok_at(addr: SocketAddr) -> Option<String> {
+    match http_get(addr, "/", ADMIN_TIMEOUT) {
+        Ok((200, body)) if body == "ok" => None,
+        Ok((status, body)) => Some(format!("GET / answered {status} {body:?}")),
+        Err(e) => Some(e.to_string()),
     }
 }
 

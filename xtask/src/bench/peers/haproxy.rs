@@ -3,8 +3,8 @@
 //! prior knowledge on both sides for HTTP/2.
 
 use super::super::loadgen::Proto;
+use super::super::topology::ok_at;
 use super::Running;
-use super::nginx::ok_at;
 use crate::mesh::{STARTUP, loopback};
 use crate::procs::{free_ports, spawn, wait_for};
 use anyhow::{Context, bail};

@@ -15,7 +15,7 @@ pub mod install;
 pub mod nginx;
 
 use super::loadgen::Proto;
-use super::topology::Identity;
+use super::topology::{Identity, Nginx};
 use crate::procs::{self, Memory};
 use anyhow::{Context, bail};
 use mesh_process::Child;
@@ -132,9 +132,11 @@ impl Kit {
         Peer::ALL.into_iter().zip(have).filter(|(_, h)| *h).map(|(p, _)| p).collect()
     }
 
-    /// Starts `peer` in front of the backend `app` (speaking `proto`), and
-    /// checks that a request flows through it.
-    pub fn start(&self, peer: Peer, proto: Proto, app: SocketAddr, dir: &Path) -> anyhow::Result<Running> {
+    /// Starts `peer` in front of the nginx `backend` for `proto`, and checks
+    /// that a request flows through it. nginx proxies upstream in HTTP/1.x
+    /// only: its one-hop proxy uses the backend's HTTP/1.1 listener.
+    pub fn start(&self, peer: Peer, proto: Proto, backend: &Nginx, dir: &Path) -> anyhow::Result<Running> {
+        let app = backend.addr(proto);
         let missing = || anyhow::anyhow!("the {} was not prepared", peer.label());
         eprintln!("==> {}: starting the {}", proto.key(), peer.label());
         match peer {
@@ -144,7 +146,7 @@ impl Kit {
             }
             Peer::Nginx => {
                 let bin = self.nginx.as_ref().ok_or_else(missing)?;
-                nginx::start(bin, proto, app, dir)
+                nginx::start(bin, proto, backend.http1, dir)
             }
             Peer::Haproxy => {
                 let bin = self.haproxy.as_ref().ok_or_else(missing)?;

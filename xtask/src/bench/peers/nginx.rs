@@ -1,31 +1,14 @@
 //! nginx as a one-hop reference: load → nginx reverse proxy → nginx
-//! backend, plaintext, one worker, keep-alive connections upstream. Also the
-//! launcher the backend shares: a config checked with `nginx -t`, then
-//! nginx in the foreground as a single process.
+//! backend, plaintext, one worker, keep-alive connections upstream; started
+//! like the backend ([`launch`]).
 
 use super::super::loadgen::Proto;
+use super::super::topology::{config, launch};
 use super::Running;
-use crate::mesh::{ADMIN_TIMEOUT, STARTUP, loopback};
-use crate::procs::{free_ports, http_get, spawn, wait_for};
-use anyhow::{Context, bail};
-use mesh_process::Child;
+use crate::mesh::loopback;
+use crate::procs::free_ports;
 use std::net::SocketAddr;
 use std::path::Path;
-
-/// A full nginx config for `name`: one process, in the foreground, its
-/// files under `dir`, with `servers` (server blocks and upstreams) inside
-/// the `http` block.
-pub fn config(dir: &Path, name: &str, servers: &str) -> String {
-    let d = dir.display();
-    format!(
-        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/{name}.pid;\n\
-         error_log {d}/{name}-error.log warn;\nevents {{ worker_connections 4096; }}\n\
-         http {{\n  access_log off;\n  default_type text/plain;\n  keepalive_requests 100000000;\n\
-         \x20 keepalive_timeout 300s;\n  client_body_temp_path {d}/{name}-tmp-body;\n  proxy_temp_path {d}/{name}-tmp-proxy;\n\
-         \x20 fastcgi_temp_path {d}/{name}-tmp-fastcgi;\n  uwsgi_temp_path {d}/{name}-tmp-uwsgi;\n  scgi_temp_path {d}/{name}-tmp-scgi;\n\
-         {servers}}}\n"
-    )
-}
 
 /// The reverse proxy's server block: `listen` speaking `proto` (h2c with
 /// prior knowledge for HTTP/2) and, for HTTP/2, `probe` speaking HTTP/1.1 for
@@ -39,39 +22,6 @@ pub fn proxy_servers(listen: SocketAddr, proto: Proto, probe: Option<SocketAddr>
          \x20 server {{\n    listen {listen}{h2};\n{probe}    location / {{\n      proxy_pass http://backend;\n\
          \x20     proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}\n"
     )
-}
-
-/// Writes `text` to `<dir>/<name>.conf`, checks it with `nginx -t` and
-/// starts nginx with it, waiting until `GET /` on `probe` answers 200 `ok`.
-pub fn launch(nginx: &Path, dir: &Path, name: &str, text: &str, probe: SocketAddr) -> anyhow::Result<Child> {
-    let d = dir.display();
-    let conf = dir.join(format!("{name}.conf"));
-    std::fs::write(&conf, text).with_context(|| format!("cannot write {}", conf.display()))?;
-    let args = |test: bool| {
-        let mut a: Vec<String> = Vec::new();
-        if test {
-            a.push("-t".into());
-        }
-        let err_log = format!("{d}/{name}-error.log");
-        a.extend(["-p".into(), format!("{d}/"), "-e".into(), err_log, "-c".into(), conf.display().to_string()]);
-        a
-    };
-    let check = std::process::Command::new(nginx).args(args(true)).output().context("cannot run nginx -t")?;
-    if !check.status.success() {
-        bail!("nginx rejected the generated config {}:\n{}", conf.display(), String::from_utf8_lossy(&check.stderr));
-    }
-    let proc = spawn(name, nginx, &args(false), &[], dir)?;
-    wait_for(name, STARTUP, &[&proc], || ok_at(probe))?;
-    Ok(proc)
-}
-
-/// `None` once `GET /` at `addr` answers 200 `ok` (the backend's answer).
-pub fn ok_at(addr: SocketAddr) -> Option<String> {
-    match http_get(addr, "/", ADMIN_TIMEOUT) {
-        Ok((200, body)) if body == "ok" => None,
-        Ok((status, body)) => Some(format!("GET / answered {status} {body:?}")),
-        Err(e) => Some(e.to_string()),
-    }
 }
 
 /// Starts nginx proxying `proto` to the backend `app`; ready once a
