@@ -1,6 +1,7 @@
 //! The proxy's admin endpoints: `/metrics`, `/ready`, `/live`, `/config`
 //! (what the proxy currently knows, as JSON; nothing secret), `/tap` and
-//! `/shutdown` (POST).
+//! `/shutdown` (POST), and the app's kubelet probes under `/app-health/`
+//! (exactly those the injector configured; see [`crate::app_probe`]).
 //!
 //! The admin port listens where probes and Prometheus reach it (often
 //! `0.0.0.0:4191`), so anything that can reach it may read the open routes.
@@ -8,6 +9,7 @@
 //! served to loopback clients only (the workload's own host or pod), like
 //! Linkerd's; anyone else gets 403 with what to do instead.
 
+use crate::app_probe::{self, AppProbes};
 use crate::balance::Status;
 use crate::balancers::Balancers;
 use crate::config::Config;
@@ -43,6 +45,7 @@ struct Inner {
     balancers: Balancers,
     creds: Option<Arc<Credentials>>,
     tap: Tap,
+    probes: AppProbes,
 }
 
 const ROUTES: &[&str] = &["/metrics", "/ready", "/live", "/config", "/tap", "/shutdown"];
@@ -59,7 +62,8 @@ impl Admin {
         tap: Tap,
     ) -> Self {
         let ready = AtomicBool::new(false);
-        Self { inner: Arc::new(Inner { registry, ready, trigger, config, resolver, balancers, creds, tap }) }
+        let probes = AppProbes::new(&config.app_probes);
+        Self { inner: Arc::new(Inner { registry, ready, trigger, config, resolver, balancers, creds, tap, probes }) }
     }
 
     /// `/tap?path=/api&method=GET&authority=books&direction=inbound`: a
@@ -160,6 +164,34 @@ impl Admin {
     }
 }
 
+impl Admin {
+    /// `GET /app-health/<container>/<kind>`: runs that configured probe
+    /// against the app; 200 when healthy, 503 when not, 404 (having
+    /// connected to nothing) for a path that is not configured.
+    async fn app_probe(&self, method: &Method, path: &str) -> Response<Body> {
+        if method != Method::GET && method != Method::HEAD {
+            return admin::text(StatusCode::METHOD_NOT_ALLOWED, "app probes take GET\n");
+        }
+        match self.inner.probes.run(path).await {
+            Some(Ok(detail)) => admin::text(StatusCode::OK, format!("{detail}\n")),
+            Some(Err(reason)) => {
+                tracing::debug!(path, %reason, "app probe failed");
+                admin::text(StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n"))
+            }
+            None => {
+                let paths: Vec<&str> = self.inner.probes.paths().collect();
+                admin::text(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "no app probe at {path}; configured: {}\n",
+                        if paths.is_empty() { "none".to_string() } else { paths.join(" ") }
+                    ),
+                )
+            }
+        }
+    }
+}
+
 /// Routes served to loopback clients only.
 const LOCAL_ONLY: &[&str] = &["/tap", "/shutdown"];
 
@@ -187,6 +219,9 @@ impl Handler for Admin {
             if !peer.is_some_and(|p| p.is_loopback()) {
                 return refuse_remote(path, peer);
             }
+        }
+        if path.starts_with(app_probe::PREFIX) {
+            return self.app_probe(req.method(), path).await;
         }
         match (req.method(), path) {
             (_, "/metrics") => admin::encode_registry(&self.inner.registry),

@@ -32,6 +32,8 @@ pub struct Config {
     /// How long shutdown waits for in-flight work before exiting anyway.
     #[serde(with = "secs")]
     pub shutdown_grace: Duration,
+    /// The app's kubelet probes the admin port performs (`/app-health/...`).
+    pub app_probes: Vec<crate::app_probe::AppProbe>,
 }
 
 /// The inbound listener.
@@ -242,6 +244,7 @@ impl Config {
             limits: Limits::default(),
             telemetry: TelemetryConfig::default(),
             shutdown_grace: Duration::from_secs(30),
+            app_probes: Vec::new(),
         }
     }
 }

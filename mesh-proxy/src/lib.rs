@@ -14,6 +14,7 @@
 
 mod admin;
 mod app;
+pub mod app_probe;
 mod balance;
 mod balancers;
 mod body;

@@ -228,9 +228,21 @@ struct Args {
     /// How long shutdown waits for in-flight work.
     #[arg(long, default_value = "30s", value_parser = duration)]
     shutdown_grace: Duration,
+    /// The app's kubelet probes to serve under /app-health/ on the admin
+    /// port (JSON, written by the injector).
+    #[arg(long, env = "MESH_APP_PROBES", hide_env_values = true, value_parser = app_probes)]
+    app_probes: Option<AppProbes>,
     /// Worker threads (1: a single-threaded runtime, the leanest).
     #[arg(long, env = "MESH_PROXY_THREADS", default_value_t = 1)]
     threads: usize,
+}
+
+/// `--app-probes`, parsed (a newtype: clap would read a bare `Vec` as repeated values).
+#[derive(Debug, Clone)]
+struct AppProbes(Vec<mesh_proxy::app_probe::AppProbe>);
+
+fn app_probes(s: &str) -> Result<AppProbes, String> {
+    mesh_proxy::app_probe::parse(s).map(AppProbes).map_err(|e| e.to_string())
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -297,6 +309,7 @@ fn config(args: &Args) -> anyhow::Result<Config> {
     c.limits.client.max_header_bytes = args.max_header_bytes;
     c.limits.client.max_connection_age = args.max_connection_age;
     c.shutdown_grace = args.shutdown_grace;
+    c.app_probes = args.app_probes.clone().map(|p| p.0).unwrap_or_default();
     c.telemetry.trace_collector = args.trace_collector.clone();
     c.telemetry.trace_sample_ratio = args.trace_sample_ratio.clamp(0.0, 1.0);
     c.telemetry.access_log = args.access_log.clone();

@@ -14,6 +14,7 @@
 //! API (configurations, certificates, keys, server names) are re-exported
 //! here, so no other crate depends on rustls directly.
 
+mod probe;
 mod stream;
 mod tickets;
 mod verify;
@@ -28,6 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
+pub use probe::probe_client_config;
 pub use rustls::{ClientConfig, ServerConfig};
 pub use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 pub use stream::{

@@ -1,10 +1,10 @@
 //! The containers, volumes and annotations an injection adds, built from the
 //! mesh's configuration and the pod's overrides.
 
-use super::{INIT_CONTAINER, INJECTED_ANNOTATION, InjectConfig, Injection, Overrides, PROXY_CONTAINER};
+use super::{INIT_CONTAINER, INJECTED_ANNOTATION, InjectConfig, Injection, Overrides, PROXY_CONTAINER, probes};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
-    ObjectFieldSelector, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext,
+    ObjectFieldSelector, PodSpec, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext,
     ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -22,11 +22,18 @@ pub const VOLUMES: &[&str] = &[TOKEN_VOLUME, XTABLES_VOLUME];
 /// The projected token's lifetime; kubelet refreshes it at 80 %.
 const TOKEN_SECONDS: i64 = 3600;
 
-pub(super) fn injection(o: &Overrides, c: &InjectConfig) -> Injection {
+pub(super) fn injection(o: &Overrides, c: &InjectConfig, spec: &PodSpec) -> Injection {
+    let (probe_rewrites, app_probes) =
+        if o.rewrite_app_probes { probes::rewrites(spec, c.ports.admin) } else { (Vec::new(), None) };
+    let mut proxy = proxy_container(o, c);
+    if let (Some(json), Some(env)) = (app_probes, proxy.env.as_mut()) {
+        env.push(self::env(probes::APP_PROBES_ENV, json));
+    }
     Injection {
-        init_containers: vec![init_container(o, c), proxy_container(o, c)],
+        init_containers: vec![init_container(o, c), proxy],
         volumes: vec![token_volume(c), xtables_volume()],
         annotations: BTreeMap::from([(INJECTED_ANNOTATION.to_string(), c.version.clone())]),
+        probe_rewrites,
     }
 }
 

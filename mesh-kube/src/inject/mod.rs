@@ -12,15 +12,21 @@
 //!   `/ready`, the proxy's fixed UID, non-root, a read-only root filesystem,
 //!   resource requests, a projected service-account token with the mesh's
 //!   audience, the control plane's address and the trust anchors;
+//! - the app containers' `httpGet`/`tcpSocket` probes rewritten to the
+//!   proxy's admin port, which performs the originals (see [`probes`]; opt
+//!   out with `config.mesh.dev/rewrite-app-probes: "false"`);
 //! - the annotations that mark it injected (injecting twice is a no-op).
 
 pub mod admission;
 mod containers;
 mod overrides;
 mod patch;
+pub mod probes;
 
 pub mod manifests;
 
+#[cfg(test)]
+mod probe_tests;
 #[cfg(test)]
 mod tests;
 
@@ -182,6 +188,8 @@ pub struct Injection {
     pub volumes: Vec<Volume>,
     /// Added to `metadata.annotations`.
     pub annotations: BTreeMap<String, String>,
+    /// App containers' probes replaced by probes of the proxy's admin port.
+    pub probe_rewrites: Vec<probes::ProbeRewrite>,
 }
 
 /// Whether the opt-in applies when nothing says so: the webhook needs an
@@ -231,7 +239,7 @@ pub fn plan(
         return Ok(Err(Skip::Namespace(namespace.name.clone())));
     }
     let overrides = Overrides::parse(annotations, &config.defaults)?;
-    Ok(Ok(containers::injection(&overrides, config)))
+    Ok(Ok(containers::injection(&overrides, config, spec)))
 }
 
 /// Whether the pod already carries the proxy (as a native sidecar or, from
@@ -251,9 +259,9 @@ impl Injection {
 }
 
 /// The JSON Patch that removes an injection from a pod template (what
-/// `meshctl uninject` does): the mesh's containers, volumes and annotations;
-/// lists and maps left empty are removed, so `inject | uninject` gives the
-/// input back.
+/// `meshctl uninject` does): the mesh's containers, volumes and annotations
+/// removed, the app's rewritten probes restored; lists and maps left empty
+/// are removed, so `inject | uninject` gives the input back.
 pub fn uninject_patch(root: &str, meta: &ObjectMeta, spec: &PodSpec) -> Vec<PatchOp> {
     patch::remove_injection(root, meta, spec)
 }

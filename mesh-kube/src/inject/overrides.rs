@@ -17,8 +17,20 @@ const MEMORY_REQUEST: &str = "config.mesh.dev/proxy-memory-request";
 const CPU_LIMIT: &str = "config.mesh.dev/proxy-cpu-limit";
 const MEMORY_LIMIT: &str = "config.mesh.dev/proxy-memory-limit";
 const LOG_LEVEL: &str = "config.mesh.dev/proxy-log-level";
-const KNOWN: &[&str] =
-    &[SKIP_INBOUND, SKIP_OUTBOUND, OPAQUE, CPU_REQUEST, MEMORY_REQUEST, CPU_LIMIT, MEMORY_LIMIT, LOG_LEVEL];
+/// `"false"` leaves the app's probes as they are (they then reach the app
+/// only where plaintext is accepted: permissive mode or skipped ports).
+pub const REWRITE_PROBES: &str = "config.mesh.dev/rewrite-app-probes";
+const KNOWN: &[&str] = &[
+    SKIP_INBOUND,
+    SKIP_OUTBOUND,
+    OPAQUE,
+    CPU_REQUEST,
+    MEMORY_REQUEST,
+    CPU_LIMIT,
+    MEMORY_LIMIT,
+    LOG_LEVEL,
+    REWRITE_PROBES,
+];
 
 /// A pod's injection settings after its annotations are applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +43,8 @@ pub struct Overrides {
     pub opaque_ports: Vec<u16>,
     /// Resources and log level.
     pub resources: Defaults,
+    /// Whether the app's kubelet probes go through the proxy's admin port.
+    pub rewrite_app_probes: bool,
 }
 
 /// An annotation injection cannot honour.
@@ -69,6 +83,7 @@ impl Overrides {
             skip_outbound_ports: Vec::new(),
             opaque_ports: Vec::new(),
             resources: defaults.clone(),
+            rewrite_app_probes: true,
         };
         for (key, value) in annotations.iter().filter(|(k, _)| k.starts_with(PREFIX)) {
             let v = value.trim();
@@ -81,6 +96,13 @@ impl Overrides {
                 CPU_LIMIT => out.resources.cpu_limit = Some(quantity(key, v)?),
                 MEMORY_LIMIT => out.resources.memory_limit = Some(quantity(key, v)?),
                 LOG_LEVEL => out.resources.log_level = log_level(key, v)?,
+                REWRITE_PROBES => {
+                    out.rewrite_app_probes = match v {
+                        "true" => true,
+                        "false" => false,
+                        _ => return Err(error(key, value, "takes \"true\" or \"false\"")),
+                    }
+                }
                 _ => {
                     return Err(error(
                         key,

@@ -64,11 +64,20 @@ pub(super) fn add_injection(inj: &Injection, root: &str, meta: &ObjectMeta, spec
             inj.volumes.iter().map(|v| PatchOp::Add { path: format!("{root}/spec/volumes/-"), value: to_value(v) }),
         ),
     }
+    // `add` on an existing member replaces it (RFC 6902 4.1).
+    ops.extend(inj.probe_rewrites.iter().map(|r| PatchOp::Add {
+        path: format!("{root}/spec/containers/{}/{}", r.container, r.field),
+        value: to_value(&r.probe),
+    }));
     ops
 }
 
 pub(super) fn remove_injection(root: &str, meta: &ObjectMeta, spec: &PodSpec) -> Vec<PatchOp> {
-    let mut ops = Vec::new();
+    // The probes first, while the containers' indices are those of `spec`.
+    let mut ops: Vec<PatchOp> = super::probes::originals(spec)
+        .into_iter()
+        .map(|(i, field, value)| PatchOp::Add { path: format!("{root}/spec/containers/{i}/{field}"), value })
+        .collect();
     // Removes the named items of a list, last index first so earlier indices
     // stay valid; the whole list when nothing else is left in it.
     let mut remove_from = |field: &str, names: Vec<bool>, whole: bool| {

@@ -225,7 +225,16 @@ spec:
   template:
     metadata: {labels: {app: web}}
     spec:
-      containers: [{name: web, image: "web:1", ports: [{containerPort: 8080}]}]
+      containers:
+      - name: web
+        image: "web:1"
+        ports: [{name: http, containerPort: 8080}]
+        livenessProbe:
+          httpGet: {path: /healthz, port: http, httpHeaders: [{name: X-Probe, value: "1"}]}
+          periodSeconds: 5
+          timeoutSeconds: 2
+        readinessProbe: {tcpSocket: {port: 8080}, initialDelaySeconds: 3}
+        startupProbe: {exec: {command: [cat, /tmp/started]}}
 ---
 apiVersion: apps/v1
 kind: StatefulSet
@@ -265,7 +274,9 @@ spec:
     spec:
       template:
         metadata: {labels: {app: nightly}}
-        spec: {restartPolicy: OnFailure, containers: [{name: nightly, image: "job:1"}]}
+        spec:
+          restartPolicy: OnFailure
+          containers: [{name: nightly, image: "job:1", startupProbe: {httpGet: {port: 9090, scheme: HTTPS}}}]
 ---
 apiVersion: v1
 kind: Pod
@@ -285,7 +296,8 @@ fn documents(yaml: &str) -> Vec<Value> {
 /// Catches a kind whose pod template is looked for in the wrong place (it
 /// would pass through uninjected), and an `uninject` that leaves pieces
 /// behind or removes the workload's own: `inject | uninject` must give back
-/// the input objects, and the injected templates must carry the proxy.
+/// the input objects (app probes restored exactly, named ports and all),
+/// and the injected templates must carry the proxy and rewritten probes.
 #[test]
 fn inject_then_uninject_gives_back_every_workload_kind() {
     let (out, outcomes) = rewrite(WORKLOADS, Mode::Inject, &config()).expect("injects");
@@ -305,6 +317,15 @@ fn inject_then_uninject_gives_back_every_workload_kind() {
         assert!(already_injected(&spec), "{} was not injected", doc["kind"]);
     }
     assert_eq!(injected[6], documents(WORKLOADS)[6], "a Service passes through");
+    let web = &injected[0]["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(web["livenessProbe"]["httpGet"], json!({"path": "/app-health/web/liveness", "port": 4191}));
+    assert_eq!(web["readinessProbe"]["httpGet"]["path"], "/app-health/web/readiness");
+    assert_eq!(
+        web["startupProbe"],
+        documents(WORKLOADS)[0]["spec"]["template"]["spec"]["containers"][0]["startupProbe"]
+    );
+    let nightly = injected[4].pointer("/spec/jobTemplate/spec/template/spec/containers/0/startupProbe/httpGet/path");
+    assert_eq!(nightly, Some(&json!("/app-health/nightly/startup")));
 
     let (again, second) = rewrite(&out, Mode::Inject, &config()).expect("re-injects");
     assert!(second.iter().all(|o| o.skipped.is_some()), "a second inject changes nothing: {second:?}");
