@@ -31,7 +31,12 @@ spec:
   template:
     metadata: {labels: {app: web}}
     spec:
-      containers: [{name: web, image: "web:1", ports: [{containerPort: 8080}]}]
+      containers:
+      - name: web
+        image: "web:1"
+        ports: [{name: http, containerPort: 8080}]
+        livenessProbe: {httpGet: {path: /healthz, port: http}, periodSeconds: 5}
+        readinessProbe: {tcpSocket: {port: 8080}}
 ---
 apiVersion: apps/v1
 kind: StatefulSet
@@ -164,6 +169,13 @@ async fn injected_workloads_are_accepted_by_the_api_server_and_uninject_restores
             Some(&json!(["NET_ADMIN", "NET_RAW"])),
             "{name}"
         );
+        if doc["kind"] == "Deployment" {
+            // The rewritten probes are valid to the API server (one handler each).
+            let web = template.pointer("/spec/containers/0").expect("web");
+            assert_eq!(web.pointer("/livenessProbe/httpGet/path"), Some(&json!("/app-health/web/liveness")));
+            assert_eq!(web.pointer("/readinessProbe/httpGet/port"), Some(&json!(4191)));
+            assert_eq!(web.pointer("/readinessProbe/tcpSocket"), None);
+        }
         let volumes = template.pointer("/spec/volumes").and_then(Value::as_array).expect("volumes");
         let token = volumes.iter().find(|v| v["name"] == json!("mesh-identity-token")).expect("token volume");
         assert_eq!(token.pointer("/projected/sources/0/serviceAccountToken/audience"), Some(&json!("mesh")), "{name}");

@@ -88,6 +88,11 @@ async fn other_meshes(client: &Client) -> Check {
 }
 
 /// Checks of an installation in `namespace` at `version`, rendered as `manifests`.
+///
+/// Not yet here: the live probe through the data plane. Its hook is
+/// [`rules::live_probe`], which judges a [`rules::ProbeReport`] fetched from a
+/// meshed pod's proxy through `pods/NAME:4191/proxy/check/probe` (see
+/// ARCHITECTURE.md, "The live probe"); the proxy endpoint does not exist yet.
 pub async fn installed(client: &Client, namespace: &str, version: &str, manifests: &[Manifest]) -> Vec<Check> {
     let api = api_version(client).await;
     if !api.ok {

@@ -136,9 +136,93 @@ pub fn proxies(pods: &[MeshedPod], version: &str) -> Verdict {
     Ok(format!("{} meshed pods, proxies ready and on {version}", pods.len()))
 }
 
+/// What one probe request through the data plane showed (as a source
+/// proxy's admin endpoint would report it; see [`live_probe`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+pub struct ProbeReport {
+    /// The client identity the source proxy presented.
+    pub source_identity: String,
+    /// The target service (`name.namespace:port`).
+    pub target: String,
+    /// The identity discovery said the target's endpoint has.
+    pub expected_identity: String,
+    /// The identity in the certificate the target presented (`None`: no mTLS).
+    pub peer_identity: Option<String>,
+    /// The negotiated TLS version (`None`: plaintext).
+    pub tls_version: Option<String>,
+    /// Whether the target's authorization admitted the source (`None`: no answer).
+    pub authorized: Option<bool>,
+    /// Why the probe failed, when it did.
+    pub error: Option<String>,
+}
+
+/// The live probe's verdict: a request from one meshed workload to
+/// another went over mTLS to the identity discovery named, and the
+/// target's authorization decided as `expect_allowed` says (a probe from an
+/// identity the policy denies must be denied, or authorization is not on).
+pub fn live_probe(report: &ProbeReport, expect_allowed: bool) -> Verdict {
+    let what = format!("{} → {}", report.source_identity, report.target);
+    if let Some(e) = &report.error {
+        return Err((
+            format!("{what}: {e}"),
+            "see `meshctl diagnose` for the source pod and the target's endpoints".into(),
+        ));
+    }
+    let (Some(peer), Some(version)) = (&report.peer_identity, &report.tls_version) else {
+        return Err((format!("{what}: not over mTLS"), "the target is not meshed, or its port is skipped".into()));
+    };
+    if *peer != report.expected_identity {
+        return Err((
+            format!("{what}: the target presented {peer}, discovery expected {}", report.expected_identity),
+            "a workload runs under another ServiceAccount than its Service's endpoints say".into(),
+        ));
+    }
+    match (report.authorized, expect_allowed) {
+        (Some(true), true) => Ok(format!("{what}: mTLS ({version}) with {peer}, allowed")),
+        (Some(false), false) => Ok(format!("{what}: mTLS ({version}) with {peer}, denied as the policy says")),
+        (Some(got), _) => Err((
+            format!("{what}: {} but the policy says {}", allowed(got), allowed(expect_allowed)),
+            "check the target's AuthorizationPolicies: `kubectl get authorizationpolicies -A`".into(),
+        )),
+        (None, _) => Err((format!("{what}: no authorization decision reported"), "a proxy older than meshctl".into())),
+    }
+}
+
+fn allowed(b: bool) -> &'static str {
+    if b { "allowed" } else { "denied" }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Catches a live probe that passes plaintext, a peer with another
+    /// identity than discovery expected, or an authorization decision other
+    /// than the policy's (an allow-all proxy would pass a probe that must
+    /// be denied).
+    #[test]
+    fn the_live_probe_needs_mtls_to_the_expected_identity_and_the_policys_decision() {
+        let ok = ProbeReport {
+            source_identity: "spiffe://cluster.local/ns/shop/sa/web".into(),
+            target: "books.shop:7001".into(),
+            expected_identity: "spiffe://cluster.local/ns/shop/sa/books".into(),
+            peer_identity: Some("spiffe://cluster.local/ns/shop/sa/books".into()),
+            tls_version: Some("TLSv1.3".into()),
+            authorized: Some(true),
+            error: None,
+        };
+        assert!(live_probe(&ok, true).expect("passes").contains("mTLS (TLSv1.3)"));
+        let denied = ProbeReport { authorized: Some(false), ..ok.clone() };
+        assert!(live_probe(&denied, false).is_ok());
+        assert!(live_probe(&denied, true).expect_err("denied").0.contains("denied but the policy says allowed"));
+        assert!(live_probe(&ok, false).expect_err("allow-all").0.contains("allowed but the policy says denied"));
+        let plain = ProbeReport { peer_identity: None, tls_version: None, ..ok.clone() };
+        assert!(live_probe(&plain, true).expect_err("plaintext").0.contains("not over mTLS"));
+        let other = ProbeReport { peer_identity: Some("spiffe://cluster.local/ns/shop/sa/x".into()), ..ok.clone() };
+        assert!(live_probe(&other, true).expect_err("impostor").0.contains("discovery expected"));
+        let failed = ProbeReport { error: Some("connection refused".into()), ..ok };
+        assert!(live_probe(&failed, true).expect_err("failed").0.contains("connection refused"));
+    }
 
     /// Catches a version check that compares strings ("1.9" > "1.29") or
     /// chokes on provider suffixes ("29+").
