@@ -601,7 +601,7 @@ pub fn authorize(
             let mut notes = d.notes.clone();
             let verdict = source.map(|s| {
                 let v = compiled.authorize(&s.client(), parts);
-                VerdictOut { allowed: v.allowed, policy: v.policy, rule: v.rule }
+                VerdictOut { allowed: v.allowed, policy: v.policy.to_string(), rule: v.rule.to_string() }
             });
             if source.is_some_and(|s| s.identity.is_none()) && !compiled.require_mtls {
                 notes.push(
