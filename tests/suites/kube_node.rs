@@ -408,7 +408,11 @@ fn in_netns(ns: &str, argv: &[&str]) -> String {
 /// passed; the proxy's projected token not minted with the mesh's audience
 /// or not bound to the pod (the control plane refuses it: never ready);
 /// the proxy's fixed UID or dropped capabilities not applied; and on
-/// deletion a sidecar stopped before the app.
+/// deletion a sidecar stopped before the app. In the mesh: the app's
+/// readiness probe not rewritten to the admin port, or the proxy not
+/// performing it (the node's plaintext probe is refused by the strict
+/// inbound, or answered 503: books never Ready; checked by making the
+/// admin port answer 503).
 #[test]
 fn a_meshed_pod_runs_what_the_injector_wrote() {
     use mesh_control::{Config, Control, IdentityConfig, RegistryConfig, WebhookConfig};
@@ -498,7 +502,10 @@ fn a_meshed_pod_runs_what_the_injector_wrote() {
                 "spec": {"automountServiceAccountToken": false, "terminationGracePeriodSeconds": 5, "containers": [{
                     "name": name, "image": "mesh.test/mesh-test-app:dev",
                     "args": ["http-server", "--listen", "0.0.0.0:8080", "--name", name],
-                    "ports": [{"containerPort": 8080}]}]}}))
+                    "ports": [{"containerPort": 8080}],
+                    // Rewritten by the injector to the proxy's admin port: the
+                    // node's plaintext probe would be refused by the strict inbound.
+                    "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1}}]}}))
             .unwrap();
             pods.create(&PostParams::default(), &pod).await.expect("the pod");
         }
@@ -538,6 +545,9 @@ fn a_meshed_pod_runs_what_the_injector_wrote() {
         assert!(!in_netns(&node_ns, &["iptables-save", "-t", "nat"]).contains("MESH_"), "only in the pod's namespace");
         let proxy_pid = view.pids["mesh-proxy"];
         assert_eq!(uid_and_caps(proxy_pid), ("2102\t2102\t2102\t2102".into(), "0000000000000000".into()));
+        let probe = running.spec.as_ref().and_then(|s| s.containers[0].readiness_probe.clone());
+        let path = probe.and_then(|p| p.http_get).and_then(|h| h.path);
+        assert_eq!(path.as_deref(), Some("/app-health/books/readiness"), "Ready through the admin port");
         let ready_body = http_get(&format!("http://{}:4191/ready", ip(&running))).await;
         assert!(ready_body.starts_with("ready"), "{ready_body:?}");
 
