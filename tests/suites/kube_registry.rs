@@ -73,7 +73,7 @@ fn weights(r: &Resolution) -> Vec<(String, u32)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn service_and_endpoint_slice_changes_reach_the_store_within_a_second() {
+async fn service_and_endpoint_slice_changes_reach_the_store_from_the_watch() {
     let Some(api) = api_server().await else { return };
     let client = mesh_kube::client::connect(Some(&api.kubeconfig), None).await.expect("a client");
     let services: Api<Service> = Api::namespaced(client.clone(), "default");
