@@ -79,6 +79,25 @@ fn rewrite_in_place(path: &Path, text: &str) {
     file.write_all(text.as_bytes()).expect("write");
 }
 
+/// Polls as `run` does: again after each settle delay asked for, until none is.
+fn poll_settled(registry: &mut FileRegistry) {
+    for _ in 0..10 {
+        match registry.poll_once() {
+            Some(delay) => std::thread::sleep(delay),
+            None => return,
+        }
+    }
+    panic!("the file never settled");
+}
+
+/// Moves the file's modification time `by` into the past (or the future).
+fn shift_mtime(path: &Path, by: Duration, past: bool) {
+    let now = SystemTime::now();
+    let when = if past { now - by } else { now + by };
+    let file = std::fs::File::options().write(true).open(path).expect("open");
+    file.set_modified(when).expect("set mtime");
+}
+
 /// Reload attempts recorded with `result` (`ok` or `error`).
 fn reloads(metrics: &RegistryMetrics, result: &str) -> u64 {
     let mut registry = prometheus_client::registry::Registry::default();
@@ -138,6 +157,56 @@ async fn run_reloads_changes_and_keeps_the_last_good_registry() {
         .expect("run does not panic");
 }
 
+/// A store that notes which thread replaced its content.
+struct Recording {
+    store: Store,
+    threads: std::sync::Arc<std::sync::Mutex<Vec<std::thread::ThreadId>>>,
+}
+
+impl RegistrySink for Recording {
+    fn replace_all(&self, snapshot: &mesh_registry::model::RegistrySnapshot) {
+        self.threads.lock().expect("lock").push(std::thread::current().id());
+        self.store.replace_all(snapshot);
+    }
+    fn upsert(&self, service: mesh_registry::model::Service) {
+        self.store.upsert(service);
+    }
+    fn remove(&self, key: &ServiceKey) {
+        self.store.remove(key);
+    }
+    fn replace_policies(
+        &self,
+        routes: Vec<mesh_registry::model::RoutePolicy>,
+        authorizations: Vec<mesh_registry::model::AuthorizationPolicy>,
+    ) {
+        self.store.replace_policies(routes, authorizations);
+    }
+}
+
+/// Catches a watch that reads and parses on the runtime's thread (a large
+/// file then stalls every stream the runtime serves for the whole parse): on
+/// a single-threaded runtime, the reload must happen on another thread.
+#[tokio::test(flavor = "current_thread")]
+async fn run_reloads_off_the_runtime_thread() {
+    let Fixture { _dir, path, store, metrics, .. } = fixture(&books("127.0.0.1:4243"), Duration::from_millis(20));
+    let threads = std::sync::Arc::default();
+    let sink = Recording { store: store.clone(), threads: std::sync::Arc::clone(&threads) };
+    let mut registry = FileRegistry::new(&path, Duration::from_millis(20), sink, metrics);
+    registry.load_initial().expect("valid");
+    let runtime_thread = std::thread::current().id();
+    assert_eq!(*threads.lock().expect("lock"), [runtime_thread], "test premise: the initial load is inline");
+
+    let (trigger, shutdown) = mesh_core::shutdown::channel();
+    let task = tokio::spawn(registry.run(shutdown));
+    rename_over(&path, &books("127.0.0.1:4244"));
+    assert!(within_a_second(|| resolves(&store, "127.0.0.1:4244")).await, "change not applied");
+    let seen = threads.lock().expect("lock").clone();
+    assert_eq!(seen.len(), 2);
+    assert_ne!(seen[1], runtime_thread, "reloaded on the runtime's thread");
+    trigger.trigger();
+    tokio::time::timeout(Duration::from_secs(1), task).await.expect("run stops").expect("no panic");
+}
+
 #[tokio::test]
 async fn run_survives_extreme_poll_intervals() {
     for poll in [Duration::ZERO, Duration::MAX] {
@@ -166,33 +235,82 @@ fn a_vanished_file_is_an_error_until_it_returns() {
 
     // The same content again: valid again, nothing to replace.
     rename_over(&f.path, &books("127.0.0.1:4243"));
-    f.registry.poll_once();
-    f.registry.poll_once();
+    poll_settled(&mut f.registry);
     assert_eq!(reloads(&f.metrics, "ok"), 2);
 
     std::fs::remove_file(&f.path).expect("remove");
     f.registry.poll_once();
     rename_over(&f.path, &books("127.0.0.1:4244"));
-    f.registry.poll_once();
-    f.registry.poll_once();
+    poll_settled(&mut f.registry);
     assert!(resolves(&f.store, "127.0.0.1:4244"));
     assert_eq!((reloads(&f.metrics, "ok"), reloads(&f.metrics, "error")), (3, 2));
 }
 
+/// Catches a settle rule that serves content read twice a few milliseconds
+/// apart (or just twice) while the file is still being written.
 #[test]
 fn a_half_written_file_is_not_served() {
     let mut f = fixture(&books("127.0.0.1:4243"), Duration::from_millis(50));
     f.registry.load_initial().expect("valid");
     // Caught between truncation and write: an empty file is a valid (empty)
-    // registry, but it must not replace the one in force on first sight.
+    // registry, but it must not replace the one in force before it settles.
     rewrite_in_place(&f.path, "");
+    let delay = f.registry.poll_once().expect("a settle delay");
+    assert!(delay <= SETTLE, "{delay:?}");
     f.registry.poll_once();
-    assert!(resolves(&f.store, "127.0.0.1:4243"));
+    std::thread::sleep(Duration::from_millis(5));
+    f.registry.poll_once();
+    assert!(resolves(&f.store, "127.0.0.1:4243"), "served before it settled");
     rewrite_in_place(&f.path, &books("127.0.0.1:4244"));
-    f.registry.poll_once();
-    f.registry.poll_once();
+    poll_settled(&mut f.registry);
     assert!(resolves(&f.store, "127.0.0.1:4244"));
     assert_eq!((reloads(&f.metrics, "ok"), reloads(&f.metrics, "error")), (2, 0));
+
+    // Left empty: once it has stood for the settle time, it is what is meant.
+    rewrite_in_place(&f.path, "");
+    poll_settled(&mut f.registry);
+    assert_eq!(f.store.size(), (0, 0));
+}
+
+/// Catches a watch that waits for a settle delay (or a second poll) even when
+/// the file's modification time shows it has not been written for a while:
+/// a renamed-over file is then applied one poll later than it could be.
+#[test]
+fn a_file_unmodified_for_the_settle_time_is_applied_on_first_sight() {
+    let mut f = fixture(&books("127.0.0.1:4243"), Duration::from_millis(50));
+    f.registry.load_initial().expect("valid");
+    let tmp = f.path.with_extension("yaml.tmp");
+    std::fs::write(&tmp, books("127.0.0.1:4244")).expect("write");
+    shift_mtime(&tmp, SETTLE, true);
+    std::fs::rename(&tmp, &f.path).expect("rename over");
+    assert_eq!(f.registry.poll_once(), None);
+    assert!(resolves(&f.store, "127.0.0.1:4244"));
+}
+
+/// Catches a watch that takes a modification time in the future as "long
+/// unmodified" (applying at once), or one that never applies such a file:
+/// then two reads a settle time apart must agree.
+#[test]
+fn a_file_modified_in_the_future_is_applied_once_two_reads_agree() {
+    let mut f = fixture(&books("127.0.0.1:4243"), Duration::from_millis(50));
+    f.registry.load_initial().expect("valid");
+    rewrite_in_place(&f.path, &books("127.0.0.1:4244"));
+    shift_mtime(&f.path, Duration::from_secs(3600), false);
+    assert!(f.registry.poll_once().is_some());
+    f.registry.poll_once();
+    assert!(resolves(&f.store, "127.0.0.1:4243"), "applied on the strength of a future mtime");
+    poll_settled(&mut f.registry);
+    assert!(resolves(&f.store, "127.0.0.1:4244"));
+}
+
+#[test]
+fn quiet_time_is_the_longer_of_mtime_age_and_time_seen() {
+    let now = SystemTime::now();
+    let s = Duration::from_secs;
+    assert_eq!(quiet_for(Some(now - s(5)), now, s(1)), s(5));
+    assert_eq!(quiet_for(Some(now - s(1)), now, s(2)), s(2));
+    assert_eq!(quiet_for(Some(now + s(60)), now, s(1)), s(1), "a future mtime proves nothing");
+    assert_eq!(quiet_for(None, now, Duration::ZERO), Duration::ZERO);
 }
 
 #[test]
@@ -208,8 +326,7 @@ fn a_rewrite_with_identical_metadata_is_seen() {
     let after = std::fs::metadata(&f.path).expect("metadata");
     assert_eq!(Stamp::of(&before), Stamp::of(&after), "test premise");
 
-    f.registry.poll_once();
-    f.registry.poll_once();
+    poll_settled(&mut f.registry);
     assert!(resolves(&f.store, "127.0.0.1:4244"));
 }
 
@@ -264,15 +381,13 @@ authorizations:
         matches!(mesh_registry::file::parse(Path::new("r.yaml"), &bad), Err(FileError::Invalid { problems, .. }) if problems.len() == 1)
     );
     std::fs::write(&path, &bad).expect("write");
-    registry.poll_once();
-    registry.poll_once();
+    poll_settled(&mut registry);
     assert_eq!((store.outbound_policy(&target), store.inbound_policy(&inbound)), before);
     assert!(store.index().service(&ServiceKey::new("default", "extra")).is_none());
 
     let fixed = good.replace("timeout: 1s", "timeout: 2s");
     std::fs::write(&path, &fixed).expect("write");
-    registry.poll_once();
-    registry.poll_once();
+    poll_settled(&mut registry);
     let timeout = store.outbound_policy(&target).routes[0].timeout.map(|d| d.millis);
     assert_eq!(timeout, Some(2000));
 }
