@@ -9,6 +9,7 @@ use mesh_registry::sink::RegistrySink;
 use std::fmt;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 /// The registry name used in metrics.
@@ -54,8 +55,8 @@ struct WatchState {
     pending: Option<Pending>,
     /// What the last load attempt was about.
     attempted: Attempt,
-    /// The content of the registry in force.
-    applied: Option<Vec<u8>>,
+    /// The content of the registry in force (shared with `attempted`: one copy).
+    applied: Option<Arc<Vec<u8>>>,
 }
 
 /// New content seen, not applied until it has settled.
@@ -86,7 +87,7 @@ enum Attempt {
     /// The file could not be read.
     Unreadable,
     /// This content (accepted or rejected).
-    Content(Vec<u8>),
+    Content(Arc<Vec<u8>>),
 }
 
 /// File metadata that changes whenever the content may have.
@@ -123,7 +124,7 @@ impl fmt::Debug for FileRegistry {
             .field("poll_interval", &self.poll_interval)
             .field("stamp", &self.watch.stamp)
             .field("pending", &self.watch.pending.as_ref().map(|p| p.bytes.len()))
-            .field("applied", &self.watch.applied.as_ref().map(Vec::len))
+            .field("applied", &self.watch.applied.as_ref().map(|b| b.len()))
             .finish_non_exhaustive()
     }
 }
@@ -147,6 +148,7 @@ impl FileRegistry {
             .and_then(|(stamp, bytes)| parse_bytes(&self.path, &bytes).map(|snapshot| (stamp, bytes, snapshot)));
         match result {
             Ok((stamp, bytes, snapshot)) => {
+                let bytes = Arc::new(bytes);
                 self.sink.replace_all(&snapshot);
                 self.metrics.reload_ok(REGISTRY, &snapshot);
                 tracing::info!(
@@ -161,7 +163,7 @@ impl FileRegistry {
                     stamp: Some(stamp),
                     recheck: stamp.is_racy(),
                     pending: None,
-                    attempted: Attempt::Content(bytes.clone()),
+                    attempted: Attempt::Content(Arc::clone(&bytes)),
                     applied: Some(bytes),
                 };
                 Ok(())
@@ -255,7 +257,7 @@ impl FileRegistry {
         }
         self.watch.stamp = Some(stamp);
         self.watch.recheck = stamp.is_racy();
-        if matches!(&self.watch.attempted, Attempt::Content(last) if *last == bytes) {
+        if matches!(&self.watch.attempted, Attempt::Content(last) if **last == bytes) {
             self.watch.pending = None;
             return None;
         }
@@ -275,12 +277,13 @@ impl FileRegistry {
     }
 
     fn reload(&mut self, bytes: Vec<u8>) {
+        let bytes = Arc::new(bytes);
         match parse_bytes(&self.path, &bytes) {
             Ok(snapshot) => {
                 let unchanged = self.watch.applied.as_ref() == Some(&bytes);
                 if !unchanged {
                     self.sink.replace_all(&snapshot);
-                    self.watch.applied = Some(bytes.clone());
+                    self.watch.applied = Some(Arc::clone(&bytes));
                 }
                 self.metrics.reload_ok(REGISTRY, &snapshot);
                 tracing::info!(
