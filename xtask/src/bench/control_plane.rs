@@ -174,7 +174,7 @@ impl Results {
         }
         out.push_str(&format!(
             "\nPropagation: from the registry file's rename to each client's first sight of the moved endpoint \
-             (the control plane polls the file every 200 ms and applies content read twice). \"1 service\" moves \
+             (the control plane polls the file every 200 ms and applies content unmodified for 100 ms). \"1 service\" moves \
              one endpoint of the service every client watches; \"{touch} services\" moves one endpoint in each of \
              {touch} services, that one included. CPU s is the control plane's CPU time over the phase's wall \
              time. The clients share the machine's CPUs with the control plane.\n"
