@@ -30,6 +30,7 @@ pub mod plan;
 mod pod;
 pub mod probes;
 mod register;
+pub mod services;
 pub mod status;
 mod volumes;
 
@@ -76,6 +77,8 @@ pub(crate) struct Ctx {
     hosts: Mutex<BTreeSet<u8>>,
     views: Mutex<BTreeMap<String, PodView>>,
     mount_points: Mutex<Vec<PathBuf>>,
+    /// Where the `kubernetes` Service's ClusterIP goes.
+    api_addr: Mutex<Option<std::net::SocketAddr>>,
 }
 
 impl Ctx {
@@ -129,6 +132,7 @@ pub struct Node {
     ctx: Arc<Ctx>,
     agent: tokio::task::JoinHandle<()>,
     heartbeat: tokio::task::JoinHandle<()>,
+    services: tokio::task::JoinHandle<()>,
     workers: Arc<Mutex<BTreeMap<String, Worker>>>,
     _dir: tempfile::TempDir,
 }
@@ -156,16 +160,26 @@ impl Node {
             hosts: Mutex::new(BTreeSet::new()),
             views: Mutex::new(BTreeMap::new()),
             mount_points: Mutex::new(Vec::new()),
+            api_addr: Mutex::new(None),
         });
+        services::install()?;
+        std::fs::write(services::hosts_path(&ctx), services::hosts(&[]))?;
+        let services = tokio::spawn(services::run(ctx.clone()));
         let workers = Arc::new(Mutex::new(BTreeMap::new()));
         let agent = tokio::spawn(agent(ctx.clone(), name.to_string(), workers.clone()));
         let heartbeat = tokio::spawn(register::heartbeat(client, name.to_string()));
-        Ok(Self { name: name.into(), ctx, agent, heartbeat, workers, _dir: dir })
+        Ok(Self { name: name.into(), ctx, agent, heartbeat, services, workers, _dir: dir })
     }
 
     /// The Node's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Sends the `kubernetes` Service's ClusterIP (what in-cluster clients
+    /// dial: `KUBERNETES_SERVICE_HOST`) to the API server at `addr`.
+    pub fn serve_kubernetes_service(&self, addr: std::net::SocketAddr) {
+        *self.ctx.api_addr.lock().unwrap_or_else(PoisonError::into_inner) = Some(addr);
     }
 
     /// Every pod the node has run, by Pod UID.
@@ -183,6 +197,7 @@ impl Node {
     pub async fn shutdown(self) {
         self.agent.abort();
         self.heartbeat.abort();
+        self.services.abort();
         let workers: Vec<Worker> =
             std::mem::take(&mut *self.workers.lock().unwrap_or_else(PoisonError::into_inner)).into_values().collect();
         for w in workers {
@@ -201,6 +216,7 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.agent.abort();
         self.heartbeat.abort();
+        self.services.abort();
         let mut points = std::mem::take(&mut *self.ctx.mount_points.lock().unwrap_or_else(PoisonError::into_inner));
         points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
         for p in points {

@@ -21,6 +21,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
+/// The `kubernetes` Service's ClusterIP: the first address of the API
+/// server's `--service-cluster-ip-range` (10.96.0.0/16 in the harness).
+const KUBERNETES_VIP: &str = "10.96.0.1";
+
 /// A restarted container waits this long (a fixed back-off).
 const RESTART_BACKOFF: Duration = Duration::from_secs(1);
 /// How often the worker looks at its containers.
@@ -158,7 +162,12 @@ impl Worker {
                 let net = w.ctx.net.clone();
                 let (ns, veth) = (w.pod_ns.clone(), format!("veth{key}").chars().take(15).collect::<String>());
                 match tokio::task::spawn_blocking(move || net.add_pod(&ns, ip, &veth)).await {
-                    Ok(Ok(())) => w.addrs.pod_ip = ip.to_string(),
+                    Ok(Ok(())) => {
+                        w.addrs.pod_ip = ip.to_string();
+                        if let Err(e) = super::services::attach(&w.ctx, &w.pod_ns) {
+                            w.error = Some(format!("the pod's /etc/hosts: {e:#}"));
+                        }
+                    }
                     Ok(Err(e)) => w.error = Some(format!("pod network: {e:#}")),
                     Err(e) => w.error = Some(format!("pod network: {e}")),
                 }
@@ -175,7 +184,18 @@ impl Worker {
         if w.error.is_none() {
             let facts = PodFacts { pod_ip: w.addrs.pod_ip.clone(), host_ip: w.addrs.host_ip.clone() };
             match plan(pod, &facts, &w.ctx.images) {
-                Ok(plans) => w.slots = plans.into_iter().map(|p| Slot::new(p, "PodInitializing")).collect(),
+                Ok(plans) => {
+                    w.slots = plans
+                        .into_iter()
+                        .map(|mut p| {
+                            // As a kubelet does: where in-cluster clients find the API server.
+                            let kube =
+                                [("KUBERNETES_SERVICE_HOST", KUBERNETES_VIP), ("KUBERNETES_SERVICE_PORT", "443")];
+                            p.env.splice(0..0, kube.map(|(k, v)| (k.to_string(), v.to_string())));
+                            Slot::new(p, "PodInitializing")
+                        })
+                        .collect();
+                }
                 Err(e) => w.error = Some(e.to_string()),
             }
         }
@@ -310,6 +330,7 @@ impl Worker {
             }
         }
         let ns = self.pod_ns.clone();
+        super::services::detach(&ns);
         let _ = tokio::task::spawn_blocking(move || super::netns::destroy_netns(&ns)).await;
         if let Some(h) = self.host {
             ctx.free_host(h);
