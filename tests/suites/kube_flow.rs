@@ -1,8 +1,9 @@
 //! The user's flow on a real API server, with the suite playing the node
 //! (`mesh_tests::node`): `meshctl check --pre`, `meshctl install` (its
 //! control plane running as a pod on the node, the API server calling its
-//! webhook through the Service's endpoints), `meshctl check`, and
-//! `meshctl uninstall`. Every `meshctl` here is the real binary with
+//! webhook through the Service's endpoints), `meshctl check`, the demo app
+//! (`deploy/demo/demo.yaml`) in an injected namespace with traffic over
+//! mTLS on the node's bridge, and `meshctl uninstall`. Every `meshctl` here is the real binary with
 //! `--kubeconfig`.
 //!
 //! Needs root (network namespaces) and the kube harness: skipped without
@@ -19,6 +20,7 @@ use mesh_tests::bins;
 use mesh_tests::kube_harness;
 use mesh_tests::node::plan::{ImageEntry, Images};
 use mesh_tests::node::{Node, NodeNet, netns::netns_list};
+use mesh_tests::pcap;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -100,17 +102,158 @@ async fn installed(client: &Client) -> Vec<(&'static str, usize)> {
     ]
 }
 
+fn ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn ip(p: &Pod) -> String {
+    p.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap_or_default()
+}
+
+/// Applies `deploy/demo/demo.yaml` (server-side apply, as kubectl would).
+async fn apply_demo(client: &Client) {
+    use mesh_kube::api::kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+    let yaml = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/demo/demo.yaml"))
+        .expect("deploy/demo/demo.yaml");
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&yaml).expect("YAML");
+    for doc in docs {
+        let (api_version, kind) = (doc["apiVersion"].as_str().unwrap_or(""), doc["kind"].as_str().unwrap_or(""));
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+        let plural = match kind.strip_suffix('y') {
+            Some(stem) => format!("{}ies", stem.to_lowercase()),
+            None => format!("{}s", kind.to_lowercase()),
+        };
+        let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), &plural);
+        let obj: DynamicObject = serde_json::from_value(doc.clone()).expect("an object");
+        let name = obj.metadata.name.clone().unwrap_or_default();
+        let api: Api<DynamicObject> = match &obj.metadata.namespace {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+            None => Api::all_with(client.clone(), &ar),
+        };
+        let pp = mesh_kube::api::PatchParams::apply("kube-flow").force();
+        let applied = until(Duration::from_secs(30), || async {
+            api.patch(&name, &pp, &mesh_kube::api::Patch::Apply(&doc)).await.ok()
+        })
+        .await;
+        assert!(applied.is_some(), "applying {kind} {name}");
+    }
+}
+
+/// A pod's network namespace for a client outside the mesh (namespace
+/// `outside`, not injected).
+async fn unmeshed_pod(client: &Client, node: &Node) -> String {
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "outside"}})).expect("a namespace");
+    Api::<Namespace>::all(client.clone()).create(&Default::default(), &ns).await.expect("namespace outside");
+    let netns = client_pod(client, node, "outside").await;
+    let p = Api::<Pod>::namespaced(client.clone(), "outside").get("curl").await.expect("the pod");
+    assert!(p.spec.and_then(|s| s.init_containers).is_none(), "the outside pod was injected");
+    netns
+}
+
+/// A pod named `curl` in `namespace` (injected or not, by its namespace)
+/// whose network namespace clients run in; its netns once Ready.
+async fn client_pod(client: &Client, node: &Node, namespace: &str) -> String {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let pod: Pod = serde_json::from_value(serde_json::json!({"metadata": {"name": "curl"},
+        "spec": {"automountServiceAccountToken": false, "terminationGracePeriodSeconds": 1, "containers": [{
+            "name": "idle", "image": "mesh-test-app", "args": ["tcp-echo", "--listen", "0.0.0.0:9"]}]}}))
+    .expect("a pod");
+    let created = until(Duration::from_secs(30), || async { pods.create(&Default::default(), &pod).await.ok() }).await;
+    assert!(created.is_some(), "the client pod in {namespace}");
+    let running = until(Duration::from_secs(60), || async { pods.get("curl").await.ok().filter(ready) }).await;
+    running.expect("the client pod Ready");
+    let view = node.pods().into_values().find(|v| v.namespace == namespace && v.name == "curl");
+    view.expect("the node ran it").netns
+}
+
+/// `curl` in a pod's namespace (with the pod's /etc/hosts): (status, body).
+fn curl(netns: &str, url: &str) -> (String, String) {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", netns, "curl", "-sS", "--max-time", "5", "-w", "\n%{http_code}", url])
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.to_string(), body.to_string())
+}
+
+/// tcpdump on the node's bridge.
+struct Capture {
+    child: std::process::Child,
+    file: PathBuf,
+}
+
+impl Capture {
+    fn start(file: &Path) -> Self {
+        let child = std::process::Command::new("tcpdump")
+            .args(["-i", "cbr0", "-U", "-s", "0", "-w"])
+            .arg(file)
+            .arg("tcp")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("tcpdump runs");
+        // Listening once it has written the file's header.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::metadata(file).map(|m| m.len()).unwrap_or(0) < 24 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        Capture { child, file: file.to_path_buf() }
+    }
+
+    fn stop(mut self) -> pcap::Capture {
+        std::thread::sleep(Duration::from_millis(500));
+        let _ = std::process::Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+        pcap::parse(&std::fs::read(&self.file).expect("the capture")).expect("a pcap file")
+    }
+}
+
+/// Between two pods (not the node, 10.244.0.1, nor the unmeshed client
+/// `outside`, whose plaintext attempt is expected): how many streams to a
+/// books pod carried TLS application data, and every stream with a payload
+/// that is not TLS.
+fn pod_to_pod(cap: &pcap::Capture, books: &[String], outside: &str) -> (usize, Vec<(String, String, String)>) {
+    let node: std::net::IpAddr = [10, 244, 0, 1].into();
+    let mut tls = 0;
+    let mut plain = Vec::new();
+    for ((from, to), stream) in pcap::streams(cap) {
+        let unmeshed = from.ip().to_string() == outside || to.ip().to_string() == outside;
+        if from.ip() == node || to.ip() == node || unmeshed || stream.data.is_empty() {
+            continue;
+        }
+        match pcap::tls_records(&stream.data) {
+            Ok(types) => {
+                if books.contains(&to.ip().to_string()) && types.contains(&pcap::content::APPLICATION_DATA) {
+                    tls += 1;
+                }
+            }
+            Err(e) => {
+                let head = String::from_utf8_lossy(&stream.data[..stream.data.len().min(80)]).into_owned();
+                plain.push((format!("{from} → {to}"), e, head));
+            }
+        }
+    }
+    (tls, plain)
+}
+
 /// The images the node runs: the control plane, the proxy, the test app.
 fn images(dir: &Path) -> Images {
     let mut images = Images::new();
     let entry = |path: PathBuf, user| ImageEntry { binary: runnable_by_others(&path, dir), user };
     images.insert("mesh-control".into(), entry(bins::path("mesh-control"), (2103, 2103)));
     images.insert("mesh-proxy".into(), entry(bins::path("mesh-proxy"), (2102, 2102)));
+    images.insert("meshctl".into(), entry(bins::path("meshctl"), (65532, 65532)));
     images.insert("mesh-test-app".into(), entry(PathBuf::from(env!("CARGO_BIN_EXE_mesh-test-app")), (0, 0)));
     images
 }
 
-/// The flow from `check --pre` to `uninstall`.
+/// The flow from `check --pre` to `uninstall` (scaling under load is not
+/// part of it yet).
 ///
 /// Catches: a `check --pre` that fails on a fresh cluster (or passes with
 /// no API server: it is run against one first); an install whose control
@@ -119,7 +262,12 @@ fn images(dir: &Path) -> Images {
 /// access with its ServiceAccount), a webhook Service the API server cannot
 /// reach or whose certificate does not match the caBundle (check's
 /// injector line fails); any `meshctl check` line failing after install;
-/// an uninstall that leaves an object with the install's label or a CRD.
+/// demo pods not injected or never Ready (a proxy that cannot reach the
+/// control plane by its Service name), web not reaching books and authors,
+/// any plaintext between meshed pods on the bridge or no TLS to books
+/// (captured with tcpdump), an unmeshed client admitted by books' policy;
+/// an uninstall that runs while meshed pods remain, or that leaves an
+/// object with the install's label or a CRD.
 #[test]
 fn install_check_and_uninstall_on_the_node() {
     if let Some(reason) = mesh_tests::netns::unavailable() {
@@ -180,7 +328,92 @@ fn install_check_and_uninstall_on_the_node() {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         assert!(status.lines().any(|l| l == "Uid:\t2103\t2103\t2103\t2103"), "the control plane's UID:\n{status}");
 
+        // 3. The demo app in an injected namespace: traffic flows, only TLS
+        // between pods on the bridge, an unmeshed client denied.
+        apply_demo(&client).await;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), "demo");
+        let all_ready = until(Duration::from_secs(120), || async {
+            let list = pods.list(&ListParams::default()).await.ok()?.items;
+            (list.len() == 6 && list.iter().all(ready)).then_some(list)
+        })
+        .await;
+        let Some(demo) = all_ready else {
+            let list = pods.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default();
+            let states: Vec<_> = list.iter().map(|p| (p.metadata.name.clone(), p.status.clone())).collect();
+            let logs: Vec<String> = list
+                .iter()
+                .filter_map(|p| p.metadata.name.clone())
+                .map(|n| {
+                    let (init, proxy) = (node.container_log(&n, "mesh-init"), node.container_log(&n, "mesh-proxy"));
+                    format!("{n}:\n init: {init}\n proxy: {}", &proxy[proxy.len().saturating_sub(1500)..])
+                })
+                .collect();
+            let states: Vec<_> = states
+                .into_iter()
+                .map(|(n, s)| {
+                    let s = s.unwrap_or_default();
+                    let all = s
+                        .init_container_statuses
+                        .into_iter()
+                        .flatten()
+                        .chain(s.container_statuses.into_iter().flatten());
+                    (n, all.map(|c| (c.name, c.ready, c.state)).collect::<Vec<_>>())
+                })
+                .collect();
+            panic!("the demo's 6 pods never Ready: {states:?}\nlogs:\n{}", logs.join("\n"));
+        };
+        for p in &demo {
+            let inits = p.spec.as_ref().and_then(|s| s.init_containers.clone()).unwrap_or_default();
+            assert!(inits.iter().any(|c| c.name == "mesh-proxy"), "{:?} not injected", p.metadata.name);
+        }
+        let books_ips: Vec<String> = demo
+            .iter()
+            .filter(|p| p.metadata.name.as_deref().is_some_and(|n| n.starts_with("books-")))
+            .map(ip)
+            .collect();
+        let capture = Capture::start(&scratch.path().join("bridge.pcap"));
+        // From a meshed client pod: web answers, and through web (as
+        // ServiceAccount web) books and authors answer.
+        let outside = unmeshed_pod(&client, &node).await;
+        let meshed = client_pod(&client, &node, "demo").await;
+        let web = "http://web.demo.svc.cluster.local:8080/";
+        // The Services' endpoints are published a moment after the pods are Ready.
+        let first = until(Duration::from_secs(30), || async { (curl(&meshed, web).0 == "200").then_some(()) }).await;
+        assert!(first.is_some(), "web never answered: {:?}", curl(&meshed, web));
+        let mut answered = 0;
+        for _ in 0..10 {
+            let (code, body) = curl(&meshed, web);
+            if code == "200" && body.contains("books") && body.contains("authors") {
+                answered += 1;
+            }
+        }
+        assert_eq!(answered, 10, "web → books, authors: {:?}", curl(&meshed, web));
+        // Straight to books: no identity, and books admits only web.
+        let (code, body) = curl(&outside, "http://books.demo.svc.cluster.local:7001/");
+        assert!(code != "200" && !body.contains("books"), "an unmeshed client reached books: {code} {body}");
+        let cap = capture.stop();
+        let outside_ip = node.pods().into_values().find(|v| v.namespace == "outside").map(|v| v.ip).unwrap_or_default();
+        let (tls_to_books, plaintext) = pod_to_pod(&cap, &books_ips, &outside_ip);
+        assert!(plaintext.is_empty(), "plaintext between pods on the bridge: {plaintext:#?}");
+        assert!(
+            tls_to_books >= 1,
+            "no TLS application data to books {books_ips:?} on the bridge; web said {:?}; streams: {:?}",
+            curl(&meshed, web),
+            pcap::streams(&cap).keys().collect::<Vec<_>>()
+        );
+
         // 5. Uninstall leaves nothing with the install's label, and no CRD.
+        let (ok, _, err) = meshctl(&kubeconfig, &["uninstall"]).await;
+        assert!(!ok && err.contains("--force"), "uninstall must refuse while the demo runs: {err}");
+        for ns in ["demo", "outside"] {
+            Api::<Namespace>::all(client.clone()).delete(ns, &Default::default()).await.expect("deleting");
+        }
+        let drained = until(Duration::from_secs(90), || async {
+            let left = Api::<Pod>::all(client.clone()).list(&ListParams::default()).await.ok()?.items;
+            left.iter().all(|p| p.metadata.namespace.as_deref() == Some("mesh-system")).then_some(())
+        })
+        .await;
+        assert!(drained.is_some(), "the demo's pods never went");
         let (ok, out, err) = meshctl(&kubeconfig, &["uninstall"]).await;
         assert!(ok, "uninstall:\n{out}\n{err}");
         let left = until(Duration::from_secs(90), || async {

@@ -24,14 +24,18 @@ pub struct BindMount {
 
 /// The whole command line: `ip netns exec POD` (which also gives the
 /// process a mount namespace of its own, slave to the node's), the bind
-/// mounts by `sh` in that namespace, `env -i` with the container's
+/// mounts by `sh` in that namespace (shallowest target first, each mount
+/// point made if missing, as container runtimes do: a volume mounted on
+/// `/run` hides the node's `/run/secrets/...`), `env -i` with the container's
 /// environment only, `setpriv` for user and capabilities, the program.
 pub fn command_line(c: &ContainerPlan, pod_ns: &str, hostname: &str, mounts: &[BindMount]) -> Vec<String> {
     let mut argv: Vec<String> = vec!["ip".into(), "netns".into(), "exec".into(), pod_ns.into()];
     if !mounts.is_empty() {
+        let mut mounts: Vec<&BindMount> = mounts.iter().collect();
+        mounts.sort_by_key(|m| m.target.split('/').filter(|c| !c.is_empty()).count());
         let mut script = String::from("set -e; ");
-        for m in mounts {
-            script.push_str("mount --bind \"$1\" \"$2\"; ");
+        for m in &mounts {
+            script.push_str("mkdir -p \"$2\"; mount --bind \"$1\" \"$2\"; ");
             if m.read_only {
                 script.push_str("mount -o remount,bind,ro \"$2\"; ");
             }
@@ -39,7 +43,7 @@ pub fn command_line(c: &ContainerPlan, pod_ns: &str, hostname: &str, mounts: &[B
         }
         script.push_str("exec \"$@\"");
         argv.extend(["sh".into(), "-c".into(), script, "mount".into()]);
-        for m in mounts {
+        for m in &mounts {
             argv.push(m.source.display().to_string());
             argv.push(m.target.clone());
         }
@@ -112,8 +116,9 @@ mod tests {
         assert!(argv.contains(&"A=1 2".to_string()), "one word per variable");
     }
 
-    /// Catches a read-only mount left writable, or mounts done after the
-    /// user change (a non-root user cannot mount).
+    /// Catches a read-only mount left writable, mounts done after the
+    /// user change (a non-root user cannot mount), or a deeper mount made
+    /// before the one it lies under (`/run` would hide it).
     #[test]
     fn mounts_before_the_user_change() {
         let m = [
@@ -125,7 +130,8 @@ mod tests {
         let script = &argv[6];
         assert_eq!(script.matches("mount --bind").count(), 2);
         assert_eq!(script.matches("remount,bind,ro").count(), 1);
-        assert_eq!(&argv[7..12], ["mount", "/n/tok", "/var/run/t", "/n/run", "/run"]);
+        assert_eq!(&argv[7..12], ["mount", "/n/run", "/run", "/n/tok", "/var/run/t"]);
+        assert_eq!(script.matches("mkdir -p \"$2\"; mount --bind").count(), 2);
         let setpriv = argv.iter().position(|a| a == "setpriv").unwrap();
         assert!(setpriv > 12);
     }

@@ -217,6 +217,7 @@ impl Drop for Node {
         self.agent.abort();
         self.heartbeat.abort();
         self.services.abort();
+        services::detach_all(self.ctx.net.name());
         let mut points = std::mem::take(&mut *self.ctx.mount_points.lock().unwrap_or_else(PoisonError::into_inner));
         points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
         for p in points {

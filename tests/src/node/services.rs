@@ -153,6 +153,17 @@ pub(super) fn attach(ctx: &Ctx, pod_ns: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Removes every pod's `/etc/netns` entry of the node `node_ns` (after
+/// a panic, say, when no pod worker ran to the end).
+pub(super) fn detach_all(node_ns: &str) {
+    let prefix = format!("{node_ns}-");
+    for e in std::fs::read_dir("/etc/netns").into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// Removes what [`attach`] made.
 pub(super) fn detach(pod_ns: &str) {
     let _ = std::fs::remove_dir_all(etc_dir(pod_ns));
@@ -168,6 +179,8 @@ pub(super) fn install() -> anyhow::Result<()> {
     let masquerade = ["-m", "conntrack", "--ctstate", "DNAT", "!", "-o", "lo", "-j", "MASQUERADE"];
     sh(&[&["iptables", "-t", "nat", "-A", "POSTROUTING"][..], &masquerade[..]].concat())?;
     sh(&["sysctl", "-qw", "net.ipv4.conf.all.route_localnet=1"])?;
+    // A ClusterIP DNAT-ed to another pod is forwarded back onto the bridge.
+    sh(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
     Ok(())
 }
 
