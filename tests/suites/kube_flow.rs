@@ -17,48 +17,17 @@ use mesh_kube::api::k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding
 use mesh_kube::api::k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use mesh_kube::api::{Api, Client, ListParams};
 use mesh_tests::bins;
-use mesh_tests::kube_harness;
 use mesh_tests::node::plan::{ImageEntry, Images};
-use mesh_tests::node::{Node, NodeNet, netns::netns_list};
+use mesh_tests::node::suite::{self, Cluster, ip, ready, runnable_by_others, until};
+use mesh_tests::node::{Node, netns::netns_list};
 use mesh_tests::pcap;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The registry and tag the flow installs (the node maps images by name).
 const REGISTRY: &str = "mesh.test";
 const VERSION: &str = "dev";
-
-/// Polls `f` every 200 ms until it returns `Some` or `timeout` passes.
-async fn until<T, F: std::future::Future<Output = Option<T>>>(
-    timeout: Duration,
-    mut f: impl FnMut() -> F,
-) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return Some(v);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// `path`, or a copy in `dir` when some directory above it keeps other
-/// users out (containers run as non-root users).
-fn runnable_by_others(path: &Path, dir: &Path) -> PathBuf {
-    let open = |p: &Path, bits: u32| std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & bits == bits);
-    if open(path, 0o005) && path.ancestors().skip(1).all(|d| open(d, 0o001)) {
-        return path.to_path_buf();
-    }
-    let copy = dir.join(path.file_name().expect("a file name"));
-    std::fs::copy(path, &copy).expect("copying the binary");
-    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    copy
-}
 
 /// Runs `meshctl ARGS --kubeconfig K` off the runtime (the node keeps
 /// running pods meanwhile); returns (success, stdout, stderr).
@@ -100,17 +69,6 @@ async fn installed(client: &Client) -> Vec<(&'static str, usize)> {
         ("Service", count(Api::<Service>::all(c())).await),
         ("Pod", count(Api::<Pod>::all(c())).await),
     ]
-}
-
-fn ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-fn ip(p: &Pod) -> String {
-    p.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap_or_default()
 }
 
 /// Applies `deploy/demo/demo.yaml` (server-side apply, as kubectl would).
@@ -270,20 +228,9 @@ fn images(dir: &Path) -> Images {
 /// object with the install's label or a CRD.
 #[test]
 fn install_check_and_uninstall_on_the_node() {
-    if let Some(reason) = mesh_tests::netns::unavailable() {
-        mesh_tests::netns::skipped(&reason);
-        return;
-    }
-    if kube_harness::availability().is_err() {
-        let _ = kube_harness::start_or_skip();
-        return;
-    }
-    mesh_tests::init_logs();
-    let net = Arc::new(NodeNet::create("flow").expect("the node's namespace"));
-    net.enter().expect("entering the node's namespace");
-    let api = kube_harness::ApiServer::start().expect("the API server starts");
-    let kcm = api.start_controller_manager().expect("the controller-manager starts");
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
+    // The thread enters the node's namespace: the API server, the
+    // controller-manager and the runtime live there.
+    let Some(Cluster { net, api, kcm, rt }) = suite::start("flow") else { return };
     let node_ns = net.name().to_string();
     let kubeconfig = api.kubeconfig.clone();
     rt.block_on(async {

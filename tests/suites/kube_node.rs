@@ -14,62 +14,20 @@ use mesh_kube::api::k8s_openapi::api::authentication::v1::TokenReview;
 use mesh_kube::api::k8s_openapi::api::core::v1::{ContainerStatus, Node as KubeNode, Pod, PodStatus, Service};
 use mesh_kube::api::k8s_openapi::api::discovery::v1::EndpointSlice;
 use mesh_kube::api::{Api, Client, ListParams, Patch, PatchParams, PostParams};
-use mesh_tests::kube_harness;
 use mesh_tests::node::plan::{ImageEntry, Images};
-use mesh_tests::node::{Node, NodeNet, netns::netns_list};
+use mesh_tests::node::suite::{self, Cluster, ip, ready, runnable_by_others, until};
+use mesh_tests::node::{Node, netns::netns_list};
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 const NS: &str = "default";
 /// The UID the app runs as (its pod's securityContext).
 const APP_UID: u32 = 1000;
 /// The audience of the app's projected token.
 const AUDIENCE: &str = "mesh-test";
-
-/// Polls `f` every 200 ms until it returns `Some` or `timeout` passes.
-async fn until<T, F: std::future::Future<Output = Option<T>>>(
-    timeout: Duration,
-    mut f: impl FnMut() -> F,
-) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return Some(v);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// `path`, or a copy in `dir` when some directory above it keeps other
-/// users out (the app runs as UID 1000).
-fn runnable_by_others(path: &Path, dir: &Path) -> PathBuf {
-    let open = |p: &Path, bits: u32| std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & bits == bits);
-    if open(path, 0o005) && path.ancestors().skip(1).all(|d| open(d, 0o001)) {
-        return path.to_path_buf();
-    }
-    let copy = dir.join(path.file_name().expect("a file name"));
-    std::fs::copy(path, &copy).expect("copying the binary");
-    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    copy
-}
-
-fn ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-fn ip(p: &Pod) -> String {
-    p.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap_or_default()
-}
 
 /// Ready addresses of the Service's EndpointSlices.
 async fn slice_ips(client: &Client, service: &str) -> BTreeSet<String> {
@@ -165,22 +123,9 @@ async fn http_get(url: &str) -> String {
 /// Error (or the app started anyway), an unknown image not reported.
 #[test]
 fn a_deployment_runs_on_the_node_and_scales_down_cleanly() {
-    if let Some(reason) = mesh_tests::netns::unavailable() {
-        mesh_tests::netns::skipped(&reason);
-        return;
-    }
-    if kube_harness::availability().is_err() {
-        let _ = kube_harness::start_or_skip();
-        return;
-    }
-    mesh_tests::init_logs();
-    let net = Arc::new(NodeNet::create("deploy").expect("the node's namespace"));
-    // From here on this thread, the API server, the controller-manager and
-    // the runtime below live in the node's namespace.
-    net.enter().expect("entering the node's namespace");
-    let api = kube_harness::ApiServer::start().expect("the API server starts");
-    let kcm = api.start_controller_manager().expect("the controller-manager starts");
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
+    // The thread enters the node's namespace: the API server, the
+    // controller-manager and the runtime live there.
+    let Some(Cluster { net, api, kcm, rt }) = suite::start("deploy") else { return };
     let node_ns = net.name().to_string();
     rt.block_on(async {
         let client = mesh_kube::client::connect(Some(&api.kubeconfig), None).await.expect("a client");
@@ -416,20 +361,9 @@ fn in_netns(ns: &str, argv: &[&str]) -> String {
 #[test]
 fn a_meshed_pod_runs_what_the_injector_wrote() {
     use mesh_control::{Config, Control, IdentityConfig, RegistryConfig, WebhookConfig};
-    if let Some(reason) = mesh_tests::netns::unavailable() {
-        mesh_tests::netns::skipped(&reason);
-        return;
-    }
-    if kube_harness::availability().is_err() {
-        let _ = kube_harness::start_or_skip();
-        return;
-    }
-    mesh_tests::init_logs();
-    let net = Arc::new(NodeNet::create("meshed").expect("the node's namespace"));
-    net.enter().expect("entering the node's namespace");
-    let api = kube_harness::ApiServer::start().expect("the API server starts");
-    let kcm = api.start_controller_manager().expect("the controller-manager starts");
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
+    // The thread enters the node's namespace: the API server, the
+    // controller-manager and the runtime live there.
+    let Some(Cluster { net, api, kcm, rt }) = suite::start("meshed") else { return };
     let node_ns = net.name().to_string();
     rt.block_on(async {
         let client = mesh_kube::client::connect(Some(&api.kubeconfig), None).await.expect("a client");

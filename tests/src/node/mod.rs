@@ -32,6 +32,7 @@ pub mod probes;
 mod register;
 pub mod services;
 pub mod status;
+pub mod suite;
 mod volumes;
 
 pub use netns::NodeNet;
