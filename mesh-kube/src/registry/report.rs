@@ -29,7 +29,17 @@ pub(super) struct ProblemReporter {
     publish: bool,
     counted: Arc<AtomicU64>,
     leading: tokio::sync::watch::Receiver<bool>,
-    told: Mutex<BTreeMap<ObjectId, Vec<String>>>,
+    told: Mutex<BTreeMap<ObjectId, Told>>,
+}
+
+/// What was told of one object.
+struct Told {
+    messages: Vec<String>,
+    /// Its UID, for an Event published later.
+    uid: Option<String>,
+    /// Whether its Event went out (a replica that did not lead when the
+    /// problem was found publishes it once it leads).
+    published: bool,
 }
 
 impl ProblemReporter {
@@ -70,24 +80,43 @@ impl ProblemReporter {
         let mut told = self.told.lock().unwrap_or_else(PoisonError::into_inner);
         told.retain(|id, _| !in_scope(id) || by_object.contains_key(id));
         for (id, messages) in by_object {
-            if told.get(&id) == Some(&messages) {
+            if let Some(known) = told.get_mut(&id).filter(|t| t.messages == messages) {
+                if !known.published {
+                    known.published = self.publish(&id, &known.messages, known.uid.clone());
+                }
                 continue;
             }
             self.counted.fetch_add(messages.len() as u64, Ordering::Relaxed);
             for m in &messages {
                 tracing::warn!(kind = %id.0, namespace = %id.1, name = %id.2, problem = %m, "Kubernetes object rejected: not served");
             }
-            self.publish(&id, &messages, uid(&id));
-            told.insert(id, messages);
+            let uid = uid(&id);
+            let published = self.publish(&id, &messages, uid.clone());
+            told.insert(id, Told { messages, uid, published });
         }
     }
 
-    /// Publishes the Event in the background (the watch never waits on it).
-    fn publish(&self, id: &ObjectId, messages: &[String], uid: Option<String>) {
-        if !self.publish || !*self.leading.borrow() {
-            return;
+    /// Publishes the Events of problems found while this replica did not
+    /// lead; called when it starts leading (else they would never go out
+    /// while the objects stay unchanged).
+    pub(super) fn publish_pending(&self) {
+        let mut told = self.told.lock().unwrap_or_else(PoisonError::into_inner);
+        for (id, t) in told.iter_mut().filter(|(_, t)| !t.published) {
+            t.published = self.publish(id, &t.messages, t.uid.clone());
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+    }
+
+    /// Publishes the Event in the background (the watch never waits on it);
+    /// whether it went out (false while another replica leads).
+    fn publish(&self, id: &ObjectId, messages: &[String], uid: Option<String>) -> bool {
+        if !self.publish {
+            // Read-only: never publishes, so nothing is pending.
+            return true;
+        }
+        if !*self.leading.borrow() {
+            return false;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return false };
         let mut note = messages.join("; ");
         if note.len() > MAX_NOTE {
             let mut cut = MAX_NOTE - 3;
@@ -118,6 +147,7 @@ impl ProblemReporter {
                 tracing::warn!(%error, kind = ?reference.kind, name = ?reference.name, "cannot publish a Kubernetes Event");
             }
         });
+        true
     }
 }
 

@@ -326,7 +326,12 @@ impl KubernetesRegistry {
         let mut leading = self.elector.leading();
         let mirror = async {
             while leading.changed().await.is_ok() {
-                self.stats.leading.store(*leading.borrow(), Ordering::Relaxed);
+                let now = *leading.borrow_and_update();
+                self.stats.leading.store(now, Ordering::Relaxed);
+                if now {
+                    // Problems found before this replica led get their Events now.
+                    self.problems.publish_pending();
+                }
             }
         };
         let elect = async {
