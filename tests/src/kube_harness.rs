@@ -306,3 +306,34 @@ fn tail(path: &Path, lines: usize) -> String {
         Err(e) => format!("(cannot read {}: {e})", path.display()),
     }
 }
+
+/// Registers a control plane's injector, listening on localhost:`port`
+/// with a certificate `ca_bundle` verifies, as the API server's mutating
+/// webhook for pods outside kube-system and mesh-system (failurePolicy Fail).
+pub async fn register_injector(client: &mesh_kube::api::Client, port: u16, ca_bundle: Vec<u8>) {
+    use mesh_kube::api::k8s_openapi::ByteString;
+    use mesh_kube::api::k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    use mesh_kube::api::{Api, PostParams};
+    use serde_json::json;
+    let config: MutatingWebhookConfiguration = serde_json::from_value(json!({
+        "metadata": {"name": "mesh-injector"},
+        "webhooks": [{
+            "name": "inject.mesh.dev",
+            "clientConfig": {"url": format!("https://localhost:{port}/inject"), "caBundle": ByteString(ca_bundle)},
+            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
+            "namespaceSelector": {"matchExpressions": [
+                {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system", "mesh-system"]}
+            ]},
+            "admissionReviewVersions": ["v1"],
+            "sideEffects": "None",
+            "failurePolicy": "Fail",
+            "reinvocationPolicy": "IfNeeded",
+            "timeoutSeconds": 10
+        }]
+    }))
+    .expect("a webhook configuration");
+    Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .create(&PostParams::default(), &config)
+        .await
+        .expect("registers the webhook");
+}

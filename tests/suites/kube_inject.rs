@@ -234,7 +234,7 @@ async fn the_api_server_calls_the_injector_and_stores_what_it_wrote() {
     let port = control.webhook_addr().expect("the webhook listens").port();
 
     let anchors = std::fs::read(identity.path().join(mesh_identity::dir::ANCHORS)).expect("anchors");
-    register_webhook(&client, port, anchors).await;
+    mesh_tests::kube_harness::register_injector(&client, port, anchors).await;
     for (name, label) in [("meshed", Some("enabled")), ("plain", None)] {
         create_namespace(&client, name, label).await;
     }
@@ -316,30 +316,4 @@ async fn create_pod(
     }))
     .expect("a pod");
     Api::namespaced(client.clone(), namespace).create(&PostParams::default(), &pod).await
-}
-
-async fn register_webhook(client: &Client, port: u16, ca_bundle: Vec<u8>) {
-    use mesh_kube::api::k8s_openapi::ByteString;
-    use mesh_kube::api::k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-    let config: MutatingWebhookConfiguration = serde_json::from_value(json!({
-        "metadata": {"name": "mesh-injector"},
-        "webhooks": [{
-            "name": "inject.mesh.dev",
-            "clientConfig": {"url": format!("https://localhost:{port}/inject"), "caBundle": ByteString(ca_bundle)},
-            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
-            "namespaceSelector": {"matchExpressions": [
-                {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system", "mesh-system"]}
-            ]},
-            "admissionReviewVersions": ["v1"],
-            "sideEffects": "None",
-            "failurePolicy": "Fail",
-            "reinvocationPolicy": "IfNeeded",
-            "timeoutSeconds": 10
-        }]
-    }))
-    .expect("a webhook configuration");
-    Api::<MutatingWebhookConfiguration>::all(client.clone())
-        .create(&PostParams::default(), &config)
-        .await
-        .expect("registers the webhook");
 }

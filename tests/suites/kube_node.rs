@@ -309,34 +309,6 @@ fn a_deployment_runs_on_the_node_and_scales_down_cleanly() {
     assert!(!Path::new("/var/run/mesh-test").exists(), "the mount point made on the node is left");
 }
 
-/// Registers the control plane's injector as the API server's mutating
-/// webhook (as `kube_inject` does), for pods outside kube-system.
-async fn register_webhook(client: &Client, port: u16, ca_bundle: Vec<u8>) {
-    use mesh_kube::api::k8s_openapi::ByteString;
-    use mesh_kube::api::k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-    let config: MutatingWebhookConfiguration = serde_json::from_value(json!({
-        "metadata": {"name": "mesh-injector"},
-        "webhooks": [{
-            "name": "inject.mesh.dev",
-            "clientConfig": {"url": format!("https://localhost:{port}/inject"), "caBundle": ByteString(ca_bundle)},
-            "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]}],
-            "namespaceSelector": {"matchExpressions": [
-                {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system", "mesh-system"]}
-            ]},
-            "admissionReviewVersions": ["v1"],
-            "sideEffects": "None",
-            "failurePolicy": "Fail",
-            "reinvocationPolicy": "IfNeeded",
-            "timeoutSeconds": 10
-        }]
-    }))
-    .expect("a webhook configuration");
-    Api::<MutatingWebhookConfiguration>::all(client.clone())
-        .create(&PostParams::default(), &config)
-        .await
-        .expect("registers the webhook");
-}
-
 /// `ip netns exec NS ARGV...`'s stdout.
 fn in_netns(ns: &str, argv: &[&str]) -> String {
     let out = std::process::Command::new("ip").args(["netns", "exec", ns]).args(argv).output().expect("ip netns exec");
@@ -398,7 +370,12 @@ fn a_meshed_pod_runs_what_the_injector_wrote() {
         .await
         .expect("the control plane starts");
         let anchors = std::fs::read(identity.path().join(mesh_identity::dir::ANCHORS)).expect("anchors");
-        register_webhook(&client, control.webhook_addr().expect("the webhook").port(), anchors).await;
+        mesh_tests::kube_harness::register_injector(
+            &client,
+            control.webhook_addr().expect("the webhook").port(),
+            anchors,
+        )
+        .await;
 
         use mesh_kube::api::k8s_openapi::api::core::v1::Namespace;
         let ns: Namespace =
