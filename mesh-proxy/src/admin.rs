@@ -1,7 +1,8 @@
 //! The proxy's admin endpoints: `/metrics`, `/ready`, `/live`, `/config`
 //! (what the proxy currently knows, as JSON; nothing secret), `/tap` and
 //! `/shutdown` (POST), and the app's kubelet probes under `/app-health/`
-//! (exactly those the injector configured; see [`crate::app_probe`]).
+//! (exactly those the injector configured; see [`crate::app_probe`]), and
+//! `POST /check/probe` (`meshctl check`'s live probe; see [`crate::probe`]).
 //!
 //! The admin port listens where probes and Prometheus reach it (often
 //! `0.0.0.0:4191`), so anything that can reach it may read the open routes.
@@ -14,6 +15,7 @@ use crate::balance::Status;
 use crate::balancers::Balancers;
 use crate::config::Config;
 use crate::discovery::Resolver;
+use crate::probe::{self, Limiter};
 use crate::telemetry::tap::{Filter, MAX_TAPS, Tap};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -46,9 +48,11 @@ struct Inner {
     creds: Option<Arc<Credentials>>,
     tap: Tap,
     probes: AppProbes,
+    live_probe: probe::Source,
+    limiter: Limiter,
 }
 
-const ROUTES: &[&str] = &["/metrics", "/ready", "/live", "/config", "/tap", "/shutdown"];
+const ROUTES: &[&str] = &["/metrics", "/ready", "/live", "/config", "/tap", "/shutdown", probe::PATH];
 
 impl Admin {
     /// Admin state over a finished registry and the proxy's balancers.
@@ -60,10 +64,61 @@ impl Admin {
         balancers: Balancers,
         creds: Option<Arc<Credentials>>,
         tap: Tap,
+        live_probe: probe::Source,
     ) -> Self {
         let ready = AtomicBool::new(false);
         let probes = AppProbes::new(&config.app_probes);
-        Self { inner: Arc::new(Inner { registry, ready, trigger, config, resolver, balancers, creds, tap, probes }) }
+        let limiter = Limiter::default();
+        Self {
+            inner: Arc::new(Inner {
+                registry,
+                ready,
+                trigger,
+                config,
+                resolver,
+                balancers,
+                creds,
+                tap,
+                probes,
+                live_probe,
+                limiter,
+            }),
+        }
+    }
+
+    /// `POST /check/probe?target=name.namespace:port`: one live probe to
+    /// that mesh service (400 for anything else as a target, 429 while one
+    /// runs or within a second of the last).
+    async fn live_probe(&self, method: &Method, query: Option<&str>) -> Response<Body> {
+        if method != Method::POST {
+            return admin::text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("use POST {}?target=name.namespace:port\n", probe::PATH),
+            );
+        }
+        let target = query
+            .unwrap_or("")
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == "target")
+            .map(|(_, v)| percent_decode(v));
+        let target = match target.as_deref().map(probe::parse_target) {
+            Some(Ok(t)) => t,
+            Some(Err(e)) => return admin::text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+            None => return admin::text(StatusCode::BAD_REQUEST, "give ?target=name.namespace:port\n"),
+        };
+        let _permit = match self.inner.limiter.try_start(Instant::now()) {
+            Ok(p) => p,
+            Err(why) => return admin::text(StatusCode::TOO_MANY_REQUESTS, format!("{why}\n")),
+        };
+        let source =
+            self.inner.creds.as_ref().and_then(|c| c.leaf_info()).and_then(|l| l.spiffe_id().map(str::to_string));
+        let report = probe::run(&self.inner.live_probe, source, &target).await;
+        tracing::info!(target = %report.target, authorized = ?report.authorized, error = ?report.error, "live probe");
+        match serde_json::to_vec_pretty(&report) {
+            Ok(b) => admin::json(b),
+            Err(e) => admin::text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+        }
     }
 
     /// `/tap?path=/api&method=GET&authority=books&direction=inbound`: a
@@ -222,6 +277,9 @@ impl Handler for Admin {
         }
         if path.starts_with(app_probe::PREFIX) {
             return self.app_probe(req.method(), path).await;
+        }
+        if path == probe::PATH {
+            return self.live_probe(req.method(), req.uri().query()).await;
         }
         match (req.method(), path) {
             (_, "/metrics") => admin::encode_registry(&self.inner.registry),

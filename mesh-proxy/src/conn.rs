@@ -157,6 +157,15 @@ async fn handle(mut stream: Accepted, ctx: Context, route: Route) {
         let protocol = match stream.alpn().and_then(MeshProtocol::from_alpn) {
             Some(MeshProtocol::Http1) => Protocol::Http1,
             Some(MeshProtocol::Http2) => Protocol::Http2,
+            Some(MeshProtocol::Probe) => {
+                // `meshctl check`'s live probe: answered here, never forwarded.
+                let (stream, peer_id) = stream.into_parts();
+                let client = Client { identity: peer_id, ip: peer_ip };
+                let policy = route.authorization.as_ref().map(|p| p.current());
+                let answer = crate::probe::decide(policy.as_deref(), &client);
+                crate::probe::answer(stream, &answer).await;
+                return;
+            }
             _ => Protocol::Opaque,
         };
         let (stream, peer_id) = stream.into_parts();

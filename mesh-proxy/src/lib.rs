@@ -37,6 +37,7 @@ mod orig_dst;
 mod outbound;
 mod policy;
 mod pool;
+mod probe;
 mod register;
 mod tcp;
 pub mod telemetry;

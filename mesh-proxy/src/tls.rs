@@ -3,8 +3,8 @@
 //! share.
 
 use mesh_identity::tls::{
-    ALPN_HTTP1, ALPN_HTTP2, ALPN_OPAQUE, ClientStream, Credentials, MESH_ALPNS, MeshClientConfig, MeshServerConfig,
-    TlsError,
+    ALPN_HTTP1, ALPN_HTTP2, ALPN_OPAQUE, ALPN_PROBE, ClientStream, Credentials, MESH_ALPNS, MeshClientConfig,
+    MeshServerConfig, TlsError,
 };
 use std::collections::HashMap;
 use std::io;
@@ -24,6 +24,8 @@ pub enum MeshProtocol {
     Http2,
     /// Opaque TCP.
     Opaque,
+    /// `meshctl check`'s live probe: answered by the server proxy itself.
+    Probe,
 }
 
 impl MeshProtocol {
@@ -33,12 +35,15 @@ impl MeshProtocol {
             MeshProtocol::Http1 => ALPN_HTTP1,
             MeshProtocol::Http2 => ALPN_HTTP2,
             MeshProtocol::Opaque => ALPN_OPAQUE,
+            MeshProtocol::Probe => ALPN_PROBE,
         }
     }
 
     /// The protocol an ALPN id names.
     pub fn from_alpn(alpn: &[u8]) -> Option<Self> {
-        [MeshProtocol::Http1, MeshProtocol::Http2, MeshProtocol::Opaque].into_iter().find(|p| p.alpn() == alpn)
+        [MeshProtocol::Http1, MeshProtocol::Http2, MeshProtocol::Opaque, MeshProtocol::Probe]
+            .into_iter()
+            .find(|p| p.alpn() == alpn)
     }
 }
 
@@ -109,6 +114,22 @@ pub enum ClientIo {
 }
 
 impl ClientIo {
+    /// The SPIFFE ID the peer's certificate names (mTLS only).
+    pub fn peer_identity(&self) -> Option<String> {
+        match self {
+            ClientIo::Plain(_) => None,
+            ClientIo::Tls(s) => mesh_identity::tls::client_peer_identity(s),
+        }
+    }
+
+    /// The negotiated TLS version (mTLS only).
+    pub fn tls_version(&self) -> Option<String> {
+        match self {
+            ClientIo::Plain(_) => None,
+            ClientIo::Tls(s) => mesh_identity::tls::client_tls_version(s),
+        }
+    }
+
     /// When the peer's certificate expires (mTLS only).
     pub fn peer_not_after(&self) -> Option<std::time::SystemTime> {
         match self {

@@ -34,7 +34,8 @@ pub use rustls::{ClientConfig, ServerConfig};
 pub use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 pub use stream::{
     Accepted, ClientStream, Handshake, MeshClientConfig, MeshServerConfig, ResumptionRefused, ServerStream, accept,
-    client_handshake, client_peer_not_after, connect, server_name, web_client_config,
+    client_handshake, client_peer_identity, client_peer_not_after, client_tls_version, connect, server_name,
+    web_client_config,
 };
 pub use tickets::MAX_TICKET_LIFETIME;
 pub use verify::{ClientVerifier, LeafResolver, ServerVerifier};
@@ -45,8 +46,11 @@ pub const ALPN_HTTP1: &[u8] = b"mesh/http1";
 pub const ALPN_HTTP2: &[u8] = b"mesh/h2";
 /// ALPN for opaque TCP between proxies: the server must not sniff.
 pub const ALPN_OPAQUE: &[u8] = b"mesh/opaque";
+/// ALPN of `meshctl check`'s live probe: the server proxy answers it
+/// itself (its authorization decision for the client), never the app.
+pub const ALPN_PROBE: &[u8] = b"mesh/probe";
 /// Every mesh ALPN; a ClientHello offering one of them is a mesh peer.
-pub const MESH_ALPNS: [&[u8]; 3] = [ALPN_HTTP1, ALPN_HTTP2, ALPN_OPAQUE];
+pub const MESH_ALPNS: [&[u8]; 4] = [ALPN_HTTP1, ALPN_HTTP2, ALPN_OPAQUE, ALPN_PROBE];
 
 /// TLS set-up that failed.
 #[derive(Debug, thiserror::Error)]

@@ -183,6 +183,21 @@ pub fn client_peer_not_after<IO>(stream: &ClientStream<IO>) -> Option<std::time:
     crate::pem::CertInfo::parse(leaf).ok().map(|i| i.not_after)
 }
 
+/// The SPIFFE ID in the certificate the server of `stream` presented
+/// (already verified against the expected identity by the handshake).
+pub fn client_peer_identity<IO>(stream: &ClientStream<IO>) -> Option<String> {
+    super::peer_identity(stream.get_ref().1.peer_certificates())
+}
+
+/// The TLS version `stream` negotiated (`TLSv1.3`).
+pub fn client_tls_version<IO>(stream: &ClientStream<IO>) -> Option<String> {
+    stream.get_ref().1.protocol_version().map(|v| match v {
+        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3".to_string(),
+        rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2".to_string(),
+        other => format!("{other:?}"),
+    })
+}
+
 /// A finished server handshake: the stream, and what the client presented.
 #[derive(Debug)]
 pub struct Accepted<IO> {
