@@ -1,6 +1,9 @@
 //! `meshctl check`: is the cluster ready for the mesh (`--pre`), and is the
-//! installed mesh healthy? One ✔/✘ line per check with a hint on failure;
-//! the exit status is 0 only when every check passed.
+//! installed mesh healthy? One ✔/✘ line per check with a hint on failure
+//! (– for a check that could not run, such as the live probe in a mesh
+//! with fewer than two meshed workloads); the exit status is 0 only when
+//! every check passed. The live probe calls a meshed pod's proxy through
+//! the API server, so it needs `create` on `pods/proxy`.
 
 use crate::Output;
 use crate::install::ClusterArgs;
@@ -23,6 +26,13 @@ pub struct CheckArgs {
     /// The version the proxies should run.
     #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
     mesh_version: String,
+    /// The live probe's source: a meshed pod, `namespace/pod` (default: chosen).
+    #[arg(long, value_name = "NAMESPACE/POD")]
+    probe_from: Option<String>,
+    /// The live probe's target: a meshed Service port, `name.namespace:port`
+    /// (default: chosen).
+    #[arg(long, value_name = "NAME.NAMESPACE:PORT")]
+    probe_to: Option<String>,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = Output::Human)]
     output: Output,
@@ -51,14 +61,19 @@ pub fn run(args: CheckArgs) -> anyhow::Result<()> {
         if args.pre {
             check::pre_install(&client, &manifests).await
         } else {
-            check::installed(&client, &args.namespace, &args.mesh_version, &manifests).await
+            let probe = check::Probe { from: args.probe_from.clone(), to: args.probe_to.clone() };
+            check::installed(&client, &args.namespace, &args.mesh_version, &manifests, &probe).await
         }
     });
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&checks)?),
         Output::Human => {
             for c in &checks {
-                let mark = if c.ok { "✔" } else { "✘" };
+                let mark = match (c.ok, c.skipped) {
+                    (_, true) => "–",
+                    (true, false) => "✔",
+                    (false, false) => "✘",
+                };
                 println!("{mark} {}: {}", c.name, c.detail);
                 if let Some(hint) = &c.hint {
                     println!("    hint: {hint}");

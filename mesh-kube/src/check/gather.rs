@@ -87,13 +87,25 @@ async fn other_meshes(client: &Client) -> Check {
     }
 }
 
-/// Checks of an installation in `namespace` at `version`, rendered as `manifests`.
-///
-/// Not yet here: the live probe through the data plane. Its hook is
-/// [`rules::live_probe`], which judges a [`rules::ProbeReport`] fetched from a
-/// meshed pod's proxy through `pods/NAME:4191/proxy/check/probe` (see
-/// ARCHITECTURE.md, "The live probe"); the proxy endpoint does not exist yet.
-pub async fn installed(client: &Client, namespace: &str, version: &str, manifests: &[Manifest]) -> Vec<Check> {
+/// Which workloads the live probe runs between (chosen when `None`).
+#[derive(Debug, Clone, Default)]
+pub struct Probe {
+    /// The source pod, `namespace/name`.
+    pub from: Option<String>,
+    /// The target Service port, `name.namespace:port`.
+    pub to: Option<String>,
+}
+
+/// Checks of an installation in `namespace` at `version`, rendered as
+/// `manifests`; last, the live probe through the data plane between two
+/// meshed workloads (see ARCHITECTURE.md, "The live probe").
+pub async fn installed(
+    client: &Client,
+    namespace: &str,
+    version: &str,
+    manifests: &[Manifest],
+    probe: &Probe,
+) -> Vec<Check> {
     let api = api_version(client).await;
     if !api.ok {
         return vec![api];
@@ -106,6 +118,7 @@ pub async fn installed(client: &Client, namespace: &str, version: &str, manifest
     });
     out.push(webhook(client, secret.as_ref().ok()).await);
     out.push(proxies(client, version).await);
+    out.push(super::live::live_probe(client, probe.from.as_deref(), probe.to.as_deref()).await);
     out
 }
 

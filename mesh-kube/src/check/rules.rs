@@ -154,6 +154,12 @@ pub struct ProbeReport {
     pub authorized: Option<bool>,
     /// Why the probe failed, when it did.
     pub error: Option<String>,
+    /// The endpoint probed (`ip:port`).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// The target's deciding `policy/rule`.
+    #[serde(default)]
+    pub decided_by: Option<String>,
 }
 
 /// The live probe's verdict: a request from one meshed workload to
@@ -210,6 +216,8 @@ mod tests {
             tls_version: Some("TLSv1.3".into()),
             authorized: Some(true),
             error: None,
+            endpoint: None,
+            decided_by: None,
         };
         assert!(live_probe(&ok, true).expect("passes").contains("mTLS (TLSv1.3)"));
         let denied = ProbeReport { authorized: Some(false), ..ok.clone() };
