@@ -210,6 +210,35 @@ fn images(dir: &Path) -> Images {
     images
 }
 
+/// `meshctl check`'s live probe between demo workloads, through the API
+/// server's pod proxy to a source pod's proxy and over mTLS to the
+/// target's: web → books passes as allowed, authors → books as denied
+/// (books admits only web), the automatic pick passes too, and `-o json`
+/// carries the line.
+async fn check_live_probe(kubeconfig: &Path, demo: &[Pod]) {
+    let pod = |prefix: &str| {
+        let name = demo.iter().filter_map(|p| p.metadata.name.clone()).find(|n| n.starts_with(prefix));
+        format!("demo/{}", name.expect("a demo pod"))
+    };
+    for (from, verdict) in [(pod("web-"), "allowed"), (pod("authors-"), "denied as the policy says")] {
+        let args = ["check", "--mesh-version", VERSION, "--probe-from", &from, "--probe-to", "books.demo:7001"];
+        let (ok, out, err) = meshctl(kubeconfig, &args).await;
+        let line = out.lines().find(|l| l.contains("live probe")).unwrap_or_default();
+        eprintln!("meshctl check {}: {line}", args[3..].join(" "));
+        assert!(
+            ok && line.starts_with('✔') && line.contains("mTLS (TLSv1.3) with spiffe://") && line.contains(verdict),
+            "live probe from {from}:\n{out}\n{err}"
+        );
+        assert!(line.contains("/ns/demo/sa/books"), "{line}");
+    }
+    let (ok, out, err) = meshctl(kubeconfig, &["check", "--mesh-version", VERSION, "-o", "json"]).await;
+    let checks: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"));
+    let probe = checks.as_array().into_iter().flatten().find(|c| c["name"] == "live probe").cloned();
+    let probe = probe.unwrap_or_else(|| panic!("no live probe in {out}"));
+    assert!(ok && probe["ok"] == true && probe.get("skipped").is_none(), "automatic live probe: {probe}\n{err}");
+    assert!(probe["detail"].as_str().is_some_and(|d| d.contains("mTLS")), "{probe}");
+}
+
 /// The flow from `check --pre` to `uninstall` (scaling under load is not
 /// part of it yet).
 ///
@@ -224,6 +253,9 @@ fn images(dir: &Path) -> Images {
 /// control plane by its Service name), web not reaching books and authors,
 /// any plaintext between meshed pods on the bridge or no TLS to books
 /// (captured with tcpdump), an unmeshed client admitted by books' policy;
+/// `meshctl check`'s live probe failing between demo workloads, or
+/// reporting web → books other than allowed or authors → books other than
+/// denied (see `check_live_probe`), or running without meshed workloads;
 /// an uninstall that runs while meshed pods remain, or that leaves an
 /// object with the install's label or a CRD.
 #[test]
@@ -269,6 +301,8 @@ fn install_check_and_uninstall_on_the_node() {
         }
         let (ok, out, err) = meshctl(&kubeconfig, &["check", "--mesh-version", VERSION]).await;
         assert!(ok && failed_lines(&out).is_empty(), "check after install:\n{out}\n{err}");
+        // No meshed workload yet: the live probe says why it did not run.
+        assert!(out.contains("– live probe: skipped"), "{out}");
         let views = node.pods();
         let control = views.values().find(|v| v.namespace == "mesh-system").expect("the control plane ran on the node");
         let pid = control.pids["mesh-control"];
@@ -348,6 +382,8 @@ fn install_check_and_uninstall_on_the_node() {
             curl(&meshed, web),
             pcap::streams(&cap).keys().collect::<Vec<_>>()
         );
+
+        check_live_probe(&kubeconfig, &demo).await;
 
         // 5. Uninstall leaves nothing with the install's label, and no CRD.
         let (ok, _, err) = meshctl(&kubeconfig, &["uninstall"]).await;

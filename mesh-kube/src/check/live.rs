@@ -66,20 +66,23 @@ async fn read(client: &Client) -> Result<Cluster, String> {
         let ns = s.namespace().unwrap_or_default();
         let own: Vec<EndpointSlice> = slices
             .iter()
-            .filter(|e| e.namespace().as_deref() == Some(&ns) && e.labels().get(SERVICE_NAME_LABEL) == Some(&s.name_any()))
+            .filter(|e| {
+                e.namespace().as_deref() == Some(&ns) && e.labels().get(SERVICE_NAME_LABEL) == Some(&s.name_any())
+            })
             .cloned()
             .collect();
-        let accounts: BTreeMap<String, String> = pods
-            .iter()
-            .filter(|p| p.namespace().as_deref() == Some(&ns))
-            .map(|p| (p.name_any(), account(p)))
-            .collect();
+        let accounts: BTreeMap<String, String> =
+            pods.iter().filter(|p| p.namespace().as_deref() == Some(&ns)).map(|p| (p.name_any(), account(p))).collect();
         if let Ok(m) = service_with_accounts(s, &own, &accounts) {
             model.push(m);
         }
     }
     let (authorizations, _) = authorizations_from(&policies);
-    Ok(Cluster { workloads, services, snapshot: RegistrySnapshot { services: model, routes: Vec::new(), authorizations } })
+    Ok(Cluster {
+        workloads,
+        services,
+        snapshot: RegistrySnapshot { services: model, routes: Vec::new(), authorizations },
+    })
 }
 
 fn account(p: &Pod) -> String {

@@ -180,10 +180,8 @@ pub fn expected(
         target_port,
     );
     let policy = InboundPolicy::compile(&pb).map_err(|e| format!("the policy for {service} does not compile: {e}"))?;
-    let client = Client {
-        identity: Some(source_identity.to_string()),
-        ip: source_ip.unwrap_or(IpAddr::from([0, 0, 0, 0])),
-    };
+    let client =
+        Client { identity: Some(source_identity.to_string()), ip: source_ip.unwrap_or(IpAddr::from([0, 0, 0, 0])) };
     let v = policy.authorize(&client, None);
     Ok((v.allowed, format!("{}/{}", v.policy, v.rule)))
 }
