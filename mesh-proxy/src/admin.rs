@@ -55,17 +55,18 @@ struct Inner {
 const ROUTES: &[&str] = &["/metrics", "/ready", "/live", "/config", "/tap", "/shutdown", probe::PATH];
 
 impl Admin {
-    /// Admin state over a finished registry and the proxy's balancers.
+    /// Admin state over a finished registry; the proxy's balancers are
+    /// the live probe's (`/config` lists them).
     pub fn new(
         registry: Registry,
         trigger: Trigger,
         config: Config,
         resolver: Resolver,
-        balancers: Balancers,
         creds: Option<Arc<Credentials>>,
         tap: Tap,
         live_probe: probe::Source,
     ) -> Self {
+        let balancers = live_probe.balancers.clone();
         let ready = AtomicBool::new(false);
         let probes = AppProbes::new(&config.app_probes);
         let limiter = Limiter::default();

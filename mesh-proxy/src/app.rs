@@ -191,12 +191,9 @@ impl Proxy {
         }
 
         let grace = config.shutdown_grace;
-        let live_probe = crate::probe::Source {
-            balancers: balancers.clone(),
-            connector: connector.clone(),
-            failfast: limits.failfast_timeout,
-        };
-        let admin = Admin::new(registry, trigger.clone(), config, resolver, balancers, creds, tap, live_probe);
+        let live_probe =
+            crate::probe::Source { balancers, connector: connector.clone(), failfast: limits.failfast_timeout };
+        let admin = Admin::new(registry, trigger.clone(), config, resolver, creds, tap, live_probe);
         // The admin port's header timeout: the proxy's, capped at the admin default.
         let admin_settings = mesh_core::admin::Settings {
             header_read_timeout: limits.server.header_read_timeout.min(Duration::from_secs(5)),
