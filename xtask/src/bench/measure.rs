@@ -127,6 +127,7 @@ impl Bench<'_> {
             identity,
             trace_collector,
             threads: self.args.proxy_threads,
+            extra_args: &self.args.proxy_args,
         };
         eprintln!("==> {tag}: starting a mesh, {}: mesh-control and two proxies", variant.label());
         Mesh::start(&self.bins, &spec, self.dir)

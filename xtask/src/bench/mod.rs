@@ -74,6 +74,11 @@ pub struct BenchArgs {
     /// Worker threads of each proxy (`mesh-proxy --threads`).
     #[arg(long, default_value_t = 1)]
     proxy_threads: usize,
+    /// An extra argument for both proxies of every mesh (repeatable), e.g.
+    /// `--proxy-arg=--max-connection-age=10m`: A/B runs of one build with a
+    /// proxy setting changed (`xtask/scripts/bench-ab.sh`).
+    #[arg(long = "proxy-arg", allow_hyphen_values = true)]
+    proxy_args: Vec<String>,
     /// Protocols of the http and tracing scenarios (default: both).
     #[arg(long = "protocol", value_enum)]
     protocols: Vec<ProtoArg>,
@@ -337,6 +342,15 @@ mod tests {
     }
 
     use peers::Peer;
+
+    /// Proxy arguments that look like options reach the proxies in order.
+    /// Catches `--proxy-arg` rejecting values that start with `--`.
+    #[test]
+    fn proxy_args_pass_through() {
+        let line = ["bench", "--proxy-arg=--idle-timeout=5s", "--proxy-arg", "--max-connection-age", "--proxy-arg=10m"];
+        let cli = Cli::try_parse_from(line).expect("parses");
+        assert_eq!(cli.bench.proxy_args, ["--idle-timeout=5s", "--max-connection-age", "10m"]);
+    }
 
     const P: Variant = Variant::PLAINTEXT;
     const M: Variant = Variant::MTLS;

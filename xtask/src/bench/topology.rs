@@ -151,6 +151,8 @@ pub struct MeshSpec<'a> {
     pub trace_collector: Option<String>,
     /// Worker threads of each proxy.
     pub threads: usize,
+    /// Extra arguments for both proxies.
+    pub extra_args: &'a [String],
 }
 
 /// A control plane and two proxies: load → client proxy → server proxy → app.
@@ -202,6 +204,7 @@ impl Mesh {
             if let Some(collector) = &spec.trace_collector {
                 a.extend(args(&[&"--trace-collector", collector, &"--trace-sample-ratio", &"1.0"]));
             }
+            a.extend(spec.extra_args.iter().cloned());
             a
         };
         let mut server_args = proxy_args("bench", server_admin, spec.identity.map(|i| i.server_token.as_path()));
