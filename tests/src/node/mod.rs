@@ -16,8 +16,11 @@
 //! so the machine's root namespace is never changed (the host e2e suite
 //! checks exactly that, possibly at the same time).
 //!
-//! Pods are found by listing every 250 ms rather than by a watch: simpler,
-//! and fast enough for a test node.
+//! Pods are found by listing: at once when a watch on Pods reports any
+//! change (a kubelet hears of a deletion through its watch within
+//! milliseconds and SIGTERMs the containers then, racing the EndpointSlice
+//! update: the node must not be slower than that, or it would hide the
+//! race), and every 250 ms in any case.
 //!
 //! Not done: image pulls (images map to binaries, [`plan::Images`]), exec
 //! and gRPC probes, resource limits, read-only root filesystems (there is
@@ -46,7 +49,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// How often the node lists Pods.
+/// How often the node lists Pods when no watch event came.
 const POLL: Duration = Duration::from_millis(250);
 
 /// What the node runs for a pod, for tests to look at from outside.
@@ -132,6 +135,7 @@ pub struct Node {
     name: String,
     ctx: Arc<Ctx>,
     agent: tokio::task::JoinHandle<()>,
+    watch: tokio::task::JoinHandle<()>,
     heartbeat: tokio::task::JoinHandle<()>,
     services: tokio::task::JoinHandle<()>,
     workers: Arc<Mutex<BTreeMap<String, Worker>>>,
@@ -167,9 +171,11 @@ impl Node {
         std::fs::write(services::hosts_path(&ctx), services::hosts(&[]))?;
         let services = tokio::spawn(services::run(ctx.clone()));
         let workers = Arc::new(Mutex::new(BTreeMap::new()));
-        let agent = tokio::spawn(agent(ctx.clone(), name.to_string(), workers.clone()));
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let watch = tokio::spawn(watch_pods(client.clone(), changed.clone()));
+        let agent = tokio::spawn(agent(ctx.clone(), name.to_string(), workers.clone(), changed));
         let heartbeat = tokio::spawn(register::heartbeat(client, name.to_string()));
-        Ok(Self { name: name.into(), ctx, agent, heartbeat, services, workers, _dir: dir })
+        Ok(Self { name: name.into(), ctx, agent, watch, heartbeat, services, workers, _dir: dir })
     }
 
     /// The Node's name.
@@ -197,6 +203,7 @@ impl Node {
     /// removes their namespaces and the mount points it made.
     pub async fn shutdown(self) {
         self.agent.abort();
+        self.watch.abort();
         self.heartbeat.abort();
         self.services.abort();
         let workers: Vec<Worker> =
@@ -216,6 +223,7 @@ impl Drop for Node {
     /// the node go (the processes and namespaces go with [`NodeNet`]).
     fn drop(&mut self) {
         self.agent.abort();
+        self.watch.abort();
         self.heartbeat.abort();
         self.services.abort();
         services::detach_all(self.ctx.net.name());
@@ -227,10 +235,29 @@ impl Drop for Node {
     }
 }
 
+/// Wakes the agent whenever a Pod changes (the watcher relists and
+/// reconnects on its own).
+async fn watch_pods(client: Client, changed: Arc<tokio::sync::Notify>) {
+    use futures_util::StreamExt as _;
+    use mesh_kube::api::kube::runtime::watcher;
+    let events = watcher(Api::<Pod>::all(client), watcher::Config::default());
+    let mut events = std::pin::pin!(events);
+    while let Some(e) = events.next().await {
+        if e.is_ok() {
+            changed.notify_one();
+        }
+    }
+}
+
 /// The agent loop: binds unscheduled Pods, starts a worker per Pod bound
 /// here, hands each the latest Pod (a deletion timestamp stops it) and
 /// drops a worker's sender when its Pod is gone.
-async fn agent(ctx: Arc<Ctx>, node: String, workers: Arc<Mutex<BTreeMap<String, Worker>>>) {
+async fn agent(
+    ctx: Arc<Ctx>,
+    node: String,
+    workers: Arc<Mutex<BTreeMap<String, Worker>>>,
+    changed: Arc<tokio::sync::Notify>,
+) {
     let pods: Api<Pod> = Api::all(ctx.client.clone());
     loop {
         match pods.list(&ListParams::default()).await {
@@ -273,7 +300,10 @@ async fn agent(ctx: Arc<Ctx>, node: String, workers: Arc<Mutex<BTreeMap<String, 
             }
             Err(e) => tracing::warn!(error = %e, "listing pods"),
         }
-        tokio::time::sleep(POLL).await;
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => {}
+            _ = changed.notified() => {}
+        }
     }
 }
 
