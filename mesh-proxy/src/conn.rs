@@ -215,6 +215,7 @@ async fn serve<I>(
     match protocol {
         Protocol::Http1 | Protocol::Http2 => {
             let version = if protocol == Protocol::Http2 { Version::Http2 } else { Version::Http1 };
+            let inbound = labels.direction == crate::metrics::Direction::inbound;
             let forward = ForwardSettings {
                 failfast: ctx.limits.failfast_timeout,
                 connect_attempts: 3,
@@ -242,12 +243,12 @@ async fn serve<I>(
                     server::serve(io, protocol, Observe::new(router, observe), limits, activity, shutdown).await;
                 }
                 (None, Some(policy)) => {
-                    let fwd = Forward::new(route.balancer.clone(), version, forward);
+                    let fwd = Forward::new(route.balancer.clone(), version, forward, inbound);
                     let authz = Authorize::new(fwd, policy.clone(), client, labels.target.clone(), ctx.metrics.clone());
                     server::serve(io, protocol, Observe::new(authz, observe), limits, activity, shutdown).await;
                 }
                 (None, None) => {
-                    let fwd = Forward::new(route.balancer.clone(), version, forward);
+                    let fwd = Forward::new(route.balancer.clone(), version, forward, inbound);
                     server::serve(io, protocol, Observe::new(fwd, observe), limits, activity, shutdown).await;
                 }
             }

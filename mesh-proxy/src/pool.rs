@@ -401,8 +401,15 @@ impl EndpointClient {
 
 impl Conn {
     /// Sends `req`. When the peer never processed it, the error says so and
-    /// (when it can be resent) hands it back; see [`SendError`].
-    pub async fn send(self, mut req: Request<Body>) -> Result<Response<Body>, SendError> {
+    /// (when it can be resent) hands it back; see [`SendError`]. `spare` is
+    /// a copy of a bodyless request's head ([`head_of`]) if the caller made
+    /// one; an HTTP/2 refusal hands it back (the pool makes its own
+    /// otherwise, and leaves it in `spare`).
+    pub async fn send(
+        self,
+        mut req: Request<Body>,
+        spare: &mut Option<Request<Body>>,
+    ) -> Result<Response<Body>, SendError> {
         match self.0 {
             ConnKind::Http1 { mut tx, state, pool } => {
                 *req.version_mut() = http::Version::HTTP_11;
@@ -425,7 +432,10 @@ impl Conn {
                 // A request without a body can be rebuilt if its stream is
                 // refused; one with a body is handed back only unsent (its
                 // body was consumed otherwise).
-                let head = http_body::Body::is_end_stream(req.body()).then(|| head_of(&req));
+                let bodyless = http_body::Body::is_end_stream(req.body());
+                if bodyless && spare.is_none() {
+                    *spare = Some(head_of(&req));
+                }
                 let rsp = tx.try_send_request(req).await.map_err(|mut e| {
                     let request = e.take_message();
                     let error = e.into_error();
@@ -434,7 +444,7 @@ impl Conn {
                     if unprocessed {
                         state.retire();
                     }
-                    let request = request.or_else(|| head.filter(|_| unprocessed));
+                    let request = request.or_else(|| if unprocessed && bodyless { spare.take() } else { None });
                     SendError { unprocessed, request, error, reason }
                 })?;
                 Ok(rsp.map(body::boxed))
@@ -444,7 +454,7 @@ impl Conn {
 }
 
 /// A copy of `req` with an empty body.
-fn head_of(req: &Request<Body>) -> Request<Body> {
+pub fn head_of(req: &Request<Body>) -> Request<Body> {
     let mut r = Request::new(body::empty());
     *r.method_mut() = req.method().clone();
     *r.uri_mut() = req.uri().clone();

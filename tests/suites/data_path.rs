@@ -437,3 +437,98 @@ async fn every_watching_client_sees_an_endpoint_move() {
     assert!(watchers[0], "client 0 watches svc-2 and must see its moved endpoint {other}");
     assert!(watchers[1..].iter().all(|w| !w), "only client 0 watches svc-2: {watchers:?}");
 }
+
+/// A secure mesh (mTLS between sidecars) with one service, `name`, whose
+/// replicas are the sidecars in front of `apps_`, and a client sidecar.
+async fn secure_service(name: &str, apps_: &[SocketAddr]) -> (Mesh, Vec<mesh_proxy::Proxy>, mesh_proxy::Proxy) {
+    let mesh = Mesh::start_secure(&[], Duration::from_secs(3600)).await;
+    let mut sidecars = Vec::new();
+    for (i, app) in apps_.iter().enumerate() {
+        sidecars.push(mesh.sidecar(&format!("{name}-{i}"), name, *app).await);
+    }
+    let addrs: Vec<SocketAddr> = sidecars.iter().map(|s| s.inbound_addr().unwrap()).collect();
+    mesh.write_registry(&[Svc::new(name, 80, "http", &addrs)]);
+    let client = mesh.client("client", "frontend", &[&format!("{name}.default:80")]).await;
+    for s in &sidecars {
+        mesh::wait_ready(s).await;
+    }
+    mesh::wait_ready(&client).await;
+    mesh::wait_resolved(&client, addrs.len()).await;
+    (mesh, sidecars, client)
+}
+
+/// A pod whose app has stopped while clients still send it requests (a
+/// Deployment scaled down: the kubelet SIGTERMs the app before every
+/// client proxy heard that the endpoint is going): two replicas, the app
+/// of one gone, its sidecar still serving and discovery still listing it.
+/// Under load no request fails: the sidecar answers that its app never saw
+/// the request (`mesh-proxy-unprocessed`), and the client sidecar sends it
+/// to the other replica, counted as
+/// `http_requests_resent_total{reason="app_refused"}`, and the replica is
+/// avoided (penalized like a refused connect). Catches a client sidecar
+/// that passes the sidecar's 502 on, or a sidecar that does not mark its
+/// refusal (seen failing without the marker's handling in
+/// `http/proxy.rs`: 287 of ~590 requests, since a replica answering 502 at
+/// once looks fast to the balancer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_app_stopped_fails_no_request() {
+    let (live, stopped) = (apps::http("web-0").await, apps::http("web-1").await);
+    let (_mesh, _sidecars, client) = secure_service("web", &[live.addr, stopped.addr]).await;
+    let warm = Load::start(&url(&client, "/"), 2, false);
+    let both =
+        mesh::eventually(Duration::from_secs(10), || async { stopped.requests() > 5 && live.requests() > 5 }).await;
+    assert!(both, "both replicas must get traffic first: {:?}", warm.stop().await);
+    stopped.kill();
+    let load = Load::start_paced(&url(&client, "/"), 4, false, Duration::from_millis(1));
+    let enough = mesh::eventually(Duration::from_secs(60), || async { load.snapshot().ok >= 300 }).await;
+    let out = load.stop().await;
+    assert!(enough, "too little traffic: {out:?}");
+    assert_eq!(out.failed, 0, "{:?}", out.errors);
+    let m = mesh::admin_get(client.admin_addr(), "/metrics").await;
+    let resent = mesh::metric_sum(&m, &["http_requests_resent_total{", "reason=\"app_refused\""]);
+    assert!(resent >= 1.0, "no request was sent again after the app refused:\n{m}");
+}
+
+/// An app that answers with the sidecars' own marker
+/// (`mesh-proxy-unprocessed`) is not believed: its sidecar removes the
+/// header, so the client sidecar passes the answer on and the app sees
+/// each request once. Catches an inbound that lets an app's header through
+/// (the client would send a processed, possibly non-idempotent, request
+/// elsewhere, or answer 503 with no other replica: seen with the removal
+/// in `http/proxy.rs` commented out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_cannot_claim_it_did_not_process_a_request() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while let Ok(n @ 1..) = s.read(&mut chunk).await {
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        count.fetch_add(1, Ordering::Relaxed);
+                        let rsp = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nmesh-proxy-unprocessed: app\r\n\r\nok";
+                        if s.write_all(rsp.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let (_mesh, _sidecars, client) = secure_service("liar", &[app]).await;
+    let http = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    for i in 1..=5u64 {
+        let req = hyper::Request::post(url(&client, "/")).body(Full::new(Bytes::new())).unwrap();
+        let rsp = http.request(req).await.unwrap();
+        assert_eq!(rsp.status(), 200);
+        assert!(rsp.headers().get("mesh-proxy-unprocessed").is_none(), "the app's marker reached the client");
+        assert_eq!(seen.load(Ordering::Relaxed), i, "the app saw request {i} more than once");
+    }
+}

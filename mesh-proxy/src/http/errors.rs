@@ -121,6 +121,22 @@ impl ProxyError {
 /// failure from an application's own 5xx.
 pub const ERROR_HEADER: &str = "mesh-proxy-error";
 
+/// Set by a server-side (inbound) proxy on the error it answers when its
+/// app never saw the request (the app refused the connection: it is
+/// stopping, or not up yet). A client proxy that reached this proxy over
+/// mTLS sends such a request to another endpoint, for any method, as it
+/// does with an HTTP/2 `REFUSED_STREAM`. Inbound proxies remove it from
+/// their apps' responses, so only a proxy can say it.
+pub const UNPROCESSED_HEADER: &str = "mesh-proxy-unprocessed";
+
+impl ProxyError {
+    /// Whether the request surely reached no application: every connection
+    /// attempt failed, or the upstream refused it unprocessed.
+    pub fn unprocessed(&self) -> bool {
+        matches!(self, ProxyError::Connect { .. } | ProxyError::Unprocessed { .. })
+    }
+}
+
 /// Builds the response for `err`, in gRPC terms when `grpc` is true.
 pub fn response(err: &ProxyError, grpc: bool) -> Response<Body> {
     let msg = err.to_string();

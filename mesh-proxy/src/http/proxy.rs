@@ -4,11 +4,14 @@
 //! one the endpoint never processed (not written, HTTP/2 stream refused or
 //! above a GOAWAY's last stream: the connection was closing) goes on a fresh
 //! connection, to the same endpoint or another: that is always safe, for any
-//! method, since the application never saw it. Retrying requests that were sent is policy
+//! method, since the application never saw it; so does one whose server
+//! proxy answers that its app refused the connection
+//! ([`errors::UNPROCESSED_HEADER`]: a pod whose app stopped before the
+//! client heard that the endpoint is going). Retrying requests that were sent is policy
 //! and belongs to the router (`http::route`), not here. Outcomes feed the
 //! endpoint's failure accrual (circuit breaking).
 
-use super::errors::{self, ProxyError};
+use super::errors::{self, ERROR_HEADER, ProxyError};
 use super::upgrade;
 use crate::balance::Balancer;
 use crate::body::{self, Body};
@@ -150,10 +153,34 @@ pub async fn forward_once(
                 continue;
             }
         };
+        // A meshed endpoint's proxy may answer that its app never saw the
+        // request: a bodyless one is then sent again from a copy of its
+        // head (HTTP/2 uses the same copy if a stream is refused).
+        let meshed = ep.meta.identity.is_some();
+        let bodyless = !upgrading && http_body::Body::is_end_stream(req.body());
+        let mut spare = (bodyless && (meshed || version == Version::Http2)).then(|| crate::pool::head_of(&req));
         // Latency is the endpoint's answer time; connecting (or waiting for
         // the shared HTTP/2 connection to come up) is not its service time.
         let start = Instant::now();
-        match conn.send(req).await {
+        match conn.send(req, &mut spare).await {
+            Ok(rsp) if meshed && rsp.headers().contains_key(errors::UNPROCESSED_HEADER) => {
+                // Its app refused: the pod is stopping (or broken). Another
+                // endpoint gets the request; this one is avoided like one
+                // that refused the connection itself.
+                tried.push(ep.meta.addr);
+                ep.load.penalize(Instant::now());
+                eject_on_failure(ep, breaker, target, &settings.metrics);
+                let reason = rsp.headers().get(ERROR_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                tracing::debug!(endpoint = %ep.meta.addr, %reason, "the endpoint's app did not process the request");
+                let Some(head) = spare else {
+                    // Its body went with it: whoever still has the body (the
+                    // retry layer) may send it again.
+                    return Err(ProxyError::Unprocessed { target: target.to_string(), reason });
+                };
+                settings.metrics.resent(target, "app_refused");
+                req = head;
+                last = ProxyError::Unprocessed { target: target.to_string(), reason };
+            }
             Ok(mut rsp) => {
                 ep.load.observe(start.elapsed(), Instant::now());
                 if rsp.status().is_server_error() {
@@ -239,12 +266,34 @@ struct ForwardTo {
     balancer: Arc<Balancer>,
     version: Version,
     settings: ForwardSettings,
+    inbound: bool,
 }
 
 impl Forward {
-    /// A forwarder over `balancer`.
-    pub fn new(balancer: Arc<Balancer>, version: Version, settings: ForwardSettings) -> Self {
-        Self(Arc::new(ForwardTo { balancer, version, settings }))
+    /// A forwarder over `balancer`. An `inbound` one (to the local app)
+    /// says when the app never saw a request ([`errors::UNPROCESSED_HEADER`])
+    /// and removes that header from the app's own responses.
+    pub fn new(balancer: Arc<Balancer>, version: Version, settings: ForwardSettings, inbound: bool) -> Self {
+        Self(Arc::new(ForwardTo { balancer, version, settings, inbound }))
+    }
+}
+
+/// An inbound forward's answer: the app's response without the
+/// unprocessed marker, or the proxy's error, marked when the app never saw
+/// the request.
+fn inbound_answer(res: Result<Response<Body>, ProxyError>, grpc: bool) -> Response<Body> {
+    match res {
+        Ok(mut rsp) => {
+            rsp.headers_mut().remove(errors::UNPROCESSED_HEADER);
+            rsp
+        }
+        Err(e) => {
+            let mut rsp = errors::response(&e, grpc);
+            if e.unprocessed() {
+                rsp.headers_mut().insert(errors::UNPROCESSED_HEADER, http::HeaderValue::from_static("app"));
+            }
+            rsp
+        }
     }
 }
 
@@ -264,6 +313,9 @@ impl tower::Service<Request<Incoming>> for Forward {
             let (limits, breaker) = (Limits::default(), Breaker::default());
             let how = Attempt { version: this.version, settings: &this.settings, limits: &limits, breaker: &breaker };
             let res = forward_once(&this.balancer, how, p.req, p.upgrade, &mut Vec::new()).await;
+            if this.inbound {
+                return Ok(inbound_answer(res, p.grpc));
+            }
             Ok(res.unwrap_or_else(|e| errors::response(&e, p.grpc)))
         })
     }
