@@ -212,6 +212,8 @@ enum ConnKind {
         state: Arc<ConnState>,
         /// Where to return it (`None`: do not reuse, e.g. an upgrade).
         pool: Option<Weak<EndpointClient>>,
+        /// Taken from the idle pool (it carried requests before).
+        reused: bool,
     },
     /// A handle on the shared HTTP/2 connection.
     Http2 { tx: http2::SendRequest<Body>, state: Arc<ConnState> },
@@ -243,13 +245,13 @@ impl EndpointClient {
         match version {
             Version::Http1 => {
                 if let Some((tx, state)) = self.checkout() {
-                    return Ok(Conn(ConnKind::Http1 { tx, state, pool: Some(Arc::downgrade(self)) }));
+                    return Ok(Conn(ConnKind::Http1 { tx, state, pool: Some(Arc::downgrade(self)), reused: true }));
                 }
                 if max_connections > 0 && self.open.load(Ordering::Relaxed) >= max_connections as usize {
                     return Err(ConnectError::Limit { addr: self.addr, max: max_connections });
                 }
                 let (tx, state) = self.connect_h1().await?;
-                Ok(Conn(ConnKind::Http1 { tx, state, pool: Some(Arc::downgrade(self)) }))
+                Ok(Conn(ConnKind::Http1 { tx, state, pool: Some(Arc::downgrade(self)), reused: false }))
             }
             Version::Http2 => {
                 let c = self.shared_h2().await?;
@@ -275,7 +277,7 @@ impl EndpointClient {
     /// A fresh HTTP/1 connection that will not be pooled (for upgrades).
     pub async fn dedicated_h1(&self) -> Result<Conn, ConnectError> {
         let (tx, state) = self.connect_h1().await?;
-        Ok(Conn(ConnKind::Http1 { tx, state, pool: None }))
+        Ok(Conn(ConnKind::Http1 { tx, state, pool: None, reused: false }))
     }
 
     /// Idle HTTP/1 connections currently pooled.
@@ -400,6 +402,12 @@ impl EndpointClient {
 }
 
 impl Conn {
+    /// An idle HTTP/1 connection taken from the pool: the peer may have
+    /// closed it as the request went out (the keep-alive race).
+    pub fn reused(&self) -> bool {
+        matches!(self.0, ConnKind::Http1 { reused: true, .. })
+    }
+
     /// Sends `req`. When the peer never processed it, the error says so and
     /// (when it can be resent) hands it back; see [`SendError`]. `spare` is
     /// a copy of a bodyless request's head ([`head_of`]) if the caller made
@@ -411,7 +419,7 @@ impl Conn {
         spare: &mut Option<Request<Body>>,
     ) -> Result<Response<Body>, SendError> {
         match self.0 {
-            ConnKind::Http1 { mut tx, state, pool } => {
+            ConnKind::Http1 { mut tx, state, pool, .. } => {
                 *req.version_mut() = http::Version::HTTP_11;
                 let rsp = tx.try_send_request(req).await.map_err(|mut e| {
                     let request = e.take_message();

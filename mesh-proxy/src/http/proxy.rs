@@ -7,8 +7,11 @@
 //! method, since the application never saw it; so does one whose server
 //! proxy answers that its app refused the connection
 //! ([`errors::UNPROCESSED_HEADER`]: a pod whose app stopped before the
-//! client heard that the endpoint is going). Retrying requests that were sent is policy
-//! and belongs to the router (`http::route`), not here. Outcomes feed the
+//! client heard that the endpoint is going). Retrying requests that were
+//! sent is policy and belongs to the router (`http::route`), not here, with
+//! one exception: an idempotent bodyless request that a meshed peer's
+//! closing keep-alive connection swallowed without a byte of an answer
+//! (RFC 9112 §9.3.1) goes to another endpoint. Outcomes feed the
 //! endpoint's failure accrual (circuit breaking).
 
 use super::errors::{self, ERROR_HEADER, ProxyError};
@@ -162,6 +165,7 @@ pub async fn forward_once(
         // Latency is the endpoint's answer time; connecting (or waiting for
         // the shared HTTP/2 connection to come up) is not its service time.
         let start = Instant::now();
+        let reused = conn.reused();
         match conn.send(req, &mut spare).await {
             Ok(rsp) if meshed && rsp.headers().contains_key(errors::UNPROCESSED_HEADER) => {
                 // Its app refused: the pod is stopping (or broken). Another
@@ -230,6 +234,19 @@ pub async fn forward_once(
                 tried.push(ep.meta.addr);
                 ep.load.penalize(Instant::now());
                 eject_on_failure(ep, breaker, target, &settings.metrics);
+                // The keep-alive race (RFC 9112 §9.3.1): a meshed peer closed
+                // an idle connection (its proxy is stopping) as the request
+                // went out, and no byte of an answer came. An idempotent
+                // bodyless request is sent to another endpoint.
+                if let Some(head) =
+                    spare.take().filter(|h| reused && error.is_incomplete_message() && h.method().is_idempotent())
+                {
+                    settings.metrics.resent(target, "closed_idle");
+                    tracing::debug!(endpoint = %ep.meta.addr, %error, "idle connection closed under the request; sending it elsewhere");
+                    req = head;
+                    last = ProxyError::Upstream { target: target.to_string(), reason: error.to_string() };
+                    continue;
+                }
                 tracing::debug!(endpoint = %ep.meta.addr, %error, "upstream failed mid-request");
                 return Err(ProxyError::Upstream { target: target.to_string(), reason: error.to_string() });
             }
