@@ -148,7 +148,9 @@ struct Capture {
 impl Capture {
     fn start(file: &Path) -> Self {
         let child = std::process::Command::new("tcpdump")
-            .args(["-i", "cbr0", "-U", "-s", "0", "-w"])
+            // Immediate mode: each packet as it comes (buffered, the last
+            // ones could still sit in the kernel when tcpdump is stopped).
+            .args(["-i", "cbr0", "--immediate-mode", "-U", "-s", "0", "-w"])
             .arg(file)
             .arg("tcp")
             .stderr(std::process::Stdio::null())
@@ -164,7 +166,19 @@ impl Capture {
     }
 
     fn stop(mut self) -> pcap::Capture {
-        std::thread::sleep(Duration::from_millis(500));
+        // SIGTERM drops what tcpdump has not read yet (on a busy machine it
+        // lags): wait until the file stops growing.
+        let size = |f: &Path| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut last = size(&self.file);
+        loop {
+            std::thread::sleep(Duration::from_millis(500));
+            let now = size(&self.file);
+            if now == last || Instant::now() > deadline {
+                break;
+            }
+            last = now;
+        }
         let _ = std::process::Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
         let _ = self.child.wait();
         pcap::parse(&std::fs::read(&self.file).expect("the capture")).expect("a pcap file")

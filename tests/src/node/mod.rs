@@ -16,7 +16,7 @@
 //! so the machine's root namespace is never changed (the host e2e suite
 //! checks exactly that, possibly at the same time).
 //!
-//! Pods are found by listing: at once when a watch on Pods reports any
+//! Pods are found by listing: 20 ms after a watch on Pods reports any
 //! change (a kubelet hears of a deletion through its watch within
 //! milliseconds and SIGTERMs the containers then, racing the EndpointSlice
 //! update: the node must not be slower than that, or it would hide the
@@ -49,6 +49,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::watch;
 
+/// How long the node lets watch events gather before it lists.
+const COALESCE: Duration = Duration::from_millis(20);
 /// How often the node lists Pods when no watch event came.
 const POLL: Duration = Duration::from_millis(250);
 
@@ -302,7 +304,9 @@ async fn agent(
         }
         tokio::select! {
             _ = tokio::time::sleep(POLL) => {}
-            _ = changed.notified() => {}
+            // The events of a moment coalesce into one list (a starting pod's
+            // status patches come in bursts).
+            _ = changed.notified() => tokio::time::sleep(COALESCE).await,
         }
     }
 }
