@@ -4,7 +4,8 @@
 //! and TrafficPolicies, flips them when the cause is fixed, and does not
 //! rewrite them when nothing changed; of two control planes only the one
 //! holding the Lease writes status and Events, and after it crashes the
-//! other takes over within the Lease's duration.
+//! other takes over within the Lease's duration; a problem found while
+//! another replica held the Lease gets its Event once this one leads.
 //!
 //! Without the harness binary the suite reports itself skipped; with
 //! `CI=true` a skip fails.
@@ -412,4 +413,75 @@ async fn one_of_two_control_planes_writes_and_the_other_takes_over_after_a_crash
     // A graceful stop releases it.
     let released = leases.get("mesh-control").await.expect("the Lease").spec.expect("a spec");
     assert_eq!(released.holder_identity, None, "a graceful stop releases the Lease");
+}
+
+/// A problem found while another replica holds the Lease gets its Event
+/// once this replica leads: the order CI hit by chance (the route checked
+/// before the Lease was won), forced here by holding the Lease under a
+/// foreign identity until the problem has been found.
+///
+/// Catches a reporter that marks a problem as told although it published
+/// nothing because it did not lead (the Event never comes: the route does
+/// not change again, so nothing re-reports it), and a follower that
+/// publishes Events while another replica holds the Lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_problem_found_while_following_gets_its_event_once_leading() {
+    let Some(api) = api_server().await else { return };
+    let client = cluster(&api).await;
+    service(&client, "books", 80).await;
+    // Another replica holds the Lease, for an hour: it never expires during
+    // the test, so this replica follows until the test releases it.
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
+    let foreign: Lease = serde_json::from_value(json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "mesh-control"},
+        "spec": {"holderIdentity": "another-replica", "leaseDurationSeconds": 3600,
+                 "acquireTime": "2026-01-01T00:00:00.000000Z", "renewTime": "2026-01-01T00:00:00.000000Z",
+                 "leaseTransitions": 0}
+    }))
+    .expect("a Lease");
+    leases.create(&PostParams::default(), &foreign).await.expect("the foreign Lease");
+    let control = control(&api).await;
+
+    // The rejected route is found (counted) while this replica follows: no Event, no status.
+    create!(client, HTTPRoute, route("redirect", "books", json!([{"type": "RequestRedirect"}])));
+    until(
+        "the rejected route counted by the follower",
+        || async { Some(metric(&control, "registry_kubernetes_problems").await) },
+        |v| *v >= 1.0,
+    )
+    .await;
+    // A follower that published would have done so by now (the Event is sent
+    // as soon as the problem is counted); a late one is caught below too.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(metric(&control, "registry_kubernetes_leader").await, 0.0, "the Lease is another's");
+    assert_eq!(holder(&leases).await.as_deref(), Some("another-replica"));
+    assert_eq!(reporters(&client, "redirect").await, Vec::<String>::new(), "an Event from a follower");
+    assert_eq!(metric(&control, "registry_kubernetes_status_writes").await, 0.0, "a follower wrote status");
+
+    // The other replica stops gracefully (releases the Lease): this one takes
+    // it and publishes the Event of the problem it found while following.
+    let mut lease = leases.get("mesh-control").await.expect("the Lease");
+    let spec = lease.spec.as_mut().expect("a spec");
+    spec.holder_identity = None;
+    spec.lease_duration_seconds = Some(1);
+    lease.metadata.managed_fields = None;
+    leases.replace("mesh-control", &PostParams::default(), &lease).await.expect("the Lease released");
+    until("this replica leads", || async { Some(metric(&control, "registry_kubernetes_leader").await) }, |v| *v == 1.0)
+        .await;
+    let me = holder(&leases).await.expect("a holder");
+    assert_ne!(me, "another-replica");
+    // The Event is sent when leading starts; the budget is generous (a
+    // reporter that never publishes it fails at any budget).
+    let started = Instant::now();
+    let events = loop {
+        let events = reporters(&client, "redirect").await;
+        if !events.is_empty() {
+            break events;
+        }
+        assert!(started.elapsed() < 3 * BUDGET, "no Event {:?} after this replica began leading", 3 * BUDGET);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("the pending Event published {:?} after leading began", started.elapsed());
+    assert_eq!(events, vec![me], "one Event, from the replica that now leads");
+    control.shutdown().await;
 }
