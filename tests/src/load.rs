@@ -8,7 +8,7 @@ use hyper_util::rt::TokioExecutor;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
 /// What a load run saw.
@@ -29,6 +29,7 @@ pub struct Load {
     stop: Arc<AtomicBool>,
     outcome: Arc<Mutex<Outcome>>,
     workers: JoinSet<()>,
+    started: Instant,
 }
 
 impl Load {
@@ -41,6 +42,7 @@ impl Load {
     /// [`Load::start`], each worker pausing `pause` after each request (to
     /// bound the load on small machines).
     pub fn start_paced(url: &str, concurrency: usize, h2: bool, pause: Duration) -> Self {
+        let started = Instant::now();
         let stop = Arc::new(AtomicBool::new(false));
         let outcome = Arc::new(Mutex::new(Outcome::default()));
         // Every failed attempt counts: hyper-util would otherwise quietly resend
@@ -70,12 +72,31 @@ impl Load {
                 }
             });
         }
-        Self { stop, outcome, workers }
+        Self { stop, outcome, workers, started }
     }
 
     /// The outcome so far.
     pub fn snapshot(&self) -> Outcome {
         self.outcome.lock().unwrap().clone()
+    }
+
+    /// Runs until at least `n` requests completed and `at_least` passed since
+    /// the start, then stops; returns the outcome and how long the load ran
+    /// (start to stop). A count, not a duration, so a loaded machine (fewer
+    /// requests per second) gets as many; panics after `deadline`.
+    pub async fn stop_after(self, n: u64, at_least: Duration, deadline: Duration) -> (Outcome, Duration) {
+        loop {
+            let s = self.snapshot();
+            let elapsed = self.started.elapsed();
+            if s.ok + s.failed >= n && elapsed >= at_least {
+                break;
+            }
+            assert!(elapsed < deadline, "only {} requests completed in {elapsed:?}: {s:?}", s.ok + s.failed);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let started = self.started;
+        let out = self.stop().await;
+        (out, started.elapsed())
     }
 
     /// Stops the workers (letting in-flight requests finish) and returns the outcome.

@@ -38,16 +38,20 @@ async fn replicas(prefix: &str, n: usize) -> (Vec<App>, Vec<Proxy>, Vec<SocketAd
     (a, p, e)
 }
 
+/// Status, `x-replica` and how long the request took, as curl measured it
+/// (from its start of the transfer: spawning curl on a loaded machine can
+/// take longer than the timings these tests check).
 async fn status_of(url: &str) -> (u16, String, Duration) {
-    let start = Instant::now();
     let out = tokio::process::Command::new("curl")
-        .args(["-s", "-m", "10", "-o", "/dev/null", "-w", "%{http_code} %header{x-replica}", url])
+        .args(["-s", "-m", "10", "-o", "/dev/null", "-w", "%{http_code} %{time_total} %header{x-replica}", url])
         .output()
         .await
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (code, replica) = text.split_once(' ').unwrap_or((&text, ""));
-    (code.parse().unwrap_or(0), replica.to_string(), start.elapsed())
+    let mut parts = text.splitn(3, ' ');
+    let code = parts.next().and_then(|c| c.parse().ok()).unwrap_or(0);
+    let took = parts.next().and_then(|t| t.parse::<f64>().ok()).map_or(Duration::MAX, Duration::from_secs_f64);
+    (code, parts.next().unwrap_or("").to_string(), took)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,11 +65,10 @@ async fn retries_mask_a_half_failing_replica_and_the_budget_caps_a_total_outage(
     mesh.write_registry_text(&y);
     let client = mesh::client("client", &mesh.control_url(), &["web.default:80"]).await;
     mesh::wait_resolved(&client, 2).await;
+    // Over a number of requests, not a time: a loaded machine sends fewer per second.
     let load = Load::start(&format!("http://{}/", client.upstream_addrs()[0]), 4, false);
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let out = load.stop().await;
+    let (out, _) = load.stop_after(1000, Duration::ZERO, Duration::from_secs(60)).await;
     let total = out.ok + out.failed;
-    assert!(total > 1000, "{out:?}");
     let success = out.ok as f64 / total as f64;
     eprintln!(
         "measured: retries turned a 50 %-failing replica into {:.3} % success over {total} requests",
@@ -74,27 +77,32 @@ async fn retries_mask_a_half_failing_replica_and_the_budget_caps_a_total_outage(
     assert!(success >= 0.999, "success {:.4} over {total}: {:?}", success, out.errors);
 
     // Total outage: every request fails; retries may add at most
-    // ratio × requests + minPerSecond × window. (Let the first phase's
-    // requests leave the budget's 2 s window first.)
+    // ratio × requests plus the floor (minPerSecond × 2 s) once per window
+    // the load ran (the floor renews as the window slides: every 1.8 s at
+    // worst, its ten 200 ms slots), and one more.
+    // (Let the first phase's requests leave the budget's 2 s window first.)
+    // Without a budget, 3 attempts would add 3 × the requests sent; a budget
+    // of the floor alone would add under a quarter of them (at least 400
+    // are sent).
     apps_[0].set_fail_percent(100);
     apps_[1].set_fail_percent(100);
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let before: u64 = apps_.iter().map(|a| a.requests()).sum();
     let load = Load::start(&format!("http://{}/", client.upstream_addrs()[0]), 4, false);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let out = load.stop().await;
+    let (out, ran) = load.stop_after(400, Duration::from_secs(3), Duration::from_secs(60)).await;
     let sent = out.ok + out.failed;
     let reached: u64 = apps_.iter().map(|a| a.requests()).sum::<u64>() - before;
     let extra = reached.saturating_sub(sent) as f64;
-    let allowed = 0.5 * sent as f64 + 5.0 * 2.0;
+    let allowed = 0.5 * sent as f64 + 10.0 * (ran.as_secs_f64() / 1.8 + 1.0);
     eprintln!(
-        "measured: total outage, {sent} requests sent, {reached} reached the apps: {extra} retries, budget {allowed}"
+        "measured: total outage, {sent} requests sent in {ran:?}, {reached} reached the apps: {extra} retries, budget {allowed}"
     );
     assert!(
         extra <= allowed * 1.05,
         "retries added {extra} requests to {sent}: more than the budget allows ({allowed})"
     );
-    assert!(extra >= allowed * 0.5, "the budget should be used, not just capped: {extra} of {allowed}");
+    let ratio_part = 0.5 * sent as f64;
+    assert!(extra >= ratio_part * 0.5, "the budget should be used, not just capped: {extra} of {ratio_part}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,18 +115,24 @@ async fn timeouts_fire_at_the_configured_value() {
     mesh.write_registry_text(&y);
     let client = mesh::client("client", &mesh.control_url(), &["web.default:80"]).await;
     mesh::wait_resolved(&client, 1).await;
+    // Never early, on every try; a loaded machine can only make one late
+    // (scheduling adds, never subtracts), so the fastest of three must be
+    // on time: a timeout of any other value misses the band every time.
+    let mut fastest = Duration::MAX;
     for _ in 0..3 {
         let (code, _, took) = status_of(&format!("http://{}/hang", client.upstream_addrs()[0])).await;
         assert_eq!(code, 504);
         eprintln!("measured: a 500ms route timeout answered 504 after {took:?}");
-        assert!(took >= Duration::from_millis(450) && took <= Duration::from_millis(650), "timed out after {took:?}");
+        assert!(took >= Duration::from_millis(450), "timed out early, after {took:?}");
+        fastest = fastest.min(took);
     }
+    assert!(fastest <= Duration::from_millis(650), "timed out after {fastest:?} at the fastest of three");
     let (code, _, _) = status_of(&format!("http://{}/", client.upstream_addrs()[0])).await;
     assert_eq!(code, 200, "other paths are not affected");
 }
 
 /// Three replicas behind sidecars, one answering 500 to everything, under
-/// concurrent load with `consecutiveFailures: 3, baseEjection: 2s`: it is
+/// concurrent load with `consecutiveFailures: 3, baseEjection: 5s`: it is
 /// ejected after 3 consecutive failures (a few more already on their way),
 /// gets no request while ejected (the two others take the load), is ejected
 /// exactly once (`endpoint_ejections_total`), and once healthy is tried
@@ -135,7 +149,7 @@ async fn a_failing_endpoint_is_ejected_and_readmitted_after_probation() {
         &mut y,
         "web",
         &eps,
-        "    trafficPolicy:\n      circuitBreaker: {consecutiveFailures: 3, baseEjection: 2s, maxEjection: 10s}\n",
+        "    trafficPolicy:\n      circuitBreaker: {consecutiveFailures: 3, baseEjection: 5s, maxEjection: 20s}\n",
     );
     let mesh = Mesh::start(&[]).await;
     mesh.write_registry_text(&y);
@@ -147,9 +161,27 @@ async fn a_failing_endpoint_is_ejected_and_readmitted_after_probation() {
     // Concurrent load, so the balancer keeps offering the failing endpoint
     // work (sequential requests would all go to the faster, healthy one).
     let load = Load::start(&url, 4, false);
-    let ejected = mesh::eventually(Duration::from_secs(3), || async { apps_[1].requests() - before >= 3 }).await;
-    assert!(ejected, "the failing endpoint never got traffic");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Ejected: seen in the client sidecar's count (a loaded machine may take
+    // a while to send the first requests; a breaker that never ejects fails
+    // at any deadline).
+    let ejections = || async {
+        let m = mesh::admin_get(client.admin_addr(), "/metrics").await;
+        mesh::metric_sum(&m, &["endpoint_ejections_total{"])
+    };
+    let ejected = mesh::eventually(Duration::from_secs(20), || async { ejections().await >= 1.0 }).await;
+    assert!(ejected, "never ejected; {} requests reached it", apps_[1].requests() - before);
+    // Requests sent to it before the ejection may still be on their way:
+    // wait until its count settles (the ejection lasts 5 s, the window
+    // below 1.5 s of it).
+    let mut seen = apps_[1].requests();
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = apps_[1].requests();
+        if now == seen {
+            break;
+        }
+        seen = now;
+    }
     let failures = apps_[1].requests() - before;
     eprintln!("measured: the failing endpoint was ejected after {failures} requests reached it");
     // Three consecutive failures eject it; requests already on their way may add a few.
@@ -173,7 +205,7 @@ async fn a_failing_endpoint_is_ejected_and_readmitted_after_probation() {
     assert_eq!(mesh::metric_sum(&m, &["endpoint_ejections_total{"]), 1.0, "{m}");
     // Healthy again: after the ejection it is tried (probation) and re-admitted.
     apps_[1].set_fail_percent(0);
-    let back = mesh::eventually(Duration::from_secs(5), || async { apps_[1].requests() > during + 20 }).await;
+    let back = mesh::eventually(Duration::from_secs(30), || async { apps_[1].requests() > during + 20 }).await;
     let out = load.stop().await;
     assert!(back, "the endpoint was not re-admitted: {out:?}");
 }
@@ -218,7 +250,7 @@ async fn a_replica_refusing_connections_is_avoided_then_returns() {
     // Paced: a flat-out load would starve this suite's timed tests.
     let load = Load::start_paced(&url, 4, false, Duration::from_millis(1));
     let all_serve =
-        mesh::eventually(Duration::from_secs(5), || async { apps_.iter().all(|a| a.requests() > 10) }).await;
+        mesh::eventually(Duration::from_secs(20), || async { apps_.iter().all(|a| a.requests() > 10) }).await;
     assert!(all_serve, "not every replica got traffic before the crash: {:?}", load.snapshot());
 
     // The crash: connections to web-2 are refused from now on.
@@ -286,7 +318,20 @@ async fn weighted_splits_are_accurate_and_change_live_without_failures() {
         tokio::time::sleep(Duration::from_millis(800)).await;
         mesh.write_registry_text(&split_registry(&v1, &v2, w1, w2));
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The last change reaches the client sidecar (how soon depends on the
+    // machine's load): a window where v2 served and v1 did not. A change
+    // never applied never gives one; a leak is caught by the window after.
+    let count = |o: &mesh_tests::load::Outcome, r: &str| o.by_replica.get(r).copied().unwrap_or(0);
+    let started = Instant::now();
+    loop {
+        let a = load.snapshot();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let b = load.snapshot();
+        if count(&b, "v1-0") == count(&a, "v1-0") && count(&b, "v2-0") >= count(&a, "v2-0") + 20 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "0/100 still sent traffic to v1 after 20 s: {b:?}");
+    }
     let before = load.snapshot();
     tokio::time::sleep(Duration::from_millis(700)).await;
     let out = load.stop().await;
@@ -294,6 +339,8 @@ async fn weighted_splits_are_accurate_and_change_live_without_failures() {
     let recent_v1 =
         out.by_replica.get("v1-0").copied().unwrap_or(0) - before.by_replica.get("v1-0").copied().unwrap_or(0);
     assert_eq!(recent_v1, 0, "0/100 still sent traffic to v1");
+    let recent_v2 = count(&out, "v2-0") - count(&before, "v2-0");
+    assert!(recent_v2 > 0, "nothing served in the last window: {out:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -349,16 +396,30 @@ async fn header_and_path_routes_faults_and_rate_limits() {
     assert!((aborted - 0.20).abs() <= 0.02, "aborted {:.2} %", aborted * 100.0);
 
     // Rate limit: 50/s (burst 5) holds under a heavier load.
-    // The rate is over the whole time requests could pass: from the first
-    // request to the last one finishing (on a loaded machine stopping the
-    // workers can take a while, and requests admitted then count too).
-    let started = std::time::Instant::now();
+    // The ceiling is over the whole time requests could pass: from before
+    // the first request to the last one finishing (a loaded machine only
+    // lengthens that time, so the bucket's 5 + 50/s bounds it at any speed).
+    // The floor is over a window inside the run, after the first request
+    // passed (starting the workers on a loaded machine takes a while), and
+    // is looser: a stalled machine sends nothing for a moment, and the
+    // bucket keeps only 5 of the tokens it would have spent. A limiter at
+    // half the rate or per connection (×8) fails either way.
+    let started = Instant::now();
     let load = Load::start(&format!("{base}/bytes/1"), 8, false);
+    while load.snapshot().ok == 0 {
+        assert!(started.elapsed() < Duration::from_secs(20), "nothing passed the rate limit: {:?}", load.snapshot());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (from, passed_before) = (Instant::now(), load.snapshot().ok);
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let passed_inside = load.snapshot().ok - passed_before;
+    let window = from.elapsed();
     let out = load.stop().await;
     let rate = out.ok as f64 / started.elapsed().as_secs_f64();
-    eprintln!("measured: a 50/s rate limit passed {rate:.1}/s");
-    assert!((45.0..=58.0).contains(&rate), "{rate}/s passed the 50/s limit ({out:?})");
+    let inside = passed_inside as f64 / window.as_secs_f64();
+    eprintln!("measured: a 50/s rate limit passed {rate:.1}/s over the run, {inside:.1}/s inside it");
+    assert!(rate <= 52.0, "{rate}/s passed the 50/s limit ({out:?})");
+    assert!(inside >= 40.0, "only {inside}/s passed a 50/s limit ({out:?})");
     assert!(out.errors.iter().any(|e| e.starts_with("429")), "{:?}", out.errors);
 }
 
@@ -372,7 +433,10 @@ async fn concurrency_limits_answer_503_at_once() {
     let client = mesh::client("client", &mesh.control_url(), &["web.default:80"]).await;
     mesh::wait_resolved(&client, 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let url = format!("http://{}/slow/1000", client.upstream_addrs()[0]);
+    // The admitted requests last 5 s, so all 20 are in flight together
+    // even when starting 20 curls on a loaded machine takes seconds; a
+    // limiter that queued instead of shedding would answer after ~5 s.
+    let url = format!("http://{}/slow/5000", client.upstream_addrs()[0]);
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..20 {
         let url = url.clone();
@@ -386,7 +450,7 @@ async fn concurrency_limits_answer_503_at_once() {
             200 => ok += 1,
             503 => {
                 shed += 1;
-                assert!(took < Duration::from_millis(500), "a shed request waited {took:?}");
+                assert!(took < Duration::from_secs(2), "a shed request waited {took:?}");
             }
             other => panic!("unexpected {other}"),
         }
@@ -399,6 +463,21 @@ const HOUR: Duration = Duration::from_secs(3600);
 async fn curl(args: &[&str]) -> String {
     let out = tokio::process::Command::new("curl").args(["-s", "-m", "5"]).args(args).output().await.unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Waits until `denied` (a request the policy denies) answers 403: the
+/// policy has reached the server's sidecar (how soon depends on the
+/// machine's load). A policy never applied fails at any deadline.
+async fn policy_applied<F: std::future::Future<Output = String>>(denied: impl Fn() -> F) {
+    let started = Instant::now();
+    loop {
+        let code = denied().await;
+        if code == "403" {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "the policy denied nothing after 20 s (last: {code})");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -439,13 +518,13 @@ async fn authorization_allows_and_denies_identities_namespaces_and_networks() {
         mesh::wait_ready(p).await;
     }
     mesh::wait_resolved(&frontend, 1).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let url = |p: &Proxy, path: &str| format!("http://{}{path}", p.upstream_addrs()[0]);
     let code = |args: Vec<String>| async move {
         let mut a: Vec<&str> = vec!["-o", "/dev/null", "-w", "%{http_code}"];
         a.extend(args.iter().map(String::as_str));
         curl(&a).await
     };
+    policy_applied(|| code(vec![url(&evil, "/")])).await;
 
     // By exact identity.
     assert_eq!(code(vec![url(&frontend, "/")]).await, "200");
@@ -523,13 +602,13 @@ async fn authorization_rules_require_every_criterion_they_list() {
     }
     mesh::wait_resolved(&frontend, 1).await;
     mesh::wait_resolved(&batch, 1).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let code = |args: Vec<String>| async move {
         let mut a: Vec<&str> = vec!["-o", "/dev/null", "-w", "%{http_code}"];
         a.extend(args.iter().map(String::as_str));
         curl(&a).await
     };
     let via = |p: &Proxy| format!("http://{}/", p.upstream_addrs()[0]);
+    policy_applied(|| code(vec![via(&frontend)])).await;
     // The right identity from the wrong network: denied.
     assert_eq!(code(vec![via(&frontend)]).await, "403", "identity alone must not pass");
     // Identity and network both hold: allowed.
