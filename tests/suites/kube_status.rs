@@ -384,7 +384,10 @@ async fn one_of_two_control_planes_writes_and_the_other_takes_over_after_a_crash
 
     // A route created meanwhile: nobody writes its status until the follower leads.
     create!(client, HTTPRoute, route("after", "books", json!([])));
-    let budget = duration + Duration::from_secs(2 * 2 + 1); // + the follower's look every 2 s, twice, + 1 s
+    // + the follower's look every 2 s, twice, + room for a loaded machine's
+    // API calls; taking over early is caught below by the acquire time, not
+    // by this budget, and never taking over fails at any budget.
+    let budget = duration + Duration::from_secs(2 * 2 + 10);
     let took_over = loop {
         if metric(&second, "registry_kubernetes_leader").await == 1.0 {
             break crashed.elapsed();
