@@ -52,8 +52,8 @@ pub struct Route {
     pub balancer: Arc<Balancer>,
     /// Metric labels.
     pub labels: Labels,
-    /// Never sniff: forward as TCP.
-    pub opaque: bool,
+    /// What the connection's first bytes are expected to be.
+    pub expect: Expect,
     /// Inbound: terminate mesh peers' mTLS with this.
     pub accept_tls: Option<Arc<MeshTls>>,
     /// Inbound: refuse anything but mesh mTLS.
@@ -62,6 +62,21 @@ pub struct Route {
     pub outbound: Option<(Live<OutboundPolicy>, Balancers)>,
     /// Inbound: the port's authorization policy.
     pub authorization: Option<Live<InboundPolicy>>,
+}
+
+/// What a route knows about its connections' protocol before any byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Unknown: sniff; silence past the detection timeout is opaque TCP.
+    Detect,
+    /// Declared opaque: never sniff, forward as TCP.
+    Opaque,
+    /// Declared HTTP: wait for the request as long as an HTTP server would
+    /// (`header_read_timeout`) and refuse anything else. Falling back to
+    /// opaque TCP here would let a client that stays silent for the
+    /// detection timeout skip the routes, retries, timeouts and rate limits
+    /// that only apply to HTTP.
+    Http,
 }
 
 /// An accepted socket, counted in `listener_open_connections` until closed.
@@ -116,10 +131,14 @@ async fn handle(mut stream: Accepted, ctx: Context, route: Route) {
     }
     let peer = stream.get_ref().peer_addr().ok();
     let peer_ip = peer.map(|a| a.ip()).unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
-    let (protocol, prefix) = if route.opaque && route.accept_tls.is_none() {
+    let (protocol, prefix) = if route.expect == Expect::Opaque && route.accept_tls.is_none() {
         (Protocol::Opaque, bytes::Bytes::new())
     } else {
-        match detect::sniff(&mut stream, ctx.limits.detect_timeout).await {
+        let wait = match route.expect {
+            Expect::Http => ctx.limits.server.header_read_timeout,
+            Expect::Detect | Expect::Opaque => ctx.limits.detect_timeout,
+        };
+        match detect::sniff(&mut stream, wait).await {
             Ok(p) => p,
             Err(e) => {
                 tracing::debug!(error = %e, "connection failed during protocol detection");
@@ -127,6 +146,15 @@ async fn handle(mut stream: Accepted, ctx: Context, route: Route) {
             }
         }
     };
+    if route.expect == Expect::Http && !matches!(protocol, Protocol::Http1 | Protocol::Http2) {
+        tracing::info!(
+            target = %route.labels.target,
+            got = protocol.as_str(),
+            "a port declared HTTP got no HTTP request (silent or other bytes); closing. Declare the port `opaque` or leave it to detection if it carries another protocol"
+        );
+        ctx.metrics.refused(&route.labels, "not_http");
+        return;
+    }
     let io = PrefixedIo::new(prefix.clone(), stream);
 
     // A mesh peer: terminate its mTLS; the ALPN it negotiated names the protocol.

@@ -3,7 +3,7 @@
 use crate::balance::{Balancer, EndpointFactory};
 use crate::config::InboundConfig;
 use crate::config::InboundMode;
-use crate::conn::{self, Context, Route};
+use crate::conn::{self, Context, Expect, Route};
 use crate::metrics::{Direction, Labels};
 use crate::orig_dst::original_dst;
 use crate::policy::client::Policies;
@@ -66,7 +66,7 @@ fn route_to(app: SocketAddr, dialled: u16, config: &InboundConfig, env: &Inbound
     Route {
         balancer: Balancer::fixed(&app.to_string(), app, env.factory.clone()),
         labels: Labels::new(Direction::inbound, app.to_string()),
-        opaque: config.opaque_ports.contains(&app.port()),
+        expect: if config.opaque_ports.contains(&app.port()) { Expect::Opaque } else { Expect::Detect },
         accept_tls: env.tls.clone(),
         strict: config.mode_for(app.port()) == InboundMode::Strict,
         outbound: None,

@@ -2,7 +2,7 @@
 
 use crate::balance::Balancer;
 use crate::balancers::Balancers;
-use crate::conn::{self, Context, Route};
+use crate::conn::{self, Context, Expect, Route};
 use crate::connect::Connector;
 use crate::metrics::{Direction, Labels, Tls};
 use crate::orig_dst::original_dst;
@@ -66,7 +66,11 @@ async fn route(
     failfast: Duration,
 ) -> Option<Route> {
     let connector = &env.connector;
-    let opaque = balancer.protocol_hint(failfast).await == Some(ProtocolHint::Opaque);
+    let expect = match balancer.protocol_hint(failfast).await {
+        Some(ProtocolHint::Opaque) => Expect::Opaque,
+        Some(ProtocolHint::Http1 | ProtocolHint::Http2) => Expect::Http,
+        Some(ProtocolHint::Unspecified) | None => Expect::Detect,
+    };
     let mut labels = Labels::new(Direction::outbound, balancer.target());
     // The service's endpoints share its identity; label by it.
     let list = balancer.current();
@@ -77,5 +81,5 @@ async fn route(
         labels.peer_id = id.to_string();
     }
     let outbound = Some((policy, env.balancers.clone()));
-    Some(Route { balancer, labels, opaque, accept_tls: None, strict: false, outbound, authorization: None })
+    Some(Route { balancer, labels, expect, accept_tls: None, strict: false, outbound, authorization: None })
 }

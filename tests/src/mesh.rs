@@ -294,13 +294,12 @@ fn base(name: &str) -> ProxyConfig {
     let mut c = ProxyConfig::new(name);
     c.admin_addr = loopback0();
     c.shutdown_grace = Duration::from_secs(5);
-    // A connection whose client says nothing within the detection timeout
-    // is forwarded as opaque TCP, past every HTTP policy (routes, retries,
-    // rate limits, the balancer's per-request picks). On a loaded machine
-    // an in-process load worker can be starved for longer than the default
-    // 1 s (seen: a rate-limit check passing 60/s through a 50/s bucket), so
-    // the suites' proxies wait longer; detection's timeout itself is tested
-    // with its own short value (data_path, robustness).
+    // On a port left to detection, a connection whose client says nothing
+    // within the detection timeout is forwarded as opaque TCP (declared-HTTP
+    // ports wait for the request instead). On a loaded machine an
+    // in-process load worker can be starved for longer than the default
+    // 1 s, so the suites' proxies wait longer; detection's timeout itself is
+    // tested with its own short value (data_path, robustness, policy).
     c.limits.detect_timeout = Duration::from_secs(10);
     c
 }

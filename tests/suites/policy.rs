@@ -627,3 +627,55 @@ async fn authorization_rules_require_every_criterion_they_list() {
     assert_eq!(allowed("frontend-from-elsewhere"), 0.0, "{m}");
     assert!(allowed("batch-from-loopback") >= 1.0 && allowed("lan") >= 1.0, "{m}");
 }
+
+/// A port the registry declares HTTP is served as HTTP however long the
+/// client takes to speak (up to the header read timeout), and anything else
+/// on it is refused. Here the client proxy's detection timeout is 200 ms and
+/// a client stays silent for 600 ms, then sends a request a route sends to
+/// another service. Catches: falling back to opaque TCP after the detection
+/// timeout on a declared-HTTP port (the request then bypasses the route and
+/// reaches `web`'s own replica, and with it every retry, timeout and rate
+/// limit; seen in a stressed run as a 50/s limit passing 84/s), and non-HTTP
+/// bytes forwarded on such a port (the app would count a connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_cannot_skip_the_routes_of_a_declared_http_port() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (v1, _p1, e1) = replicas("v1", 1).await;
+    let (_v2, _p2, e2) = replicas("v2", 1).await;
+    let mut y = String::from("services:\n");
+    service(&mut y, "web", &e1, "");
+    service(&mut y, "web-v2", &e2, "");
+    y.push_str(
+        "routes:\n  - name: all-to-v2\n    service: web\n    rules:\n      - backends: [{service: web-v2, weight: 1}]\n",
+    );
+    let mesh = Mesh::start(&[]).await;
+    mesh.write_registry_text(&y);
+    let client = mesh::client_with("client", &mesh.control_url(), &["web.default:80"], |c| {
+        c.limits.detect_timeout = Duration::from_millis(200);
+    })
+    .await;
+    mesh::wait_resolved(&client, 1).await;
+    let addr = client.upstream_addrs()[0];
+    // The route is in force for a prompt client.
+    let (code, replica, _) = status_of(&format!("http://{addr}/")).await;
+    assert_eq!((code, replica.as_str()), (200, "v2-0"), "the route sends web's traffic to web-v2");
+
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    s.write_all(b"GET / HTTP/1.1\r\nhost: web\r\nconnection: close\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer)).await.unwrap().unwrap();
+    let answer = String::from_utf8_lossy(&answer).to_lowercase();
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert!(answer.contains("x-replica: v2-0"), "a silent client skipped the route: {answer}");
+
+    let v1_connections = v1[0].connections();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"\x00\x01not http at all\r\n\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await.unwrap();
+    assert!(read.is_err() || rest.is_empty(), "non-HTTP bytes got an answer: {rest:?}");
+    let m = mesh::admin_get(client.admin_addr(), "/metrics").await;
+    assert_eq!(mesh::metric_sum(&m, &["tcp_refused_total{", "reason=\"not_http\""]), 1.0, "{m}");
+    assert_eq!(v1[0].connections(), v1_connections, "non-HTTP bytes reached web's replica");
+}
