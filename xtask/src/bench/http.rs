@@ -13,17 +13,20 @@ impl Bench<'_> {
         let hint = match proto {
             Proto::Http1 => "http",
             Proto::Http2 => "http2",
+            Proto::Grpc => "grpc",
         };
-        let app = self.nginx.addr(proto);
+        let app = self.app(proto)?;
         let started = meshes
             .iter()
             .map(|&v| Ok((v, self.mesh(proto.key(), v, app, hint, None)?)))
             .collect::<anyhow::Result<Vec<_>>>()?;
+        // gRPC: only Envoy's pair (the issue's reference) beside the mesh.
         let peers = self
             .peers
             .peers()
             .into_iter()
-            .map(|p| Ok((p, self.peers.start(p, proto, &self.nginx, self.dir)?)))
+            .filter(|p| proto != Proto::Grpc || *p == Peer::Envoy)
+            .map(|p| Ok((p, self.peers.start(p, proto, app, &self.nginx, self.dir)?)))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let variants: Vec<&str> = std::iter::once("baseline")
             .chain(meshes.iter().map(|v| v.label()))
@@ -31,6 +34,11 @@ impl Bench<'_> {
             .collect();
         let mut targets = Self::targets(app, &started);
         targets.extend(Self::peer_targets(&peers));
+        if proto == Proto::Grpc {
+            for t in &targets {
+                super::grpc::check(&self.bins.test_app, t.addr(), t.variant().label())?;
+            }
+        }
         let table = Table {
             key: proto.key().into(),
             title: format!("{}: {}", proto.label(), variants.join(" vs ")),
@@ -61,6 +69,7 @@ fn peer_notes(proto: Proto, peers: &[Peer]) -> Vec<String> {
         let upstream = match proto {
             Proto::Http1 => "HTTP/1.1",
             Proto::Http2 => "h2c (nginx one-hop: HTTP/1.1, nginx proxies in HTTP/1.x only)",
+            Proto::Grpc => "h2c",
         };
         notes.push(format!(
             "one-hop references (plaintext, one worker, keep-alive upstream in {upstream}): their single proxy \

@@ -15,6 +15,8 @@ pub enum Proto {
     Http1,
     /// HTTP/2 over cleartext, prior knowledge (h2c).
     Http2,
+    /// Unary gRPC calls (h2c) to the test app's Echo service ([`super::grpc`]).
+    Grpc,
 }
 
 impl Proto {
@@ -23,6 +25,7 @@ impl Proto {
         match self {
             Proto::Http1 => "HTTP/1.1",
             Proto::Http2 => "HTTP/2",
+            Proto::Grpc => "gRPC unary",
         }
     }
 
@@ -31,7 +34,13 @@ impl Proto {
         match self {
             Proto::Http1 => "http1",
             Proto::Http2 => "http2",
+            Proto::Grpc => "grpc",
         }
+    }
+
+    /// Whether it speaks HTTP/2 (h2c) on the wire.
+    pub fn is_h2(self) -> bool {
+        self != Proto::Http1
     }
 }
 
@@ -121,7 +130,10 @@ impl Tools {
 
     /// Runs `load` against `target` and parses the tool's report.
     pub fn run(&self, load: &Load, target: SocketAddr, scratch: &Path) -> anyhow::Result<Sample> {
-        let url = format!("http://{target}/");
+        let url = match load.proto {
+            Proto::Grpc => format!("http://{target}{}", super::grpc::UNARY_PATH),
+            _ => format!("http://{target}/"),
+        };
         let secs = load.duration.as_secs().max(1);
         let c = load.connections.max(1);
         let tool = self.name(load);
@@ -131,7 +143,7 @@ impl Tools {
                 let mut cmd = procs::command(self.oha.as_deref().unwrap_or(Path::new("oha")));
                 cmd.args(["--no-tui", "--output-format", "json", "--latency-correction", "--worker-threads", "1"])
                     .args(["-z", &format!("{secs}s"), "-q", &rate.to_string(), "-c", &c.to_string()]);
-                if load.proto == Proto::Http2 {
+                if load.proto.is_h2() {
                     cmd.arg("--http2");
                 }
                 cmd
@@ -155,6 +167,9 @@ impl Tools {
                 cmd
             }
         };
+        if load.proto == Proto::Grpc {
+            cmd.args(super::grpc::load_args(tool, &super::grpc::write_body(scratch)?));
+        }
         cmd.arg(&url);
         let line = crate::cargo::display(&cmd);
         let out = procs::output_with_timeout(&mut cmd, load.duration + Duration::from_secs(30))

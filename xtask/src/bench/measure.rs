@@ -4,6 +4,7 @@
 
 use super::BenchArgs;
 use super::conns::{self, ConnLoad};
+use super::grpc::GrpcApp;
 use super::loadgen::{Load, Mode, Proto, Tools};
 use super::otlp::Collector;
 use super::parse;
@@ -26,6 +27,8 @@ pub struct Bench<'a> {
     pub dir: &'a Path,
     /// The reference proxies the http scenario measures beside the mesh.
     pub peers: peers::Kit,
+    /// The gRPC backend, when a gRPC table runs.
+    pub grpc_app: Option<GrpcApp>,
 }
 
 /// How a table's runs load a path.
@@ -45,6 +48,18 @@ pub struct Target {
     addr: SocketAddr,
     mesh: Option<usize>,
     peer: Option<usize>,
+}
+
+impl Target {
+    /// Where its load goes.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Which path it is.
+    pub fn variant(&self) -> Variant {
+        self.variant
+    }
 }
 
 /// A table to measure.
@@ -100,6 +115,15 @@ fn describe(mode: Mode, unit: Unit) -> String {
 }
 
 impl Bench<'_> {
+    /// The backend of `proto`'s table: nginx, or the gRPC Echo app.
+    pub fn app(&self, proto: Proto) -> anyhow::Result<SocketAddr> {
+        match (proto, &self.grpc_app) {
+            (Proto::Grpc, Some(g)) => Ok(g.addr),
+            (Proto::Grpc, None) => bail!("the gRPC table needs the gRPC backend"),
+            _ => Ok(self.nginx.addr(proto)),
+        }
+    }
+
     /// Starts one mesh for a table; `tag` names its logs.
     pub fn mesh(
         &self,
@@ -186,7 +210,12 @@ impl Bench<'_> {
     /// CPU ticks used so far by the client proxy, the server proxy (0 for
     /// the baseline) and nginx.
     fn cpu_now(&self, table: &Table<'_>, t: Target) -> anyhow::Result<[u64; 3]> {
-        let nginx = procs::cpu_ticks(self.nginx.pid())?;
+        // The backend's slot: nginx, or the gRPC app for a gRPC table.
+        let backend = match (table.driver, &self.grpc_app) {
+            (Driver::Http(_, Proto::Grpc), Some(g)) => g.pid(),
+            _ => self.nginx.pid(),
+        };
+        let nginx = procs::cpu_ticks(backend)?;
         Ok(match (t.mesh.map(|i| &table.meshes[i]), t.peer.map(|i| &table.peers[i])) {
             (Some(m), _) => {
                 let [client, server] = m.proxies();
@@ -236,6 +265,7 @@ impl Bench<'_> {
     pub fn measure(&self, mut table: Table<'_>) -> anyhow::Result<Section> {
         let args = self.args;
         let name = table.key.clone();
+        let idle_memory = Self::memory(&table)?;
         if args.warmup > 0 {
             for t in table.targets.clone() {
                 let sample = self.load(table.driver, Mode::Max, args.warmup, t.addr)?;
@@ -304,6 +334,25 @@ impl Bench<'_> {
             eprintln!("warning: {name}: {problem}");
             table.notes.push(format!("WARNING: {problem}"));
         }
+        let memory = Self::memory(&table)?;
+        let variants: Vec<Variant> = table.targets.iter().map(|t| t.variant).collect();
+        let mut section = Section {
+            key: table.key,
+            title: table.title,
+            unit: table.unit,
+            comparisons: comparisons(&variants),
+            variants,
+            scenarios,
+            memory,
+            idle_memory,
+            notes: table.notes,
+        };
+        section.notes.extend(sanity_notes(&section));
+        Ok(section)
+    }
+
+    /// Each path's proxies' memory now: client side, server side.
+    fn memory(table: &Table<'_>) -> anyhow::Result<Vec<(Variant, [Option<procs::Memory>; 2])>> {
         let mut memory = Vec::new();
         for t in &table.targets {
             if let Some(i) = t.mesh {
@@ -314,19 +363,7 @@ impl Bench<'_> {
                 memory.push((t.variant, table.peers[i].memory()?));
             }
         }
-        let variants: Vec<Variant> = table.targets.iter().map(|t| t.variant).collect();
-        let mut section = Section {
-            key: table.key,
-            title: table.title,
-            unit: table.unit,
-            comparisons: comparisons(&variants),
-            variants,
-            scenarios,
-            memory,
-            notes: table.notes,
-        };
-        section.notes.extend(sanity_notes(&section));
-        Ok(section)
+        Ok(memory)
     }
 
     /// One measured run of one path.

@@ -26,8 +26,10 @@
 //! `target/bench-results/<UTC time>/` ([`results`]). Nothing is asserted:
 //! this is a measurement tool.
 
+mod baseline;
 mod conns;
 mod control_plane;
+mod grpc;
 mod handshake;
 mod http;
 mod loadgen;
@@ -79,7 +81,8 @@ pub struct BenchArgs {
     /// proxy setting changed (`xtask/scripts/bench-ab.sh`).
     #[arg(long = "proxy-arg", allow_hyphen_values = true)]
     proxy_args: Vec<String>,
-    /// Protocols of the http and tracing scenarios (default: both).
+    /// Protocols of the http scenario (default: all) and of the tracing
+    /// scenario (HTTP/1.1 and HTTP/2 only).
     #[arg(long = "protocol", value_enum)]
     protocols: Vec<ProtoArg>,
     /// What to measure (repeatable; default: http).
@@ -118,6 +121,11 @@ pub struct BenchArgs {
     /// (default: target/bench-results).
     #[arg(long)]
     results_dir: Option<std::path::PathBuf>,
+    /// A stored run to compare with (its results.json, or the folder of
+    /// it): prints each figure as now ÷ baseline and flags those beyond the
+    /// noise measured between rounds. Use a run from the same machine.
+    #[arg(long)]
+    baseline: Option<std::path::PathBuf>,
 }
 
 impl BenchArgs {
@@ -141,6 +149,8 @@ enum ProtoArg {
     Http1,
     /// HTTP/2 cleartext with prior knowledge.
     Http2,
+    /// Unary gRPC (h2c) to the test app's Echo service (http scenario only).
+    Grpc,
 }
 
 /// A scenario on the command line.
@@ -197,9 +207,9 @@ impl Plan {
         let wants = |s| args.scenarios.contains(&s) || args.scenarios.contains(&ScenarioArg::All);
         let http = args.scenarios.is_empty() || wants(ScenarioArg::Http);
         let protocols = if args.protocols.is_empty() {
-            vec![Proto::Http1, Proto::Http2]
+            vec![Proto::Http1, Proto::Http2, Proto::Grpc]
         } else {
-            [(ProtoArg::Http1, Proto::Http1), (ProtoArg::Http2, Proto::Http2)]
+            [(ProtoArg::Http1, Proto::Http1), (ProtoArg::Http2, Proto::Http2), (ProtoArg::Grpc, Proto::Grpc)]
                 .into_iter()
                 .filter(|(a, _)| args.protocols.contains(a))
                 .map(|(_, p)| p)
@@ -258,6 +268,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         bail!("--duration must be at least 1s");
     }
     let plan = Plan::new(args);
+    // Read before measuring, so a wrong path fails in a second, not after the run.
+    let stored = args.baseline.as_deref().map(baseline::load).transpose()?;
     if plan.protocols.is_empty() && plan.handshake.is_empty() {
         bail!("nothing to measure");
     }
@@ -281,7 +293,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         None
     };
     let kit = peers::Kit::new(&chosen.found, identity.as_ref(), scratch.path())?;
-    let bench = Bench { args, bins, nginx, identity, dir: scratch.path(), peers: kit };
+    let grpc_app = if plan.protocols.contains(&Proto::Grpc) && !plan.http.is_empty() {
+        Some(grpc::GrpcApp::start(&bins.test_app, scratch.path()).context("cannot start the gRPC backend")?)
+    } else {
+        None
+    };
+    let bench = Bench { args, bins, nginx, identity, dir: scratch.path(), peers: kit, grpc_app };
 
     let mut sections = Vec::new();
     if let (false, Some(tools)) = (plan.http.is_empty(), &tools) {
@@ -295,7 +312,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if let (Some(mesh), Some(tools)) = (plan.tracing, &tools) {
         let collector =
             Collector::start(&bench.bins.test_app, scratch.path()).context("cannot start the OTLP receiver")?;
-        for &proto in &plan.protocols {
+        for &proto in plan.protocols.iter().filter(|p| **p != Proto::Grpc) {
             sections.push(bench.tracing(tools, proto, mesh, &collector)?);
         }
     }
@@ -311,6 +328,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         println!("{:#}", report.json());
     } else {
         print!("\n{}{}", report.table(), targets::markdown(&report.sections));
+    }
+    if let (Some(old), Some(path)) = (&stored, &args.baseline) {
+        let text = baseline::render(&baseline::compare(old, &report.json()), path);
+        if args.json { eprint!("{text}") } else { print!("{text}") }
     }
     let mut versions = tools.as_ref().map(Tools::versions).unwrap_or_default();
     versions.extend(peers::install::versions(&nginx_bin, &chosen.found));
@@ -361,7 +382,7 @@ mod tests {
         assert_eq!(
             p,
             Plan {
-                protocols: vec![Proto::Http1, Proto::Http2],
+                protocols: vec![Proto::Http1, Proto::Http2, Proto::Grpc],
                 http: vec![M],
                 handshake: vec![],
                 tracing: None,

@@ -167,6 +167,9 @@ pub struct Section {
     /// Each path's client and server proxy memory after all runs (a
     /// one-hop peer has no server proxy).
     pub memory: Vec<(Variant, [Option<Memory>; 2])>,
+    /// The same, read once every path was up and before any load (its
+    /// proxies have served nothing: with identity, holding a certificate).
+    pub idle_memory: Vec<(Variant, [Option<Memory>; 2])>,
     /// Caveats printed under the table.
     pub notes: Vec<String>,
 }
@@ -397,13 +400,16 @@ impl Section {
                 row(format!("failed {noun}s"), each(&|s| s.errors.to_string()), vec![]);
             }
         }
-        if !self.memory.is_empty() {
+        for (when, memory) in [("idle, before load", &self.idle_memory), ("after all runs", &self.memory)] {
+            if memory.is_empty() {
+                continue;
+            }
             rows.push(None);
             for (i, proxy) in PROXIES[..2].iter().enumerate() {
-                let mut r = vec![if i == 0 { "after all runs".to_string() } else { String::new() }];
+                let mut r = vec![if i == 0 { when.to_string() } else { String::new() }];
                 r.push(format!("RSS (peak), {proxy}"));
                 for v in &self.variants {
-                    let m = self.memory.iter().find(|(mv, _)| mv == v).and_then(|(_, m)| m[i]);
+                    let m = memory.iter().find(|(mv, _)| mv == v).and_then(|(_, m)| m[i]);
                     r.push(m.map_or("-".into(), |m| format!("{} ({})", mib(m.rss_kib), mib(m.hwm_kib))));
                 }
                 rows.push(Some(r));
@@ -461,11 +467,13 @@ impl Section {
                 })
             })
             .collect();
-        let memory: serde_json::Map<String, Value> = self
-            .memory
-            .iter()
-            .map(|(v, m)| (v.key().to_string(), json!({ "client_proxy": mem(m[0]), "server_proxy": mem(m[1]) })))
-            .collect();
+        let by_variant = |memory: &[(Variant, [Option<Memory>; 2])]| -> serde_json::Map<String, Value> {
+            memory
+                .iter()
+                .map(|(v, m)| (v.key().to_string(), json!({ "client_proxy": mem(m[0]), "server_proxy": mem(m[1]) })))
+                .collect()
+        };
+        let (memory, idle_memory) = (by_variant(&self.memory), by_variant(&self.idle_memory));
         json!({
             "key": self.key,
             "title": self.title,
@@ -473,6 +481,7 @@ impl Section {
             "variants": self.variants.iter().map(|v| v.key()).collect::<Vec<_>>(),
             "scenarios": scenarios,
             "memory": memory,
+            "idle_memory": idle_memory,
             "notes": self.notes,
         })
     }

@@ -7,6 +7,7 @@ use super::loadgen::Mode;
 use super::peers::Peer;
 use super::report::format::delta_us as plus;
 use super::report::{Section, Variant};
+use crate::procs::Memory;
 
 const OURS: Variant = Variant::MTLS;
 const ENVOY: Variant = Variant::Peer(Peer::Envoy);
@@ -34,10 +35,27 @@ pub fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     }
 }
 
+/// The bound on each proxy's RSS when idle with mTLS, in MiB.
+pub const IDLE_RSS_TARGET_MIB: f64 = 10.0;
+
+/// The largest RSS (MiB) of a path's proxies in `memory`.
+fn largest_mib(memory: &[(Variant, [Option<Memory>; 2])], v: Variant) -> Option<f64> {
+    let (_, m) = memory.iter().find(|(mv, _)| *mv == v)?;
+    m.iter().flatten().map(|m| m.rss_kib as f64 / 1024.0).reduce(f64::max)
+}
+
 /// The largest RSS (MiB) of a path's proxies after all runs.
 fn rss_mib(section: &Section, v: Variant) -> Option<f64> {
-    let (_, m) = section.memory.iter().find(|(mv, _)| *mv == v)?;
-    m.iter().flatten().map(|m| m.rss_kib as f64 / 1024.0).reduce(f64::max)
+    largest_mib(&section.memory, v)
+}
+
+/// Whether `value` meets `≤ bound`, for the target column; unknown when not measured.
+fn verdict(value: Option<f64>, bound: f64) -> &'static str {
+    match value {
+        Some(v) if v <= bound => "met",
+        Some(_) => "NOT met",
+        None => "not measured",
+    }
 }
 
 /// The rows for one section, or none if it lacks our mTLS mesh or Envoy's pair.
@@ -80,6 +98,14 @@ pub fn rows(section: &Section) -> Vec<Row> {
         }
     }
     let mib = |v: Option<f64>| v.map_or("-".into(), |m| format!("{m:.1} MiB"));
+    let (idle_ours, idle_envoy) = (largest_mib(&section.idle_memory, OURS), largest_mib(&section.idle_memory, ENVOY));
+    rows.push([
+        "RSS per proxy idle, before load (largest)".into(),
+        mib(idle_ours),
+        mib(idle_envoy),
+        times(ratio(idle_ours, idle_envoy)),
+        format!("≤ {IDLE_RSS_TARGET_MIB:.0} MiB: {}", verdict(idle_ours, IDLE_RSS_TARGET_MIB)),
+    ]);
     rows.push([
         "RSS per proxy after all runs (largest)".into(),
         mib(rss_mib(section, OURS)),
@@ -116,7 +142,6 @@ mod tests {
     use super::*;
     use crate::bench::parse::Sample;
     use crate::bench::report::{Run, Scenario, Unit};
-    use crate::procs::Memory;
 
     fn run(round: u32, variant: Variant, ok: u64, rps: f64, p99: f64, cpu: [u64; 3]) -> Run {
         let sample = Sample { ok, errors: 0, rps, p50_us: Some(p99 / 2.0), p99_us: Some(p99) };
@@ -155,6 +180,7 @@ mod tests {
             comparisons: vec![],
             scenarios: vec![fixed, max],
             memory: vec![(OURS, [mem(16 * 1024), mem(12 * 1024)]), (ENVOY, [mem(64 * 1024), mem(68 * 1024)])],
+            idle_memory: vec![(OURS, [mem(10 * 1024 + 512), mem(9 * 1024)]), (ENVOY, [mem(40 * 1024), mem(41 * 1024)])],
             notes: vec![],
         }
     }
@@ -169,9 +195,22 @@ mod tests {
         assert_eq!(find("added p99")[1..3], ["+1.00 ms", "+7.00 ms"]);
         assert_eq!(find("added p99")[4], "≤ +1.3 ms");
         assert_eq!(find("max rate")[1..4], ["12.0k req/s", "4.0k req/s", "×3.00"]);
-        assert_eq!(find("RSS")[1..4], ["16.0 MiB", "68.0 MiB", "×0.24"]);
+        assert_eq!(find("after all runs")[1..4], ["16.0 MiB", "68.0 MiB", "×0.24"]);
+        assert_eq!(find("idle")[1..5], ["10.5 MiB", "41.0 MiB", "×0.26", "≤ 10 MiB: NOT met"]);
         let md = markdown(&[section()]);
         assert!(md.contains("### Targets, HTTP/1.1") && md.contains("| max rate | 12.0k req/s |"), "{md}");
+    }
+
+    /// Catches a verdict on the wrong side of the bound (the bound itself meets it).
+    #[test]
+    fn idle_rss_verdict() {
+        assert_eq!(verdict(Some(10.0), IDLE_RSS_TARGET_MIB), "met");
+        assert_eq!(verdict(Some(10.01), IDLE_RSS_TARGET_MIB), "NOT met");
+        assert_eq!(verdict(None, IDLE_RSS_TARGET_MIB), "not measured");
+        let mut s = section();
+        s.idle_memory[0].1 = [Some(Memory { rss_kib: 9 * 1024, hwm_kib: 9 * 1024 }), None];
+        let row = rows(&s).into_iter().find(|r| r[0].contains("idle")).expect("idle row");
+        assert_eq!(row[4], "≤ 10 MiB: met");
     }
 
     /// Catches a targets table for a section without Envoy's pair (nothing to compare).

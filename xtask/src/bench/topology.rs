@@ -42,11 +42,12 @@ impl Nginx {
         self.proc.pid()
     }
 
-    /// The listener for `proto`.
+    /// The listener for `proto` (gRPC's backend is the test app, not
+    /// nginx: [`super::grpc::GrpcApp`]; nginx's h2c listener stands in).
     pub fn addr(&self, proto: Proto) -> SocketAddr {
         match proto {
             Proto::Http1 => self.http1,
-            Proto::Http2 => self.http2,
+            Proto::Http2 | Proto::Grpc => self.http2,
         }
     }
 }

@@ -18,6 +18,7 @@ impl Bench<'_> {
         let hint = match proto {
             Proto::Http1 => "http",
             Proto::Http2 => "http2",
+            Proto::Grpc => "grpc",
         };
         let app = self.nginx.addr(proto);
         let tag = format!("tracing-{}", proto.key());

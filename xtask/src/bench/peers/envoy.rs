@@ -8,6 +8,7 @@
 //! the other's certificate against the trust anchors and its SPIFFE ID. The
 //! bootstrap is generated as JSON (Envoy reads it like YAML).
 
+use super::super::grpc;
 use super::super::loadgen::Proto;
 use super::super::topology::{CLIENT_ACCOUNT, Identity, SERVER_ACCOUNT, TRUST_DOMAIN};
 use crate::mesh::{STARTUP, loopback};
@@ -161,7 +162,7 @@ impl Bootstrap<'_> {
     fn alpn(&self) -> Value {
         match self.proto {
             Proto::Http1 => json!(["http/1.1"]),
-            Proto::Http2 => json!(["h2"]),
+            Proto::Http2 | Proto::Grpc => json!(["h2"]),
         }
     }
 
@@ -208,7 +209,7 @@ impl Bootstrap<'_> {
         }
         let http = match self.proto {
             Proto::Http1 => json!({ "http_protocol_options": {} }),
-            Proto::Http2 => json!({ "http2_protocol_options": {} }),
+            Proto::Http2 | Proto::Grpc => json!({ "http2_protocol_options": {} }),
         };
         let mut cluster = json!({
             "name": "upstream",
@@ -305,7 +306,7 @@ impl Pair {
         wait_for("the server Envoy's /ready", STARTUP, &all, || live(server_admin))?;
         wait_for("the client Envoy's /ready", STARTUP, &all, || live(client_admin))?;
         let pair = Self { client, server, entry };
-        pair.prove(proto, inbound, [client_admin, server_admin])
+        pair.prove(proto, inbound, [client_admin, server_admin], dir)
             .with_context(|| format!("Envoy's pair is not what the bench claims to measure\n{}", pair.logs()))?;
         Ok(pair)
     }
@@ -318,14 +319,23 @@ impl Pair {
             .join("\n")
     }
 
-    fn prove(&self, proto: Proto, inbound: SocketAddr, admins: [SocketAddr; 2]) -> anyhow::Result<()> {
-        let version = match proto {
-            Proto::Http1 => "--http1.1",
-            Proto::Http2 => "--http2-prior-knowledge",
-        };
-        let body = curl(&[version, &format!("http://{}/", self.entry)]).context("a request through the pair")?;
-        if body != "ok" {
-            bail!("a request through the pair got {body:?}, not the app's `ok`");
+    fn prove(&self, proto: Proto, inbound: SocketAddr, admins: [SocketAddr; 2], dir: &Path) -> anyhow::Result<()> {
+        if proto == Proto::Grpc {
+            // A unary call; its answer echoes the request's text.
+            let body = format!("@{}", grpc::write_body(dir)?.display());
+            let url = format!("http://{}{}", self.entry, grpc::UNARY_PATH);
+            let [ct, te] = grpc::HEADERS;
+            let answer = curl(&["--http2-prior-knowledge", "--data-binary", &body, "-H", ct, "-H", te, &url])
+                .context("a gRPC call through the pair")?;
+            if !answer.contains(grpc::TEXT) {
+                bail!("a gRPC call through the pair got {answer:?}, not the Echo service's answer");
+            }
+        } else {
+            let version = if proto == Proto::Http1 { "--http1.1" } else { "--http2-prior-knowledge" };
+            let body = curl(&[version, &format!("http://{}/", self.entry)]).context("a request through the pair")?;
+            if body != "ok" {
+                bail!("a request through the pair got {body:?}, not the app's `ok`");
+            }
         }
         for (side, admin) in ["client", "server"].iter().zip(admins) {
             let n = handshakes(&stats(admin)?);

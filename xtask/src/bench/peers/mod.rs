@@ -132,11 +132,17 @@ impl Kit {
         Peer::ALL.into_iter().zip(have).filter(|(_, h)| *h).map(|(p, _)| p).collect()
     }
 
-    /// Starts `peer` in front of the nginx `backend` for `proto`, and checks
+    /// Starts `peer` in front of `app` (the backend of `proto`), and checks
     /// that a request flows through it. nginx proxies upstream in HTTP/1.x
-    /// only: its one-hop proxy uses the backend's HTTP/1.1 listener.
-    pub fn start(&self, peer: Peer, proto: Proto, backend: &Nginx, dir: &Path) -> anyhow::Result<Running> {
-        let app = backend.addr(proto);
+    /// only: its one-hop proxy uses the nginx backend's HTTP/1.1 listener.
+    pub fn start(
+        &self,
+        peer: Peer,
+        proto: Proto,
+        app: SocketAddr,
+        backend: &Nginx,
+        dir: &Path,
+    ) -> anyhow::Result<Running> {
         let missing = || anyhow::anyhow!("the {} was not prepared", peer.label());
         eprintln!("==> {}: starting the {}", proto.key(), peer.label());
         match peer {

@@ -52,6 +52,7 @@ fn section() -> Section {
         comparisons: vec![(P, B), (M, B), (M, P)],
         scenarios: vec![scenario(), max_scenario()],
         memory: vec![(P, memory), (M, memory)],
+        idle_memory: vec![],
         notes: vec!["a caveat".into()],
     }
 }
@@ -181,6 +182,7 @@ fn traced_section() -> Section {
         comparisons: vec![(M, B), (traced, B), (traced, M)],
         scenarios: vec![sc],
         memory: vec![],
+        idle_memory: vec![],
         notes: vec![],
     }
 }
@@ -231,6 +233,7 @@ fn connection_rows() {
         comparisons: vec![(P, B), (M, B), (M, P)],
         scenarios: vec![sc, max],
         memory: vec![],
+        idle_memory: vec![],
         notes: vec![],
     };
     assert_eq!(s.scenarios[0].stats(M).peer_connections_per_unit(), Some(1.0));
