@@ -456,6 +456,32 @@ async fn real_proxies_negotiate_x25519mlkem768() {
     assert!(mesh::metric_sum(&c, &["tls_handshakes_total", "direction=\"outbound\"", pq]) >= 1.0, "{c}");
 }
 
+/// A ready proxy with identity (certificate held), idle, is one thread and
+/// has not loaded the system libm: its resident memory is mostly pages it
+/// cannot avoid (ARCHITECTURE.md, "Memory"), so these two deterministic
+/// bounds guard the parts a change could add back. Catches: a multi-thread
+/// default runtime, or a blocking-pool thread left by start-up (each a stack
+/// and, once it allocates, a glibc arena), and a math function the binary's
+/// own `exp`/`pow` do not cover bringing libm back (≈0.3 MiB resident).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_proxy_is_one_thread_without_libm() {
+    let control = real::Control::start().await;
+    let app = apps::http("web-0").await;
+    let proxy = real::Proxy::start("web-0", |inbound, _| {
+        let mut a = vec!["--app".into(), app.addr.to_string(), "--inbound-addr".into(), inbound.to_string()];
+        a.extend(control.proxy_identity_args("web"));
+        a
+    })
+    .await;
+    let pid = proxy.child.pid();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let threads = status.lines().find_map(|l| l.strip_prefix("Threads:")).map(str::trim);
+    assert_eq!(threads, Some("1"), "an idle proxy with --threads 1 (the default) runs more threads:\n{status}");
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let libm: Vec<&str> = maps.lines().filter(|l| l.contains("/libm.so") || l.contains("/libm-")).collect();
+    assert!(libm.is_empty(), "the proxy loaded the system libm:\n{}", libm.join("\n"));
+}
+
 /// nginx serving h2c on a free port, closing each connection with GOAWAY
 /// after `keepalive_requests` requests, when nginx is installed.
 fn nginx_h2c(keepalive_requests: u32) -> Option<(Proc, SocketAddr)> {
