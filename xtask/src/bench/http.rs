@@ -34,11 +34,6 @@ impl Bench<'_> {
             .collect();
         let mut targets = Self::targets(app, &started);
         targets.extend(Self::peer_targets(&peers));
-        if proto == Proto::Grpc {
-            for t in &targets {
-                super::grpc::check(&self.bins.test_app, t.addr(), t.variant().label())?;
-            }
-        }
         let table = Table {
             key: proto.key().into(),
             title: format!("{}: {}", proto.label(), variants.join(" vs ")),

@@ -50,18 +50,6 @@ pub struct Target {
     peer: Option<usize>,
 }
 
-impl Target {
-    /// Where its load goes.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// Which path it is.
-    pub fn variant(&self) -> Variant {
-        self.variant
-    }
-}
-
 /// A table to measure.
 #[derive(Debug)]
 pub struct Table<'a> {
@@ -265,7 +253,13 @@ impl Bench<'_> {
     pub fn measure(&self, mut table: Table<'_>) -> anyhow::Result<Section> {
         let args = self.args;
         let name = table.key.clone();
+        // Before anything is sent: the proxies have served nothing yet.
         let idle_memory = Self::memory(&table)?;
+        if let Driver::Http(_, Proto::Grpc) = table.driver {
+            for t in &table.targets {
+                super::grpc::check(&self.bins.test_app, t.addr, t.variant.label())?;
+            }
+        }
         if args.warmup > 0 {
             for t in table.targets.clone() {
                 let sample = self.load(table.driver, Mode::Max, args.warmup, t.addr)?;
