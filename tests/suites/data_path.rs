@@ -460,7 +460,10 @@ async fn every_watching_client_sees_an_endpoint_move() {
     };
     let initial = syn.file.services[0].endpoints[0].address.unwrap();
     assert!(mesh::eventually(Duration::from_secs(30), everyone(initial)).await, "{:?}", swarm.status());
-    assert_eq!(swarm.status().synced, CLIENTS);
+    // Every client has svc-0 by now; its other two watches may still be
+    // getting their first answer (a warm CI run saw 49 of 50 at this point).
+    let all_synced = || async { swarm.status().synced == CLIENTS };
+    assert!(mesh::eventually(Duration::from_secs(30), all_synced).await, "{:?}", swarm.status());
 
     // svc-2 is watched by client 0 only (targets_for spreads the others).
     let (fresh, other) = (syn.move_endpoint(0).unwrap(), syn.move_endpoint(2).unwrap());
