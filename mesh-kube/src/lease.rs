@@ -12,10 +12,14 @@
 //! - a holder that has not renewed within [`LeaseConfig::renew_deadline`]
 //!   (shorter than the duration) stops leading before anyone may take over;
 //! - a graceful stop releases the Lease ([`Elector::release`]) so a
-//!   successor takes over at once; a crash leaves it to expire.
+//!   successor takes over at once; a crash leaves it to expire. A write
+//!   already sent when the replica stops (it may yet land, making this
+//!   replica the holder though it never learnt so) runs to its answer in its
+//!   own task, and the release waits for it and then asks the Lease, not
+//!   this replica's belief, whether it holds it.
 //!
-//! The decisions are pure ([`observe`], [`decide`], [`still_leading`]); the
-//! loop around them is [`Elector::run`].
+//! The decisions are pure ([`observe`], [`decide`], [`still_leading`],
+//! [`releases`]); the loop around them is [`Elector::run`].
 
 use crate::crds::FIELD_MANAGER;
 use crate::rbac;
@@ -24,8 +28,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, PostParams};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::{Mutex, OwnedMutexGuard, watch};
 
 /// Where the Lease is and how it is held.
 #[derive(Debug, Clone)]
@@ -140,12 +145,41 @@ pub fn still_leading(renewed: Option<Instant>, now: Instant, deadline: Duration)
     renewed.is_some_and(|at| now.saturating_duration_since(at) < deadline)
 }
 
+/// Whether a stopping replica gives up the Lease `record` (read once every
+/// write it sent has been answered): when the Lease names it, whatever it
+/// believed (a take that landed after it stopped listening names it too).
+pub fn releases(record: &Record, me: &str) -> bool {
+    record.holder.as_deref() == Some(me)
+}
+
 /// Runs the election and says whether this replica leads.
 #[derive(Debug)]
 pub struct Elector {
     api: Api<Lease>,
     config: LeaseConfig,
     leading: watch::Sender<bool>,
+    /// Held by each turn of [`Self::run`] and by a write in flight (in its
+    /// own task, so stopping the loop never leaves a sent write unanswered);
+    /// [`Self::release`] takes it, so it sees every write's outcome and no
+    /// write follows it.
+    gate: Arc<Mutex<Gate>>,
+}
+
+/// What [`Elector::release`] needs to know of the loop's writes.
+#[derive(Debug, Default)]
+struct Gate {
+    /// A write (create, take or renew) was sent: this replica may hold the Lease.
+    sent: bool,
+    /// Released: the loop writes no more.
+    stopped: bool,
+}
+
+/// A write of the Lease by this replica.
+enum Write {
+    /// Create it, held by this replica.
+    Create,
+    /// Write it as read, as its holder; `true`: taking it from another.
+    Replace(Box<Lease>, bool),
 }
 
 impl Elector {
@@ -153,7 +187,7 @@ impl Elector {
     pub fn new(client: Client, config: LeaseConfig) -> Self {
         let namespace = config.namespace.clone().unwrap_or_else(|| client.default_namespace().to_string());
         let api = rbac::LEASES.namespaced::<Lease>(&client, &namespace);
-        Self { api, config, leading: watch::Sender::new(false) }
+        Self { api, config, leading: watch::Sender::new(false), gate: Arc::default() }
     }
 
     /// Whether this replica leads, as it changes.
@@ -166,17 +200,25 @@ impl Elector {
         &self.config.identity
     }
 
-    /// Campaigns and renews until dropped (API errors are retried; while
-    /// they last past the renew deadline this replica does not lead).
+    /// Campaigns and renews until dropped or released (API errors are
+    /// retried; while they last past the renew deadline this replica does
+    /// not lead).
     pub async fn run(&self) {
         let mut observed: Option<Observed> = None;
         let mut renewed: Option<Instant> = None;
         loop {
+            let mut gate = Arc::clone(&self.gate).lock_owned().await;
+            if gate.stopped {
+                // Released: never leads again (the caller stops this future).
+                return std::future::pending().await;
+            }
             let now = Instant::now();
             match self.api.get_opt(&self.config.name).await {
                 Ok(None) => {
                     observed = None;
-                    if self.create().await {
+                    let wrote;
+                    (gate, wrote) = self.send(gate, Write::Create).await;
+                    if wrote {
                         renewed = Some(now);
                     }
                 }
@@ -184,7 +226,10 @@ impl Elector {
                     let o = observe(observed.take(), record(&lease), now);
                     match decide(Some(&o), &self.config.identity, now) {
                         decision @ (Decision::Take | Decision::Renew) => {
-                            if self.write(lease, decision == Decision::Take).await {
+                            let wrote;
+                            let write = Write::Replace(Box::new(lease), decision == Decision::Take);
+                            (gate, wrote) = self.send(gate, write).await;
+                            if wrote {
                                 renewed = Some(now);
                             }
                         }
@@ -198,24 +243,54 @@ impl Elector {
             if !leading {
                 renewed = None;
             }
+            // Under the gate: a release cannot come between the write and this.
             self.set_leading(leading);
+            drop(gate);
             let pause = if leading { self.config.renew_every } else { self.config.retry_every };
             tokio::time::sleep(pause).await;
         }
     }
 
+    /// Sends `write` from a task of its own, which keeps `gate` until the
+    /// answer: dropping [`Self::run`] meanwhile (a stop) does not cancel a
+    /// write the API server may already apply, and [`Self::release`] waits
+    /// for it. Gives the gate back with whether the write succeeded.
+    async fn send(&self, mut gate: OwnedMutexGuard<Gate>, write: Write) -> (OwnedMutexGuard<Gate>, bool) {
+        gate.sent = true;
+        let api = self.api.clone();
+        let (name, identity, seconds) = (self.config.name.clone(), self.config.identity.clone(), self.seconds());
+        let task = tokio::spawn(async move {
+            let wrote = match write {
+                Write::Create => create(&api, &name, &identity, seconds).await,
+                Write::Replace(lease, take) => replace(&api, &name, *lease, &identity, seconds, take).await,
+            };
+            (gate, wrote)
+        });
+        match task.await {
+            Ok(done) => done,
+            // Only when the runtime shuts down; the guard went with the task.
+            Err(_) => (Arc::clone(&self.gate).lock_owned().await, false),
+        }
+    }
+
     /// Gives the Lease up when this replica holds it (a graceful stop), so
-    /// another takes over without waiting for it to expire.
+    /// another takes over without waiting for it to expire. It stops
+    /// leading at once, waits for a write in flight, then reads the Lease:
+    /// a take sent just before the stop may have made this replica the
+    /// holder without it ever leading. [`Self::run`] writes no more after.
     pub async fn release(&self) {
-        if !*self.leading.borrow() {
-            return;
-        }
         self.set_leading(false);
+        let mut gate = self.gate.lock().await;
+        gate.stopped = true;
+        self.set_leading(false);
+        if !gate.sent {
+            return; // never wrote: cannot hold it (and a read-only replica asks nothing)
+        }
         let Ok(Some(mut lease)) = self.api.get_opt(&self.config.name).await else { return };
-        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
-        if spec.holder_identity.as_deref() != Some(&self.config.identity) {
+        if !releases(&record(&lease), &self.config.identity) {
             return;
         }
+        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
         spec.holder_identity = None;
         spec.lease_duration_seconds = Some(1);
         spec.renew_time = Some(MicroTime(Timestamp::now()));
@@ -241,52 +316,51 @@ impl Elector {
     fn seconds(&self) -> i32 {
         i32::try_from(self.config.duration.as_secs().max(1)).unwrap_or(i32::MAX)
     }
+}
 
-    /// Creates the Lease held by this replica; `false` when another created it first.
-    async fn create(&self) -> bool {
-        let stamp = MicroTime(Timestamp::now());
-        let lease = Lease {
-            metadata: ObjectMeta { name: Some(self.config.name.clone()), ..Default::default() },
-            spec: Some(LeaseSpec {
-                holder_identity: Some(self.config.identity.clone()),
-                lease_duration_seconds: Some(self.seconds()),
-                acquire_time: Some(stamp.clone()),
-                renew_time: Some(stamp),
-                lease_transitions: Some(0),
-                ..Default::default()
-            }),
-        };
-        match self.api.create(&post_params(), &lease).await {
-            Ok(_) => true,
-            Err(error) => {
-                tracing::debug!(%error, "leader Lease not created (another replica may have been first)");
-                false
-            }
+/// Creates the Lease `name` held by `identity`; `false` when another created it first.
+async fn create(api: &Api<Lease>, name: &str, identity: &str, seconds: i32) -> bool {
+    let stamp = MicroTime(Timestamp::now());
+    let lease = Lease {
+        metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
+        spec: Some(LeaseSpec {
+            holder_identity: Some(identity.into()),
+            lease_duration_seconds: Some(seconds),
+            acquire_time: Some(stamp.clone()),
+            renew_time: Some(stamp),
+            lease_transitions: Some(0),
+            ..Default::default()
+        }),
+    };
+    match api.create(&post_params(), &lease).await {
+        Ok(_) => true,
+        Err(error) => {
+            tracing::debug!(%error, "leader Lease not created (another replica may have been first)");
+            false
         }
     }
+}
 
-    /// Writes the Lease as read (its `resourceVersion` makes the write fail
-    /// if anyone wrote since) with this replica renewing or taking it.
-    async fn write(&self, mut lease: Lease, take: bool) -> bool {
-        let stamp = MicroTime(Timestamp::now());
-        let seconds = self.seconds();
-        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
-        if take {
-            if spec.holder_identity.as_deref() != Some(&self.config.identity) {
-                spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0).saturating_add(1));
-            }
-            spec.holder_identity = Some(self.config.identity.clone());
-            spec.acquire_time = Some(stamp.clone());
+/// Writes the Lease `name` as read (its `resourceVersion` makes the write fail if
+/// anyone wrote since) with `identity` renewing or taking it.
+async fn replace(api: &Api<Lease>, name: &str, mut lease: Lease, identity: &str, seconds: i32, take: bool) -> bool {
+    let stamp = MicroTime(Timestamp::now());
+    let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+    if take {
+        if spec.holder_identity.as_deref() != Some(identity) {
+            spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0).saturating_add(1));
         }
-        spec.lease_duration_seconds = Some(seconds);
-        spec.renew_time = Some(stamp);
-        lease.metadata.managed_fields = None;
-        match self.api.replace(&self.config.name, &post_params(), &lease).await {
-            Ok(_) => true,
-            Err(error) => {
-                tracing::debug!(%error, take, "leader Lease not written (another replica wrote it first)");
-                false
-            }
+        spec.holder_identity = Some(identity.into());
+        spec.acquire_time = Some(stamp.clone());
+    }
+    spec.lease_duration_seconds = Some(seconds);
+    spec.renew_time = Some(stamp);
+    lease.metadata.managed_fields = None;
+    match api.replace(name, &post_params(), &lease).await {
+        Ok(_) => true,
+        Err(error) => {
+            tracing::debug!(%error, take, "leader Lease not written (another replica wrote it first)");
+            false
         }
     }
 }
@@ -363,6 +437,20 @@ mod tests {
         assert!(still_leading(Some(t0), t0 + S(9), config.renew_deadline));
         assert!(!still_leading(Some(t0), t0 + S(10), config.renew_deadline));
         assert!(!still_leading(None, t0, config.renew_deadline));
+    }
+
+    /// Catches: a stopping replica releasing by what it believed (its
+    /// `leading` flag) rather than what the Lease says once its writes were
+    /// answered: a take that landed as it stopped left the Lease held by a
+    /// replica that never led, and the next waited out the 15 s; and one
+    /// releasing a Lease another holds (that would end a leader's term).
+    #[test]
+    fn a_stopping_replica_releases_exactly_what_the_lease_says_it_holds() {
+        let mine = held_by("a", "7");
+        assert!(releases(&mine, "a"), "named by the Lease: released, leading or not");
+        assert!(!releases(&held_by("b", "7"), "a"), "another's: left alone");
+        let free = Record { holder: None, duration: S(1), version: "8".into() };
+        assert!(!releases(&free, "a"), "already released: nothing to write");
     }
 
     /// Catches: two processes on one host (two test control planes, a

@@ -13,6 +13,7 @@ pub mod garbage;
 pub mod grpc;
 pub mod image;
 pub mod kube_harness;
+pub mod kube_hold;
 pub mod load;
 pub mod mesh;
 pub mod netns;

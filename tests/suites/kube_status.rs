@@ -5,7 +5,8 @@
 //! rewrite them when nothing changed; of two control planes only the one
 //! holding the Lease writes status and Events, and after it crashes the
 //! other takes over within the Lease's duration; a problem found while
-//! another replica held the Lease gets its Event once this one leads.
+//! another replica held the Lease gets its Event once this one leads; a
+//! replica stopped while its take of the Lease is in flight releases it.
 //!
 //! Without the harness binary the suite reports itself skipped; with
 //! `CI=true` a skip fails.
@@ -17,9 +18,17 @@ use mesh_kube::api::k8s_openapi::api::events::v1::Event;
 use mesh_kube::api::{Api, Client, ListParams, Patch, PatchParams, PostParams};
 use mesh_kube::crd::{AuthorizationPolicy, Condition, ConditionStatus, TrafficPolicy};
 use mesh_kube::gateway::{GRPCRoute, HTTPRoute, RouteParentStatus};
+use mesh_kube::lease::LeaseConfig;
+use mesh_kube::registry::KubernetesRegistry;
+use mesh_registry::model::{
+    AuthorizationPolicy as MeshAuthorization, RegistrySnapshot, RoutePolicy, Service as RegistryService, ServiceKey,
+};
+use mesh_registry::sink::RegistrySink;
 use mesh_tests::kube_harness::{self, ApiServer};
+use mesh_tests::kube_hold;
 use mesh_tests::mesh::{admin_get, metric_sum};
 use serde_json::{Value, json};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const CONTROLLER: &str = "mesh.dev/control";
@@ -500,4 +509,58 @@ async fn a_problem_found_while_following_gets_its_event_once_leading() {
     eprintln!("the pending Event published {:?} after leading began", started.elapsed());
     assert_eq!(events, vec![me], "one Event, from the replica that now leads");
     control.shutdown().await;
+}
+
+/// A registry sink that keeps nothing (the test looks at the Lease only).
+struct Discard;
+
+impl RegistrySink for Discard {
+    fn replace_all(&self, _: &RegistrySnapshot) {}
+    fn upsert(&self, _: RegistryService) {}
+    fn remove(&self, _: &ServiceKey) {}
+    fn replace_policies(&self, _: Vec<RoutePolicy>, _: Vec<MeshAuthorization>) {}
+}
+
+/// Catches: a replica stopped gracefully while its take of the Lease is in
+/// flight leaving the Lease held, so the next replica waits out the 15 s:
+/// the release judged by the replica's own `leading` flag (still false, the
+/// answer never came) or cancelled with the loop while the take lands after
+/// it. The window is made deterministic: the client holds the take (a
+/// create when the Lease is absent, a replace when it was released) until
+/// the stop fires, then sends it; one thread, so the stop and the release
+/// start before the take reaches the API server.
+#[tokio::test(flavor = "current_thread")]
+async fn a_replica_stopped_while_taking_the_lease_leaves_it_released() {
+    let Some(api) = api_server().await else { return };
+    let client = cluster(&api).await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
+    let released: Lease = serde_json::from_value(json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "released"},
+        "spec": {"leaseDurationSeconds": 1, "leaseTransitions": 3}
+    }))
+    .expect("a Lease");
+    leases.create(&PostParams::default(), &released).await.expect("a released Lease");
+    for name in ["absent", "released"] {
+        let (held, hold) = kube_hold::holding_first(client.clone(), "default", |method, path| {
+            *method != http::Method::GET && path.contains("/leases")
+        });
+        let mut lease = LeaseConfig::new(format!("stopped-early-{name}"));
+        (lease.name, lease.namespace) = (name.into(), Some("default".into()));
+        let registry = KubernetesRegistry::with_lease(held, Arc::new(Discard), lease);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let opens = hold.clone();
+        let run = tokio::spawn(registry.run_until(async move {
+            let _ = stopped.await;
+            opens.open(); // the take goes out as the registry stops
+        }));
+        tokio::time::timeout(BUDGET, hold.seen()).await.expect("the replica takes the Lease");
+        stop.send(()).expect("the registry runs");
+        tokio::time::timeout(BUDGET, run).await.expect("the registry stops").expect("joined");
+        tokio::time::timeout(BUDGET, hold.answered()).await.expect("the take reaches the API server");
+        let spec = leases.get(name).await.expect("the Lease").spec.expect("a spec");
+        assert_eq!(
+            spec.holder_identity, None,
+            "{name}: a take that landed as the replica stopped must be released, not left for 15 s: {spec:?}"
+        );
+    }
 }
