@@ -9,6 +9,7 @@
 
 pub mod apps;
 pub mod bins;
+pub mod flow;
 pub mod garbage;
 pub mod grpc;
 pub mod image;
