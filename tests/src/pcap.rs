@@ -125,6 +125,9 @@ pub struct Stream {
     pub data: Vec<u8>,
     /// Holes (bytes the capture missed); the data after a hole is appended anyway.
     pub holes: usize,
+    /// How many bytes of `data` come before the first hole (all of it
+    /// without holes): past a hole, record boundaries cannot be trusted.
+    pub contiguous: usize,
     /// Whether the capture saw the SYN.
     pub saw_syn: bool,
 }
@@ -157,11 +160,17 @@ pub fn streams(cap: &Capture) -> BTreeMap<(SocketAddr, SocketAddr), Stream> {
             let rel = rel as usize;
             let have = stream.data.len();
             if rel > have {
+                if stream.holes == 0 {
+                    stream.contiguous = have;
+                }
                 stream.holes += 1;
                 stream.data.extend_from_slice(payload);
             } else if rel + payload.len() > have {
                 stream.data.extend_from_slice(&payload[have - rel..]);
             }
+        }
+        if stream.holes == 0 {
+            stream.contiguous = stream.data.len();
         }
         out.insert(flow, stream);
     }
@@ -268,6 +277,24 @@ mod tests {
         assert_eq!(fwd.holes, 0);
         let back = &s[&("10.0.0.2:80".parse().unwrap(), "10.0.0.1:1000".parse().unwrap())];
         assert_eq!(back.data, b"ok");
+        assert_eq!((fwd.contiguous, back.contiguous), (10, 2));
+    }
+
+    /// Catches a hole not marked (the TLS check would read across it and
+    /// call a TLS stream with a missed packet plaintext) and a marker at the
+    /// wrong place (a plaintext stream must still be judged from byte 0).
+    #[test]
+    fn the_bytes_before_the_first_hole_are_contiguous() {
+        let (a, b) = ([10, 0, 0, 1], [10, 0, 0, 2]);
+        let file = pcap(&[
+            frame(a, b, 1000, 80, 99, true, b""),
+            frame(a, b, 1000, 80, 100, false, b"abc"),
+            frame(a, b, 1000, 80, 110, false, b"xyz"),
+            frame(a, b, 1000, 80, 120, false, b"123"),
+        ]);
+        let s = streams(&parse(&file).unwrap());
+        let fwd = &s[&("10.0.0.1:1000".parse().unwrap(), "10.0.0.2:80".parse().unwrap())];
+        assert_eq!((fwd.data.as_slice(), fwd.holes, fwd.contiguous), (&b"abcxyz123"[..], 2, 3));
     }
 
     /// Catches a reader that drops IPv6 frames: the dual-stack e2e test's
