@@ -120,7 +120,10 @@ async fn http_get(url: &str) -> String {
 /// and the pod or not mounted where the container looks, and on scale-down
 /// a pod whose process survives, whose namespace is left, or whose
 /// endpoint stays in the slice; a failing init container not reported as
-/// Error (or the app started anyway), an unknown image not reported.
+/// Error (or the app started anyway), an unknown image not reported;
+/// `readOnlyRootFilesystem` not enforced (a write to `/` or `/tmp`
+/// succeeds), enforced on the volumes too (the emptyDir refuses), or on
+/// containers without it, and a `readOnly` volumeMount left writable.
 #[test]
 fn a_deployment_runs_on_the_node_and_scales_down_cleanly() {
     // The thread enters the node's namespace: the API server, the
@@ -297,6 +300,50 @@ fn a_deployment_runs_on_the_node_and_scales_down_cleanly() {
         .expect("the unknown image reported");
         assert!(refused.1.contains("\"nginx:1\" is not known to this node"), "{}", refused.1);
 
+        // Filesystems as the security context and mounts say: each container
+        // writes where it is told and exits (0 written, 30 read-only).
+        let stray = format!("mesh-node-rofs-{}", std::process::id());
+        let (tmp_file, root_file) = (format!("/tmp/{stray}"), format!("/{stray}"));
+        let writer = |name: &str, files: &[&str], read_only_root: bool, mount: Option<bool>| {
+            let mut c = json!({"name": name, "image": "mesh-test-app", "args": ["write-file"],
+                "securityContext": {"readOnlyRootFilesystem": read_only_root}});
+            c["args"].as_array_mut().unwrap().extend(files.iter().map(|f| json!(f)));
+            if let Some(read_only) = mount {
+                c["volumeMounts"] = json!([{"name": "scratch", "mountPath": "/scratch", "readOnly": read_only}]);
+            }
+            c
+        };
+        let want: [(&str, i32); 5] =
+            [("ro-tmp", 30), ("ro-slash", 30), ("ro-emptydir", 0), ("readonly-mount", 30), ("writable", 0)];
+        let pod = json!({"metadata": {"name": "filesystems"}, "spec": {"automountServiceAccountToken": false,
+        "restartPolicy": "Never", "volumes": [{"name": "scratch", "emptyDir": {}}],
+        "containers": [
+            writer("ro-tmp", &[&tmp_file], true, Some(false)),
+            writer("ro-slash", &[&root_file], true, None),
+            writer("ro-emptydir", &["/scratch/a"], true, Some(false)),
+            writer("readonly-mount", &["/scratch/b"], false, Some(true)),
+            writer("writable", &["/scratch/c", &tmp_file], false, Some(false)),
+        ]}});
+        pods.create(&PostParams::default(), &serde_json::from_value(pod).unwrap()).await.expect("the pod");
+        let exits = until(Duration::from_secs(60), || async {
+            let p = pods.get("filesystems").await.ok()?;
+            let statuses = p.status?.container_statuses?;
+            let exits: Vec<(String, i32)> =
+                statuses.into_iter().filter_map(|s| Some((s.name, s.state?.terminated?.exit_code))).collect();
+            (exits.len() == want.len()).then_some(exits)
+        })
+        .await;
+        let on_node = std::fs::read_to_string(&tmp_file);
+        let _ = std::fs::remove_file(&tmp_file);
+        let _ = std::fs::remove_file(&root_file);
+        let mut exits = exits.unwrap_or_else(|| panic!("the writers never all exited: {:#?}", node.pods()));
+        exits.sort();
+        let mut want: Vec<(String, i32)> = want.iter().map(|(n, c)| (n.to_string(), *c)).collect();
+        want.sort();
+        let logs: Vec<String> = want.iter().map(|(c, _)| node.container_log("filesystems", c)).collect();
+        assert_eq!(exits, want, "exit codes (0 written, 30 read-only); logs:\n{}", logs.join("\n"));
+        assert!(on_node.is_ok_and(|s| s.starts_with("written")), "the writable container wrote the node's /tmp");
+
         node.shutdown().await;
     });
     drop(rt);
@@ -324,7 +371,9 @@ fn in_netns(ns: &str, argv: &[&str]) -> String {
 /// block forever) or the app started before the proxy's startup probe
 /// passed; the proxy's projected token not minted with the mesh's audience
 /// or not bound to the pod (the control plane refuses it: never ready);
-/// the proxy's fixed UID or dropped capabilities not applied; and on
+/// the proxy's fixed UID or dropped capabilities not applied, its
+/// read-only root filesystem not enforced (mesh-init's is enforced alike:
+/// iptables must need nothing outside its /run emptyDir); and on
 /// deletion a sidecar stopped before the app. In the mesh: the app's
 /// readiness probe not rewritten to the admin port, or the proxy not
 /// performing it (the node's plaintext probe is refused by the strict
@@ -456,6 +505,18 @@ fn a_meshed_pod_runs_what_the_injector_wrote() {
         assert!(!in_netns(&node_ns, &["iptables-save", "-t", "nat"]).contains("MESH_"), "only in the pod's namespace");
         let proxy_pid = view.pids["mesh-proxy"];
         assert_eq!(uid_and_caps(proxy_pid), ("2102\t2102\t2102\t2102".into(), "0000000000000000".into()));
+        // The proxy's root filesystem read-only, as the injector asked (even
+        // to root entering its mount namespace), and mesh-init ran to 0 above
+        // with only its /run emptyDir writable.
+        let touched = std::process::Command::new("nsenter")
+            .args(["--target", &proxy_pid.to_string(), "--mount", "touch", "/tmp/mesh-proxy-wrote-here"])
+            .output()
+            .expect("nsenter runs");
+        let _ = std::fs::remove_file("/tmp/mesh-proxy-wrote-here");
+        assert!(
+            !touched.status.success() && String::from_utf8_lossy(&touched.stderr).contains("Read-only file system"),
+            "the proxy's /tmp is writable: {touched:?}"
+        );
         let probe = running.spec.as_ref().and_then(|s| s.containers[0].readiness_probe.clone());
         let path = probe.and_then(|p| p.http_get).and_then(|h| h.path);
         assert_eq!(path.as_deref(), Some("/app-health/books/readiness"), "Ready through the admin port");

@@ -107,6 +107,15 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Creates each file (truncating it) and writes a line to it, as a
+    /// workload writing to its filesystem does (for the node's
+    /// `readOnlyRootFilesystem` and `readOnly` mounts). Exit 0: all
+    /// written; 30: a read-only filesystem refused one (EROFS); 13:
+    /// permission denied; 1: another error. Stops at the first failure.
+    WriteFile {
+        #[arg(required = true)]
+        paths: Vec<std::path::PathBuf>,
+    },
     /// OTLP/gRPC trace receiver that counts spans and discards them (for
     /// `cargo xtask bench`). Prints `listening on ADDR` (gRPC) and
     /// `counts on ADDR`, where `GET /spans` answers the spans received so far.
@@ -183,6 +192,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// `write-file`'s exit code (see its doc).
+fn write_files(paths: &[std::path::PathBuf]) -> u8 {
+    for path in paths {
+        if let Err(e) = std::fs::write(path, b"written by mesh-test-app\n") {
+            eprintln!("write-file {}: {e}", path.display());
+            return match e.kind() {
+                ErrorKind::ReadOnlyFilesystem => 30,
+                ErrorKind::PermissionDenied => 13,
+                _ => 1,
+            };
+        }
+        println!("wrote {}", path.display());
+    }
+    0
+}
+
 fn listening(addr: SocketAddr) {
     println!("listening on {addr}");
 }
@@ -241,6 +266,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<u8> {
         Cmd::HttpLoad { url, duration, requests, concurrency, pause, http2, json } => {
             http_load(url, duration, requests, concurrency, pause, http2, json).await
         }
+        Cmd::WriteFile { paths } => Ok(write_files(&paths)),
         Cmd::OtlpSink { listen, counts } => {
             let sink = otlp::OtlpSink::start(listen, counts).await.context("cannot start the OTLP sink")?;
             listening(sink.addr);

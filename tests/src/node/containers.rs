@@ -22,27 +22,59 @@ pub struct BindMount {
     pub read_only: bool,
 }
 
+/// Makes every mount of the container's view read-only but `/proc`,
+/// `/sys` and `/dev` (as a runtime does with `readOnlyRootFilesystem`: the
+/// container's `/dev` and `/proc` stay as they are) and those already
+/// read-only. The node has no per-container root filesystem, so its whole
+/// tree is what the container sees; the remounts change only this mount
+/// namespace's copies of the mounts (flags never propagate), and `ip netns
+/// exec` made it a slave of the node's, so nothing made here reaches the
+/// node or another container. Mount points are read from `mountinfo`
+/// (octal escapes such as `\040` undone by `printf %b`); any failure ends the
+/// script (`set -e`), so a container never runs with a writable root it
+/// was promised read-only.
+const READ_ONLY_ROOT: &str = "set -f; m=$(cat /proc/self/mountinfo); \
+printf '%s\\n' \"$m\" | while read -r _ _ _ _ p o _; do \
+case \"$p\" in /proc|/proc/*|/sys|/sys/*|/dev|/dev/*) continue;; esac; \
+case \"$o\" in ro|ro,*) continue;; esac; \
+mount -o remount,bind,ro \"$(printf %b \"$p\")\"; done; ";
+
+/// The script run as root in the container's mount namespace before
+/// `env -i`: the root made read-only if asked, then the volumes bound
+/// (shallowest target first, each mount point made if missing, as
+/// container runtimes do: a volume mounted on `/run` hides the node's
+/// `/run/secrets/...`), each remounted explicitly writable or read-only —
+/// a bind inherits the read-only flag of the mount its source lies on, so
+/// after a read-only root a writable volume has to be made so. `$1 $2` are
+/// each mount's source and target, shifted away; the rest is the command.
+pub fn mount_script(read_only_root: bool, mounts: &[&BindMount]) -> String {
+    let mut script = String::from("set -e; ");
+    if read_only_root {
+        script.push_str(READ_ONLY_ROOT);
+    }
+    for m in mounts {
+        let mode = if m.read_only { "ro" } else { "rw" };
+        script.push_str(&format!(
+            "mkdir -p \"$2\"; mount --bind \"$1\" \"$2\"; mount -o remount,bind,{mode} \"$2\"; shift 2; "
+        ));
+    }
+    script.push_str("exec \"$@\"");
+    script
+}
+
 /// The whole command line: `ip netns exec POD` (which also gives the
-/// process a mount namespace of its own, slave to the node's), the bind
-/// mounts by `sh` in that namespace (shallowest target first, each mount
-/// point made if missing, as container runtimes do: a volume mounted on
-/// `/run` hides the node's `/run/secrets/...`), `env -i` with the container's
-/// environment only, `setpriv` for user and capabilities, the program.
+/// process a mount namespace of its own, slave to the node's: the node's
+/// later unmounts, such as another pod's `/run/netns` entry, reach it, and
+/// nothing it mounts reaches the node), then [`mount_script`] by `sh` in
+/// that namespace when there is a volume or a read-only root, `env -i` with
+/// the container's environment only, `setpriv` for user and capabilities,
+/// the program.
 pub fn command_line(c: &ContainerPlan, pod_ns: &str, hostname: &str, mounts: &[BindMount]) -> Vec<String> {
     let mut argv: Vec<String> = vec!["ip".into(), "netns".into(), "exec".into(), pod_ns.into()];
-    if !mounts.is_empty() {
+    if !mounts.is_empty() || c.read_only_root {
         let mut mounts: Vec<&BindMount> = mounts.iter().collect();
         mounts.sort_by_key(|m| m.target.split('/').filter(|c| !c.is_empty()).count());
-        let mut script = String::from("set -e; ");
-        for m in &mounts {
-            script.push_str("mkdir -p \"$2\"; mount --bind \"$1\" \"$2\"; ");
-            if m.read_only {
-                script.push_str("mount -o remount,bind,ro \"$2\"; ");
-            }
-            script.push_str("shift 2; ");
-        }
-        script.push_str("exec \"$@\"");
-        argv.extend(["sh".into(), "-c".into(), script, "mount".into()]);
+        argv.extend(["sh".into(), "-c".into(), mount_script(c.read_only_root, &mounts), "mount".into()]);
         for m in &mounts {
             argv.push(m.source.display().to_string());
             argv.push(m.target.clone());
@@ -93,6 +125,7 @@ mod tests {
             user: (1000, 1000),
             caps: vec![],
             no_new_privs: true,
+            read_only_root: false,
             mounts: vec![],
             startup: None,
             readiness: None,
@@ -130,9 +163,33 @@ mod tests {
         let script = &argv[6];
         assert_eq!(script.matches("mount --bind").count(), 2);
         assert_eq!(script.matches("remount,bind,ro").count(), 1);
+        assert_eq!(script.matches("remount,bind,rw").count(), 1);
+        assert!(!script.contains("mountinfo"), "the root stays as it is without the flag: {script}");
         assert_eq!(&argv[7..12], ["mount", "/n/run", "/run", "/n/tok", "/var/run/t"]);
         assert_eq!(script.matches("mkdir -p \"$2\"; mount --bind").count(), 2);
         let setpriv = argv.iter().position(|a| a == "setpriv").unwrap();
         assert!(setpriv > 12);
+    }
+
+    /// Catches `readOnlyRootFilesystem` ignored (no `sh` without volumes),
+    /// the root made read-only after the volumes (they would be read-only
+    /// too) or a writable volume left with the read-only flag its bind
+    /// inherits from the root.
+    #[test]
+    fn read_only_root_before_the_volumes() {
+        let mut p = plan();
+        p.read_only_root = true;
+        let argv = command_line(&p, "p", "h", &[]);
+        assert_eq!(&argv[4..6], ["sh", "-c"]);
+        assert!(argv[6].contains("remount,bind,ro \"$(printf %b"), "{}", argv[6]);
+        assert_eq!(argv[7], "mount");
+        assert_eq!(argv[8], "env");
+
+        let m = [BindMount { source: "/n/data".into(), target: "/data".into(), read_only: false }];
+        let script = &command_line(&p, "p", "h", &m)[6];
+        let root = script.find("mountinfo").unwrap();
+        let bind = script.find("mount --bind").unwrap();
+        assert!(root < bind, "{script}");
+        assert!(script[bind..].contains("mount -o remount,bind,rw \"$2\""), "{script}");
     }
 }

@@ -145,6 +145,9 @@ pub struct ContainerPlan {
     pub caps: Vec<String>,
     /// `allowPrivilegeEscalation: false`.
     pub no_new_privs: bool,
+    /// `readOnlyRootFilesystem: true`: only its volumes not mounted
+    /// `readOnly` are writable.
+    pub read_only_root: bool,
     /// Its volume mounts.
     pub mounts: Vec<MountPlan>,
     /// Probes.
@@ -223,6 +226,7 @@ fn container(
         user,
         caps,
         no_new_privs,
+        read_only_root: c.security_context.as_ref().and_then(|s| s.read_only_root_filesystem) == Some(true),
         mounts,
         startup: probe(&c.startup_probe)?,
         readiness: probe(&c.readiness_probe)?,

@@ -100,13 +100,14 @@ fn what_cannot_run_is_an_error_naming_the_container() {
 
 /// Catches capabilities computed wrongly: drop ALL then add exactly two
 /// (the mesh's init container), the runtime's defaults otherwise, the
-/// pod's UID under the container's.
+/// pod's UID under the container's; `readOnlyRootFilesystem` ignored or
+/// assumed.
 #[test]
 fn security_context() {
     let p = pod(json!({
         "securityContext": {"runAsUser": 1000, "runAsGroup": 3000},
         "containers": [
-            {"name": "init", "image": "mesh-proxy", "securityContext": {"runAsUser": 0,
+            {"name": "init", "image": "mesh-proxy", "securityContext": {"runAsUser": 0, "readOnlyRootFilesystem": true,
                 "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]}}},
             {"name": "app", "image": "mesh-test-app", "securityContext": {"capabilities": {"drop": ["NET_RAW", "CAP_KILL"]}, "allowPrivilegeEscalation": false}},
         ],
@@ -121,6 +122,8 @@ fn security_context() {
     assert_eq!(plan[1].caps.len(), DEFAULT_CAPS.len() - 2);
     assert!(!plan[1].caps.iter().any(|c| c == "NET_RAW" || c == "KILL"));
     assert!(plan[1].no_new_privs);
+    assert!(plan[0].read_only_root);
+    assert!(!plan[1].read_only_root);
 }
 
 /// Catches probes on named ports unresolved and defaults not applied.

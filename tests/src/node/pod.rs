@@ -371,6 +371,7 @@ fn unrunnable(pod: &Pod, error: &str) -> Vec<Slot> {
                 user: (0, 0),
                 caps: vec![],
                 no_new_privs: false,
+                read_only_root: false,
                 mounts: vec![],
                 startup: None,
                 readiness: None,
