@@ -30,14 +30,18 @@ pub struct BindMount {
 /// namespace's copies of the mounts (flags never propagate), and `ip netns
 /// exec` made it a slave of the node's, so nothing made here reaches the
 /// node or another container. Mount points are read from `mountinfo`
-/// (octal escapes such as `\040` undone by `printf %b`); any failure ends the
-/// script (`set -e`), so a container never runs with a writable root it
-/// was promised read-only.
+/// (octal escapes such as `\040` undone by `printf %b`). A mount that
+/// failed to remount is skipped only if it is gone by then (the node and
+/// every other user of the machine add and remove `/run/netns/*` entries
+/// at any time, and their unmounts reach this namespace); any other
+/// failure ends the script (`set -e`), so a container never runs with a
+/// writable root it was promised read-only.
 const READ_ONLY_ROOT: &str = "set -f; m=$(cat /proc/self/mountinfo); \
 printf '%s\\n' \"$m\" | while read -r _ _ _ _ p o _; do \
 case \"$p\" in /proc|/proc/*|/sys|/sys/*|/dev|/dev/*) continue;; esac; \
 case \"$o\" in ro|ro,*) continue;; esac; \
-mount -o remount,bind,ro \"$(printf %b \"$p\")\"; done; ";
+mount -o remount,bind,ro \"$(printf %b \"$p\")\" || \
+if cut -d' ' -f5 /proc/self/mountinfo | grep -qxF \"$p\"; then exit 1; fi; done; ";
 
 /// The script run as root in the container's mount namespace before
 /// `env -i`: the root made read-only if asked, then the volumes bound
