@@ -196,4 +196,39 @@ mod tests {
         assert!(root < bind, "{script}");
         assert!(script[bind..].contains("mount -o remount,bind,rw \"$2\""), "{script}");
     }
+
+    /// The script for real, in a mount namespace of its own (`unshare -m`;
+    /// needs root, skipped otherwise, a failure when `CI=true`). Catches a
+    /// root left writable, a writable volume left read-only (its bind
+    /// inherits the flag), and the node's own view changed.
+    #[test]
+    fn the_script_makes_the_root_read_only_but_not_the_volume() {
+        let probe = std::process::Command::new("unshare").args(["-m", "true"]).status();
+        if !probe.is_ok_and(|s| s.success()) {
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "unshare -m needs root");
+            eprintln!("skipped: unshare -m is not permitted here");
+            return;
+        }
+        let src = tempfile::tempdir().unwrap();
+        let target = tempfile::tempdir().unwrap();
+        let stray = std::env::temp_dir().join(format!("mesh-node-script-{}", std::process::id()));
+        let m = BindMount { source: src.path().into(), target: target.path().display().to_string(), read_only: false };
+        let script = mount_script(true, &[&m]);
+        let inner = "touch \"$0/volume\"; echo $?; touch \"$1\" 2>/dev/null; echo $?";
+        let out = std::process::Command::new("unshare")
+            .args(["-m", "sh", "-c", &script, "mount"])
+            .arg(src.path())
+            .arg(target.path())
+            .args(["sh", "-c", inner])
+            .arg(target.path())
+            .arg(&stray)
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_file(&stray);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(stdout, "0\n1\n", "volume written, /tmp refused; stderr: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(src.path().join("volume").exists(), "the write went through the bind");
+        std::fs::write(&stray, b"x").expect("the node's /tmp is still writable");
+        let _ = std::fs::remove_file(&stray);
+    }
 }
