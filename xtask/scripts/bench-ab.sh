@@ -14,7 +14,9 @@
 # HTTP/1.1 against HTTP/1 over one HTTP/2 connection.)
 # Arguments: A's bench options, B's bench options ("" for none), rounds
 # (default 3), connection counts (default "1 32 64"). Environment: RATE
-# (default 1000), DURATION (default 10s), PROTOCOL (default http1). Release
+# (default 1000), DURATION (default 10s), PROTOCOL (default http1); BIN_A and
+# BIN_B, two mesh-proxy binaries to compare (copied to target/release before
+# each of A's and B's runs; with the same options for both, e.g. ""). Release
 # binaries must be built (the bench runs with --no-build). Stop other
 # benches of this worktree first: the proxies are found by their path.
 set -euo pipefail
@@ -34,7 +36,8 @@ BIN=$(pwd)/target/release/mesh-proxy
 # until they exit.
 perf_pair() {
   local out=$1 client server
-  for _ in $(seq 600); do
+  # Long enough for a first run that installs the load generators.
+  for _ in $(seq 6000); do
     client=$(pgrep -f -- "$BIN --workload bench-client" | head -1 || true)
     server=$(pgrep -f -- "$BIN --workload bench " | head -1 || true)
     [ -n "$client" ] && [ -n "$server" ] && break
@@ -48,8 +51,15 @@ perf_pair() {
   wait "$perf" || true
 }
 
+# Puts binary $1 (if given) where the bench runs the proxy from.
+install_bin() {
+  [ -n "$1" ] || return 0
+  cp "$1" "$BIN.ab-tmp" && mv -f "$BIN.ab-tmp" "$BIN"
+}
+
 run() { # name conns opts...
   local name=$1 conns=$2; shift 2
+  if [ "${name:0:1}" = a ]; then install_bin "${BIN_A:-}"; else install_bin "${BIN_B:-}"; fi
   perf_pair "$OUT/$name.perf" &
   local watcher=$!
   cargo xtask bench --no-build --no-peers --protocol "$PROTOCOL" --rate "$RATE" --connections "$conns" \
@@ -81,6 +91,7 @@ for c in $CONNS; do
         printf "%-6s %-5s %-12s %14.1f %14.1f %14.2f  (A %s ok, B %s ok)\n", c, r, $1, a, b, b / a, $2, $6 }'
     for v in a b; do
       f="$OUT/$v-c$c-r$r"
+      [ -f "$f.perf" ] || { echo "$c $r $v: no perf counts (the pair was not found)"; continue; }
       ok=$(mesh_runs "$f.log" | awk -F'|' '{ s += $2 } END { print s }')
       awk -F, -v ok="$ok" -v v="$v" -v c="$c" -v r="$r" '
         /raw_syscalls:sys_enter/ { sc = $1 } /context-switches/ { cs = $1 } /task-clock/ { tc = $1 }
