@@ -13,7 +13,10 @@ use arbitrary::{Result, Unstructured};
 use mesh_proxy::fuzzing::{Detected, Verdict, classify, client_hello_alpns, is_mesh_hello};
 
 /// ALPN ids worth drawing often: the mesh's, and common ones.
-const KNOWN_ALPNS: [&[u8]; 6] = [b"mesh/http1", b"mesh/h2", b"mesh/opaque", b"h2", b"http/1.1", b"grpc-exp"];
+const KNOWN_ALPNS: [&[u8]; 7] =
+    [b"mesh/http1", b"mesh/h2", b"mesh/opaque", b"mesh/probe", b"h2", b"http/1.1", b"grpc-exp"];
+/// How many of [`KNOWN_ALPNS`] (the first ones) name mesh protocols.
+const MESH: usize = 4;
 
 /// The ALPN extension's type.
 const ALPN: u16 = 16;
@@ -108,7 +111,7 @@ fn structured(rest: &[u8]) -> Result<()> {
     assert_eq!(classify(&record), Verdict::Is(Detected::Tls), "a whole ClientHello record is TLS");
     let want = alpns.unwrap_or_default();
     assert_eq!(client_hello_alpns(&record), Some(want.clone()), "the ALPN list read back differs");
-    let mesh = want.iter().any(|a| KNOWN_ALPNS[..3].contains(&a.as_slice()));
+    let mesh = want.iter().any(|a| KNOWN_ALPNS[..MESH].contains(&a.as_slice()));
     assert_eq!(is_mesh_hello(&want), mesh);
     // Any truncation inside the record is refused or read without panicking.
     let cut = u.int_in_range(0..=record.len())?;
@@ -118,4 +121,19 @@ fn structured(rest: &[u8]) -> Result<()> {
 
 fn put_u16(out: &mut Vec<u8>, n: usize) {
     out.extend_from_slice(&u16::try_from(n).unwrap_or(u16::MAX).to_be_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    /// Catches the oracle falling behind the proxy: a mesh ALPN added to
+    /// the proxy (as `mesh/probe` was) but not here makes the property
+    /// "mesh iff one of ours" fail in the fuzzer, seconds into CI's run.
+    #[test]
+    fn the_oracles_mesh_alpns_are_the_proxys() {
+        let mut ours: Vec<&[u8]> = super::KNOWN_ALPNS[..super::MESH].to_vec();
+        let mut proxys: Vec<&[u8]> = mesh_proxy::fuzzing::MESH_ALPNS.to_vec();
+        ours.sort();
+        proxys.sort();
+        assert_eq!(ours, proxys);
+    }
 }

@@ -20,6 +20,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 pub use crate::detect::{H2_PREFACE, MAX_SNIFF, Protocol as Detected, Verdict, classify, client_hello_alpns};
 pub use crate::tls::is_mesh_hello;
+/// The mesh's ALPN ids, so a fuzz oracle that lists them by hand can be
+/// checked against them.
+pub use mesh_identity::tls::MESH_ALPNS;
 
 /// One request head as the proxy handled it.
 #[derive(Debug)]
