@@ -20,7 +20,7 @@ use mesh_tests::flow::{
     unmeshed_pod,
 };
 use mesh_tests::node::suite::{self, Cluster, ip, ready, until};
-use mesh_tests::node::{Node, netns::netns_list};
+use mesh_tests::node::{Node, netns::namespaces_left};
 use mesh_tests::pcap;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
@@ -214,7 +214,6 @@ fn install_check_and_uninstall_on_the_node() {
     drop(kcm);
     drop(api);
     drop(net);
-    let left: Vec<String> =
-        netns_list().into_iter().filter(|n| *n == node_ns || n.starts_with(&format!("{node_ns}-"))).collect();
+    let left = namespaces_left(&node_ns);
     assert!(left.is_empty(), "namespaces left: {left:?}");
 }

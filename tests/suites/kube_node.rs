@@ -16,7 +16,10 @@ use mesh_kube::api::k8s_openapi::api::discovery::v1::EndpointSlice;
 use mesh_kube::api::{Api, Client, ListParams, Patch, PatchParams, PostParams};
 use mesh_tests::node::plan::{ImageEntry, Images};
 use mesh_tests::node::suite::{self, Cluster, ip, ready, runnable_by_others, until};
-use mesh_tests::node::{Node, netns::netns_list};
+use mesh_tests::node::{
+    Node,
+    netns::{namespaces_left, netns_list},
+};
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt as _;
@@ -350,8 +353,7 @@ fn a_deployment_runs_on_the_node_and_scales_down_cleanly() {
     drop(kcm);
     drop(api);
     drop(net);
-    let left: Vec<String> =
-        netns_list().into_iter().filter(|n| *n == node_ns || n.starts_with(&format!("{node_ns}-"))).collect();
+    let left = namespaces_left(&node_ns);
     assert!(left.is_empty(), "namespaces left: {left:?}");
     assert!(!Path::new("/var/run/mesh-test").exists(), "the mount point made on the node is left");
 }
@@ -577,7 +579,6 @@ fn a_meshed_pod_runs_what_the_injector_wrote() {
     drop(kcm);
     drop(api);
     drop(net);
-    let left: Vec<String> =
-        netns_list().into_iter().filter(|n| *n == node_ns || n.starts_with(&format!("{node_ns}-"))).collect();
+    let left = namespaces_left(&node_ns);
     assert!(left.is_empty(), "namespaces left: {left:?}");
 }

@@ -395,12 +395,7 @@ async fn a_certificate_renews_only_its_own_identity() {
 async fn tls_1_2_clients_are_refused_by_strict_inbound_and_the_control_plane() {
     let control = real::Control::start().await;
     let app = apps::http("web-0").await;
-    let server = real::Proxy::start("web-0", |inbound, _| {
-        let mut a = vec!["--app".into(), app.addr.to_string(), "--inbound-addr".into(), inbound.to_string()];
-        a.extend(control.proxy_identity_args("web"));
-        a
-    })
-    .await;
+    let server = secure_sidecar(&control, &app).await;
     let refused_by_version = |out: &str| out.contains("alert protocol version");
 
     let out = real::tls12_only_handshake(server.listen, Some("mesh/http1"));
@@ -423,12 +418,7 @@ async fn tls_1_2_clients_are_refused_by_strict_inbound_and_the_control_plane() {
 async fn real_proxies_negotiate_x25519mlkem768() {
     let control = real::Control::start().await;
     let app = apps::http("web-0").await;
-    let server = real::Proxy::start("web-0", |inbound, _| {
-        let mut a = vec!["--app".into(), app.addr.to_string(), "--inbound-addr".into(), inbound.to_string()];
-        a.extend(control.proxy_identity_args("web"));
-        a
-    })
-    .await;
+    let server = secure_sidecar(&control, &app).await;
     control.write_registry(&[mesh::Svc::new("web", 80, "http", &[server.listen])]);
     let client = real::Proxy::start("client-0", |upstream, _| {
         let mut a = vec!["--upstream".into(), format!("{upstream}=web.default:80")];
@@ -467,12 +457,7 @@ async fn real_proxies_negotiate_x25519mlkem768() {
 async fn an_idle_proxy_is_one_thread_without_libm() {
     let control = real::Control::start().await;
     let app = apps::http("web-0").await;
-    let proxy = real::Proxy::start("web-0", |inbound, _| {
-        let mut a = vec!["--app".into(), app.addr.to_string(), "--inbound-addr".into(), inbound.to_string()];
-        a.extend(control.proxy_identity_args("web"));
-        a
-    })
-    .await;
+    let proxy = secure_sidecar(&control, &app).await;
     let pid = proxy.child.pid();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let threads = status.lines().find_map(|l| l.strip_prefix("Threads:")).map(str::trim);

@@ -38,6 +38,13 @@ pub(super) fn sh(argv: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// The network namespaces left of the node `node_ns` (its own and its
+/// pods', named `{node_ns}-…`): empty once a suite has cleaned up.
+pub fn namespaces_left(node_ns: &str) -> Vec<String> {
+    let pods = format!("{node_ns}-");
+    netns_list().into_iter().filter(|n| n == node_ns || n.starts_with(&pods)).collect()
+}
+
 /// The names of every network namespace (`ip netns list`).
 pub fn netns_list() -> Vec<String> {
     sh(&["ip", "netns", "list"])
