@@ -81,10 +81,18 @@ impl GrpcApp {
     }
 }
 
-/// Checks gRPC through `addr`: a bidirectional stream of 3 messages, each
-/// echoed with its `grpc-status` OK (`mesh-test-app grpc-client`).
-pub fn check(test_app: &Path, addr: SocketAddr, what: &str) -> anyhow::Result<()> {
-    let mut cmd = crate::procs::command(test_app);
+/// Checks gRPC through `addr` (from inside network namespace `netns` when
+/// given): a bidirectional stream of 3 messages, each echoed with its
+/// `grpc-status` OK (`mesh-test-app grpc-client`).
+pub fn check(test_app: &Path, addr: SocketAddr, what: &str, netns: Option<&str>) -> anyhow::Result<()> {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = crate::procs::command(Path::new("ip"));
+            c.args(["netns", "exec", ns]).arg(test_app);
+            c
+        }
+        None => crate::procs::command(test_app),
+    };
     cmd.args(["grpc-client", "--target", &format!("http://{addr}"), "--messages", "3"]);
     let out = output_with_timeout(&mut cmd, Duration::from_secs(20))
         .with_context(|| format!("cannot run the gRPC check through the {what}"))?;

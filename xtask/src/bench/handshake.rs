@@ -44,6 +44,7 @@ impl Bench<'_> {
             peers: Vec::new(),
             collector: None,
             notes,
+            pods: None,
         };
         self.measure(table)
     }

@@ -5,16 +5,24 @@
 use super::loadgen::{Proto, Tools};
 use super::measure::{Bench, Driver, Table};
 use super::peers::Peer;
+use super::pods::Pods;
 use super::report::{Section, Unit, Variant};
+use super::topology::MeshSpec;
+use anyhow::Context;
+
+/// The registry's protocol for `proto`'s service.
+fn hint(proto: Proto) -> &'static str {
+    match proto {
+        Proto::Http1 => "http",
+        Proto::Http2 => "http2",
+        Proto::Grpc => "grpc",
+    }
+}
 
 impl Bench<'_> {
     /// HTTP requests on pooled connections, baseline against `meshes` and the peers.
     pub fn http(&self, tools: &Tools, proto: Proto, meshes: &[Variant]) -> anyhow::Result<Section> {
-        let hint = match proto {
-            Proto::Http1 => "http",
-            Proto::Http2 => "http2",
-            Proto::Grpc => "grpc",
-        };
+        let hint = hint(proto);
         let app = self.app(proto)?;
         let started = meshes
             .iter()
@@ -36,7 +44,7 @@ impl Bench<'_> {
         targets.extend(Self::peer_targets(&peers));
         let table = Table {
             key: proto.key().into(),
-            title: format!("{}: {}", proto.label(), variants.join(" vs ")),
+            title: format!("{} on loopback: {}", proto.label(), variants.join(" vs ")),
             unit: Unit::Request,
             driver: Driver::Http(tools, proto),
             modes: self.args.modes(),
@@ -45,6 +53,79 @@ impl Bench<'_> {
             notes: peer_notes(proto, &peers.iter().map(|(p, _)| *p).collect::<Vec<_>>()),
             peers: peers.into_iter().map(|(_, r)| r).collect(),
             collector: None,
+            pods: None,
+        };
+        self.measure(table)
+    }
+
+    /// The same in the pods topology ([`super::pods`]): the direct path
+    /// (client pod → server pod, no rules) against `meshes` intercepting
+    /// transparently. No reference proxy is measured there yet.
+    pub fn http_pods(
+        &self,
+        tools: &Tools,
+        proto: Proto,
+        meshes: &[Variant],
+        nginx: &std::path::Path,
+    ) -> anyhow::Result<Section> {
+        eprintln!("==> {} in pods: making the network namespaces and starting the server pod's apps", proto.key());
+        let pods = Pods::start(nginx, &self.bins, proto == Proto::Grpc, self.dir).context("cannot set up the pods")?;
+        let target = Pods::target(proto);
+        let mut started = Vec::new();
+        for (i, &v) in meshes.iter().enumerate() {
+            let Variant::Mesh { tls, tracing: false } = v else {
+                anyhow::bail!("the pods topology measures meshes without tracing")
+            };
+            let identity = match (tls, &self.identity) {
+                (true, Some(id)) => Some(id),
+                (true, None) => anyhow::bail!("an mTLS mesh needs the identity directory"),
+                (false, _) => None,
+            };
+            let spec = MeshSpec {
+                name: format!("pods-{}-{}", proto.key(), v.key()),
+                app: target,
+                protocol: hint(proto),
+                identity,
+                trace_collector: None,
+                threads: self.args.proxy_threads,
+                extra_args: &self.args.proxy_args,
+            };
+            eprintln!(
+                "==> {} in pods: starting a mesh, {}: mesh-control and a transparent proxy per pod",
+                proto.key(),
+                v.label()
+            );
+            let mesh = pods
+                .mesh(&self.bins, &spec, i, target)
+                .with_context(|| format!("cannot start the {} in the pods", v.label()))?;
+            started.push((v, mesh));
+        }
+        let variants: Vec<&str> =
+            std::iter::once("baseline (direct)").chain(meshes.iter().map(|v| v.label())).collect();
+        let names = pods.names();
+        let notes = vec![
+            format!(
+                "pods: client pod {} → server pod {} ({target}): network namespaces, each with a veth to a bridge \
+                 in node namespace {}, where the control plane runs; baseline: direct, no iptables rules; meshes: \
+                 `mesh-proxy init` as the injector runs it in both pods before each of their runs (removed with \
+                 `init --cleanup` for the direct path), proxies transparent as UID 2102; every mesh run is checked \
+                 to have gone through both proxies (their request counters)",
+                names.client, names.server, names.node
+            ),
+            "pods: reference proxies (Envoy's pair, nginx, HAProxy) not measured in this topology".to_string(),
+        ];
+        let table = Table {
+            key: format!("pods_{}", proto.key()),
+            title: format!("{} in pods (netns, transparent): {}", proto.label(), variants.join(" vs ")),
+            unit: Unit::Request,
+            driver: Driver::Http(tools, proto),
+            modes: self.args.modes(),
+            targets: Self::targets(target, &started),
+            meshes: started.into_iter().map(|(_, m)| m).collect(),
+            notes,
+            peers: Vec::new(),
+            collector: None,
+            pods: Some(pods),
         };
         self.measure(table)
     }

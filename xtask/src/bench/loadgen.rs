@@ -128,8 +128,10 @@ impl Tools {
         }
     }
 
-    /// Runs `load` against `target` and parses the tool's report.
-    pub fn run(&self, load: &Load, target: SocketAddr, scratch: &Path) -> anyhow::Result<Sample> {
+    /// Runs `load` against `target` (from inside network namespace
+    /// `netns` when given: the pods topology's client pod) and parses the
+    /// tool's report.
+    pub fn run(&self, load: &Load, target: SocketAddr, scratch: &Path, netns: Option<&str>) -> anyhow::Result<Sample> {
         let url = match load.proto {
             Proto::Grpc => format!("http://{target}{}", super::grpc::UNARY_PATH),
             _ => format!("http://{target}/"),
@@ -171,6 +173,11 @@ impl Tools {
             cmd.args(super::grpc::load_args(tool, &super::grpc::write_body(scratch)?));
         }
         cmd.arg(&url);
+        if let Some(ns) = netns {
+            let mut wrapped = procs::command(Path::new("ip"));
+            wrapped.args(["netns", "exec", ns]).arg(cmd.get_program()).args(cmd.get_args());
+            cmd = wrapped;
+        }
         let line = crate::cargo::display(&cmd);
         let out = procs::output_with_timeout(&mut cmd, load.duration + Duration::from_secs(30))
             .with_context(|| format!("`{line}`"))?;

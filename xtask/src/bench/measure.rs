@@ -9,6 +9,7 @@ use super::loadgen::{Load, Mode, Proto, Tools};
 use super::otlp::Collector;
 use super::parse;
 use super::peers::{self, Peer};
+use super::pods::{Pods, plan};
 use super::report::{Run, Scenario, Section, Unit, Variant};
 use super::topology::{Bins, Identity, Mesh, MeshSpec, Nginx};
 use crate::procs;
@@ -64,6 +65,9 @@ pub struct Table<'a> {
     pub peers: Vec<peers::Running>,
     pub collector: Option<&'a Collector>,
     pub notes: Vec<String>,
+    /// The pods topology's namespaces and apps (`None`: loopback). Last, so
+    /// that the meshes in them stop before the namespaces go.
+    pub pods: Option<Pods>,
 }
 
 /// Each path against the baseline, then each mesh against the one before it
@@ -87,6 +91,11 @@ fn inbound_connections(metrics: &str) -> (u64, u64) {
     let count =
         |tls| crate::prom::metric_sum(metrics, "tcp_open_total", &[("direction", "inbound"), ("tls", tls)]) as u64;
     (count("true"), count("false"))
+}
+
+/// Requests a proxy has served so far in `direction` (`inbound`, `outbound`).
+fn requests(metrics: &str, direction: &str) -> u64 {
+    crate::prom::metric_sum(metrics, "request_total", &[("direction", direction)]) as u64
 }
 
 /// Spans both proxies dropped so far.
@@ -169,13 +178,21 @@ impl Bench<'_> {
         peers.iter().enumerate().map(target).collect()
     }
 
-    /// One unmeasured or measured run of `driver` against `addr`.
-    fn load(&self, driver: Driver<'_>, mode: Mode, secs: u64, addr: SocketAddr) -> anyhow::Result<parse::Sample> {
+    /// One unmeasured or measured run of the table's driver against `t`,
+    /// first (pods) installing the iptables rules of `t`'s path.
+    fn load(&self, table: &mut Table<'_>, t: Target, mode: Mode, secs: u64) -> anyhow::Result<parse::Sample> {
         let duration = Duration::from_secs(secs);
+        let (driver, addr) = (table.driver, t.addr);
+        if let Some(pods) = table.pods.as_mut() {
+            pods.route(t.mesh)?;
+        }
+        let netns = table.pods.as_ref().map(|p| p.names().client.as_str());
         match driver {
             Driver::Http(tools, proto) => {
-                tools.run(&Load { proto, mode, connections: self.args.connections, duration }, addr, self.dir)
+                let load = Load { proto, mode, connections: self.args.connections, duration };
+                tools.run(&load, addr, self.dir, netns)
             }
+            Driver::Conns if netns.is_some() => bail!("the pods topology measures HTTP only"),
             Driver::Conns => {
                 let report = conns::run(&ConnLoad { mode, workers: self.args.connections, duration }, addr)?;
                 if let Some(e) = report.first_error {
@@ -199,8 +216,9 @@ impl Bench<'_> {
     /// the baseline) and nginx.
     fn cpu_now(&self, table: &Table<'_>, t: Target) -> anyhow::Result<[u64; 3]> {
         // The backend's slot: nginx, or the gRPC app for a gRPC table.
-        let backend = match (table.driver, &self.grpc_app) {
-            (Driver::Http(_, Proto::Grpc), Some(g)) => g.pid(),
+        let backend = match (table.driver, &self.grpc_app, &table.pods) {
+            (Driver::Http(_, proto), _, Some(pods)) => pods.backend_pid(proto),
+            (Driver::Http(_, Proto::Grpc), Some(g), _) => g.pid(),
             _ => self.nginx.pid(),
         };
         let nginx = procs::cpu_ticks(backend)?;
@@ -256,13 +274,17 @@ impl Bench<'_> {
         // Before anything is sent: the proxies have served nothing yet.
         let idle_memory = Self::memory(&table)?;
         if let Driver::Http(_, Proto::Grpc) = table.driver {
-            for t in &table.targets {
-                super::grpc::check(&self.bins.test_app, t.addr, t.variant.label())?;
+            for t in table.targets.clone() {
+                if let Some(pods) = table.pods.as_mut() {
+                    pods.route(t.mesh)?;
+                }
+                let netns = table.pods.as_ref().map(|p| p.names().client.as_str());
+                super::grpc::check(&self.bins.test_app, t.addr, t.variant.label(), netns)?;
             }
         }
         if args.warmup > 0 {
             for t in table.targets.clone() {
-                let sample = self.load(table.driver, Mode::Max, args.warmup, t.addr)?;
+                let sample = self.load(&mut table, t, Mode::Max, args.warmup)?;
                 Self::check_alive(&mut table, t, "during the warm-up")?;
                 if sample.ok == 0 {
                     let logs = match (t.mesh, t.peer) {
@@ -368,7 +390,7 @@ impl Bench<'_> {
         let metrics_before = t.mesh.map(|i| table.meshes[i].metrics()).transpose()?;
         let spans_before = collector.map(Collector::spans).transpose()?;
         let before = self.cpu_now(table, t)?;
-        let sample = self.load(table.driver, mode, self.args.duration, t.addr)?;
+        let sample = self.load(table, t, mode, self.args.duration)?;
         let after = self.cpu_now(table, t)?;
         Self::check_alive(table, t, "during a run")?;
         let spans = match (collector, spans_before) {
@@ -376,6 +398,16 @@ impl Bench<'_> {
             _ => None,
         };
         let metrics_after = t.mesh.map(|i| table.meshes[i].metrics()).transpose()?;
+        if let (Some(_), Some(b), Some(a)) = (&table.pods, &metrics_before, &metrics_after) {
+            let served = plan::Served {
+                ok: sample.ok,
+                client_outbound: requests(&a[0], "outbound").saturating_sub(requests(&b[0], "outbound")),
+                server_inbound: requests(&a[1], "inbound").saturating_sub(requests(&b[1], "inbound")),
+            };
+            if let Some(problem) = plan::bypassed(served) {
+                bail!("{}, {}: {problem}", table.key, t.variant.label());
+            }
+        }
         let (peer_connections, spans_dropped) = match (&metrics_before, &metrics_after) {
             (Some(b), Some(a)) => {
                 let total = |m: &[String; 2]| {

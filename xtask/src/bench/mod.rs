@@ -1,4 +1,6 @@
-//! `cargo xtask bench`: the mesh's cost per hop, measured on loopback.
+//! `cargo xtask bench`: the mesh's cost per hop, measured on loopback and
+//! (the http scenario) in network-namespace pods with transparent
+//! interception ([`pods`]), as on Kubernetes.
 //!
 //! nginx is the backend. Each table compares paths measured in the same
 //! rounds: nginx directly (baseline) and through a client-side and a
@@ -37,6 +39,7 @@ mod measure;
 mod otlp;
 mod parse;
 mod peers;
+mod pods;
 mod report;
 mod results;
 mod targets;
@@ -88,6 +91,12 @@ pub struct BenchArgs {
     /// What to measure (repeatable; default: http).
     #[arg(long = "scenario", value_enum)]
     scenarios: Vec<ScenarioArg>,
+    /// Where the http scenario runs, comma-separated or repeated (default:
+    /// both where the pods can run, i.e. as root with iproute2, iptables,
+    /// setpriv and curl; loopback alone elsewhere, with a note). Asked for
+    /// explicitly, pods fails the run when it cannot run.
+    #[arg(long = "topology", value_enum, value_delimiter = ',')]
+    topologies: Vec<Topology>,
     /// Run the mesh without identity: plaintext between the proxies. By
     /// default the mesh has identity and mTLS, as users run it.
     #[arg(long, conflicts_with = "compare_tls")]
@@ -151,6 +160,38 @@ enum ProtoArg {
     Http2,
     /// Unary gRPC (h2c) to the test app's Echo service (http scenario only).
     Grpc,
+}
+
+/// Where paths run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Topology {
+    /// Every process on 127.0.0.1, the client proxy addressed explicitly
+    /// (universal mode).
+    Loopback,
+    /// Two network-namespace pods on a bridge, `mesh-proxy init` rules in
+    /// each, the load sent to the server pod's IP (transparent, as on Kubernetes).
+    Pods,
+}
+
+/// The topologies to measure, given those asked for and why the pods
+/// topology cannot run here (if it cannot): a note for a default skipped,
+/// an error for one asked for.
+fn topologies(asked: &[Topology], pods_unavailable: Option<&str>) -> anyhow::Result<(Vec<Topology>, Option<String>)> {
+    let all = [Topology::Loopback, Topology::Pods];
+    match (asked.is_empty(), pods_unavailable) {
+        (true, None) => Ok((all.to_vec(), None)),
+        (true, Some(why)) => Ok((
+            vec![Topology::Loopback],
+            Some(format!(
+                "skipping the pods topology: {why}; it needs {} (give --topology pods to make this an error)",
+                pods::NEEDS
+            )),
+        )),
+        (false, Some(why)) if asked.contains(&Topology::Pods) => {
+            bail!("--topology pods cannot run here: {why}; it needs {}", pods::NEEDS)
+        }
+        (false, _) => Ok((all.into_iter().filter(|t| asked.contains(t)).collect(), None)),
+    }
 }
 
 /// A scenario on the command line.
@@ -268,6 +309,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         bail!("--duration must be at least 1s");
     }
     let plan = Plan::new(args);
+    let pods_unavailable = if plan.http.is_empty() { None } else { pods::unavailable() };
+    let (topologies, topology_note) = topologies(&args.topologies, pods_unavailable.as_deref())?;
+    if let Some(note) = &topology_note {
+        eprintln!("note: {note}");
+    }
     // Read before measuring, so a wrong path fails in a second, not after the run.
     let stored = args.baseline.as_deref().map(baseline::load).transpose()?;
     if plan.protocols.is_empty() && plan.handshake.is_empty() {
@@ -303,7 +349,12 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let mut sections = Vec::new();
     if let (false, Some(tools)) = (plan.http.is_empty(), &tools) {
         for &proto in &plan.protocols {
-            sections.push(bench.http(tools, proto, &plan.http)?);
+            if topologies.contains(&Topology::Loopback) {
+                sections.push(bench.http(tools, proto, &plan.http)?);
+            }
+            if topologies.contains(&Topology::Pods) {
+                sections.push(bench.http_pods(tools, proto, &plan.http, &nginx_bin)?);
+            }
         }
     }
     if !plan.handshake.is_empty() {
@@ -341,7 +392,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         None => cargo::target_dir()?.join("bench-results"),
     };
     let command = std::env::args().collect::<Vec<_>>().join(" ");
-    let folder = results::write(&base, &report, &machine, &command, &chosen.skipped)?;
+    let skipped: Vec<String> = chosen.skipped.iter().cloned().chain(topology_note).collect();
+    let folder = results::write(&base, &report, &machine, &command, &skipped)?;
     eprintln!("results written to {}", folder.display());
     Ok(())
 }
@@ -446,6 +498,26 @@ mod tests {
         assert!(!plan(&["--plaintext", "--no-peers"]).expect("parses").needs_identity());
         assert!(plan(&["--scenario", "handshake"]).expect("parses").peers.is_empty());
         assert!(args(&["--require-peers"]).is_ok_and(|a| a.require_peers));
+    }
+
+    /// Catches the pods topology failing a default run where it cannot
+    /// run (not root), being skipped silently when asked for, or loopback
+    /// dropped when only pods is unavailable.
+    #[test]
+    fn topologies_default_to_both_and_skip_pods_where_it_cannot_run() {
+        let (l, p) = (Topology::Loopback, Topology::Pods);
+        assert_eq!(topologies(&[], None).expect("both").0, vec![l, p]);
+        let (t, note) = topologies(&[], Some("not root")).expect("skips");
+        assert_eq!(t, vec![l]);
+        let note = note.expect("a note says why");
+        assert!(note.contains("not root") && note.contains("--topology pods"), "{note}");
+        let err = topologies(&[p], Some("not root")).expect_err("asked for").to_string();
+        assert!(err.contains("not root") && err.contains("iptables"), "{err}");
+        assert_eq!(topologies(&[l], Some("not root")).expect("loopback only"), (vec![l], None));
+        assert_eq!(topologies(&[p, l], None).expect("both").0, vec![l, p]);
+        let a = args(&["--topology", "pods,loopback"]).expect("parses");
+        assert_eq!(a.topologies, vec![p, l]);
+        assert!(args(&["--topology", "kind"]).is_err());
     }
 
     #[test]

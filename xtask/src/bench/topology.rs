@@ -164,10 +164,52 @@ pub struct Mesh {
     /// The server-side proxy (inbound), beside the app.
     pub server: Child,
     control: Child,
-    /// The client proxy's upstream listener, mapped to service `bench`.
+    /// Where load goes: the client proxy's upstream listener, mapped to
+    /// service `bench` (loopback), or the server pod's address (pods).
     pub entry: SocketAddr,
-    client_admin: SocketAddr,
-    server_admin: SocketAddr,
+    client_admin: Admin,
+    server_admin: Admin,
+}
+
+/// Where a proxy's admin server is reached: from here, or (pods) from
+/// inside its network namespace.
+#[derive(Debug, Clone)]
+pub enum Admin {
+    /// On loopback.
+    Here(SocketAddr),
+    /// Inside namespace `.0`.
+    InNetns(String, SocketAddr),
+}
+
+impl Admin {
+    /// `GET path`: status and body.
+    pub fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        match self {
+            Admin::Here(addr) => http_get(*addr, path, ADMIN_TIMEOUT),
+            Admin::InNetns(ns, addr) => super::pods::http_get_in(ns, *addr, path),
+        }
+    }
+
+    /// `/metrics`.
+    pub fn metrics(&self) -> anyhow::Result<String> {
+        match self {
+            Admin::Here(addr) => mesh::metrics(*addr),
+            Admin::InNetns(ns, _) => match self.get("/metrics") {
+                Ok((200, body)) => Ok(body),
+                Ok((status, _)) => bail!("GET /metrics in {ns} answered {status}"),
+                Err(e) => Err(e.context(format!("GET /metrics in {ns}"))),
+            },
+        }
+    }
+
+    /// `None` once `/ready` answers 200.
+    pub fn ready(&self) -> Option<String> {
+        match self.get("/ready") {
+            Ok((200, _)) => None,
+            Ok((status, body)) => Some(format!("/ready answered {status} {}", body.trim())),
+            Err(e) => Some(format!("/ready: {e:#}")),
+        }
+    }
 }
 
 impl Mesh {
@@ -224,7 +266,15 @@ impl Mesh {
         wait_for("the server proxy's /ready", STARTUP, &all, || ready(server_admin))?;
         wait_for("the client proxy's /ready", STARTUP, &all, || ready(client_admin))?;
         wait_for("the client proxy to resolve bench.default:80", STARTUP, &all, || resolved(client_admin))?;
+        let (client_admin, server_admin) = (Admin::Here(client_admin), Admin::Here(server_admin));
         Ok(Self { client, server, control, entry, client_admin, server_admin })
+    }
+
+    /// A mesh of processes started elsewhere (the pods topology).
+    pub fn from_parts(procs: [Child; 3], entry: SocketAddr, admins: [Admin; 2]) -> Self {
+        let [control, server, client] = procs;
+        let [client_admin, server_admin] = admins;
+        Self { client, server, control, entry, client_admin, server_admin }
     }
 
     /// The proxies, client first, for CPU and memory readings.
@@ -234,7 +284,7 @@ impl Mesh {
 
     /// Both proxies' `/metrics`, client first.
     pub fn metrics(&self) -> anyhow::Result<[String; 2]> {
-        Ok([mesh::metrics(self.client_admin)?, mesh::metrics(self.server_admin)?])
+        Ok([self.client_admin.metrics()?, self.server_admin.metrics()?])
     }
 
     /// Fails, naming it with its status and the end of its log, if any

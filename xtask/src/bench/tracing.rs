@@ -49,6 +49,7 @@ impl Bench<'_> {
                  proxies' own cost"
                     .into(),
             ],
+            pods: None,
         };
         self.measure(table)
     }
