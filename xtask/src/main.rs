@@ -2,7 +2,7 @@
 //!
 //! - `cargo xtask test [ARGS...]`: build every binary, then run the whole test suite.
 //! - `cargo xtask demo [ARGS...]`: build release binaries and run `meshctl demo`.
-//! - `cargo xtask bench [OPTIONS]`: measure the mesh's cost per hop on loopback (mTLS, handshakes, tracing).
+//! - `cargo xtask bench [OPTIONS]`: measure the mesh's cost per hop on loopback and in netns pods (mTLS, handshakes, tracing).
 //! - `cargo xtask e2e-kind`: the mesh on a kind cluster (Docker and kind required; for users' CI).
 //! - `cargo xtask fuzz [--time 10m] [TARGET...]`: run the fuzz targets (`fuzz/`) under libFuzzer.
 //! - `cargo xtask soak [OPTIONS]`: a fixed rate through the mesh for 30 minutes under endpoint churn,

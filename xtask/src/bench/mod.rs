@@ -25,8 +25,10 @@
 //! all built by the bench's release build.
 //!
 //! Each run writes its report, JSON and machine description under
-//! `target/bench-results/<UTC time>/` ([`results`]). Nothing is asserted:
-//! this is a measurement tool.
+//! `target/bench-results/<UTC time>/` ([`results`]). Nothing about speed is
+//! asserted: this is a measurement tool; but a table fails when a path is
+//! not what it claims (plaintext in an mTLS mesh, traffic that bypassed the
+//! pods' proxies).
 
 mod baseline;
 mod conns;
