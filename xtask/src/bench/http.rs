@@ -100,8 +100,17 @@ impl Bench<'_> {
                 .with_context(|| format!("cannot start the {} in the pods", v.label()))?;
             started.push((v, mesh));
         }
-        let variants: Vec<&str> =
-            std::iter::once("baseline (direct)").chain(meshes.iter().map(|v| v.label())).collect();
+        let mut peers = Vec::new();
+        if let Some((bin, certs)) = &self.peers.envoy {
+            eprintln!("==> {} in pods: starting the Envoy mTLS pair, Istio-style", proto.key());
+            let pair =
+                pods.envoy_pair(bin, certs, proto, target.port()).context("cannot start Envoy's pair in the pods")?;
+            peers.push((Peer::Envoy, pair));
+        }
+        let variants: Vec<&str> = std::iter::once("baseline (direct)")
+            .chain(meshes.iter().map(|v| v.label()))
+            .chain(peers.iter().map(|(p, _)| p.label()))
+            .collect();
         let names = pods.names();
         let notes = vec![
             format!(
@@ -112,7 +121,20 @@ impl Bench<'_> {
                  to have gone through both proxies (their request counters)",
                 names.client, names.server, names.node
             ),
-            "pods: reference proxies (Envoy's pair, nginx, HAProxy) not measured in this topology".to_string(),
+            if peers.is_empty() {
+                "pods: Envoy's pair not measured (not found); the one-hop references are not measured in pods"
+                    .to_string()
+            } else {
+                format!(
+                    "pods: Envoy mTLS pair Istio-style: each Envoy as UID 1337 (exempt), the pod's other TCP redirected \
+                     (nat REDIRECT) outbound to the client Envoy's {} (original_dst listener filter, ORIGINAL_DST \
+                     cluster, mTLS) and inbound to the server Envoy's {} (mTLS, then the app on loopback), \
+                     --concurrency 1 each; its runs checked to have gone through both Envoys (their completed \
+                     requests); the one-hop references are not measured in pods",
+                    super::pods::envoy::OUTBOUND_PORT,
+                    super::pods::envoy::INBOUND_PORT
+                )
+            },
         ];
         let table = Table {
             key: format!("pods_{}", proto.key()),
@@ -120,10 +142,10 @@ impl Bench<'_> {
             unit: Unit::Request,
             driver: Driver::Http(tools, proto),
             modes: self.args.modes(),
-            targets: Self::targets(target, &started),
+            targets: Self::targets(target, &started).into_iter().chain(Self::peer_targets(&peers)).collect(),
             meshes: started.into_iter().map(|(_, m)| m).collect(),
             notes,
-            peers: Vec::new(),
+            peers: peers.into_iter().map(|(_, r)| r).collect(),
             collector: None,
             pods: Some(pods),
         };

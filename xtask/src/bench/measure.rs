@@ -9,7 +9,7 @@ use super::loadgen::{Load, Mode, Proto, Tools};
 use super::otlp::Collector;
 use super::parse;
 use super::peers::{self, Peer};
-use super::pods::{Pods, plan};
+use super::pods::{Pods, Rules, plan};
 use super::report::{Run, Scenario, Section, Unit, Variant};
 use super::topology::{Bins, Identity, Mesh, MeshSpec, Nginx};
 use crate::procs;
@@ -49,6 +49,17 @@ pub struct Target {
     addr: SocketAddr,
     mesh: Option<usize>,
     peer: Option<usize>,
+}
+
+impl Target {
+    /// The interception rules its path needs in the pods topology.
+    fn rules(&self) -> Option<Rules> {
+        match (self.mesh, self.variant) {
+            (Some(i), _) => Some(Rules::Mesh(i)),
+            (None, Variant::Peer(Peer::Envoy)) => Some(Rules::Envoy),
+            _ => None,
+        }
+    }
 }
 
 /// A table to measure.
@@ -184,7 +195,7 @@ impl Bench<'_> {
         let duration = Duration::from_secs(secs);
         let (driver, addr) = (table.driver, t.addr);
         if let Some(pods) = table.pods.as_mut() {
-            pods.route(t.mesh)?;
+            pods.route(t.rules())?;
         }
         let netns = table.pods.as_ref().map(|p| p.names().client.as_str());
         match driver {
@@ -276,7 +287,7 @@ impl Bench<'_> {
         if let Driver::Http(_, Proto::Grpc) = table.driver {
             for t in table.targets.clone() {
                 if let Some(pods) = table.pods.as_mut() {
-                    pods.route(t.mesh)?;
+                    pods.route(t.rules())?;
                 }
                 let netns = table.pods.as_ref().map(|p| p.names().client.as_str());
                 super::grpc::check(&self.bins.test_app, t.addr, t.variant.label(), netns)?;
@@ -388,6 +399,10 @@ impl Bench<'_> {
         let collector = table.collector.filter(|_| traced);
         // Admin requests are made outside the CPU readings.
         let metrics_before = t.mesh.map(|i| table.meshes[i].metrics()).transpose()?;
+        let envoy_in_pods = |table: &Table<'_>| -> anyhow::Result<Option<[u64; 2]>> {
+            table.pods.as_ref().filter(|_| t.rules() == Some(Rules::Envoy)).map(Pods::envoy_requests).transpose()
+        };
+        let envoy_before = envoy_in_pods(table)?;
         let spans_before = collector.map(Collector::spans).transpose()?;
         let before = self.cpu_now(table, t)?;
         let sample = self.load(table, t, mode, self.args.duration)?;
@@ -398,6 +413,17 @@ impl Bench<'_> {
             _ => None,
         };
         let metrics_after = t.mesh.map(|i| table.meshes[i].metrics()).transpose()?;
+        let envoy_after = envoy_in_pods(table)?;
+        if let (Some([cb, sb]), Some([ca, sa])) = (envoy_before, envoy_after) {
+            let served = plan::Served {
+                ok: sample.ok,
+                client_outbound: ca.saturating_sub(cb),
+                server_inbound: sa.saturating_sub(sb),
+            };
+            if let Some(problem) = plan::bypassed(served) {
+                bail!("{}, {}: {problem}", table.key, t.variant.label());
+            }
+        }
         if let (Some(_), Some(b), Some(a)) = (&table.pods, &metrics_before, &metrics_after) {
             let served = plan::Served {
                 ok: sample.ok,

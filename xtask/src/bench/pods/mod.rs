@@ -14,6 +14,7 @@
 //! table ends, on an error, on Ctrl-C or SIGTERM, and (left by a killed run)
 //! at the start of the next.
 
+pub mod envoy;
 mod mesh;
 pub mod plan;
 
@@ -211,6 +212,15 @@ pub fn wait(
     }
 }
 
+/// Whose interception rules the pods have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rules {
+    /// `mesh-proxy init` for the table's `i`th mesh.
+    Mesh(usize),
+    /// Envoy's pair, Istio-style ([`envoy::rules`]).
+    Envoy,
+}
+
 /// One set of pods for a table, with its apps; meshes are started in it
 /// separately ([`super::topology::Mesh::in_pods`]).
 #[derive(Debug)]
@@ -219,8 +229,8 @@ pub struct Pods {
     nginx: Child,
     /// The server pod's gRPC test app.
     grpc: Option<Child>,
-    /// Which mesh's rules are installed in both pods (`None`: none).
-    installed: Option<usize>,
+    /// Whose rules are installed in both pods (`None`: none).
+    installed: Option<Rules>,
     /// The proxy binary, as a path the proxy UID can execute.
     pub proxy_bin: PathBuf,
     /// The pods' own files (tokens readable by the proxy UID only).
@@ -312,30 +322,55 @@ impl Pods {
         SocketAddr::from((plan::server_ip(), port))
     }
 
-    /// Makes both pods' rules those of `mesh` (an index into the table's
-    /// meshes; `None`: the direct path, no rules): `mesh-proxy init
-    /// --cleanup` for the rules installed, then `mesh-proxy init` as injected.
-    pub fn route(&mut self, mesh: Option<usize>) -> anyhow::Result<()> {
-        if self.installed == mesh {
+    /// Makes both pods' rules those of `path` (`None`: the direct path, no
+    /// rules): removes the rules installed (`mesh-proxy init --cleanup`, or
+    /// Envoy's), then installs `mesh-proxy init` as injected, or Envoy's.
+    pub fn route(&mut self, path: Option<Rules>) -> anyhow::Result<()> {
+        if self.installed == path {
             return Ok(());
         }
         let pods = [self.ns.0.client.clone(), self.ns.0.server.clone()];
         let bin = self.proxy_bin.display().to_string();
-        if let Some(i) = self.installed.take() {
-            for pod in &pods {
-                let argv: Vec<String> =
-                    std::iter::once(bin.clone()).chain(plan::init_args(ProxyPorts::of_mesh(i), true)).collect();
-                must("ip", &in_netns(pod, &argv)).with_context(|| format!("cannot remove the rules in {pod}"))?;
+        let init = |i: usize, cleanup: bool| -> Vec<String> {
+            std::iter::once(bin.clone()).chain(plan::init_args(ProxyPorts::of_mesh(i), cleanup)).collect()
+        };
+        match self.installed.take() {
+            Some(Rules::Mesh(i)) => {
+                for pod in &pods {
+                    must("ip", &in_netns(pod, &init(i, true)))
+                        .with_context(|| format!("cannot remove the rules in {pod}"))?;
+                }
             }
-        }
-        if let Some(i) = mesh {
-            for pod in &pods {
-                let argv: Vec<String> =
-                    std::iter::once(bin.clone()).chain(plan::init_args(ProxyPorts::of_mesh(i), false)).collect();
-                must("ip", &in_netns(pod, &argv)).with_context(|| format!("`mesh-proxy init` failed in {pod}"))?;
+            Some(Rules::Envoy) => {
+                for pod in &pods {
+                    for cmd in envoy::removal() {
+                        let argv: Vec<String> = std::iter::once("iptables".to_string()).chain(cmd).collect();
+                        must("ip", &in_netns(pod, &argv))
+                            .with_context(|| format!("cannot remove Envoy's rules in {pod}"))?;
+                    }
+                }
             }
-            self.installed = Some(i);
+            None => {}
         }
+        match path {
+            Some(Rules::Mesh(i)) => {
+                for pod in &pods {
+                    must("ip", &in_netns(pod, &init(i, false)))
+                        .with_context(|| format!("`mesh-proxy init` failed in {pod}"))?;
+                }
+            }
+            Some(Rules::Envoy) => {
+                let file = self.dir.join("envoy-rules.txt");
+                std::fs::write(&file, envoy::rules()).with_context(|| format!("cannot write {}", file.display()))?;
+                for pod in &pods {
+                    let argv = vec!["iptables-restore".to_string(), "--noflush".into(), file.display().to_string()];
+                    must("ip", &in_netns(pod, &argv))
+                        .with_context(|| format!("cannot install Envoy's rules in {pod}"))?;
+                }
+            }
+            None => {}
+        }
+        self.installed = path;
         Ok(())
     }
 }
@@ -354,12 +389,17 @@ fn executable_by_others(bin: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
 
 /// Copies `file` to `<dir>/<name>` owned by the proxy UID, with `mode`.
 pub fn give_proxy(file: &Path, dir: &Path, name: &str, mode: u32) -> anyhow::Result<PathBuf> {
+    give_to(plan::PROXY_UID, file, dir, name, mode)
+}
+
+/// Copies `file` to `<dir>/<name>` owned by `uid`, with `mode`.
+pub fn give_to(uid: u32, file: &Path, dir: &Path, name: &str, mode: u32) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let to = dir.join(name);
     std::fs::copy(file, &to).with_context(|| format!("cannot copy {} to {}", file.display(), to.display()))?;
     for (p, m) in [(dir, 0o700), (to.as_path(), mode)] {
-        std::os::unix::fs::chown(p, Some(plan::PROXY_UID), Some(plan::PROXY_UID))
-            .with_context(|| format!("cannot give {} to the proxy UID", p.display()))?;
+        std::os::unix::fs::chown(p, Some(uid), Some(uid))
+            .with_context(|| format!("cannot give {} to UID {uid}", p.display()))?;
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(m))?;
     }
     Ok(to)

@@ -185,7 +185,7 @@ pub fn bypassed(s: Served) -> Option<String> {
     (!missed.is_empty()).then(|| {
         format!(
             "the load generator completed {} requests to the server pod but {}: traffic bypassed the proxies \
-             (the `mesh-proxy init` rules did not intercept it)",
+             (the pods' iptables rules did not intercept it)",
             s.ok,
             missed.join(" and ")
         )
