@@ -8,8 +8,9 @@
 //! the server pod's IP and port. Each meshed pod runs `mesh-proxy init` as
 //! the injector's init container does and its proxy as UID 2102, so the
 //! proxies intercept the load transparently. The direct path runs with the
-//! rules removed (`mesh-proxy init --cleanup`): before each run the bench
-//! installs the rules of the path it measures. Nothing is added to the root
+//! rules removed (`mesh-proxy init --cleanup`), Envoy's pair with rules of
+//! its own ([`envoy`]): before each run the bench installs the rules of the
+//! path it measures. Nothing is added to the root
 //! namespace. Namespaces are named after xtask's PID and deleted when the
 //! table ends, on an error, on Ctrl-C or SIGTERM, and (left by a killed run)
 //! at the start of the next.
