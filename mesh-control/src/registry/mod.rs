@@ -5,4 +5,5 @@
 //! registry (universal mode) and the Kubernetes registry share all serving code.
 
 pub mod file;
+mod heap;
 pub mod kubernetes;

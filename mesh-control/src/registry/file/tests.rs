@@ -159,15 +159,19 @@ async fn run_reloads_changes_and_keeps_the_last_good_registry() {
         .expect("run does not panic");
 }
 
+/// The threads that replaced a store's content: id and name.
+type Threads = std::sync::Arc<std::sync::Mutex<Vec<(std::thread::ThreadId, Option<String>)>>>;
+
 /// A store that notes which thread replaced its content.
 struct Recording {
     store: Store,
-    threads: std::sync::Arc<std::sync::Mutex<Vec<std::thread::ThreadId>>>,
+    threads: Threads,
 }
 
 impl RegistrySink for Recording {
     fn replace_all(&self, snapshot: &mesh_registry::model::RegistrySnapshot) {
-        self.threads.lock().expect("lock").push(std::thread::current().id());
+        let thread = std::thread::current();
+        self.threads.lock().expect("lock").push((thread.id(), thread.name().map(str::to_string)));
         self.store.replace_all(snapshot);
     }
     fn upsert(&self, service: mesh_registry::model::Service) {
@@ -186,25 +190,35 @@ impl RegistrySink for Recording {
 }
 
 /// Catches a watch that reads and parses on the runtime's thread (a large
-/// file then stalls every stream the runtime serves for the whole parse): on
-/// a single-threaded runtime, the reload must happen on another thread.
+/// file then stalls every stream the runtime serves for the whole parse),
+/// and one that parses wherever the blocking pool puts it: each pool thread
+/// would get a malloc arena of its own and keep a parse's peak in it. Every
+/// reload must run on the registry's one thread.
 #[tokio::test(flavor = "current_thread")]
-async fn run_reloads_off_the_runtime_thread() {
+async fn run_reloads_on_the_registry_thread_only() {
     let Fixture { _dir, path, store, metrics, .. } = fixture(&books("127.0.0.1:4243"), Duration::from_millis(20));
     let threads = std::sync::Arc::default();
     let sink = Recording { store: store.clone(), threads: std::sync::Arc::clone(&threads) };
     let mut registry = FileRegistry::new(&path, Duration::from_millis(20), sink, metrics);
     registry.load_initial().expect("valid");
     let runtime_thread = std::thread::current().id();
-    assert_eq!(*threads.lock().expect("lock"), [runtime_thread], "test premise: the initial load is inline");
-
+    assert_eq!(threads.lock().expect("lock")[0].0, runtime_thread, "test premise: the initial load is inline");
     let (trigger, shutdown) = mesh_core::shutdown::channel();
     let task = tokio::spawn(registry.run(shutdown));
-    rename_over(&path, &books("127.0.0.1:4244"));
-    assert!(soon(|| resolves(&store, "127.0.0.1:4244")).await, "change not applied");
+    for port in 4244..4248 {
+        let address = format!("127.0.0.1:{port}");
+        rename_over(&path, &books(&address));
+        assert!(soon(|| resolves(&store, &address)).await, "change to {address} not applied");
+        // Keep a blocking-pool thread busy: a reload sent to the pool would
+        // now land on another thread.
+        tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_millis(50)));
+    }
     let seen = threads.lock().expect("lock").clone();
-    assert_eq!(seen.len(), 2);
-    assert_ne!(seen[1], runtime_thread, "reloaded on the runtime's thread");
+    assert_eq!(seen.len(), 5);
+    let reloads = &seen[1..];
+    assert!(reloads.iter().all(|(id, _)| *id != runtime_thread), "reloaded on the runtime's thread");
+    assert!(reloads.iter().all(|(id, _)| *id == reloads[0].0), "reloads on several threads: {reloads:?}");
+    assert_eq!(reloads[0].1.as_deref(), Some(THREAD_NAME), "reloaded off the registry's thread");
     trigger.trigger();
     tokio::time::timeout(Duration::from_secs(1), task).await.expect("run stops").expect("no panic");
 }
