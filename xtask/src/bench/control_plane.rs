@@ -17,7 +17,7 @@
 //! address (both clocks are this machine's wall clock) gives p50/p99/max and
 //! how many clients never saw it within `--cp-timeout`. The control plane's
 //! RSS and CPU time are read from `/proc` at start-up, with the clients
-//! connected, idle, and around each change.
+//! connected, idle, around each change, and a second after each round.
 //!
 //! xtask raises its open-file limit to the hard limit first (children
 //! inherit it): a thousand TLS clients and the control plane serving them
@@ -62,6 +62,8 @@ pub struct Options {
 const RAMP_TIMEOUT: Duration = Duration::from_secs(300);
 /// The idle window the steady state is measured over.
 const STEADY: Duration = Duration::from_secs(5);
+/// How long after a round's last change its idle reading is taken.
+const SETTLED: Duration = Duration::from_secs(1);
 /// Timeout of one request to the swarm's status listener.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the control plane may take to load a large registry and be ready.
@@ -373,6 +375,15 @@ pub fn run(o: &Options, rounds: u32, no_build: bool, as_json: bool) -> anyhow::R
                 Duration::from_secs(o.cp_timeout),
             )?);
         }
+        // Read when no change is under way: a reading at a change's arrival
+        // may fall before or after the control plane released the parse's
+        // memory.
+        std::thread::sleep(SETTLED);
+        phases.push(Phase {
+            name: format!("idle after {} changes", round * 2),
+            usage: meter.read()?,
+            propagation: None,
+        });
     }
     let results =
         Results { shape: [o.cp_clients, o.cp_watches, o.cp_services, o.cp_endpoints, touch], registry_bytes, phases };
