@@ -22,6 +22,7 @@ pub mod node;
 pub mod otlp;
 pub mod pcap;
 pub mod real;
+pub mod relay;
 pub mod swarm;
 
 /// Generated test gRPC service.

@@ -1,7 +1,7 @@
 //! `mesh-test-app`: the plain apps and clients of the host end-to-end suite,
 //! as one binary that runs inside a network namespace like any workload;
-//! also the OTLP span sink and the swarm of simulated proxies (`watch-swarm`)
-//! `cargo xtask bench` runs as child processes.
+//! also the OTLP span sink, the swarm of simulated proxies (`watch-swarm`)
+//! and the floor relays (`relay`) `cargo xtask bench` runs as child processes.
 //!
 //! It knows nothing of the mesh: servers listen on plain addresses, clients
 //! dial plain addresses (a service's virtual IP or a pod's IP), and iptables
@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 use futures_util::StreamExt;
 use mesh_tests::pb::Msg;
 use mesh_tests::pb::echo_client::EchoClient;
-use mesh_tests::{apps, grpc, load, otlp, swarm};
+use mesh_tests::{apps, grpc, load, otlp, relay, swarm};
 use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -127,6 +127,31 @@ enum Cmd {
         #[arg(long)]
         counts: SocketAddr,
     },
+    /// A minimal relay (one thread): copies bytes between each accepted
+    /// connection and one it opens to `--to`, without parsing them; with
+    /// `--tls`, TLS 1.3 between two relays (the mesh's setup, SPIFFE IDs
+    /// checked). A pair is `cargo xtask bench`'s floor reference.
+    Relay {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        to: SocketAddr,
+        /// The side of the TLS hop: `connect` (TLS out) or `accept` (TLS in).
+        #[arg(long, value_enum, requires_all = ["cert_chain", "key", "trust_anchors", "peer_id"])]
+        tls: Option<relay::Side>,
+        /// Its certificate chain (PEM, leaf first).
+        #[arg(long, requires = "tls")]
+        cert_chain: Option<std::path::PathBuf>,
+        /// Its private key (PEM).
+        #[arg(long, requires = "tls")]
+        key: Option<std::path::PathBuf>,
+        /// Trust anchors (PEM) the other relay's chain must lead to.
+        #[arg(long, requires = "tls")]
+        trust_anchors: Option<std::path::PathBuf>,
+        /// The SPIFFE ID the other relay must present.
+        #[arg(long, requires = "tls")]
+        peer_id: Option<String>,
+    },
     /// Simulated proxies watching the control plane (for `cargo xtask
     /// bench --scenario control-plane`): each client its own connection
     /// (TLS with a certificate from `--token-file` when given) holding
@@ -167,9 +192,10 @@ fn duration(s: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The sink runs on one thread: it shares the CPUs with what the bench measures.
+    // The sink and the relay run on one thread: they share the CPUs with
+    // what the bench measures (the relay is measured as a proxy is, with one thread).
     let mut builder = match cli.command {
-        Cmd::OtlpSink { .. } => tokio::runtime::Builder::new_current_thread(),
+        Cmd::OtlpSink { .. } | Cmd::Relay { .. } => tokio::runtime::Builder::new_current_thread(),
         _ => {
             let mut b = tokio::runtime::Builder::new_multi_thread();
             b.worker_threads(2);
@@ -267,6 +293,23 @@ async fn run(cmd: Cmd) -> anyhow::Result<u8> {
             http_load(url, duration, requests, concurrency, pause, http2, json).await
         }
         Cmd::WriteFile { paths } => Ok(write_files(&paths)),
+        Cmd::Relay { listen, to, tls, cert_chain, key, trust_anchors, peer_id } => {
+            let hop = match (tls, cert_chain, key, trust_anchors, peer_id) {
+                (Some(side), Some(chain), Some(key), Some(anchors), Some(peer)) => {
+                    let read = |p: &std::path::Path| {
+                        std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+                    };
+                    let (chain, key, anchors) = (read(&chain)?, read(&key)?, read(&anchors)?);
+                    relay::Hop::tls(side, relay::Pems { chain: &chain, key: &key, anchors: &anchors }, &peer)?
+                }
+                _ => relay::Hop::Plain,
+            };
+            let listener =
+                tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+            listening(listener.local_addr()?);
+            relay::serve(listener, to, hop).await?;
+            Ok(0)
+        }
         Cmd::OtlpSink { listen, counts } => {
             let sink = otlp::OtlpSink::start(listen, counts).await.context("cannot start the OTLP sink")?;
             listening(sink.addr);
