@@ -28,12 +28,12 @@ impl Bench<'_> {
             .iter()
             .map(|&v| Ok((v, self.mesh(proto.key(), v, app, hint, None)?)))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        // gRPC: only Envoy's pair (the issue's reference) beside the mesh.
+        // gRPC: only the pairs (Envoy's, the issue's reference, and the floor) beside the mesh.
         let peers = self
             .peers
             .peers()
             .into_iter()
-            .filter(|p| proto != Proto::Grpc || *p == Peer::Envoy)
+            .filter(|p| proto != Proto::Grpc || p.proxies() == 2)
             .map(|p| Ok((p, self.peers.start(p, proto, app, &self.nginx, self.dir)?)))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let variants: Vec<&str> = std::iter::once("baseline")
@@ -160,6 +160,14 @@ fn peer_notes(proto: Proto, peers: &[Peer]) -> Vec<String> {
         notes.push(
             "Envoy mTLS pair: client Envoy → mTLS (certificates from the mesh's CA, SPIFFE IDs checked) → server \
              Envoy → nginx, --concurrency 1 each; CPU per process, RSS per Envoy"
+                .to_string(),
+        );
+    }
+    if peers.iter().any(|p| matches!(p, Peer::FloorTcp | Peer::FloorTls)) {
+        notes.push(
+            "floor: two `mesh-test-app relay`s (one thread each, bytes copied per connection, no HTTP parsing), \
+             plaintext or TLS 1.3 between them (the mesh's TLS setup, the Envoy pair's certificates, SPIFFE IDs \
+             checked): what any two-process relay pair costs here; ours minus floor (TLS) is what is ours to cut"
                 .to_string(),
         );
     }

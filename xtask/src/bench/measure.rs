@@ -83,18 +83,21 @@ pub struct Table<'a> {
 
 /// Each path against the baseline, then each mesh against the one before it
 /// (mTLS against plaintext, traced against untraced), then each mTLS mesh
-/// against Envoy's pair (the targets are ratios to it).
+/// and each floor pair against Envoy's pair (the targets are ratios
+/// to it), then each mTLS mesh against the TLS floor (what is ours to cut).
 fn comparisons(variants: &[Variant]) -> Vec<(Variant, Variant)> {
     let paths: Vec<Variant> = variants.iter().copied().filter(|v| *v != Variant::Baseline).collect();
     let meshes: Vec<Variant> = paths.iter().copied().filter(|v| matches!(v, Variant::Mesh { .. })).collect();
+    let mtls: Vec<Variant> = meshes.iter().copied().filter(|m| matches!(m, Variant::Mesh { tls: true, .. })).collect();
     let against_baseline = paths.iter().map(|&m| (m, Variant::Baseline));
     let consecutive = meshes.windows(2).map(|w| (w[1], w[0]));
-    let envoy = Variant::Peer(Peer::Envoy);
-    let against_envoy = meshes
-        .iter()
-        .filter(|m| matches!(m, Variant::Mesh { tls: true, .. }) && paths.contains(&envoy))
-        .map(|&m| (m, envoy));
-    against_baseline.chain(consecutive).chain(against_envoy).collect()
+    let (envoy, floor_tcp, floor_tls) =
+        (Variant::Peer(Peer::Envoy), Variant::Peer(Peer::FloorTcp), Variant::Peer(Peer::FloorTls));
+    let has = |v: Variant| paths.contains(&v);
+    let to_envoy = mtls.iter().copied().chain([floor_tcp, floor_tls].into_iter().filter(|f| has(*f)));
+    let against_envoy = to_envoy.filter(|_| has(envoy)).map(|m| (m, envoy));
+    let above_floor = mtls.iter().filter(|_| has(floor_tls)).map(|&m| (m, floor_tls));
+    against_baseline.chain(consecutive).chain(against_envoy).chain(above_floor).collect()
 }
 
 /// The server proxy's inbound connections accepted so far: (mTLS, plaintext).
@@ -509,6 +512,18 @@ mod tests {
         assert_eq!(comparisons(&[b, M, e, n]), vec![(M, b), (e, b), (n, b), (M, e)]);
         assert_eq!(comparisons(&[b, P, M, e]), vec![(P, b), (M, b), (e, b), (M, P), (M, e)]);
         assert_eq!(comparisons(&[b, M, n]), vec![(M, b), (n, b)]);
+    }
+
+    /// Catches floor pairs not compared with Envoy's pair (the ratio that
+    /// says whether the target is reachable), or our pair not compared with
+    /// the TLS floor (what is ours to cut), or such columns without them.
+    #[test]
+    fn the_floor_is_compared_with_envoy_and_ours_with_the_floor() {
+        let (b, e) = (Variant::Baseline, Variant::Peer(Peer::Envoy));
+        let (t, s) = (Variant::Peer(Peer::FloorTcp), Variant::Peer(Peer::FloorTls));
+        assert_eq!(comparisons(&[b, M, e, t, s]), vec![(M, b), (e, b), (t, b), (s, b), (M, e), (t, e), (s, e), (M, s)]);
+        assert_eq!(comparisons(&[b, M, t]), vec![(M, b), (t, b)]);
+        assert_eq!(comparisons(&[b, P, s]), vec![(P, b), (s, b)]);
     }
 
     #[test]

@@ -283,7 +283,7 @@ impl Plan {
     fn needs_identity(&self) -> bool {
         let tls = |v: &Variant| matches!(v, Variant::Mesh { tls: true, .. });
         self.http.iter().chain(&self.handshake).chain(&self.tracing).any(tls)
-            || self.peers.contains(&peers::Peer::Envoy)
+            || self.peers.iter().any(|p| matches!(p, peers::Peer::Envoy | peers::Peer::FloorTls))
     }
 
     fn needs_http_tools(&self) -> bool {
@@ -380,7 +380,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if args.json {
         println!("{:#}", report.json());
     } else {
-        print!("\n{}{}", report.table(), targets::markdown(&report.sections));
+        let (targets, floor) = (targets::markdown(&report.sections), targets::floor_markdown(&report.sections));
+        print!("\n{}{targets}{floor}", report.table());
     }
     if let (Some(old), Some(path)) = (&stored, &args.baseline) {
         let text = baseline::render(&baseline::compare(old, &report.json()), path);

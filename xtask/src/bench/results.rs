@@ -113,6 +113,11 @@ pub fn markdown(report: &Report, machine: &Machine, command: &str, skipped: &[St
         out += "\n## Against Envoy's pair\n";
         out += &targets;
     }
+    let floor = super::targets::floor_markdown(&report.sections);
+    if !floor.is_empty() {
+        out += "\n## Against the floor (relay pairs without HTTP parsing)\n";
+        out += &floor;
+    }
     out += &format!("\n## Tables\n\n```text\n{}```\n", report.table());
     out
 }

@@ -137,6 +137,61 @@ pub fn markdown(sections: &[Section]) -> String {
     out
 }
 
+const FLOOR_TCP: Variant = Variant::Peer(Peer::FloorTcp);
+const FLOOR_TLS: Variant = Variant::Peer(Peer::FloorTls);
+
+/// The floor table's rows, one per fixed rate: CPU per request (both
+/// processes) of the TCP relay pair, the TLS relay pair, ours and Envoy's;
+/// each ÷ Envoy; ours − floor (TLS). None without Envoy's pair and a floor.
+pub fn floor_rows(section: &Section) -> Vec<[String; 9]> {
+    let has = |v| section.variants.contains(&v);
+    if !(has(ENVOY) && (has(FLOOR_TCP) || has(FLOOR_TLS))) {
+        return Vec::new();
+    }
+    let mut rows = Vec::new();
+    for sc in &section.scenarios {
+        let Mode::Fixed(r) = sc.mode else { continue };
+        let [tcp, tls, ours, envoy] = [FLOOR_TCP, FLOOR_TLS, OURS, ENVOY].map(|v| sc.stats(v).cpu_us[2]);
+        let above = match (ours, tls) {
+            (Some(o), Some(f)) => format!("{:+.0} µs", o - f),
+            _ => "-".into(),
+        };
+        rows.push([
+            format!("{r} req/s"),
+            cpu(tcp),
+            cpu(tls),
+            cpu(ours),
+            cpu(envoy),
+            times(ratio(tcp, envoy)),
+            times(ratio(tls, envoy)),
+            times(ratio(ours, envoy)),
+            above,
+        ]);
+    }
+    rows
+}
+
+/// The floor tables: what any relay pair pays here, against ours and Envoy's.
+pub fn floor_markdown(sections: &[Section]) -> String {
+    let mut out = String::new();
+    for s in sections {
+        let rows = floor_rows(s);
+        if rows.is_empty() {
+            continue;
+        }
+        let proto = s.title.split(':').next().unwrap_or(&s.key);
+        out += &format!(
+            "\n### Floor, {proto}: CPU per request of both processes, same rounds (target: ours ≤ ×0.30 Envoy)\n\n\
+             | {proto} | floor (TCP relays) | floor (TLS relays) | ours (mTLS) | Envoy (mTLS) | TCP ÷ Envoy | \
+             TLS ÷ Envoy | ours ÷ Envoy | ours − floor (TLS) |\n|---|---|---|---|---|---|---|---|---|\n"
+        );
+        for r in rows {
+            out += &format!("| {} |\n", r.join(" | "));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,6 +266,26 @@ mod tests {
         s.idle_memory[0].1 = [Some(Memory { rss_kib: 9 * 1024, hwm_kib: 9 * 1024 }), None];
         let row = rows(&s).into_iter().find(|r| r[0].contains("idle")).expect("idle row");
         assert_eq!(row[4], "≤ 10 MiB: met");
+    }
+
+    /// Catches floor ratios inverted or taken against ours instead of
+    /// Envoy's, the wrong floor subtracted from ours, a row for max rate
+    /// (its CPU is not at a fixed load), or a table without a floor.
+    #[test]
+    fn floor_against_envoy_and_ours_above_it() {
+        let mut s = section();
+        assert!(floor_rows(&s).is_empty() && floor_markdown(std::slice::from_ref(&s)).is_empty());
+        // 3000 requests: TCP 3+3 ticks → 20 µs, TLS 4+5 → 30 µs.
+        s.variants.extend([FLOOR_TCP, FLOOR_TLS]);
+        s.scenarios[0].runs.push(run(1, FLOOR_TCP, 3000, 5000.0, 2500.0, [3, 3, 3]));
+        s.scenarios[0].runs.push(run(1, FLOOR_TLS, 3000, 5000.0, 2600.0, [4, 5, 3]));
+        let rows = floor_rows(&s);
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!(
+            rows[0],
+            ["5000 req/s", "20 µs", "30 µs", "60 µs", "120 µs", "×0.17", "×0.25", "×0.50", "+30 µs"].map(String::from)
+        );
+        assert!(floor_markdown(&[s]).contains("### Floor, HTTP/1.1"));
     }
 
     /// Catches a targets table for a section without Envoy's pair (nothing to compare).

@@ -81,6 +81,10 @@ pub fn look_up(wanted: &[Peer]) -> Vec<(Peer, Result<PathBuf, String>)> {
                 Peer::Envoy => envoy(),
                 Peer::Nginx => debian("nginx", "nginx"),
                 Peer::Haproxy => debian("haproxy", "haproxy"),
+                // The bench's release build makes it.
+                Peer::FloorTcp | Peer::FloorTls => crate::cargo::target_dir()
+                    .map(|d| d.join("release").join("mesh-test-app"))
+                    .map_err(|e| format!("{e:#}")),
             };
             (p, found)
         })
@@ -144,7 +148,7 @@ pub fn versions(nginx: &Path, found: &[(Peer, PathBuf)]) -> Vec<(String, String)
             Peer::Envoy => version(bin, &["--version"])
                 .map(|v| v.split_once("version: ").map_or(v.clone(), |(_, v)| v.to_string())),
             Peer::Haproxy => version(bin, &["-v"]),
-            Peer::Nginx => continue,
+            Peer::Nginx | Peer::FloorTcp | Peer::FloorTls => continue,
         };
         out.push((bin.file_name().map_or("?".into(), |n| n.to_string_lossy().into_owned()), v));
     }

