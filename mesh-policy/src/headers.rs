@@ -4,8 +4,10 @@
 use http::HeaderMap;
 use http::header::{self, HeaderName};
 
+/// How many names [`HOP_BY_HOP`] holds.
+const HOPS: usize = 5;
 /// Headers that always describe only the current connection.
-const HOP_BY_HOP: [HeaderName; 5] = [
+const HOP_BY_HOP: [HeaderName; HOPS] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -18,37 +20,54 @@ const HOP_BY_HOP: [HeaderName; 5] = [
 /// proxy forwards the upgrade handshake itself. `TE: trailers` survives, as
 /// gRPC needs it end to end.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrading: bool) {
-    // Most messages carry none of these: one pass over the names (cheap
-    // comparisons) spares the eight hashed lookups below on every message.
-    if !upgrading && !headers.keys().any(|n| n == header::UPGRADE || HOP_BY_HOP.contains(n)) {
+    // One pass over the names (cheap comparisons) finds which are present:
+    // most messages carry none, and most others only `Connection:
+    // keep-alive` (every HTTP/1.1 response from nginx), so only the names
+    // present cost a hashed lookup below.
+    let (mut present, mut upgrade) = ([false; HOPS], false);
+    for n in headers.keys() {
+        if n == header::UPGRADE {
+            upgrade = true;
+        } else if let Some(i) = HOP_BY_HOP.iter().position(|h| h == n) {
+            present[i] = true;
+        }
+    }
+    if !upgrading && !upgrade && !present.contains(&true) {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        // Names handled below anyway (`Connection: keep-alive` on most
-        // HTTP/1 responses) are not collected: no allocation for them.
-        .filter(|n| {
-            !n.eq_ignore_ascii_case("upgrade") && !HOP_BY_HOP.iter().any(|h| h.as_str().eq_ignore_ascii_case(n))
-        })
-        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
-        .collect();
-    let te_trailers = headers
-        .get(header::TE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+    let here = |name: &HeaderName| HOP_BY_HOP.iter().position(|h| h == name).is_some_and(|i| present[i]);
+    let (connection, te) = (here(&header::CONNECTION), here(&header::TE));
+    let named: Vec<HeaderName> = if !connection {
+        Vec::new()
+    } else {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            // Names handled below anyway (`Connection: keep-alive` on most
+            // HTTP/1 responses) are not collected: no allocation for them.
+            .filter(|n| {
+                !n.eq_ignore_ascii_case("upgrade") && !HOP_BY_HOP.iter().any(|h| h.as_str().eq_ignore_ascii_case(n))
+            })
+            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+            .collect()
+    };
+    let te_trailers = te
+        && headers
+            .get(header::TE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
     for name in named {
         headers.remove(name);
     }
-    for name in &HOP_BY_HOP {
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, here)| *here) {
         headers.remove(name);
     }
     if upgrading {
         headers.insert(header::CONNECTION, header::HeaderValue::from_static("upgrade"));
-    } else {
+    } else if upgrade {
         headers.remove(header::UPGRADE);
     }
     if te_trailers {

@@ -127,7 +127,13 @@ pub const ERROR_HEADER: &str = "mesh-proxy-error";
 /// mTLS sends such a request to another endpoint, for any method, as it
 /// does with an HTTP/2 `REFUSED_STREAM`. Inbound proxies remove it from
 /// their apps' responses, so only a proxy can say it.
-pub const UNPROCESSED_HEADER: &str = "mesh-proxy-unprocessed";
+/// A `HeaderName`, not a `&str`: every response looks it up, and a string
+/// would be parsed and validated again at each lookup.
+pub const UNPROCESSED_HEADER: http::HeaderName = http::HeaderName::from_static("mesh-proxy-unprocessed");
+
+/// gRPC's status header (responses' trailers-only form), as a `HeaderName`
+/// for the same reason.
+pub const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
 
 impl ProxyError {
     /// Whether the request surely reached no application: every connection

@@ -127,7 +127,7 @@ fn join_trace(headers: &mut HeaderMap, ratio: f64) -> (SpanContext, Option<[u8; 
 }
 
 fn grpc_status(h: &HeaderMap) -> Option<u32> {
-    h.get("grpc-status")?.to_str().ok()?.parse().ok()
+    h.get(super::errors::GRPC_STATUS)?.to_str().ok()?.parse().ok()
 }
 
 struct Pending {
