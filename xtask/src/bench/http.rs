@@ -101,7 +101,7 @@ impl Bench<'_> {
             started.push((v, mesh));
         }
         let mut peers = Vec::new();
-        if let Some((bin, certs)) = &self.peers.envoy {
+        if let (Some(bin), Some(certs)) = (&self.peers.envoy, &self.peers.certs) {
             eprintln!("==> {} in pods: starting the Envoy mTLS pair, Istio-style", proto.key());
             let pair =
                 pods.envoy_pair(bin, certs, proto, target.port()).context("cannot start Envoy's pair in the pods")?;
