@@ -23,6 +23,7 @@ pub mod otlp;
 pub mod pcap;
 pub mod real;
 pub mod relay;
+pub mod stream_load;
 pub mod swarm;
 
 /// Generated test gRPC service.

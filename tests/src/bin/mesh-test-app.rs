@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 use futures_util::StreamExt;
 use mesh_tests::pb::Msg;
 use mesh_tests::pb::echo_client::EchoClient;
-use mesh_tests::{apps, grpc, load, otlp, relay, swarm};
+use mesh_tests::{apps, grpc, load, otlp, relay, stream_load, swarm};
 use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -58,6 +58,27 @@ enum Cmd {
         messages: u64,
         /// Text of each message (the sequence number is appended).
         #[arg(long, default_value = "grpc-message")]
+        text: String,
+    },
+    /// Streaming gRPC load (for `cargo xtask bench --protocol
+    /// grpc-stream`): `--streams` bidirectional Echo streams, one connection
+    /// each, at `--rate` messages/s in total (open loop, latency from each
+    /// message's intended send time) or, without `--rate`, one message in
+    /// flight per stream (closed loop). Prints one JSON report on stdout;
+    /// exit 0 even when messages failed (the report counts them).
+    GrpcStreamLoad {
+        /// e.g. http://127.0.0.1:50051
+        #[arg(long)]
+        target: String,
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+        streams: u32,
+        /// Messages per second over all streams (omit for max rate).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        rate: Option<u32>,
+        #[arg(long, default_value = "10s", value_parser = duration)]
+        duration: Duration,
+        /// Text of each message.
+        #[arg(long, default_value = "bench")]
         text: String,
     },
     /// TCP echo server.
@@ -265,6 +286,12 @@ async fn run(cmd: Cmd) -> anyhow::Result<u8> {
             Ok(0)
         }
         Cmd::GrpcClient { target, messages, text } => grpc_client(target, messages, text).await,
+        Cmd::GrpcStreamLoad { target, streams, rate, duration, text } => {
+            let config = stream_load::Config { target, streams, rate, duration, text };
+            let outcome = stream_load::run(&config).await;
+            println!("{}", outcome.json(&config));
+            Ok(0)
+        }
         Cmd::TcpClient { target, expect_banner, send, timeout } => {
             let started = Instant::now();
             let code = match tokio::time::timeout(timeout, tcp_client(target, expect_banner, send)).await {
