@@ -18,6 +18,7 @@ mod mesh;
 mod procs;
 mod prom;
 mod soak;
+mod svg;
 
 use clap::{Parser, Subcommand};
 

@@ -101,6 +101,7 @@ pub fn run(load: &ConnLoad, target: SocketAddr) -> anyhow::Result<ConnReport> {
         errors: tally.errors,
         rps: ok as f64 / elapsed,
         p50_us: percentile(&tally.micros, 0.50),
+        p90_us: percentile(&tally.micros, 0.90),
         p99_us: percentile(&tally.micros, 0.99),
     };
     Ok(ConnReport { sample, first_error: tally.first_error })

@@ -15,7 +15,7 @@ fn hint(proto: Proto) -> &'static str {
     match proto {
         Proto::Http1 => "http",
         Proto::Http2 => "http2",
-        Proto::Grpc => "grpc",
+        Proto::Grpc | Proto::GrpcStream => "grpc",
     }
 }
 
@@ -33,7 +33,7 @@ impl Bench<'_> {
             .peers
             .peers()
             .into_iter()
-            .filter(|p| proto != Proto::Grpc || p.proxies() == 2)
+            .filter(|p| !proto.is_grpc() || p.proxies() == 2)
             .map(|p| Ok((p, self.peers.start(p, proto, app, &self.nginx, self.dir)?)))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let variants: Vec<&str> = std::iter::once("baseline")
@@ -45,7 +45,7 @@ impl Bench<'_> {
         let table = Table {
             key: proto.key().into(),
             title: format!("{} on loopback: {}", proto.label(), variants.join(" vs ")),
-            unit: Unit::Request,
+            unit: if proto == Proto::GrpcStream { Unit::Message } else { Unit::Request },
             driver: Driver::Http(tools, proto),
             modes: self.args.modes(),
             targets,
@@ -69,7 +69,7 @@ impl Bench<'_> {
         nginx: &std::path::Path,
     ) -> anyhow::Result<Section> {
         eprintln!("==> {} in pods: making the network namespaces and starting the server pod's apps", proto.key());
-        let pods = Pods::start(nginx, &self.bins, proto == Proto::Grpc, self.dir).context("cannot set up the pods")?;
+        let pods = Pods::start(nginx, &self.bins, proto.is_grpc(), self.dir).context("cannot set up the pods")?;
         let target = Pods::target(proto);
         let mut started = Vec::new();
         for (i, &v) in meshes.iter().enumerate() {
@@ -175,7 +175,7 @@ fn peer_notes(proto: Proto, peers: &[Peer]) -> Vec<String> {
         let upstream = match proto {
             Proto::Http1 => "HTTP/1.1",
             Proto::Http2 => "h2c (nginx one-hop: HTTP/1.1, nginx proxies in HTTP/1.x only)",
-            Proto::Grpc => "h2c",
+            Proto::Grpc | Proto::GrpcStream => "h2c",
         };
         notes.push(format!(
             "one-hop references (plaintext, one worker, keep-alive upstream in {upstream}): their single proxy \

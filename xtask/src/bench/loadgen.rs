@@ -17,6 +17,8 @@ pub enum Proto {
     Http2,
     /// Unary gRPC calls (h2c) to the test app's Echo service ([`super::grpc`]).
     Grpc,
+    /// Messages on bidirectional gRPC streams to the same service ([`super::grpc_stream`]).
+    GrpcStream,
 }
 
 impl Proto {
@@ -26,6 +28,7 @@ impl Proto {
             Proto::Http1 => "HTTP/1.1",
             Proto::Http2 => "HTTP/2",
             Proto::Grpc => "gRPC unary",
+            Proto::GrpcStream => "gRPC streaming",
         }
     }
 
@@ -35,12 +38,18 @@ impl Proto {
             Proto::Http1 => "http1",
             Proto::Http2 => "http2",
             Proto::Grpc => "grpc",
+            Proto::GrpcStream => "grpc_stream",
         }
     }
 
     /// Whether it speaks HTTP/2 (h2c) on the wire.
     pub fn is_h2(self) -> bool {
         self != Proto::Http1
+    }
+
+    /// Whether its backend is the test app's gRPC Echo service.
+    pub fn is_grpc(self) -> bool {
+        matches!(self, Proto::Grpc | Proto::GrpcStream)
     }
 }
 
@@ -122,6 +131,7 @@ impl Tools {
     /// The tool that runs `load`.
     pub fn name(&self, load: &Load) -> &'static str {
         match (load.mode, load.proto, &self.oha) {
+            (_, Proto::GrpcStream, _) => super::grpc_stream::TOOL,
             (Mode::Fixed(_), _, Some(_)) => "oha",
             (Mode::Max, Proto::Http1, _) => "wrk",
             _ => "h2load",
@@ -132,6 +142,9 @@ impl Tools {
     /// `netns` when given: the pods topology's client pod) and parses the
     /// tool's report.
     pub fn run(&self, load: &Load, target: SocketAddr, scratch: &Path, netns: Option<&str>) -> anyhow::Result<Sample> {
+        if load.proto == Proto::GrpcStream {
+            bail!("streaming gRPC load comes from the test app (grpc_stream::run), not {}", self.name(load));
+        }
         let url = match load.proto {
             Proto::Grpc => format!("http://{target}{}", super::grpc::UNARY_PATH),
             _ => format!("http://{target}/"),
@@ -188,7 +201,7 @@ impl Tools {
             _ => parse::h2load(&stdout).and_then(|mut s| {
                 if let Mode::Fixed(_) = load.mode {
                     let log = std::fs::read_to_string(&h2log).context("h2load wrote no --log-file")?;
-                    (s.p50_us, s.p99_us, _) = parse::h2load_log(&log)?;
+                    ([s.p50_us, s.p90_us, s.p99_us], _) = parse::h2load_log(&log)?;
                 }
                 Ok(s)
             }),

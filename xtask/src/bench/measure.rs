@@ -5,6 +5,7 @@
 use super::BenchArgs;
 use super::conns::{self, ConnLoad};
 use super::grpc::GrpcApp;
+use super::grpc_stream;
 use super::loadgen::{Load, Mode, Proto, Tools};
 use super::otlp::Collector;
 use super::parse;
@@ -121,6 +122,7 @@ fn describe(mode: Mode, unit: Unit) -> String {
     match (mode, unit) {
         (Mode::Fixed(rate), Unit::Request) => format!("{rate} req/s"),
         (Mode::Fixed(rate), Unit::Connection) => format!("{rate} conn/s"),
+        (Mode::Fixed(rate), Unit::Message) => format!("{rate} msg/s"),
         (Mode::Max, _) => "max rate".into(),
     }
 }
@@ -129,8 +131,8 @@ impl Bench<'_> {
     /// The backend of `proto`'s table: nginx, or the gRPC Echo app.
     pub fn app(&self, proto: Proto) -> anyhow::Result<SocketAddr> {
         match (proto, &self.grpc_app) {
-            (Proto::Grpc, Some(g)) => Ok(g.addr),
-            (Proto::Grpc, None) => bail!("the gRPC table needs the gRPC backend"),
+            (p, Some(g)) if p.is_grpc() => Ok(g.addr),
+            (p, None) if p.is_grpc() => bail!("the gRPC tables need the gRPC backend"),
             _ => Ok(self.nginx.addr(proto)),
         }
     }
@@ -202,6 +204,16 @@ impl Bench<'_> {
         }
         let netns = table.pods.as_ref().map(|p| p.names().client.as_str());
         match driver {
+            Driver::Http(_, Proto::GrpcStream) => {
+                let report = grpc_stream::run(&self.bins.test_app, addr, mode, self.args.connections, duration, netns)?;
+                if let Some(e) = &report.first_error {
+                    eprintln!(
+                        "    {} stream(s) failed, {} message(s) lost, {} mismatched; the first error: {e}",
+                        report.stream_errors, report.lost, report.mismatched
+                    );
+                }
+                Ok(report.sample)
+            }
             Driver::Http(tools, proto) => {
                 let load = Load { proto, mode, connections: self.args.connections, duration };
                 tools.run(&load, addr, self.dir, netns)
@@ -232,7 +244,7 @@ impl Bench<'_> {
         // The backend's slot: nginx, or the gRPC app for a gRPC table.
         let backend = match (table.driver, &self.grpc_app, &table.pods) {
             (Driver::Http(_, proto), _, Some(pods)) => pods.backend_pid(proto),
-            (Driver::Http(_, Proto::Grpc), Some(g), _) => g.pid(),
+            (Driver::Http(_, p), Some(g), _) if p.is_grpc() => g.pid(),
             _ => self.nginx.pid(),
         };
         let nginx = procs::cpu_ticks(backend)?;
@@ -287,7 +299,9 @@ impl Bench<'_> {
         let name = table.key.clone();
         // Before anything is sent: the proxies have served nothing yet.
         let idle_memory = Self::memory(&table)?;
-        if let Driver::Http(_, Proto::Grpc) = table.driver {
+        if let Driver::Http(_, p) = table.driver
+            && p.is_grpc()
+        {
             for t in table.targets.clone() {
                 if let Some(pods) = table.pods.as_mut() {
                     pods.route(t.rules())?;

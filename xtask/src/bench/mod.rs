@@ -34,6 +34,7 @@ mod baseline;
 mod conns;
 mod control_plane;
 mod grpc;
+mod grpc_stream;
 mod handshake;
 mod http;
 mod loadgen;
@@ -41,6 +42,7 @@ mod measure;
 mod otlp;
 mod parse;
 mod peers;
+mod plot;
 mod pods;
 mod report;
 mod results;
@@ -162,6 +164,9 @@ enum ProtoArg {
     Http2,
     /// Unary gRPC (h2c) to the test app's Echo service (http scenario only).
     Grpc,
+    /// Messages on bidirectional gRPC streams to the same service, at the
+    /// fixed rates (msg/s) and max rate (http scenario only).
+    GrpcStream,
 }
 
 /// Where paths run.
@@ -250,13 +255,18 @@ impl Plan {
         let wants = |s| args.scenarios.contains(&s) || args.scenarios.contains(&ScenarioArg::All);
         let http = args.scenarios.is_empty() || wants(ScenarioArg::Http);
         let protocols = if args.protocols.is_empty() {
-            vec![Proto::Http1, Proto::Http2, Proto::Grpc]
+            vec![Proto::Http1, Proto::Http2, Proto::Grpc, Proto::GrpcStream]
         } else {
-            [(ProtoArg::Http1, Proto::Http1), (ProtoArg::Http2, Proto::Http2), (ProtoArg::Grpc, Proto::Grpc)]
-                .into_iter()
-                .filter(|(a, _)| args.protocols.contains(a))
-                .map(|(_, p)| p)
-                .collect()
+            [
+                (ProtoArg::Http1, Proto::Http1),
+                (ProtoArg::Http2, Proto::Http2),
+                (ProtoArg::Grpc, Proto::Grpc),
+                (ProtoArg::GrpcStream, Proto::GrpcStream),
+            ]
+            .into_iter()
+            .filter(|(a, _)| args.protocols.contains(a))
+            .map(|(_, p)| p)
+            .collect()
         };
         let (main, both) = if args.plaintext {
             (vec![Variant::PLAINTEXT], vec![Variant::PLAINTEXT])
@@ -341,7 +351,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         None
     };
     let kit = peers::Kit::new(&chosen.found, identity.as_ref(), scratch.path())?;
-    let grpc_app = if plan.protocols.contains(&Proto::Grpc) && !plan.http.is_empty() {
+    let grpc_app = if plan.protocols.iter().any(|p| p.is_grpc()) && !plan.http.is_empty() {
         Some(grpc::GrpcApp::start(&bins.test_app, scratch.path()).context("cannot start the gRPC backend")?)
     } else {
         None
@@ -365,7 +375,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if let (Some(mesh), Some(tools)) = (plan.tracing, &tools) {
         let collector =
             Collector::start(&bench.bins.test_app, scratch.path()).context("cannot start the OTLP receiver")?;
-        for &proto in plan.protocols.iter().filter(|p| **p != Proto::Grpc) {
+        for &proto in plan.protocols.iter().filter(|p| !p.is_grpc()) {
             sections.push(bench.tracing(tools, proto, mesh, &collector)?);
         }
     }
@@ -437,7 +447,7 @@ mod tests {
         assert_eq!(
             p,
             Plan {
-                protocols: vec![Proto::Http1, Proto::Http2, Proto::Grpc],
+                protocols: vec![Proto::Http1, Proto::Http2, Proto::Grpc, Proto::GrpcStream],
                 http: vec![M],
                 handshake: vec![],
                 tracing: None,
@@ -445,6 +455,16 @@ mod tests {
             }
         );
         assert!(p.needs_identity() && p.needs_http_tools());
+    }
+
+    /// Catches `--protocol grpc-stream` not reaching the plan, or measured
+    /// as unary gRPC, or in the tracing scenario's HTTP-only tables.
+    #[test]
+    fn streaming_grpc_is_a_protocol() {
+        let p = plan(&["--protocol", "grpc-stream", "--protocol", "http1"]).expect("parses");
+        assert_eq!(p.protocols, vec![Proto::Http1, Proto::GrpcStream]);
+        assert!(Proto::GrpcStream.is_grpc() && Proto::GrpcStream.is_h2() && !Proto::Http2.is_grpc());
+        assert_ne!(Proto::GrpcStream.key(), Proto::Grpc.key());
     }
 
     #[test]

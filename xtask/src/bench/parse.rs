@@ -17,6 +17,8 @@ pub struct Sample {
     pub rps: f64,
     /// Median latency in microseconds, when the tool reports it.
     pub p50_us: Option<f64>,
+    /// 90th-percentile latency in microseconds, when the tool reports it.
+    pub p90_us: Option<f64>,
     /// 99th-percentile latency in microseconds, when the tool reports it.
     pub p99_us: Option<f64>,
 }
@@ -51,7 +53,7 @@ fn count_before(list: &str, label: &str) -> Option<u64> {
 pub fn wrk(out: &str) -> anyhow::Result<Sample> {
     let mut requests = None;
     let mut rps = None;
-    let (mut p50, mut p99) = (None, None);
+    let (mut p50, mut p90, mut p99) = (None, None, None);
     let mut errors = 0;
     let mut non_2xx = 0;
     for line in out.lines().map(str::trim) {
@@ -59,6 +61,8 @@ pub fn wrk(out: &str) -> anyhow::Result<Sample> {
             rps = v.trim().parse::<f64>().ok();
         } else if let Some(v) = line.strip_prefix("50%") {
             p50 = micros(v.trim());
+        } else if let Some(v) = line.strip_prefix("90%") {
+            p90 = micros(v.trim());
         } else if let Some(v) = line.strip_prefix("99%") {
             p99 = micros(v.trim());
         } else if let Some(v) = line.strip_prefix("Non-2xx or 3xx responses:") {
@@ -81,7 +85,7 @@ pub fn wrk(out: &str) -> anyhow::Result<Sample> {
     }
     let ok = requests.saturating_sub(non_2xx);
     let p = |v: Option<f64>| v.filter(|_| ok > 0);
-    Ok(Sample { ok, errors: errors + non_2xx, rps, p50_us: p(p50), p99_us: p(p99) })
+    Ok(Sample { ok, errors: errors + non_2xx, rps, p50_us: p(p50), p90_us: p(p90), p99_us: p(p99) })
 }
 
 /// Parses h2load's summary. It has no percentiles; see [`h2load_log`].
@@ -104,13 +108,13 @@ pub fn h2load(out: &str) -> anyhow::Result<Sample> {
     };
     // h2load counts errored and timed-out requests among the failed ones.
     let errors = failed.max(errored + timeout);
-    Ok(Sample { ok: succeeded, errors, rps, p50_us: None, p99_us: None })
+    Ok(Sample { ok: succeeded, errors, rps, ..Sample::default() })
 }
 
 /// Latency percentiles from h2load's `--log-file` (one request per line:
 /// start time in µs since the epoch, status code, duration in µs). Returns
-/// (p50, p99, requests with status < 400) over the successful requests.
-pub fn h2load_log(log: &str) -> anyhow::Result<(Option<f64>, Option<f64>, u64)> {
+/// ([p50, p90, p99], requests with status < 400) over the successful requests.
+pub fn h2load_log(log: &str) -> anyhow::Result<([Option<f64>; 3], u64)> {
     let mut ok = Vec::new();
     for (i, line) in log.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let cols: Vec<&str> = line.split('\t').collect();
@@ -125,7 +129,7 @@ pub fn h2load_log(log: &str) -> anyhow::Result<(Option<f64>, Option<f64>, u64)> 
         }
     }
     ok.sort_by(f64::total_cmp);
-    Ok((percentile(&ok, 0.50), percentile(&ok, 0.99), ok.len() as u64))
+    Ok(([0.50, 0.90, 0.99].map(|q| percentile(&ok, q)), ok.len() as u64))
 }
 
 /// The `q` quantile (nearest rank) of sorted values.
@@ -157,7 +161,8 @@ pub fn oha(out: &str) -> anyhow::Result<Sample> {
         .map(|d| d.iter().filter(|(k, _)| !k.contains("deadline")).filter_map(|(_, n)| n.as_u64()).sum())
         .unwrap_or(0);
     let pct = |p: &str| num(&format!("/latencyPercentiles/{p}")).map(|s| s * 1e6).filter(|_| ok > 0);
-    Ok(Sample { ok, errors: bad_status + socket_errors, rps, p50_us: pct("p50"), p99_us: pct("p99") })
+    let (p50_us, p90_us, p99_us) = (pct("p50"), pct("p90"), pct("p99"));
+    Ok(Sample { ok, errors: bad_status + socket_errors, rps, p50_us, p90_us, p99_us })
 }
 
 /// The status code of an HTTP/1.x response that starts `raw`.

@@ -97,20 +97,26 @@ pub enum Unit {
     Request,
     /// A new TCP connection carrying one request.
     Connection,
+    /// A message on a gRPC stream, and its echo.
+    Message,
 }
 
 impl Unit {
-    fn noun(self) -> &'static str {
+    /// One unit, in words.
+    pub fn noun(self) -> &'static str {
         match self {
             Unit::Request => "request",
             Unit::Connection => "connection",
+            Unit::Message => "message",
         }
     }
 
-    fn rate(self) -> &'static str {
+    /// Units per second, abbreviated.
+    pub fn rate(self) -> &'static str {
         match self {
             Unit::Request => "req/s",
             Unit::Connection => "conn/s",
+            Unit::Message => "msg/s",
         }
     }
 }
@@ -196,6 +202,8 @@ pub struct Report {
 pub struct Stats {
     /// Median over rounds of p50 latency (µs).
     pub p50_us: Option<f64>,
+    /// Median over rounds of p90 latency (µs), when the tool reports it.
+    pub p90_us: Option<f64>,
     /// Median over rounds of p99 latency (µs).
     pub p99_us: Option<f64>,
     /// Median over rounds of the completed rate (per second).
@@ -284,6 +292,7 @@ impl Scenario {
         };
         Stats {
             p50_us: med(|s| s.p50_us),
+            p90_us: med(|s| s.p90_us),
             p99_us: med(|s| s.p99_us),
             rate: med(|s| Some(s.rps).filter(|r| *r > 0.0)),
             cpu_us: [proxies(0), proxies(1), both, self.cpu(v, 2)],
@@ -325,6 +334,7 @@ impl Scenario {
     fn label(&self, unit: Unit) -> String {
         let what = match unit {
             Unit::Request => "conns",
+            Unit::Message => "streams",
             Unit::Connection => "workers",
         };
         match self.mode {
@@ -362,14 +372,14 @@ impl Section {
             let vs = |f: &dyn Fn(&Delta) -> String| deltas.iter().map(f).collect::<Vec<_>>();
             if let Mode::Max = sc.mode {
                 let what = match self.unit {
-                    Unit::Request => "throughput",
+                    Unit::Request | Unit::Message => "throughput",
                     Unit::Connection => "new connections",
                 };
                 row(what.into(), each(&|s| rate(s.rate)), vs(&|d| ratio(d.rate_ratio)));
             }
             if stats.iter().any(|s| s.p50_us.is_some() || s.p99_us.is_some()) {
                 let what = match self.unit {
-                    Unit::Request => "latency",
+                    Unit::Request | Unit::Message => "latency",
                     Unit::Connection => "connection time",
                 };
                 row(format!("p50 {what}"), each(&|s| us(s.p50_us)), vs(&|d| delta_us(d.p50_us)));
@@ -490,6 +500,7 @@ impl Section {
 fn stats_json(s: &Stats) -> Value {
     json!({
         "p50_us": s.p50_us,
+        "p90_us": s.p90_us,
         "p99_us": s.p99_us,
         "rate": s.rate,
         "cpu_us_per_unit": {
@@ -516,6 +527,7 @@ fn run_json(run: &Run) -> Value {
         "errors": run.sample.errors,
         "rate": run.sample.rps,
         "p50_us": run.sample.p50_us,
+        "p90_us": run.sample.p90_us,
         "p99_us": run.sample.p99_us,
         "cpu_ticks": {
             "client_proxy": run.cpu_ticks[0],

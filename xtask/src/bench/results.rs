@@ -1,6 +1,6 @@
 //! The results folder of a run, `target/bench-results/<UTC time>/`: the
 //! report as markdown (machine, tables, the targets), the JSON
-//! document with the machine in it, and the machine alone.
+//! document with the machine in it, the machine alone, and the plots.
 
 use super::report::Report;
 use anyhow::Context;
@@ -122,7 +122,8 @@ pub fn markdown(report: &Report, machine: &Machine, command: &str, skipped: &[St
     out
 }
 
-/// Writes `report.md`, `results.json` and `machine.json` into a new
+/// Writes `report.md`, `results.json`, `machine.json` and the plots
+/// (`latency.svg`, `cpu.svg`, [`super::plot`]) into a new
 /// `<base>/<timestamp>/` and returns that folder.
 pub fn write(
     base: &Path,
@@ -142,6 +143,8 @@ pub fn write(
         ("report.md", markdown(report, machine, command, skipped)),
         ("results.json", format!("{doc:#}\n")),
         ("machine.json", format!("{:#}\n", machine.json())),
+        ("latency.svg", super::plot::latency(report)),
+        ("cpu.svg", super::plot::cpu(report)),
     ];
     for (name, text) in files {
         let path = dir.join(name);

@@ -47,7 +47,7 @@ impl Nginx {
     pub fn addr(&self, proto: Proto) -> SocketAddr {
         match proto {
             Proto::Http1 => self.http1,
-            Proto::Http2 | Proto::Grpc => self.http2,
+            Proto::Http2 | Proto::Grpc | Proto::GrpcStream => self.http2,
         }
     }
 }

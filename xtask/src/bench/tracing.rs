@@ -18,7 +18,7 @@ impl Bench<'_> {
         let hint = match proto {
             Proto::Http1 => "http",
             Proto::Http2 => "http2",
-            Proto::Grpc => "grpc",
+            Proto::Grpc | Proto::GrpcStream => "grpc",
         };
         let app = self.nginx.addr(proto);
         let tag = format!("tracing-{}", proto.key());

@@ -19,7 +19,6 @@ mod load;
 mod mesh;
 mod report;
 mod stats;
-mod svg;
 
 use crate::bench::whole_seconds;
 use crate::cargo;

@@ -2,7 +2,7 @@
 //! sample, and its plot.
 
 use super::stats::Sample;
-use super::svg::{self, Panel, Series};
+use crate::svg::{self, Axis, Panel, Series};
 use std::fmt::Write;
 
 /// `mm:ss`.
@@ -79,18 +79,21 @@ pub fn plot(title: &str, names: &[String], samples: &[Sample], restarts: &[f64],
             })
             .collect()
     };
+    let time = Axis::Minutes { t_max };
     let panels = [
         Panel {
             title: "requests per second".into(),
+            axis: time.clone(),
             series: vec![
                 Series { name: "attempted".into(), points: rate(|s| s.sent) },
                 Series { name: "failed".into(), points: rate(|s| s.failed) },
             ],
         },
-        Panel { title: "RSS (MiB)".into(), series: per_process(|u| u.rss_kib as f64 / 1024.0) },
-        Panel { title: "open file descriptors".into(), series: per_process(|u| u.fds as f64) },
+        Panel { title: "RSS (MiB)".into(), axis: time.clone(), series: per_process(|u| u.rss_kib as f64 / 1024.0) },
+        Panel { title: "open file descriptors".into(), axis: time.clone(), series: per_process(|u| u.fds as f64) },
         Panel {
             title: "certificate renewals (all proxies), registry endpoints".into(),
+            axis: time,
             series: vec![
                 Series {
                     name: "renewals".into(),
@@ -105,7 +108,7 @@ pub fn plot(title: &str, names: &[String], samples: &[Sample], restarts: &[f64],
     ];
     let markers: Vec<(f64, String)> =
         restarts.iter().map(|&t| (t, format!("control-plane restart at {}", clock(t)))).collect();
-    svg::render(title, &panels, &markers, t_max)
+    svg::render(title, &panels, &markers)
 }
 
 #[cfg(test)]

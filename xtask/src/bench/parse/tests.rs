@@ -29,6 +29,7 @@ fn wrk_success() {
     assert_eq!(s.errors, 0);
     assert!(close(Some(s.rps), 120_789.82));
     assert!(close(s.p50_us, 66.0));
+    assert!(close(s.p90_us, 2620.0));
     assert!(close(s.p99_us, 6810.0));
 }
 
@@ -58,7 +59,7 @@ fn wrk_failure_to_start_is_an_error() {
 #[test]
 fn h2load_success() {
     let s = h2load(sample!("h2load_ok.txt")).expect("parses");
-    assert_eq!(s, Sample { ok: 86_159, errors: 0, rps: 86_159.0, p50_us: None, p99_us: None });
+    assert_eq!(s, Sample { ok: 86_159, errors: 0, rps: 86_159.0, ..Sample::default() });
 }
 
 #[test]
@@ -72,11 +73,12 @@ fn h2load_failures() {
 
 #[test]
 fn h2load_log_percentiles() {
-    let (p50, p99, ok) = h2load_log(sample!("h2load_log.tsv")).expect("parses");
+    let ([p50, p90, p99], ok) = h2load_log(sample!("h2load_log.tsv")).expect("parses");
     assert_eq!(ok, 20, "503s are not counted");
     assert_eq!(p50, Some(16.0));
+    assert_eq!(p90, Some(31.0));
     assert_eq!(p99, Some(115.0));
-    assert_eq!(h2load_log("").expect("empty is fine"), (None, None, 0));
+    assert_eq!(h2load_log("").expect("empty is fine"), ([None, None, None], 0));
     assert!(h2load_log("1\t200\n").is_err());
 }
 
@@ -95,6 +97,7 @@ fn oha_http1() {
     assert_eq!((s.ok, s.errors), (2000, 0), "deadline aborts are not errors");
     assert!(close(Some(s.rps), 1_000.456_226_529_247_6));
     assert!(close(s.p50_us, 79.069));
+    assert!(close(s.p90_us, 186.482));
     assert!(close(s.p99_us, 2585.885));
 }
 

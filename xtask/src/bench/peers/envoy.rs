@@ -162,7 +162,7 @@ impl Bootstrap<'_> {
     fn alpn(&self) -> Value {
         match self.proto {
             Proto::Http1 => json!(["http/1.1"]),
-            Proto::Http2 | Proto::Grpc => json!(["h2"]),
+            Proto::Http2 | Proto::Grpc | Proto::GrpcStream => json!(["h2"]),
         }
     }
 
@@ -185,7 +185,7 @@ impl Bootstrap<'_> {
 
     /// The bootstrap as JSON.
     pub fn render(&self) -> Value {
-        let hcm = json!({
+        let mut hcm = json!({
             "name": "envoy.filters.network.http_connection_manager",
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
@@ -199,6 +199,10 @@ impl Bootstrap<'_> {
                     "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" } }],
             },
         });
+        if self.proto == Proto::GrpcStream {
+            // A stream lasts a whole run: no route timeout (Envoy's default ends it at 15 s).
+            hcm["typed_config"]["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["timeout"] = json!("0s");
+        }
         let mut chain = json!({ "filters": [hcm] });
         if self.side == Side::Server {
             chain["transport_socket"] = json!({ "name": "envoy.transport_sockets.tls", "typed_config": {
@@ -209,7 +213,7 @@ impl Bootstrap<'_> {
         }
         let http = match self.proto {
             Proto::Http1 => json!({ "http_protocol_options": {} }),
-            Proto::Http2 | Proto::Grpc => json!({ "http2_protocol_options": {} }),
+            Proto::Http2 | Proto::Grpc | Proto::GrpcStream => json!({ "http2_protocol_options": {} }),
         };
         let mut cluster = json!({
             "name": "upstream",
@@ -320,7 +324,7 @@ impl Pair {
     }
 
     fn prove(&self, proto: Proto, inbound: SocketAddr, admins: [SocketAddr; 2], dir: &Path) -> anyhow::Result<()> {
-        if proto == Proto::Grpc {
+        if proto.is_grpc() {
             // A unary call; its answer echoes the request's text.
             let body = format!("@{}", grpc::write_body(dir)?.display());
             let url = format!("http://{}{}", self.entry, grpc::UNARY_PATH);
@@ -427,6 +431,24 @@ mod tests {
         let h1 = boot(Side::Server, Proto::Http1, &certs);
         let opts = &h1["static_resources"]["clusters"][0]["typed_extension_protocol_options"];
         assert!(opts.to_string().contains("\"http_protocol_options\""), "{opts}");
+    }
+
+    /// Catches streaming gRPC cut at Envoy's default 15 s route timeout (a
+    /// stream lasts a whole run), or h2 missing on a streaming path.
+    #[test]
+    fn streams_have_no_route_timeout() {
+        let certs = certs();
+        let route = |b: &Value| {
+            b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]
+                ["virtual_hosts"][0]["routes"][0]["route"]
+                .clone()
+        };
+        for side in [Side::Client, Side::Server] {
+            let b = boot(side, Proto::GrpcStream, &certs);
+            assert_eq!(route(&b)["timeout"], json!("0s"), "{b}");
+            assert!(b.to_string().contains("http2_protocol_options"));
+        }
+        assert!(route(&boot(Side::Client, Proto::Grpc, &certs)).get("timeout").is_none());
     }
 
     /// Catches counting other stats (or none) as handshakes.

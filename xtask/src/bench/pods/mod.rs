@@ -308,7 +308,7 @@ impl Pods {
     /// The backend's process for `proto`'s table: nginx or the gRPC app.
     pub fn backend_pid(&self, proto: super::loadgen::Proto) -> u32 {
         match (proto, &self.grpc) {
-            (super::loadgen::Proto::Grpc, Some(g)) => g.pid(),
+            (p, Some(g)) if p.is_grpc() => g.pid(),
             _ => self.nginx.pid(),
         }
     }
@@ -318,7 +318,7 @@ impl Pods {
         let port = match proto {
             super::loadgen::Proto::Http1 => plan::APP_HTTP1,
             super::loadgen::Proto::Http2 => plan::APP_HTTP2,
-            super::loadgen::Proto::Grpc => plan::APP_GRPC,
+            super::loadgen::Proto::Grpc | super::loadgen::Proto::GrpcStream => plan::APP_GRPC,
         };
         SocketAddr::from((plan::server_ip(), port))
     }

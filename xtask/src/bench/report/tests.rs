@@ -5,7 +5,7 @@ const P: Variant = Variant::PLAINTEXT;
 const M: Variant = Variant::MTLS;
 
 fn run(round: u32, variant: Variant, ok: u64, rps: f64, p50: f64, p99: f64, cpu: [u64; 3]) -> Run {
-    let sample = Sample { ok, errors: 0, rps, p50_us: Some(p50), p99_us: Some(p99) };
+    let sample = Sample { ok, errors: 0, rps, p50_us: Some(p50), p90_us: None, p99_us: Some(p99) };
     Run { round, variant, sample, cpu_ticks: cpu, peer_connections: None, spans: None, spans_dropped: None }
 }
 
