@@ -17,7 +17,7 @@ use crate::pb::Msg;
 use crate::pb::echo_client::EchoClient;
 use futures_util::StreamExt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
@@ -251,25 +251,32 @@ async fn fixed_rate(
     let end = start + config.duration;
     let first = *next;
     let sent = Arc::new(AtomicU64::new(first));
-    let sender = {
-        let (sent, text) = (sent.clone(), config.text.clone());
-        let streams = config.streams;
-        async move {
+    let stop = Arc::new(AtomicBool::new(false));
+    // The sender is a thread: tokio's timers tick in whole milliseconds, so a
+    // task would send up to 1 ms late and that lateness would count as latency;
+    // `thread::sleep` wakes within tens of µs.
+    let mut sender = {
+        let (sent, stop, text) = (sent.clone(), stop.clone(), config.text.clone());
+        let (streams, start, end) = (config.streams, start.into_std(), end.into_std());
+        tokio::task::spawn_blocking(move || {
             let mut i = first;
             loop {
                 let at = start + intended_offset(rate, streams, k, i);
-                if at >= end || Instant::now() >= end {
+                let now = std::time::Instant::now();
+                if at >= end || now >= end || stop.load(Ordering::Relaxed) {
                     break;
                 }
-                tokio::time::sleep_until(at).await;
-                if tx.send(Msg { text: text.clone(), seq: i, replica: String::new() }).await.is_err() {
+                std::thread::sleep(at.saturating_duration_since(now));
+                // Blocks while the stream is backed up: later messages go out
+                // late, and their latency still counts from their intended time.
+                if tx.blocking_send(Msg { text: text.clone(), seq: i, replica: String::new() }).is_err() {
                     break;
                 }
                 i += 1;
                 sent.store(i, Ordering::Relaxed);
             }
             // Dropping `tx` half-closes the stream: the server ends it once all is echoed.
-        }
+        })
     };
     let mut expected = first;
     let receiver = async {
@@ -288,13 +295,13 @@ async fn fixed_rate(
         }
         Ok::<(), String>(())
     };
+    let mut sending = true;
     let result = {
-        tokio::pin!(sender, receiver);
-        let mut sending = true;
+        tokio::pin!(receiver);
         let bounded = async {
             loop {
                 tokio::select! {
-                    () = &mut sender, if sending => sending = false,
+                    _ = &mut sender, if sending => sending = false,
                     r = &mut receiver => {
                         let ended_early = r.is_ok() && sending;
                         break if ended_early { Err("the server ended the stream early".to_string()) } else { r };
@@ -306,6 +313,12 @@ async fn fixed_rate(
             .await
             .unwrap_or_else(|_| Err(format!("no echo within {GRACE:?} after the end")))
     };
+    // After an error, the sender stops at its next message (or when its send fails).
+    stop.store(true, Ordering::Relaxed);
+    drop(responses);
+    if sending {
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut sender).await;
+    }
     let sent = sent.load(Ordering::Relaxed);
     out.lost += sent.saturating_sub(expected);
     *next = sent;
