@@ -258,7 +258,7 @@ pub fn well_formed(svg: &str) -> Result<(), String> {
         }
         let end = rest[start..].find('>').ok_or("an unclosed tag")? + start;
         let tag = &rest[start + 1..end];
-        if tag.matches('"').count() % 2 != 0 || tag.contains('<') {
+        if !tag.matches('"').count().is_multiple_of(2) {
             return Err(format!("a broken tag <{tag}>"));
         }
         if let Some(name) = tag.strip_prefix('/') {

@@ -9,6 +9,9 @@ use super::loadgen::Mode;
 use super::report::{Report, Section, Stats, Unit, Variant};
 use crate::svg::{self, Axis, Panel, Series};
 
+/// Picks a figure from a path's summary.
+type Figure = fn(&Stats) -> Option<f64>;
+
 /// A table's load modes as group names: `1000 req/s`, …, `max rate`.
 fn groups(section: &Section) -> Vec<String> {
     section
@@ -49,8 +52,7 @@ fn panel(
 
 /// `latency.svg`: a panel per table and percentile (µs, lower is better).
 pub fn latency(report: &Report) -> String {
-    let percentiles: [(&str, fn(&Stats) -> Option<f64>); 3] =
-        [("p50", |s| s.p50_us), ("p90", |s| s.p90_us), ("p99", |s| s.p99_us)];
+    let percentiles: [(&str, Figure); 3] = [("p50", |s| s.p50_us), ("p90", |s| s.p90_us), ("p99", |s| s.p99_us)];
     let panels: Vec<Panel> = report
         .sections
         .iter()
