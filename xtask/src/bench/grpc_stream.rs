@@ -30,6 +30,9 @@ pub struct StreamReport {
     pub lost: u64,
     /// Echoes with the wrong content.
     pub mismatched: u64,
+    /// Messages of a fixed-rate schedule not sent by the end (the path or
+    /// the generator fell behind; the rate shows it, they are not failures).
+    pub behind: u64,
     /// The first error the load generator saw.
     pub first_error: Option<String>,
 }
@@ -50,6 +53,7 @@ pub fn parse(out: &str) -> anyhow::Result<StreamReport> {
         stream_errors,
         lost,
         mismatched,
+        behind: v.get("behind").and_then(Value::as_u64).unwrap_or(0),
         first_error: v.get("first_error").and_then(Value::as_str).map(str::to_string),
     })
 }
@@ -130,7 +134,7 @@ mod tests {
             "latency_us":{"p50":null,"p90":null,"p99":null},"first_error":"stream error: status: Unavailable"}"#;
         let r = parse(broken).expect("parses");
         assert_eq!((r.sample.ok, r.sample.errors, r.sample.p50_us), (0, 43, None));
-        assert_eq!((r.stream_errors, r.lost, r.mismatched), (12, 30, 1));
+        assert_eq!((r.stream_errors, r.lost, r.mismatched, r.behind), (12, 30, 1, 0));
         assert_eq!(r.first_error.as_deref(), Some("stream error: status: Unavailable"));
         assert!(parse("error: cannot connect").is_err());
         assert!(parse(r#"{"ok":1}"#).is_err(), "a report without its error counts is refused");

@@ -212,6 +212,9 @@ impl Bench<'_> {
                         report.stream_errors, report.lost, report.mismatched
                     );
                 }
+                if report.behind > 0 {
+                    eprintln!("    {} scheduled message(s) not sent by the end: behind the rate", report.behind);
+                }
                 Ok(report.sample)
             }
             Driver::Http(tools, proto) => {
