@@ -303,7 +303,8 @@ async fn fixed_rate(
                 tokio::select! {
                     _ = &mut sender, if sending => sending = false,
                     r = &mut receiver => {
-                        let ended_early = r.is_ok() && sending;
+                        // The sender stops only at the end: a clean end before it is the server's doing.
+                        let ended_early = r.is_ok() && sending && Instant::now() < end;
                         break if ended_early { Err("the server ended the stream early".to_string()) } else { r };
                     }
                 }
