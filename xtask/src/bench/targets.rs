@@ -6,7 +6,7 @@
 use super::loadgen::Mode;
 use super::peers::Peer;
 use super::report::format::delta_us as plus;
-use super::report::{Section, Variant};
+use super::report::{Section, Unit, Variant};
 use crate::procs::Memory;
 
 const OURS: Variant = Variant::MTLS;
@@ -23,8 +23,8 @@ fn cpu(v: Option<f64>) -> String {
     v.map_or("-".into(), |c| format!("{c:.0} µs"))
 }
 
-fn rate(v: Option<f64>) -> String {
-    v.map_or("-".into(), |r| format!("{:.1}k req/s", r / 1e3))
+fn rate(v: Option<f64>, unit: Unit) -> String {
+    v.map_or("-".into(), |r| format!("{:.1}k {}", r / 1e3, unit.rate()))
 }
 
 /// `a / b`, when both are known and `b` is not 0.
@@ -63,13 +63,14 @@ pub fn rows(section: &Section) -> Vec<Row> {
     if !(section.variants.contains(&OURS) && section.variants.contains(&ENVOY)) {
         return Vec::new();
     }
+    let (per, unit) = (section.unit.noun(), section.unit.rate());
     let mut rows = Vec::new();
     for sc in &section.scenarios {
         let (ours, envoy) = (sc.stats(OURS), sc.stats(ENVOY));
         match sc.mode {
             Mode::Fixed(r) => {
                 rows.push([
-                    format!("{r} req/s: CPU per request, both proxies"),
+                    format!("{r} {unit}: CPU per {per}, both proxies"),
                     cpu(ours.cpu_us[2]),
                     cpu(envoy.cpu_us[2]),
                     times(ratio(ours.cpu_us[2], envoy.cpu_us[2])),
@@ -78,7 +79,7 @@ pub fn rows(section: &Section) -> Vec<Row> {
                 let added = |v| sc.delta(v, Variant::Baseline).p99_us;
                 let target = if r == 5000 { "≤ +1.3 ms" } else { "" };
                 rows.push([
-                    format!("{r} req/s: added p99 vs direct"),
+                    format!("{r} {unit}: added p99 vs direct"),
                     plus(added(OURS)),
                     plus(added(ENVOY)),
                     String::new(),
@@ -89,8 +90,8 @@ pub fn rows(section: &Section) -> Vec<Row> {
                 let paired = sc.delta(OURS, ENVOY).rate_ratio;
                 rows.push([
                     "max rate".into(),
-                    rate(ours.rate),
-                    rate(envoy.rate),
+                    rate(ours.rate, section.unit),
+                    rate(envoy.rate, section.unit),
                     times(paired.or_else(|| ratio(ours.rate, envoy.rate))),
                     "≥ ×4".into(),
                 ]);
@@ -148,6 +149,7 @@ pub fn floor_rows(section: &Section) -> Vec<[String; 9]> {
     if !(has(ENVOY) && (has(FLOOR_TCP) || has(FLOOR_TLS))) {
         return Vec::new();
     }
+    let unit = section.unit.rate();
     let mut rows = Vec::new();
     for sc in &section.scenarios {
         let Mode::Fixed(r) = sc.mode else { continue };
@@ -157,7 +159,7 @@ pub fn floor_rows(section: &Section) -> Vec<[String; 9]> {
             _ => "-".into(),
         };
         rows.push([
-            format!("{r} req/s"),
+            format!("{r} {unit}"),
             cpu(tcp),
             cpu(tls),
             cpu(ours),
@@ -179,9 +181,9 @@ pub fn floor_markdown(sections: &[Section]) -> String {
         if rows.is_empty() {
             continue;
         }
-        let proto = s.title.split(':').next().unwrap_or(&s.key);
+        let (proto, per) = (s.title.split(':').next().unwrap_or(&s.key), s.unit.noun());
         out += &format!(
-            "\n### Floor, {proto}: CPU per request of both processes, same rounds (target: ours ≤ ×0.30 Envoy)\n\n\
+            "\n### Floor, {proto}: CPU per {per} of both processes, same rounds (target: ours ≤ ×0.30 Envoy)\n\n\
              | {proto} | floor (TCP relays) | floor (TLS relays) | ours (mTLS) | Envoy (mTLS) | TCP ÷ Envoy | \
              TLS ÷ Envoy | ours ÷ Envoy | ours − floor (TLS) |\n|---|---|---|---|---|---|---|---|---|\n"
         );
@@ -254,6 +256,17 @@ mod tests {
         assert_eq!(find("idle")[1..5], ["10.5 MiB", "41.0 MiB", "×0.26", "≤ 10 MiB: NOT met"]);
         let md = markdown(&[section()]);
         assert!(md.contains("### Targets, HTTP/1.1") && md.contains("| max rate | 12.0k req/s |"), "{md}");
+    }
+
+    /// Catches a streaming table labelled in requests: its rates are
+    /// messages per second and its CPU is per message.
+    #[test]
+    fn a_streaming_table_is_labelled_in_messages() {
+        let streaming = Section { unit: Unit::Message, ..section() };
+        let rows = rows(&streaming);
+        assert!(rows.iter().any(|r| r[0] == "5000 msg/s: CPU per message, both proxies"), "{rows:?}");
+        assert!(rows.iter().any(|r| r[0] == "max rate" && r[1] == "12.0k msg/s"), "{rows:?}");
+        assert!(rows.iter().all(|r| !r[0].contains("req/s") && !r[1].contains("req/s")), "{rows:?}");
     }
 
     /// Catches a verdict on the wrong side of the bound (the bound itself meets it).
