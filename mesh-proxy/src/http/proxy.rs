@@ -235,14 +235,23 @@ pub async fn forward_once(
                 ep.load.penalize(Instant::now());
                 eject_on_failure(ep, breaker, target, &settings.metrics);
                 // The keep-alive race (RFC 9112 §9.3.1): a meshed peer closed
-                // an idle connection (its proxy is stopping) as the request
-                // went out, and no byte of an answer came. An idempotent
-                // bodyless request is sent to another endpoint.
+                // an idle connection (its proxy is stopping, or it closed a
+                // connection idle past its header read timeout and the close
+                // never reached us) as the request went out, and no byte of an
+                // answer came: the connection ended or was reset. An
+                // idempotent bodyless request is sent to another endpoint, or,
+                // when there is none, to this one on a new connection; the
+                // endpoint's other idle connections idled as long, so they go.
                 if let Some(head) =
-                    spare.take().filter(|h| reused && error.is_incomplete_message() && h.method().is_idempotent())
+                    spare.take().filter(|h| reused && connection_lost(&error) && h.method().is_idempotent())
                 {
                     settings.metrics.resent(target, "closed_idle");
-                    tracing::debug!(endpoint = %ep.meta.addr, %error, "idle connection closed under the request; sending it elsewhere");
+                    tracing::debug!(endpoint = %ep.meta.addr, %error, "idle connection closed under the request; sending it again");
+                    ep.client.drop_idle();
+                    let addr = ep.meta.addr;
+                    if list.pick_excluding(tried).is_none() {
+                        tried.retain(|a| *a != addr);
+                    }
                     req = head;
                     last = ProxyError::Upstream { target: target.to_string(), reason: error.to_string() };
                     continue;
@@ -253,6 +262,30 @@ pub async fn forward_once(
         }
     }
     Err(last)
+}
+
+/// Whether a request's connection ended or was reset before any answer
+/// came (`error` is from a send that got no response head): the peer
+/// closed it, not a malformed answer or a timeout.
+fn connection_lost(error: &hyper::Error) -> bool {
+    use std::io::ErrorKind;
+    if error.is_incomplete_message() {
+        return true;
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                ErrorKind::ConnectionReset
+                    | ErrorKind::BrokenPipe
+                    | ErrorKind::ConnectionAborted
+                    | ErrorKind::UnexpectedEof
+            );
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// Requests sent again because their connection was closing, beyond the

@@ -199,6 +199,13 @@ impl EndpointClient {
         self.lock_idle().len()
     }
 
+    /// Closes the idle HTTP/1 connections: one of them was found dead
+    /// without the pool hearing (a close lost on its way), and the others
+    /// idled as long.
+    pub fn drop_idle(&self) {
+        self.lock_idle().clear();
+    }
+
     fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<IdleConn>> {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
