@@ -368,15 +368,18 @@ fn curl(args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Certificate paths for configuration tests (nothing is read from them).
+#[cfg(test)]
+pub fn test_certs() -> Certs {
+    let leaf =
+        |n: &str| Leaf { chain: PathBuf::from(format!("/c/{n}.pem")), key: PathBuf::from(format!("/c/{n}.key")) };
+    Certs { client: leaf("client"), server: leaf("server"), anchors: PathBuf::from("/c/anchors.pem") }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_certs as certs;
     use super::*;
-
-    fn certs() -> Certs {
-        let leaf =
-            |n: &str| Leaf { chain: PathBuf::from(format!("/c/{n}.pem")), key: PathBuf::from(format!("/c/{n}.key")) };
-        Certs { client: leaf("client"), server: leaf("server"), anchors: PathBuf::from("/c/anchors.pem") }
-    }
 
     fn boot(side: Side, proto: Proto, certs: &Certs) -> Value {
         let b =

@@ -158,13 +158,7 @@ impl Pods {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
-
-    fn certs() -> Certs {
-        let leaf =
-            |n: &str| Leaf { chain: PathBuf::from(format!("/c/{n}.pem")), key: PathBuf::from(format!("/c/{n}.key")) };
-        Certs { client: leaf("client"), server: leaf("server"), anchors: PathBuf::from("/c/anchors.pem") }
-    }
+    use crate::bench::peers::envoy::test_certs as certs;
 
     /// Catches Envoy's own connections redirected back to itself (a loop),
     /// loopback redirected (the admin and the server Envoy's app), or
