@@ -165,7 +165,13 @@ impl Tools {
             }
             ("wrk", _) => {
                 let mut cmd = procs::command(&self.wrk);
-                cmd.args(["--latency", "-t1", "-c", &c.to_string(), "-d", &format!("{secs}s")]);
+                // wrk counts a response slower than its timeout (2 s by
+                // default) as done and as a timeout error, and leaves it out
+                // of the percentiles: with one longer than any run, a slow
+                // answer is a slow answer in the latencies, and failed only
+                // if it never came.
+                let timeout = format!("{}s", secs + 30);
+                cmd.args(["--latency", "-t1", "-c", &c.to_string(), "-d", &format!("{secs}s"), "--timeout", &timeout]);
                 cmd
             }
             (_, mode) => {
