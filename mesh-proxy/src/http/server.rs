@@ -98,7 +98,13 @@ pub async fn serve<I, S>(
                 .max_concurrent_streams(settings.h2_max_concurrent_streams)
                 .keep_alive_interval(settings.h2_keepalive)
                 .keep_alive_timeout(Duration::from_secs(10))
-                .adaptive_window(true);
+                // Fixed windows, not hyper's adaptive (BDP) ones: adaptive windows
+                // send a PING whenever data arrives and none is in flight, and lock
+                // and read the clock on every DATA frame, which cost a message on a
+                // long-lived stream ≈10 % of its instructions (ARCHITECTURE.md, "Hot
+                // path"). These are hyper's server defaults (1 MiB each).
+                .initial_stream_window_size(1 << 20)
+                .initial_connection_window_size(1 << 20);
             drive!(b.serve_connection(io, svc))
         }
         _ => {

@@ -270,7 +270,10 @@ impl EndpointClient {
             .keep_alive_interval(self.settings.h2_keepalive)
             .keep_alive_timeout(Duration::from_secs(5))
             .keep_alive_while_idle(false)
-            .adaptive_window(true)
+            // Fixed windows (hyper's client defaults), not adaptive ones: see
+            // `http::server::serve` for why.
+            .initial_stream_window_size(2 << 20)
+            .initial_connection_window_size(5 << 20)
             .max_header_list_size(u32::try_from(self.settings.max_header_bytes).unwrap_or(u32::MAX))
             .handshake(io)
             .await
