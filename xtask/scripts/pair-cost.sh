@@ -29,17 +29,9 @@ BIN=$(realpath "$2")
 PROTO=${3:-http1}
 cd "$(dirname "$0")/../.."
 REL=$(realpath "${REL:-target/release}")
-D=$(mktemp -d)
 B=${PORTBASE:-27100}
-a() { echo "127.0.0.1:$((B + $1))"; }
-NG1=$(a 1) NG2=$(a 2) GRPC=$(a 3) CADM=$(a 4) INB=$(a 5) SADM=$(a 6) ENTRY=$(a 7) CLADM=$(a 8)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$D"
-}
-trap cleanup EXIT
+. xtask/scripts/lib/mesh-pair.sh
+NG1=$(a 1) NG2=$(a 2)
 
 case $PROTO in
   http1) APP=$NG1 REGISTRY_PROTO=http LOAD=(--h1) CURL=() ;;
@@ -59,40 +51,7 @@ http { access_log off; default_type text/plain; keepalive_requests 100000000; ke
 EOF
 nginx -p "$D/" -e "$D/nginx-error.log" -c "$D/nginx.conf" &
 pids+=($!)
-"$REL/meshctl" identity init --dir "$D/identity" --trust-domain bench.mesh >/dev/null 2>&1
-for sa in bench client; do
-  "$REL/meshctl" identity token --dir "$D/identity" --namespace default --service-account $sa --ttl 24h \
-    --output "$D/$sa.token" >/dev/null 2>&1
-done
-cat >"$D/registry.yaml" <<EOF
-services:
-  - name: bench
-    namespace: default
-    serviceAccount: bench
-    ports: [{port: 80, protocol: $REGISTRY_PROTO}]
-    endpoints: [{address: "$INB"}]
-EOF
-"$REL/mesh-control" --registry-file "$D/registry.yaml" --grpc-addr "$GRPC" --admin-addr "$CADM" \
-  --identity-dir "$D/identity" >"$D/control.log" 2>&1 &
-pids+=($!)
-wait_ok() { # url [curl options]
-  for _ in $(seq 600); do curl -sf -o /dev/null "${@:2}" "$1" && return 0; sleep 0.5; done
-  echo "no answer from $1; logs in $D" >&2
-  trap - EXIT
-  exit 1
-}
-wait_ok "http://$CADM/ready"
-common=(--control-plane "http://$GRPC" --threads 1 --trust-anchors "$D/identity/trust-anchors.pem")
-"${WRAP[@]}" "$BIN" --workload bench "${common[@]}" --admin-addr "$SADM" --identity-token-file "$D/bench.token" \
-  --app "$APP" --inbound-addr "$INB" >"$D/server.log" 2>&1 &
-SP=$!
-pids+=($SP)
-"${WRAP[@]}" "$BIN" --workload bench-client "${common[@]}" --admin-addr "$CLADM" \
-  --identity-token-file "$D/client.token" --upstream "$ENTRY=bench.default:80" >"$D/client.log" 2>&1 &
-CP=$!
-pids+=($CP)
-wait_ok "http://$SADM/ready"
-wait_ok "http://$CLADM/ready"
+mesh_pair "$APP" "$REGISTRY_PROTO"
 ok() { sed -n 's/.*requests: .* \([0-9]*\) succeeded.*/\1/p' "$1"; }
 
 case $MODE in

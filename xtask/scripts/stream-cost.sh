@@ -30,17 +30,9 @@ cd "$(dirname "$0")/../.."
 APPBIN=$(realpath "${3:-target/release/mesh-test-app}")
 REL=$(realpath "${REL:-target/release}")
 STREAMS=${STREAMS:-16}
-D=$(mktemp -d)
 B=${PORTBASE:-27300}
-a() { echo "127.0.0.1:$((B + $1))"; }
-APP=$(a 1) GRPC=$(a 3) CADM=$(a 4) INB=$(a 5) SADM=$(a 6) ENTRY=$(a 7) CLADM=$(a 8)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$D"
-}
-trap cleanup EXIT
+. xtask/scripts/lib/mesh-pair.sh
+APP=$(a 1)
 
 WRAP=()
 ENV=()
@@ -49,40 +41,7 @@ ENV=()
 
 "$APPBIN" grpc-server --listen "$APP" --name bench >"$D/app.log" 2>&1 &
 pids+=($!)
-"$REL/meshctl" identity init --dir "$D/identity" --trust-domain bench.mesh >/dev/null 2>&1
-for sa in bench client; do
-  "$REL/meshctl" identity token --dir "$D/identity" --namespace default --service-account $sa --ttl 24h \
-    --output "$D/$sa.token" >/dev/null 2>&1
-done
-cat >"$D/registry.yaml" <<EOR
-services:
-  - name: bench
-    namespace: default
-    serviceAccount: bench
-    ports: [{port: 80, protocol: grpc}]
-    endpoints: [{address: "$INB"}]
-EOR
-"$REL/mesh-control" --registry-file "$D/registry.yaml" --grpc-addr "$GRPC" --admin-addr "$CADM" \
-  --identity-dir "$D/identity" >"$D/control.log" 2>&1 &
-pids+=($!)
-wait_ok() {
-  for _ in $(seq 600); do curl -sf -o /dev/null "$1" && return 0; sleep 0.5; done
-  echo "no answer from $1; logs in $D" >&2
-  trap - EXIT
-  exit 1
-}
-wait_ok "http://$CADM/ready"
-common=(--control-plane "http://$GRPC" --threads 1 --trust-anchors "$D/identity/trust-anchors.pem")
-env "${ENV[@]}" "${WRAP[@]}" "$BIN" --workload bench "${common[@]}" --admin-addr "$SADM" \
-  --identity-token-file "$D/bench.token" --app "$APP" --inbound-addr "$INB" >"$D/server.log" 2>&1 &
-SP=$!
-pids+=($SP)
-env "${ENV[@]}" "${WRAP[@]}" "$BIN" --workload bench-client "${common[@]}" --admin-addr "$CLADM" \
-  --identity-token-file "$D/client.token" --upstream "$ENTRY=bench.default:80" >"$D/client.log" 2>&1 &
-CP=$!
-pids+=($CP)
-wait_ok "http://$SADM/ready"
-wait_ok "http://$CLADM/ready"
+mesh_pair "$APP" grpc
 load() { # rate duration_s
   "$APPBIN" grpc-stream-load --target "http://$ENTRY" --streams "$STREAMS" --rate "$1" --duration "${2}s"
 }
